@@ -1,0 +1,33 @@
+"""The Celery app. Workers: `celery -A config worker -Q default` (CPU) and, one per GPU,
+`celery -A config worker -Q gpu --concurrency 1 --prefetch-multiplier 1`."""
+
+import os
+from enum import StrEnum
+
+from celery import Celery
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+
+class CeleryQueue(StrEnum):
+    DEFAULT = "default"
+    GPU = "gpu"
+
+
+app = Celery("veredicto")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_default_queue = CeleryQueue.DEFAULT.value
+app.conf.task_queues = [Queue(q.value) for q in CeleryQueue]
+# Training, generation and evaluation need an accelerator: they only ever run on `gpu` workers.
+app.conf.task_routes = {
+    "modeling.tasks.*": {"queue": CeleryQueue.GPU.value},
+    "evals.tasks.*": {"queue": CeleryQueue.GPU.value},
+}
+app.autodiscover_tasks()
+
+
+@app.task(name="config.ping")
+def ping() -> str:
+    """Round trip through the broker; used by health checks and tests."""
+    return "pong"

@@ -1,0 +1,96 @@
+"""Forms only parse HTTP input; the services own the rules (the API calls the same services)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.http import QueryDict
+
+from feedback.models import Completion, PairwiseChoice, Strength
+
+SIDES = [("left", "Left"), ("right", "Right"), ("tie", "Tie"), ("both_bad", "Both bad")]
+
+
+def _max_chars() -> int:
+    return settings.VEREDICTO_MAX_TEXT_CHARS
+
+
+class TimedForm(forms.Form):
+    seconds_spent = forms.FloatField(required=False, min_value=0, widget=forms.HiddenInput)
+
+
+class DemonstrationForm(TimedForm):
+    text = forms.CharField(
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 14, "data-markdown-source": ""}),
+        error_messages={"required": "Write the reply before submitting."},
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["text"].max_length = _max_chars()
+        self.fields["text"].widget.attrs["maxlength"] = _max_chars()
+
+
+class PairwiseForm(TimedForm):
+    side = forms.ChoiceField(
+        choices=SIDES,
+        widget=forms.RadioSelect,
+        error_messages={"required": "Pick the better reply (or tie / both bad)."},
+    )
+    strength = forms.ChoiceField(choices=Strength.choices, required=False, widget=forms.RadioSelect)
+    rationale = forms.CharField(
+        required=False, strip=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+
+    def canonical_choice(self, display_order: list[int], a_id: int) -> str:
+        """Map what the annotator saw (left/right) back to the item's A/B."""
+        side = self.cleaned_data["side"]
+        if side in ("tie", "both_bad"):
+            return PairwiseChoice.TIE if side == "tie" else PairwiseChoice.BOTH_BAD
+        left_is_a = not display_order or display_order[0] == a_id
+        return PairwiseChoice.A if (side == "left") == left_is_a else PairwiseChoice.B
+
+
+class RankingForm(TimedForm):
+    """One rank field per completion; equal ranks are ties. Works without JavaScript."""
+
+    rationale = forms.CharField(
+        required=False, strip=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+
+    def __init__(self, *args, completions: list[Completion], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.completion_ids = [c.pk for c in completions]
+        choices = [(n, n) for n in range(1, len(completions) + 1)]
+        for position, completion in enumerate(completions, start=1):
+            self.fields[f"rank_{completion.pk}"] = forms.TypedChoiceField(
+                choices=choices, coerce=int, initial=position, label=f"Rank of reply {position}"
+            )
+
+    def ranking(self) -> list[list[int]]:
+        ranks: dict[int, list[int]] = {}
+        for cid in self.completion_ids:
+            ranks.setdefault(self.cleaned_data[f"rank_{cid}"], []).append(cid)
+        return [ranks[rank] for rank in sorted(ranks)]
+
+    def rank_fields(self) -> list[tuple[int, forms.BoundField]]:
+        return [(cid, self[f"rank_{cid}"]) for cid in self.completion_ids]
+
+
+class SkipForm(forms.Form):
+    reason = forms.CharField(required=False, max_length=500)
+
+
+def labels_from_post(schema: list[dict], data: QueryDict) -> dict[str, Any]:
+    """Label answers arrive as `label_<name>`; checkboxes that are off are simply absent."""
+    answers: dict[str, Any] = {}
+    for spec in schema:
+        value = data.get(f"label_{spec['name']}")
+        if spec["kind"] == "flag":
+            answers[spec["name"]] = value == "on"
+        elif value not in (None, ""):
+            answers[spec["name"]] = value
+    return answers

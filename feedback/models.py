@@ -1,0 +1,281 @@
+"""Annotation data: projects, prompts, completions, work items, leases and judgements.
+
+An `Item` is one unit of work (write a demonstration, compare two completions, rank N). An
+`Assignment` is one annotator's slot on an item: it starts as a lease and ends submitted or
+skipped. A judgement row hangs off exactly one assignment, which is what makes submits idempotent.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class TaskKind(models.TextChoices):
+    DEMONSTRATION = "demonstration", "Write a demonstration"
+    PAIRWISE = "pairwise", "Compare two completions"
+    RANKING = "ranking", "Rank completions"
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.CharField(max_length=500, blank=True)
+    guidelines = models.TextField(blank=True, help_text="Markdown shown to annotators.")
+    task_kinds = models.JSONField(
+        default=list, help_text="Which of demonstration / pairwise / ranking this project collects."
+    )
+    overlap = models.PositiveSmallIntegerField(
+        default=1, help_text="How many different annotators judge each item (k)."
+    )
+    lease_seconds = models.PositiveIntegerField(
+        default=1800, help_text="How long a handed-out task stays reserved for its annotator."
+    )
+    label_schema = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Extra labels, e.g. [{"name": "helpfulness", "kind": "likert", "min": 1, '
+        '"max": 7}, {"name": "unsafe", "kind": "flag"}].',
+    )
+    annotators = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="annotation_projects",
+        help_text="Who may work on it. Empty means every annotator.",
+    )
+    is_active = models.BooleanField(default=True, help_text="Closed projects hand out no work.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Split(models.TextChoices):
+    TRAIN = "train", "Train"
+    TEST = "test", "Test"
+
+
+class Prompt(models.Model):
+    """A conversation waiting for its next assistant turn: [{role, content}, ...]."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    system = models.TextField(blank=True)
+    messages = models.JSONField()
+    content_hash = models.CharField(max_length=64)
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
+    tags = models.JSONField(default=list, blank=True)
+    source = models.CharField(max_length=200, blank=True)
+    external_id = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "content_hash"], name="prompt_unique_per_project"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.preview
+
+    @property
+    def preview(self) -> str:
+        last = self.messages[-1]["content"] if self.messages else ""
+        return last[:80]
+
+
+class CompletionSource(models.TextChoices):
+    HUMAN = "human", "Human"
+    MODEL = "model", "External model"
+    CHECKPOINT = "checkpoint", "Checkpoint"
+
+
+class Completion(models.Model):
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="completions")
+    text = models.TextField()
+    source = models.CharField(
+        max_length=16, choices=CompletionSource.choices, default=CompletionSource.MODEL
+    )
+    model_name = models.CharField(max_length=200, blank=True)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    generation_params = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.model_name or self.source}: {self.text[:60]}"
+
+
+class Item(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    kind = models.CharField(max_length=16, choices=TaskKind.choices)
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="items")
+    completions = models.ManyToManyField(
+        Completion, through="ItemCompletion", related_name="items", blank=True
+    )
+    # Denormalised so the queue can find open items without counting rows per request.
+    submitted_count = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "submitted_count", "id"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk}"
+
+    def ordered_completions(self) -> list[Completion]:
+        return [ic.completion for ic in self.item_completions.all()]
+
+
+class ItemCompletion(models.Model):
+    """Position 0 is canonical side A, 1 is B; display order is randomised per annotator."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="item_completions")
+    completion = models.ForeignKey(Completion, on_delete=models.CASCADE)
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["item", "position"], name="itemcompletion_position"),
+            models.UniqueConstraint(fields=["item", "completion"], name="itemcompletion_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.item} #{self.position}: completion {self.completion_id}"
+
+
+class AssignmentStatus(models.TextChoices):
+    LEASED = "leased", "Leased"
+    SUBMITTED = "submitted", "Submitted"
+    SKIPPED = "skipped", "Skipped"
+
+
+class Assignment(models.Model):
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+    )
+    status = models.CharField(
+        max_length=12, choices=AssignmentStatus.choices, default=AssignmentStatus.LEASED
+    )
+    leased_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Completion ids in the order this annotator sees them (sides/ranks are shuffled per person).
+    display_order = models.JSONField(default=list, blank=True)
+    skip_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [
+            # The database itself refuses a second slot for the same person on the same item.
+            models.UniqueConstraint(fields=["item", "annotator"], name="assignment_once_per_item")
+        ]
+        indexes = [
+            models.Index(fields=["item", "status", "expires_at"]),
+            models.Index(fields=["annotator", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} on {self.item}"
+
+    @property
+    def is_live_lease(self) -> bool:
+        return self.status == AssignmentStatus.LEASED and self.expires_at > timezone.now()
+
+    @property
+    def is_done(self) -> bool:
+        return self.status == AssignmentStatus.SUBMITTED
+
+
+def live_lease_q(prefix: str = "") -> Q:
+    """Assignments holding a slot right now: submitted, or leased and not yet expired."""
+    return Q(**{f"{prefix}status": AssignmentStatus.SUBMITTED}) | Q(
+        **{f"{prefix}status": AssignmentStatus.LEASED, f"{prefix}expires_at__gt": timezone.now()}
+    )
+
+
+class JudgementBase(models.Model):
+    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE)
+    item = models.ForeignKey(Item, on_delete=models.CASCADE)
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    labels = models.JSONField(default=dict, blank=True)
+    seconds_spent = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        abstract = True
+
+
+class DemonstrationStatus(models.TextChoices):
+    SUBMITTED = "submitted", "Submitted"
+    ACCEPTED = "accepted", "Accepted"
+    REJECTED = "rejected", "Rejected"
+
+
+class Demonstration(JudgementBase):
+    text = models.TextField()
+    status = models.CharField(
+        max_length=12, choices=DemonstrationStatus.choices, default=DemonstrationStatus.SUBMITTED
+    )
+
+    def __str__(self) -> str:
+        return f"Demonstration by {self.annotator} on item {self.item_id}"
+
+
+class PairwiseChoice(models.TextChoices):
+    A = "a", "A is better"
+    B = "b", "B is better"
+    TIE = "tie", "Tie"
+    BOTH_BAD = "both_bad", "Both bad"
+
+
+class Strength(models.TextChoices):
+    SLIGHT = "slight", "Slightly"
+    CLEAR = "clear", "Clearly"
+    STRONG = "strong", "Much"
+
+
+class PairwiseJudgement(JudgementBase):
+    """`choice` is canonical (A = item position 0), whatever side it was shown on."""
+
+    choice = models.CharField(max_length=10, choices=PairwiseChoice.choices)
+    strength = models.CharField(max_length=8, choices=Strength.choices, blank=True)
+    shown_left = models.CharField(max_length=1, choices=[("a", "A"), ("b", "B")])
+    rationale = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.get_choice_display()} by {self.annotator} on item {self.item_id}"
+
+
+class RankingJudgement(JudgementBase):
+    """`ranking` is best-first groups of completion ids; ids in one group are tied."""
+
+    ranking = models.JSONField()
+    rationale = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"Ranking by {self.annotator} on item {self.item_id}"
+
+
+class JudgementRevision(models.Model):
+    """The state of a judgement before an edit, so edits never erase what was first said."""
+
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="revisions")
+    payload = models.JSONField()
+    edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Revision of {self.assignment} at {self.created_at:%Y-%m-%d %H:%M}"

@@ -1,0 +1,253 @@
+"""Reads for the annotation screens. Each function is a fixed, small number of queries."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
+from django.utils import timezone
+
+from feedback.models import (
+    Assignment,
+    AssignmentStatus,
+    Completion,
+    Demonstration,
+    Item,
+    PairwiseJudgement,
+    Project,
+    RankingJudgement,
+    TaskKind,
+)
+from feedback.roles import Role, has_role
+
+
+def projects_for_annotator(user: AbstractBaseUser) -> QuerySet[Project]:
+    """Active projects the user may work on, with their own and overall progress."""
+    projects = Project.objects.filter(is_active=True)
+    if not has_role(user, Role.ADMIN):
+        member = Project.annotators.through.objects.filter(
+            project_id=OuterRef("pk"), user_id=user.pk
+        )
+        has_members = Project.annotators.through.objects.filter(project_id=OuterRef("pk"))
+        projects = projects.filter(Exists(member) | ~Exists(has_members))
+    return projects.annotate(
+        item_count=Count("items", distinct=True),
+        my_done=Count(
+            "items__assignments",
+            filter=Q(
+                items__assignments__annotator=user,
+                items__assignments__status=AssignmentStatus.SUBMITTED,
+            ),
+            distinct=True,
+        ),
+    ).order_by("name")
+
+
+def project_completed_items(project: Project) -> int:
+    return project.items.filter(submitted_count__gte=project.overlap).count()
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What a task screen needs: the item, its completions in this annotator's order."""
+
+    assignment: Assignment
+    item: Item
+    completions: list[Completion]
+    judgement: Any | None
+
+    @property
+    def kind(self) -> str:
+        return self.item.kind
+
+
+def _judgement_for(assignment: Assignment) -> Any | None:
+    if assignment.status != AssignmentStatus.SUBMITTED:
+        return None
+    model = {
+        TaskKind.DEMONSTRATION: Demonstration,
+        TaskKind.PAIRWISE: PairwiseJudgement,
+        TaskKind.RANKING: RankingJudgement,
+    }[assignment.item.kind]
+    return model.objects.filter(assignment=assignment).first()
+
+
+def task_view(assignment: Assignment) -> TaskView:
+    item = assignment.item
+    by_id = {c.pk: c for c in Completion.objects.filter(itemcompletion__item=item).order_by("pk")}
+    order = [cid for cid in assignment.display_order if cid in by_id] or list(by_id)
+    return TaskView(
+        assignment=assignment,
+        item=item,
+        completions=[by_id[cid] for cid in order],
+        judgement=_judgement_for(assignment),
+    )
+
+
+def assignment_for_user(assignment_id: int, user: AbstractBaseUser) -> Assignment | None:
+    return (
+        Assignment.objects.select_related("item__project", "item__prompt")
+        .filter(pk=assignment_id, annotator=user)
+        .first()
+    )
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    assignment: Assignment
+    judgement: Any
+    summary: str
+
+
+def history_for_annotator(user: AbstractBaseUser, *, limit: int = 100) -> list[HistoryRow]:
+    """The user's recent submitted judgements, newest first, with a one-line summary each."""
+    assignments = list(
+        Assignment.objects.filter(annotator=user, status=AssignmentStatus.SUBMITTED)
+        .select_related("item__project", "item__prompt")
+        .order_by("-finished_at")[:limit]
+    )
+    ids = [a.pk for a in assignments]
+    judgements: dict[int, Any] = {}
+    for model in (Demonstration, PairwiseJudgement, RankingJudgement):
+        for judgement in model.objects.filter(assignment_id__in=ids):
+            judgements[judgement.assignment_id] = judgement
+    rows = []
+    for assignment in assignments:
+        judgement = judgements.get(assignment.pk)
+        if judgement is None:
+            continue
+        rows.append(HistoryRow(assignment, judgement, _summary(assignment.item.kind, judgement)))
+    return rows
+
+
+def _summary(kind: str, judgement: Any) -> str:
+    if kind == TaskKind.DEMONSTRATION:
+        return judgement.text[:120]
+    if kind == TaskKind.PAIRWISE:
+        strength = f" ({judgement.get_strength_display().lower()})" if judgement.strength else ""
+        return f"{judgement.get_choice_display()}{strength}"
+    return " > ".join("=".join(f"#{cid}" for cid in group) for group in judgement.ranking)
+
+
+@dataclass(frozen=True)
+class AnnotatorStats:
+    username: str
+    judgements: int
+    skips: int
+    median_seconds: float | None
+
+
+@dataclass(frozen=True)
+class StuckItem:
+    item: Item
+    skips: int
+    reasons: list[str]
+    stuck: bool
+
+
+@dataclass(frozen=True)
+class ProjectProgress:
+    items: int
+    complete: int
+    needing_work: int
+    judgements: int
+    live_leases: int
+    median_seconds: float | None
+    per_annotator: list[AnnotatorStats]
+    skipped: list[StuckItem]
+    stuck_count: int
+
+
+def eligible_annotator_count(project: Project) -> int:
+    members = project.annotators.count()
+    if members:
+        return members
+    return get_user_model().objects.filter(groups__name=Role.ANNOTATOR, is_active=True).count()
+
+
+def project_progress(project: Project) -> ProjectProgress:
+    """Admin view of a project. Items "stuck": every eligible annotator who has not judged it
+    skipped it, so it will never fill without intervention."""
+    items = project.items.aggregate(
+        total=Count("pk"), complete=Count("pk", filter=Q(submitted_count__gte=project.overlap))
+    )
+    assignments = Assignment.objects.filter(item__project=project)
+    seconds_by_user: dict[str, list[float]] = {}
+    all_seconds: list[float] = []
+    for model in (Demonstration, PairwiseJudgement, RankingJudgement):
+        rows = model.objects.filter(item__project=project).values_list(
+            "annotator__username", "seconds_spent"
+        )
+        for username, seconds in rows:
+            seconds_by_user.setdefault(username, [])
+            if seconds is not None:
+                seconds_by_user[username].append(seconds)
+                all_seconds.append(seconds)
+    counts = assignments.values("annotator__username").annotate(
+        done=Count("pk", filter=Q(status=AssignmentStatus.SUBMITTED)),
+        skips=Count("pk", filter=Q(status=AssignmentStatus.SKIPPED)),
+    )
+    per_annotator = [
+        AnnotatorStats(
+            username=row["annotator__username"],
+            judgements=row["done"],
+            skips=row["skips"],
+            median_seconds=_median(seconds_by_user.get(row["annotator__username"], [])),
+        )
+        for row in counts.order_by("-done", "annotator__username")
+    ]
+    eligible = eligible_annotator_count(project)
+    skipped_items = (
+        project.items.annotate(
+            skips=Count("assignments", filter=Q(assignments__status=AssignmentStatus.SKIPPED)),
+            touched=Count(
+                "assignments",
+                filter=Q(
+                    assignments__status__in=[AssignmentStatus.SKIPPED, AssignmentStatus.SUBMITTED]
+                ),
+            ),
+        )
+        .filter(skips__gt=0)
+        .select_related("prompt")
+        .prefetch_related(
+            Prefetch(
+                "assignments",
+                queryset=Assignment.objects.filter(status=AssignmentStatus.SKIPPED).exclude(
+                    skip_reason=""
+                ),
+                to_attr="skips_with_reason",
+            )
+        )
+        .order_by("-skips", "pk")
+    )
+    skipped = [
+        StuckItem(
+            item=item,
+            skips=item.skips,
+            reasons=[a.skip_reason for a in item.skips_with_reason[:5]],
+            stuck=item.touched >= eligible and item.submitted_count < project.overlap,
+        )
+        for item in skipped_items[:200]
+    ]
+    stuck = skipped_items.filter(touched__gte=eligible, submitted_count__lt=project.overlap).count()
+    return ProjectProgress(
+        items=items["total"],
+        complete=items["complete"],
+        needing_work=items["total"] - items["complete"],
+        judgements=sum(a.judgements for a in per_annotator),
+        live_leases=assignments.filter(
+            status=AssignmentStatus.LEASED, expires_at__gt=timezone.now()
+        ).count(),
+        median_seconds=_median(all_seconds),
+        per_annotator=per_annotator,
+        skipped=skipped,
+        stuck_count=stuck,
+    )
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None

@@ -1,0 +1,33 @@
+"""Writes for the annotation workspace. Views, the API and management commands all call these."""
+
+from .judgements import (
+    assignment_skip,
+    demonstration_submit,
+    judgement_edit,
+    pairwise_submit,
+    ranking_submit,
+)
+from .projects import (
+    completion_create,
+    item_create,
+    project_create,
+    prompt_create,
+)
+from .queue import task_next_for_annotator
+from .validation import clean_labels, clean_messages, clean_text
+
+__all__ = [
+    "assignment_skip",
+    "clean_labels",
+    "clean_messages",
+    "clean_text",
+    "completion_create",
+    "demonstration_submit",
+    "item_create",
+    "judgement_edit",
+    "pairwise_submit",
+    "project_create",
+    "prompt_create",
+    "ranking_submit",
+    "task_next_for_annotator",
+]

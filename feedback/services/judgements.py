@@ -1,0 +1,263 @@
+"""Submitting, skipping and editing judgements.
+
+Every submit claims its assignment with a conditional UPDATE (leased -> submitted): a double click
+or a retried request finds nothing to claim and gets the judgement that the first one wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F, Model
+from django.forms.models import model_to_dict
+from django.utils import timezone
+
+from feedback.errors import NotYourTask, TaskUnavailable
+from feedback.models import (
+    Assignment,
+    AssignmentStatus,
+    Demonstration,
+    DemonstrationStatus,
+    Item,
+    JudgementRevision,
+    PairwiseChoice,
+    PairwiseJudgement,
+    RankingJudgement,
+    Strength,
+    TaskKind,
+)
+
+from .queue import slots_taken
+from .validation import clean_labels, clean_text
+
+JUDGEMENT_MODELS: dict[str, type[Model]] = {
+    TaskKind.DEMONSTRATION: Demonstration,
+    TaskKind.PAIRWISE: PairwiseJudgement,
+    TaskKind.RANKING: RankingJudgement,
+}
+
+
+def _clean_seconds(seconds_spent: float | None) -> float | None:
+    if seconds_spent is None:
+        return None
+    # Clamp rather than reject: a tab left open overnight is not the annotator's error.
+    return max(0.0, min(float(seconds_spent), 24 * 3600.0))
+
+
+def _clean_pairwise(assignment: Assignment, choice: str, strength: str, rationale: str) -> dict:
+    if choice not in PairwiseChoice.values:
+        raise ValidationError({"choice": "Choose A, B, tie or both bad."})
+    decisive = choice in (PairwiseChoice.A, PairwiseChoice.B)
+    if decisive and strength not in Strength.values:
+        raise ValidationError({"strength": "Say how much better: slightly, clearly or much."})
+    order = assignment.display_order
+    a_id = assignment.item.item_completions.get(position=0).completion_id
+    return {
+        "choice": choice,
+        "strength": strength if decisive else "",
+        "shown_left": "a" if order and order[0] == a_id else "b",
+        "rationale": clean_text(rationale, field="rationale", allow_blank=True),
+    }
+
+
+def _clean_ranking(assignment: Assignment, ranking: Sequence[Sequence[int]], rationale: str):
+    expected = set(assignment.item.item_completions.values_list("completion_id", flat=True))
+    if not isinstance(ranking, list | tuple) or not all(
+        isinstance(group, list | tuple) and group for group in ranking
+    ):
+        raise ValidationError({"ranking": "Give the ranking as best-first groups of completions."})
+    flat = [cid for group in ranking for cid in group]
+    if len(flat) != len(set(flat)) or set(flat) != expected:
+        raise ValidationError({"ranking": "Rank every completion exactly once."})
+    if len(ranking) == 1:
+        raise ValidationError({"ranking": "All completions tied: use skip, or rank them."})
+    return {
+        "ranking": [sorted(int(cid) for cid in group) for group in ranking],
+        "rationale": clean_text(rationale, field="rationale", allow_blank=True),
+    }
+
+
+def _owned_assignment(assignment_id: int, annotator: AbstractBaseUser) -> Assignment:
+    assignment = Assignment.objects.select_related("item__project").filter(pk=assignment_id).first()
+    if assignment is None or assignment.annotator_id != annotator.pk:
+        # Same answer for "missing" and "someone else's": ids reveal nothing.
+        raise NotYourTask("This task is not assigned to you.")
+    return assignment
+
+
+def _ensure_slot(assignment: Assignment) -> None:
+    """A lease that expired is still honoured while the item has a free slot."""
+    if assignment.status == AssignmentStatus.SKIPPED:
+        raise TaskUnavailable("You skipped this task.", code="skipped")
+    project = assignment.item.project
+    if not project.is_active:
+        raise TaskUnavailable("This project is closed; your answer was not saved.", code="closed")
+    if assignment.expires_at > timezone.now():
+        return
+    # Lock the item so nobody leases its last slot while we count.
+    Item.objects.select_for_update().filter(pk=assignment.item_id).first()
+    if slots_taken(assignment.item, excluding=assignment.annotator) >= project.overlap:
+        raise TaskUnavailable(
+            "Your time on this task ran out and other annotators have filled it. "
+            "Your answer was not saved; it is shown below so you can copy it.",
+            code="lease_lost",
+        )
+
+
+def _submit(
+    *,
+    assignment_id: int,
+    annotator: AbstractBaseUser,
+    kind: str,
+    clean: Callable[[Assignment], dict[str, Any]],
+    labels: Any,
+    seconds_spent: float | None,
+) -> Model:
+    model = JUDGEMENT_MODELS[kind]
+    with transaction.atomic():
+        assignment = _owned_assignment(assignment_id, annotator)
+        if assignment.item.kind != kind:
+            raise ValidationError(f"This is a {assignment.item.kind} task, not {kind}.")
+        if assignment.status == AssignmentStatus.SUBMITTED:
+            return model.objects.get(assignment=assignment)
+        fields = clean(assignment)
+        cleaned_labels = clean_labels(assignment.item.project.label_schema, labels)
+        _ensure_slot(assignment)
+        now = timezone.now()
+        claimed = Assignment.objects.filter(
+            pk=assignment.pk, status=AssignmentStatus.LEASED
+        ).update(status=AssignmentStatus.SUBMITTED, finished_at=now)
+        if not claimed:  # a concurrent duplicate won the claim
+            return model.objects.get(assignment=assignment)
+        Item.objects.filter(pk=assignment.item_id).update(submitted_count=F("submitted_count") + 1)
+        return model.objects.create(
+            assignment=assignment,
+            item_id=assignment.item_id,
+            annotator=annotator,
+            labels=cleaned_labels,
+            seconds_spent=_clean_seconds(seconds_spent),
+            created_at=now,
+            updated_at=now,
+            **fields,
+        )
+
+
+def demonstration_submit(
+    *,
+    assignment_id: int,
+    annotator: AbstractBaseUser,
+    text: str,
+    labels: Any = None,
+    seconds_spent: float | None = None,
+) -> Demonstration:
+    return _submit(
+        assignment_id=assignment_id,
+        annotator=annotator,
+        kind=TaskKind.DEMONSTRATION,
+        clean=lambda _: {"text": clean_text(text, field="text")},
+        labels=labels,
+        seconds_spent=seconds_spent,
+    )
+
+
+def pairwise_submit(
+    *,
+    assignment_id: int,
+    annotator: AbstractBaseUser,
+    choice: str,
+    strength: str = "",
+    rationale: str = "",
+    labels: Any = None,
+    seconds_spent: float | None = None,
+) -> PairwiseJudgement:
+    """`choice` is canonical: "a" means the item's first completion, whichever side it showed."""
+    return _submit(
+        assignment_id=assignment_id,
+        annotator=annotator,
+        kind=TaskKind.PAIRWISE,
+        clean=lambda a: _clean_pairwise(a, choice, strength, rationale),
+        labels=labels,
+        seconds_spent=seconds_spent,
+    )
+
+
+def ranking_submit(
+    *,
+    assignment_id: int,
+    annotator: AbstractBaseUser,
+    ranking: Sequence[Sequence[int]],
+    rationale: str = "",
+    labels: Any = None,
+    seconds_spent: float | None = None,
+) -> RankingJudgement:
+    return _submit(
+        assignment_id=assignment_id,
+        annotator=annotator,
+        kind=TaskKind.RANKING,
+        clean=lambda a: _clean_ranking(a, ranking, rationale),
+        labels=labels,
+        seconds_spent=seconds_spent,
+    )
+
+
+def assignment_skip(*, assignment_id: int, annotator: AbstractBaseUser, reason: str = "") -> None:
+    reason = clean_text(reason, field="reason", allow_blank=True)[:500]
+    with transaction.atomic():
+        assignment = _owned_assignment(assignment_id, annotator)
+        skipped = Assignment.objects.filter(
+            pk=assignment.pk, status=AssignmentStatus.LEASED
+        ).update(status=AssignmentStatus.SKIPPED, skip_reason=reason, finished_at=timezone.now())
+        if not skipped and assignment.status == AssignmentStatus.SUBMITTED:
+            raise TaskUnavailable("This task is already submitted.", code="submitted")
+
+
+_EDITABLE = {
+    TaskKind.DEMONSTRATION: ("text", "labels"),
+    TaskKind.PAIRWISE: ("choice", "strength", "rationale", "labels"),
+    TaskKind.RANKING: ("ranking", "rationale", "labels"),
+}
+
+
+def judgement_edit(
+    *, assignment_id: int, annotator: AbstractBaseUser, changes: dict[str, Any]
+) -> Model:
+    """Change one's own past judgement; the previous version is kept as a revision."""
+    with transaction.atomic():
+        assignment = _owned_assignment(assignment_id, annotator)
+        if assignment.status != AssignmentStatus.SUBMITTED:
+            raise TaskUnavailable("Only submitted judgements can be edited.", code="not_submitted")
+        if not assignment.item.project.is_active:
+            raise TaskUnavailable("This project is closed.", code="closed")
+        kind = assignment.item.kind
+        judgement = JUDGEMENT_MODELS[kind].objects.select_for_update().get(assignment=assignment)
+        if kind == TaskKind.DEMONSTRATION and judgement.status == DemonstrationStatus.ACCEPTED:
+            raise TaskUnavailable("An accepted demonstration can no longer be edited.")
+        unknown = set(changes) - set(_EDITABLE[kind])
+        if unknown:
+            raise ValidationError(f"Cannot edit {', '.join(sorted(unknown))}.")
+        merged = {field: changes.get(field, getattr(judgement, field)) for field in _EDITABLE[kind]}
+        if kind == TaskKind.DEMONSTRATION:
+            fields = {"text": clean_text(merged["text"], field="text")}
+        elif kind == TaskKind.PAIRWISE:
+            fields = _clean_pairwise(
+                assignment, merged["choice"], merged["strength"], merged["rationale"]
+            )
+            fields.pop("shown_left")
+        else:
+            fields = _clean_ranking(assignment, merged["ranking"], merged["rationale"])
+        fields["labels"] = clean_labels(assignment.item.project.label_schema, merged["labels"])
+        before = model_to_dict(judgement, fields=[*_EDITABLE[kind], "status"])
+        if all(before[name] == value for name, value in fields.items()):
+            return judgement
+        JudgementRevision.objects.create(assignment=assignment, payload=before, edited_by=annotator)
+        for name, value in fields.items():
+            setattr(judgement, name, value)
+        judgement.updated_at = timezone.now()
+        if kind == TaskKind.DEMONSTRATION and judgement.status == DemonstrationStatus.REJECTED:
+            judgement.status = DemonstrationStatus.SUBMITTED  # resubmitted for review
+        judgement.save()
+        return judgement

@@ -1,0 +1,144 @@
+"""Creating projects, prompts, completions and the items annotators work on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from feedback.models import (
+    Completion,
+    CompletionSource,
+    Item,
+    ItemCompletion,
+    Project,
+    Prompt,
+    Split,
+    TaskKind,
+)
+
+from .validation import clean_label_schema, clean_messages, clean_text
+
+MIN_RANKED, MAX_RANKED = 3, 8
+
+
+def prompt_hash(system: str, messages: list[dict[str, str]]) -> str:
+    canonical = json.dumps({"system": system, "messages": messages}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def project_create(
+    *,
+    name: str,
+    task_kinds: Sequence[str],
+    overlap: int = 1,
+    lease_seconds: int = 1800,
+    guidelines: str = "",
+    description: str = "",
+    label_schema: list[dict] | None = None,
+) -> Project:
+    name = clean_text(name, field="name").strip()
+    kinds = list(dict.fromkeys(task_kinds))
+    if not kinds or set(kinds) - set(TaskKind.values):
+        raise ValidationError({"task_kinds": f"Choose from {', '.join(TaskKind.values)}."})
+    if not 1 <= overlap <= 50:
+        raise ValidationError({"overlap": "Overlap must be between 1 and 50."})
+    if not 60 <= lease_seconds <= 7 * 24 * 3600:
+        raise ValidationError({"lease_seconds": "Lease must be between a minute and a week."})
+    if Project.objects.filter(name=name).exists():
+        raise ValidationError({"name": "A project with this name exists."})
+    return Project.objects.create(
+        name=name,
+        task_kinds=kinds,
+        overlap=overlap,
+        lease_seconds=lease_seconds,
+        guidelines=clean_text(guidelines, field="guidelines", allow_blank=True),
+        description=description,
+        label_schema=clean_label_schema(label_schema),
+    )
+
+
+def prompt_create(
+    *,
+    project: Project,
+    messages: list[dict[str, str]] | str,
+    system: str = "",
+    split: str = Split.TRAIN,
+    tags: Sequence[str] = (),
+    source: str = "",
+    external_id: str = "",
+) -> Prompt:
+    """A plain string is a one-turn conversation. Duplicates within a project are refused."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    system, messages = clean_messages(messages, system)
+    if split not in Split.values:
+        raise ValidationError({"split": f"Split is one of {', '.join(Split.values)}."})
+    digest = prompt_hash(system, messages)
+    if Prompt.objects.filter(project=project, content_hash=digest).exists():
+        raise ValidationError({"messages": "This prompt is already in the project."}, "duplicate")
+    return Prompt.objects.create(
+        project=project,
+        system=system,
+        messages=messages,
+        content_hash=digest,
+        split=split,
+        tags=[str(tag) for tag in tags],
+        source=source,
+        external_id=external_id,
+    )
+
+
+def completion_create(
+    *,
+    prompt: Prompt,
+    text: str,
+    model_name: str = "",
+    source: str = CompletionSource.MODEL,
+    author: AbstractBaseUser | None = None,
+    generation_params: dict[str, Any] | None = None,
+) -> Completion:
+    if source not in CompletionSource.values:
+        raise ValidationError({"source": f"Source is one of {', '.join(CompletionSource.values)}."})
+    return Completion.objects.create(
+        prompt=prompt,
+        text=clean_text(text, field="completion"),
+        model_name=model_name,
+        source=source,
+        author=author,
+        generation_params=generation_params or {},
+    )
+
+
+@transaction.atomic
+def item_create(
+    *, project: Project, kind: str, prompt: Prompt, completions: Sequence[Completion] = ()
+) -> Item:
+    """One unit of work. Pairwise takes exactly two completions, ranking 3 to 8, all of `prompt`."""
+    if kind not in project.task_kinds:
+        raise ValidationError({"kind": f"Project {project.name!r} does not collect {kind} tasks."})
+    if prompt.project_id != project.id:
+        raise ValidationError({"prompt": "The prompt belongs to another project."})
+    expected = {
+        TaskKind.DEMONSTRATION: (0, 0),
+        TaskKind.PAIRWISE: (2, 2),
+        TaskKind.RANKING: (MIN_RANKED, MAX_RANKED),
+    }[TaskKind(kind)]
+    if not expected[0] <= len(completions) <= expected[1]:
+        raise ValidationError(
+            {"completions": f"A {kind} task takes {expected[0]} to {expected[1]} completions."}
+        )
+    if any(c.prompt_id != prompt.id for c in completions):
+        raise ValidationError({"completions": "Every completion must answer this prompt."})
+    if len({c.id for c in completions}) != len(completions):
+        raise ValidationError({"completions": "A completion may appear only once."})
+    item = Item.objects.create(project=project, kind=kind, prompt=prompt)
+    ItemCompletion.objects.bulk_create(
+        ItemCompletion(item=item, completion=c, position=i) for i, c in enumerate(completions)
+    )
+    return item

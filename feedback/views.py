@@ -1,0 +1,263 @@
+"""Annotator and admin screens. Each view: check the method and role, call one service, render.
+
+htmx requests get the `#workspace` partial of the same page template; plain requests get the full
+page or a redirect, so everything works with JavaScript off.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from feedback import selectors, services
+from feedback.errors import NotYourTask, TaskUnavailable
+from feedback.forms import (
+    DemonstrationForm,
+    PairwiseForm,
+    RankingForm,
+    SkipForm,
+    labels_from_post,
+)
+from feedback.markdown import render_markdown
+from feedback.models import Assignment, AssignmentStatus, PairwiseChoice, Project, TaskKind
+from feedback.roles import Role, has_role, role_required
+
+ANNOTATING = (Role.ANNOTATOR, Role.ADMIN)
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    projects = (
+        selectors.projects_for_annotator(request.user)
+        if has_role(request.user, *ANNOTATING)
+        else []
+    )
+    admin_projects = Project.objects.all() if has_role(request.user, Role.ADMIN) else []
+    return render(
+        request, "feedback/home.html", {"projects": projects, "admin_projects": admin_projects}
+    )
+
+
+@require_GET
+@role_required(*ANNOTATING)
+def work(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    try:
+        assignment = services.task_next_for_annotator(project=project, annotator=request.user)
+    except TaskUnavailable as exc:
+        return render(request, "feedback/queue_empty.html", {"project": project,
+                      "reason": exc.messages[0]}, status=409)  # fmt: skip
+    if assignment is None:
+        return _render_queue_empty(request, project)
+    return redirect("task", assignment_id=assignment.pk)
+
+
+@require_GET
+@role_required(*ANNOTATING)
+def task(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    assignment = _own_assignment(request, assignment_id)
+    if assignment.status == AssignmentStatus.SKIPPED:
+        return redirect("work", project_id=assignment.item.project_id)
+    view = selectors.task_view(assignment)
+    return _render_task(request, view, _form_for(view, initial=True))
+
+
+@require_POST
+@role_required(*ANNOTATING)
+def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    assignment = _own_assignment(request, assignment_id)
+    view = selectors.task_view(assignment)
+    editing = assignment.status == AssignmentStatus.SUBMITTED
+    form = _form_for(view, data=request.POST)
+    if form.is_valid():
+        try:
+            _save(request, view, form, editing=editing)
+        except ValidationError as exc:
+            _add_errors(form, exc)
+        else:
+            if editing:
+                messages.success(request, "Your changes are saved; the earlier version is kept.")
+                return redirect("history")
+            return _next_task(request, assignment.item.project)
+    return _render_task(request, view, form, status=422)
+
+
+@require_POST
+@role_required(*ANNOTATING)
+def skip(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    assignment = _own_assignment(request, assignment_id)
+    form = SkipForm(request.POST)
+    reason = form.cleaned_data["reason"] if form.is_valid() else ""
+    try:
+        services.assignment_skip(assignment_id=assignment.pk, annotator=request.user, reason=reason)
+    except TaskUnavailable as exc:
+        messages.error(request, exc.messages[0])
+        return redirect("task", assignment_id=assignment.pk)
+    return _next_task(request, assignment.item.project)
+
+
+@require_GET
+@role_required(*ANNOTATING)
+def history(request: HttpRequest) -> HttpResponse:
+    rows = selectors.history_for_annotator(request.user)
+    return render(request, "feedback/history.html", {"rows": rows})
+
+
+@require_GET
+@role_required(Role.ADMIN)
+def progress(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    stats = selectors.project_progress(project)
+    return render(request, "feedback/progress.html", {"project": project, "stats": stats})
+
+
+@require_POST
+def markdown_preview(request: HttpRequest) -> HttpResponse:
+    text = request.POST.get("text", "")[: settings.VEREDICTO_MAX_TEXT_CHARS]
+    return HttpResponse(render_markdown(text))
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _own_assignment(request: HttpRequest, assignment_id: int) -> Assignment:
+    # Someone else's task id is a 404, indistinguishable from one that does not exist.
+    return get_object_or_404(
+        Assignment.objects.select_related("item__project", "item__prompt"),
+        pk=assignment_id,
+        annotator=request.user,
+    )
+
+
+def _form_for(view: selectors.TaskView, *, data=None, initial: bool = False) -> forms.Form:
+    judgement = view.judgement
+    if view.kind == TaskKind.DEMONSTRATION:
+        start = {"text": judgement.text} if judgement and initial else None
+        return DemonstrationForm(data, initial=start)
+    if view.kind == TaskKind.PAIRWISE:
+        start = None
+        if judgement and initial:
+            start = {
+                "side": _display_side(view, judgement.choice),
+                "strength": judgement.strength,
+                "rationale": judgement.rationale,
+            }
+        return PairwiseForm(data, initial=start)
+    start = None
+    if judgement and initial:
+        start = {
+            f"rank_{cid}": rank
+            for rank, group in enumerate(judgement.ranking, start=1)
+            for cid in group
+        }
+    return RankingForm(data, initial=start, completions=view.completions)
+
+
+def _display_side(view: selectors.TaskView, choice: str) -> str:
+    if choice not in (PairwiseChoice.A, PairwiseChoice.B):
+        return choice
+    left_is_a = view.judgement.shown_left == "a"
+    return "left" if (choice == PairwiseChoice.A) == left_is_a else "right"
+
+
+def _seconds(request: HttpRequest, form: forms.Form, assignment: Assignment) -> float:
+    """The browser's timer when it sent one; the lease age otherwise (JavaScript off)."""
+    sent = form.cleaned_data.get("seconds_spent")
+    if sent is not None:
+        return sent
+    return (timezone.now() - assignment.leased_at).total_seconds()
+
+
+def _save(request, view: selectors.TaskView, form: forms.Form, *, editing: bool) -> None:
+    assignment = view.assignment
+    labels = labels_from_post(assignment.item.project.label_schema, request.POST)
+    if view.kind == TaskKind.DEMONSTRATION:
+        fields = {"text": form.cleaned_data["text"]}
+    elif view.kind == TaskKind.PAIRWISE:
+        a_id = view.item.item_completions.get(position=0).completion_id
+        fields = {
+            "choice": form.canonical_choice(assignment.display_order, a_id),
+            "strength": form.cleaned_data["strength"],
+            "rationale": form.cleaned_data["rationale"],
+        }
+    else:
+        fields = {"ranking": form.ranking(), "rationale": form.cleaned_data["rationale"]}
+    if editing:
+        services.judgement_edit(
+            assignment_id=assignment.pk,
+            annotator=request.user,
+            changes={**fields, "labels": labels},
+        )
+        return
+    submit = {
+        TaskKind.DEMONSTRATION: services.demonstration_submit,
+        TaskKind.PAIRWISE: services.pairwise_submit,
+        TaskKind.RANKING: services.ranking_submit,
+    }[view.kind]
+    submit(
+        assignment_id=assignment.pk,
+        annotator=request.user,
+        labels=labels,
+        seconds_spent=_seconds(request, form, assignment),
+        **fields,
+    )
+
+
+def _add_errors(form: forms.Form, exc: ValidationError) -> None:
+    if isinstance(exc, TaskUnavailable) or not hasattr(exc, "error_dict"):
+        form.add_error(None, exc)
+        return
+    for field, errors in exc.message_dict.items():
+        form.add_error(field if field in form.fields else None, errors)
+
+
+def _next_task(request: HttpRequest, project: Project) -> HttpResponse:
+    if not request.htmx:
+        return redirect("work", project_id=project.pk)
+    try:
+        assignment = services.task_next_for_annotator(project=project, annotator=request.user)
+    except (TaskUnavailable, NotYourTask):
+        assignment = None
+    if assignment is None:
+        response = _render_queue_empty(request, project)
+        response["HX-Push-Url"] = reverse("work", args=[project.pk])
+        return response
+    view = selectors.task_view(assignment)
+    response = _render_task(request, view, _form_for(view, initial=True))
+    response["HX-Push-Url"] = reverse("task", args=[assignment.pk])
+    return response
+
+
+def _render_task(request, view: selectors.TaskView, form: forms.Form, status: int = 200):
+    project = view.item.project
+    template = f"feedback/task_{view.kind}.html"
+    if request.htmx:
+        template += "#workspace"
+    if request.method == "POST":
+        label_values = labels_from_post(project.label_schema, request.POST)
+    else:
+        label_values = view.judgement.labels if view.judgement else {}
+    context = {
+        "view": view,
+        "form": form,
+        "project": project,
+        "prompt": view.item.prompt,
+        "label_values": label_values,
+        "editing": view.assignment.status == AssignmentStatus.SUBMITTED,
+        "lease_expired": view.assignment.status == AssignmentStatus.LEASED
+        and view.assignment.expires_at <= timezone.now(),
+        "skip_form": SkipForm(),
+    }
+    return render(request, template, context, status=status)
+
+
+def _render_queue_empty(request: HttpRequest, project: Project) -> HttpResponse:
+    template = "feedback/queue_empty.html" + ("#workspace" if request.htmx else "")
+    return render(request, template, {"project": project})
