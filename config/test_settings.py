@@ -5,3 +5,8 @@ import os
 os.environ["VEREDICTO_TESTING"] = "1"
 
 from config.settings import *  # noqa: F403
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not shared-cache memory: threads in the concurrency tests need SQLite's busy
+    # timeout, which shared-cache table locks ignore.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-veredicto.sqlite3")}  # noqa: F405

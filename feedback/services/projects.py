@@ -81,7 +81,9 @@ def prompt_create(
         raise ValidationError({"split": f"Split is one of {', '.join(Split.values)}."})
     digest = prompt_hash(system, messages)
     if Prompt.objects.filter(project=project, content_hash=digest).exists():
-        raise ValidationError({"messages": "This prompt is already in the project."}, "duplicate")
+        raise ValidationError(
+            {"messages": ValidationError("This prompt is already in the project.", "duplicate")}
+        )
     return Prompt.objects.create(
         project=project,
         system=system,

@@ -1,0 +1,47 @@
+# Veredicto: `make run` (the app, a worker and Redis on this machine) and `make test` (the suite).
+# Only Python 3.11 is needed; everything else comes from PyPI into .venv.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: run test install lint format migrate demo-data clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Veredicto needs Python 3.11 (set PYTHON=...)")'
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# constraints.txt pins the whole tree; torch==2.13.0 there keeps pip on the local CPU wheel.
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+run: install
+	@mkdir -p var
+	DEBUG=1 $(BIN)/python manage.py migrate --noinput
+	@DEBUG=1 $(BIN)/python manage.py seed_demo
+	@echo ""
+	@echo "  Veredicto is starting at http://$(HOST):$(PORT)/  (Ctrl-C stops everything)"
+	@echo ""
+	@DEBUG=1 $(BIN)/python config/devservices.py run -- \
+		web=$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT) ::: \
+		worker=$(BIN)/celery -A config worker -Q default,gpu --concurrency 1 --prefetch-multiplier 1 -l INFO
+
+test: install
+	$(BIN)/python config/devservices.py test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf var/tmp .pytest_cache

@@ -1,0 +1,70 @@
+import pytest
+from django.contrib.auth.models import Group
+
+from feedback.models import TaskKind
+from feedback.roles import Role
+from tests.factories import ProjectFactory, UserFactory, make_item
+
+
+@pytest.fixture
+def roles(db):
+    for role in Role:
+        Group.objects.get_or_create(name=role.value)
+
+
+@pytest.fixture
+def annotator(roles):
+    return UserFactory(username="ann", roles=[Role.ANNOTATOR])
+
+
+@pytest.fixture
+def other_annotator(roles):
+    return UserFactory(username="ann2", roles=[Role.ANNOTATOR])
+
+
+@pytest.fixture
+def reviewer(roles):
+    return UserFactory(username="rev", roles=[Role.REVIEWER])
+
+
+@pytest.fixture
+def admin_user(roles):
+    return UserFactory(username="boss", roles=[Role.ADMIN], is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def nobody(roles):
+    """Logged in, but holds no role."""
+    return UserFactory(username="nobody")
+
+
+@pytest.fixture
+def project(db):
+    return ProjectFactory(
+        label_schema=[
+            {"name": "helpfulness", "kind": "likert", "min": 1, "max": 7, "label": "Helpful"},
+            {"name": "unsafe", "kind": "flag", "label": "Unsafe"},
+        ]
+    )
+
+
+@pytest.fixture
+def pairwise_item(project):
+    return make_item(project, TaskKind.PAIRWISE)
+
+
+@pytest.fixture
+def ranking_item(project):
+    return make_item(project, TaskKind.RANKING)
+
+
+@pytest.fixture
+def demo_item(project):
+    return make_item(project, TaskKind.DEMONSTRATION)
+
+
+def pytest_report_header(config):
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return [f"database: {db['ENGINE'].rsplit('.', 1)[-1]}  broker: {settings.CELERY_BROKER_URL}"]

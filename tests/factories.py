@@ -1,0 +1,65 @@
+"""factory_boy factories. Content goes through the services where rules apply (hashes, items)."""
+
+from __future__ import annotations
+
+import factory
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from feedback import services
+from feedback.models import Project, TaskKind
+from feedback.roles import Role
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    password = factory.django.Password("pw")
+
+    @factory.post_generation
+    def roles(self, create, extracted, **kwargs):
+        for role in extracted or ():
+            group, _ = Group.objects.get_or_create(name=str(role))
+            self.groups.add(group)
+
+
+def annotator(username: str | None = None):
+    kwargs = {"username": username} if username else {}
+    return UserFactory(roles=[Role.ANNOTATOR], **kwargs)
+
+
+class ProjectFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Project
+
+    name = factory.Sequence(lambda n: f"Project {n}")
+    task_kinds = [TaskKind.DEMONSTRATION, TaskKind.PAIRWISE, TaskKind.RANKING]
+    overlap = 1
+    lease_seconds = 600
+    guidelines = "Be **kind**."
+
+
+def make_prompt(project: Project, text: str | None = None, **kwargs):
+    make_prompt.counter += 1
+    return services.prompt_create(
+        project=project, messages=text or f"Prompt number {make_prompt.counter}?", **kwargs
+    )
+
+
+make_prompt.counter = 0
+
+
+def make_item(project: Project, kind: str = TaskKind.PAIRWISE, *, n: int | None = None, texts=None):
+    """An item of `kind` on a fresh prompt, with n completions (2 for pairwise, 4 for ranking)."""
+    prompt = make_prompt(project)
+    n = n if n is not None else {"pairwise": 2, "ranking": 4, "demonstration": 0}[kind]
+    texts = texts or [f"Answer {i} to {prompt.pk}" for i in range(n)]
+    completions = [
+        services.completion_create(prompt=prompt, text=text, model_name=f"model-{i}")
+        for i, text in enumerate(texts)
+    ]
+    return services.item_create(project=project, kind=kind, prompt=prompt, completions=completions)

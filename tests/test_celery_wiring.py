@@ -1,0 +1,22 @@
+"""Celery wiring against the real Redis broker that `make test` starts (never eager mode)."""
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from django.conf import settings
+
+from config.celery import CeleryQueue, app, ping
+
+
+def test_settings_route_model_work_to_the_gpu_queue():
+    assert app.conf.task_routes["modeling.tasks.*"]["queue"] == CeleryQueue.GPU
+    assert app.conf.task_default_queue == CeleryQueue.DEFAULT
+    assert app.conf.task_serializer == "json"
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.task_always_eager is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_answers_through_redis():
+    assert settings.CELERY_BROKER_URL.startswith("redis://")
+    with start_worker(app, pool="solo", perform_ping_check=False, queues=[CeleryQueue.DEFAULT]):
+        assert ping.delay().get(timeout=30) == "pong"
