@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test install lint format migrate demo-data clean
+.PHONY: run test install chromium lint format clean
 
 install: $(STAMP)
 
@@ -32,7 +32,14 @@ run: install
 		web=$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT) ::: \
 		worker=$(BIN)/celery -A config worker -Q default,gpu --concurrency 1 --prefetch-multiplier 1 -l INFO
 
-test: install
+# Browser tests drive Debian's Chromium; as root with apt we install it, never a downloaded build.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "The browser tests need Chromium: install your distribution's chromium package."; exit 1; fi; }
+
+test: install chromium
 	$(BIN)/python config/devservices.py test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint:

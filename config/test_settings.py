@@ -9,4 +9,7 @@ from config.settings import *  # noqa: F403
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     # A file, not shared-cache memory: threads in the concurrency tests need SQLite's busy
     # timeout, which shared-cache table locks ignore.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-veredicto.sqlite3")}  # noqa: F405
+    # One file per process so parallel runs (xdist, two terminals) never share it.
+    _name = f"test-veredicto-{os.getpid()}.sqlite3"
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "tmp" / _name)}  # noqa: F405
+    (VAR_DIR / "tmp").mkdir(parents=True, exist_ok=True)  # noqa: F405

@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from feedback import selectors, services
 from feedback.errors import NotYourTask, TaskUnavailable
@@ -84,9 +85,11 @@ def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
         else:
             if editing:
                 messages.success(request, "Your changes are saved; the earlier version is kept.")
+                if request.htmx:  # a whole new page, not a fragment for #workspace
+                    return HttpResponseClientRedirect(reverse("history"))
                 return redirect("history")
             return _next_task(request, assignment.item.project)
-    return _render_task(request, view, form, status=422)
+    return _render_task(request, view, form, status=422, resubmitted=True)
 
 
 @require_POST
@@ -235,12 +238,15 @@ def _next_task(request: HttpRequest, project: Project) -> HttpResponse:
     return response
 
 
-def _render_task(request, view: selectors.TaskView, form: forms.Form, status: int = 200):
+def _render_task(
+    request, view: selectors.TaskView, form: forms.Form, status: int = 200, resubmitted=False
+):
+    """`resubmitted`: the same task shown again with the annotator's answers and errors."""
     project = view.item.project
     template = f"feedback/task_{view.kind}.html"
     if request.htmx:
         template += "#workspace"
-    if request.method == "POST":
+    if resubmitted:
         label_values = labels_from_post(project.label_schema, request.POST)
     else:
         label_values = view.judgement.labels if view.judgement else {}

@@ -54,9 +54,7 @@ def test_no_item_receives_more_than_overlap_slots(roles):
 def test_annotator_never_gets_an_item_they_submitted_or_skipped(project, annotator):
     first, second = make_item(project), make_item(project)
     a = lease(project, annotator)
-    services.pairwise_submit(
-        assignment_id=a.pk, annotator=annotator, choice="a", strength="clear"
-    )
+    services.pairwise_submit(assignment_id=a.pk, annotator=annotator, choice="a", strength="clear")
     b = lease(project, annotator)
     services.assignment_skip(assignment_id=b.pk, annotator=annotator, reason="unclear")
     assert {a.item_id, b.item_id} == {first.pk, second.pk}
