@@ -13,11 +13,11 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
+# constraints.txt pins the whole tree; torch==2.13.0 there keeps pip on the local CPU wheel.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Veredicto needs Python 3.11 (set PYTHON=...)")'
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# constraints.txt pins the whole tree; torch==2.13.0 there keeps pip on the local CPU wheel.
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 

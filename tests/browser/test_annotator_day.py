@@ -66,7 +66,7 @@ def workday(roles):
 
 
 def test_annotator_works_the_queue_with_the_keyboard_only(page, workday):
-    project, user = workday
+    _, user = workday
     login(page, "alice")
     shot(page, "home")
     page.click("text=Start working")

@@ -32,7 +32,7 @@ def _work_queue(project, user, errors: list, done: Counter) -> None:
                 strength="clear",
             )
             done[user.username] += 1
-    except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
+    except Exception as exc:
         errors.append(repr(exc))
     finally:
         close_old_connections()

@@ -16,7 +16,8 @@ from feedback.models import (
     RankingJudgement,
     TaskKind,
 )
-from tests.factories import ProjectFactory, annotator as make_annotator, make_item, make_prompt
+from tests.factories import ProjectFactory, make_item, make_prompt
+from tests.factories import annotator as make_annotator
 
 pytestmark = pytest.mark.django_db
 
