@@ -13,3 +13,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     _name = f"test-veredicto-{os.getpid()}.sqlite3"
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "tmp" / _name)}  # noqa: F405
     (VAR_DIR / "tmp").mkdir(parents=True, exist_ok=True)  # noqa: F405
+
+# Never scan collected static files that a `make run` or a benchmark may be rewriting.
+STATIC_ROOT = VAR_DIR / "tmp" / "static-tests"  # noqa: F405

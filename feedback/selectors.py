@@ -78,7 +78,9 @@ def _judgement_for(assignment: Assignment) -> Any | None:
 
 def task_view(assignment: Assignment) -> TaskView:
     item = assignment.item
-    by_id = {c.pk: c for c in Completion.objects.filter(itemcompletion__item=item).order_by("pk")}
+    # Canonical order (A, B, ...) when no shuffle was recorded, e.g. rows made outside the queue.
+    completions = Completion.objects.filter(itemcompletion__item=item)
+    by_id = {c.pk: c for c in completions.order_by("itemcompletion__position")}
     order = [cid for cid in assignment.display_order if cid in by_id] or list(by_id)
     return TaskView(
         assignment=assignment,
@@ -108,6 +110,7 @@ def history_for_annotator(user: AbstractBaseUser, *, limit: int = 100) -> list[H
     assignments = list(
         Assignment.objects.filter(annotator=user, status=AssignmentStatus.SUBMITTED)
         .select_related("item__project", "item__prompt")
+        .prefetch_related("item__item_completions__completion")
         .order_by("-finished_at")[:limit]
     )
     ids = [a.pk for a in assignments]
@@ -120,17 +123,29 @@ def history_for_annotator(user: AbstractBaseUser, *, limit: int = 100) -> list[H
         judgement = judgements.get(assignment.pk)
         if judgement is None:
             continue
-        rows.append(HistoryRow(assignment, judgement, _summary(assignment.item.kind, judgement)))
+        rows.append(HistoryRow(assignment, judgement, _summary(assignment.item, judgement)))
     return rows
 
 
-def _summary(kind: str, judgement: Any) -> str:
-    if kind == TaskKind.DEMONSTRATION:
+def _snippet(text: str, length: int = 60) -> str:
+    text = " ".join(text.split())
+    return f"“{text[:length]}…”" if len(text) > length else f"“{text}”"
+
+
+def _summary(item: Item, judgement: Any) -> str:
+    """In the annotator's terms: what they preferred, not canonical A/B or completion ids."""
+    if item.kind == TaskKind.DEMONSTRATION:
         return judgement.text[:120]
-    if kind == TaskKind.PAIRWISE:
-        strength = f" ({judgement.get_strength_display().lower()})" if judgement.strength else ""
-        return f"{judgement.get_choice_display()}{strength}"
-    return " > ".join("=".join(f"#{cid}" for cid in group) for group in judgement.ranking)
+    texts = {ic.completion_id: ic.completion.text for ic in item.item_completions.all()}
+    if item.kind == TaskKind.PAIRWISE:
+        if judgement.choice not in ("a", "b"):
+            return judgement.get_choice_display()
+        position = 0 if judgement.choice == "a" else 1
+        chosen = item.item_completions.all()[position].completion.text
+        return f"Preferred {_snippet(chosen)} ({judgement.get_strength_display().lower()})"
+    best = judgement.ranking[0]
+    tied = f" tied with {len(best) - 1} more" if len(best) > 1 else ""
+    return f"Best of {len(texts)}: {_snippet(texts.get(best[0], ''))}{tied}"
 
 
 @dataclass(frozen=True)
@@ -162,11 +177,11 @@ class ProjectProgress:
     stuck_count: int
 
 
-def eligible_annotator_count(project: Project) -> int:
-    members = project.annotators.count()
-    if members:
-        return members
-    return get_user_model().objects.filter(groups__name=Role.ANNOTATOR, is_active=True).count()
+def eligible_annotators(project: Project) -> QuerySet:
+    """Who the queue would serve: the project's member list, or every active annotator."""
+    if project.annotators.exists():
+        return project.annotators.all()
+    return get_user_model().objects.filter(groups__name=Role.ANNOTATOR, is_active=True)
 
 
 def project_progress(project: Project) -> ProjectProgress:
@@ -200,14 +215,17 @@ def project_progress(project: Project) -> ProjectProgress:
         )
         for row in counts.order_by("-done", "annotator__username")
     ]
-    eligible = eligible_annotator_count(project)
+    eligible = eligible_annotators(project)
+    eligible_count = eligible.count()
     skipped_items = (
         project.items.annotate(
             skips=Count("assignments", filter=Q(assignments__status=AssignmentStatus.SKIPPED)),
+            # Only eligible annotators' turns count: an admin's skip uses up nobody's.
             touched=Count(
                 "assignments",
                 filter=Q(
-                    assignments__status__in=[AssignmentStatus.SKIPPED, AssignmentStatus.SUBMITTED]
+                    assignments__status__in=[AssignmentStatus.SKIPPED, AssignmentStatus.SUBMITTED],
+                    assignments__annotator__in=eligible.values("pk"),
                 ),
             ),
         )
@@ -229,11 +247,13 @@ def project_progress(project: Project) -> ProjectProgress:
             item=item,
             skips=item.skips,
             reasons=[a.skip_reason for a in item.skips_with_reason[:5]],
-            stuck=item.touched >= eligible and item.submitted_count < project.overlap,
+            stuck=item.touched >= eligible_count and item.submitted_count < project.overlap,
         )
         for item in skipped_items[:200]
     ]
-    stuck = skipped_items.filter(touched__gte=eligible, submitted_count__lt=project.overlap).count()
+    stuck = skipped_items.filter(
+        touched__gte=eligible_count, submitted_count__lt=project.overlap
+    ).count()
     return ProjectProgress(
         items=items["total"],
         complete=items["complete"],

@@ -75,7 +75,11 @@ def task(request: HttpRequest, assignment_id: int) -> HttpResponse:
 def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
     assignment = _own_assignment(request, assignment_id)
     view = selectors.task_view(assignment)
-    editing = assignment.status == AssignmentStatus.SUBMITTED
+    already_submitted = assignment.status == AssignmentStatus.SUBMITTED
+    if already_submitted and request.POST.get("edit") != "1":
+        # A double click or a retried request: the first one counted, move on.
+        return _next_task(request, assignment.item.project)
+    editing = already_submitted
     form = _form_for(view, data=request.POST)
     if form.is_valid():
         try:
@@ -96,13 +100,18 @@ def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
 @role_required(*ANNOTATING)
 def skip(request: HttpRequest, assignment_id: int) -> HttpResponse:
     assignment = _own_assignment(request, assignment_id)
-    form = SkipForm(request.POST)
-    reason = form.cleaned_data["reason"] if form.is_valid() else ""
+    skip_form = SkipForm(request.POST)
     try:
+        if not skip_form.is_valid():
+            raise ValidationError(skip_form.errors["reason"])
+        reason = skip_form.cleaned_data["reason"]
         services.assignment_skip(assignment_id=assignment.pk, annotator=request.user, reason=reason)
-    except TaskUnavailable as exc:
-        messages.error(request, exc.messages[0])
-        return redirect("task", assignment_id=assignment.pk)
+    except ValidationError as exc:
+        view = selectors.task_view(assignment)
+        return _render_task(
+            request, view, _form_for(view, initial=True), status=422, skip_form=skip_form,
+            skip_error=exc.messages[0],
+        )  # fmt: skip
     return _next_task(request, assignment.item.project)
 
 
@@ -239,7 +248,13 @@ def _next_task(request: HttpRequest, project: Project) -> HttpResponse:
 
 
 def _render_task(
-    request, view: selectors.TaskView, form: forms.Form, status: int = 200, resubmitted=False
+    request,
+    view: selectors.TaskView,
+    form: forms.Form,
+    status: int = 200,
+    resubmitted: bool = False,
+    skip_form: SkipForm | None = None,
+    skip_error: str = "",
 ):
     """`resubmitted`: the same task shown again with the annotator's answers and errors."""
     project = view.item.project
@@ -259,7 +274,8 @@ def _render_task(
         "editing": view.assignment.status == AssignmentStatus.SUBMITTED,
         "lease_expired": view.assignment.status == AssignmentStatus.LEASED
         and view.assignment.expires_at <= timezone.now(),
-        "skip_form": SkipForm(),
+        "skip_form": skip_form or SkipForm(),
+        "skip_error": skip_error,
     }
     return render(request, template, context, status=status)
 

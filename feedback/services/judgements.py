@@ -59,7 +59,8 @@ def _clean_pairwise(assignment: Assignment, choice: str, strength: str, rational
     return {
         "choice": choice,
         "strength": strength if decisive else "",
-        "shown_left": "a" if order and order[0] == a_id else "b",
+        # No recorded shuffle means canonical order, A on the left (as the task screen shows it).
+        "shown_left": "a" if not order or order[0] == a_id else "b",
         "rationale": clean_text(rationale, field="rationale", allow_blank=True),
     }
 

@@ -64,5 +64,3 @@ def test_sixteen_annotators_fill_the_queue_exactly_once():
     assert len(pairs) == len(set(pairs)), "an annotator judged an item twice"
     assert set(Item.objects.values_list("submitted_count", flat=True)) == {OVERLAP}
     assert not Assignment.objects.filter(status=AssignmentStatus.LEASED).exists()
-    # Work spread across the crowd rather than one thread draining the queue.
-    assert len(done) == WORKERS
