@@ -7,6 +7,8 @@ skipped. A judgement row hangs off exactly one assignment, which is what makes s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -279,3 +281,54 @@ class JudgementRevision(models.Model):
 
     def __str__(self) -> str:
         return f"Revision of {self.assignment} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class SnapshotKind(models.TextChoices):
+    SFT = "sft", "SFT demonstrations"
+    PREFERENCE = "preference", "Preference pairs"
+    PROMPTS = "prompts", "Prompts only"
+
+
+class SnapshotStatus(models.TextChoices):
+    BUILDING = "building", "Building"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class DatasetSnapshot(models.Model):
+    """An immutable export of a project's judgements under a named policy.
+
+    Its files live in `directory` (relative to MEDIA_ROOT): `train.jsonl` and `test.jsonl` in the
+    shapes TRL trainers load directly, plus Parquet copies and a `datasets.save_to_disk` folder.
+    Training jobs only ever read snapshots, so every checkpoint can name the labels that made it.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="snapshots")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=SnapshotKind.choices)
+    policy = models.JSONField(default=dict, help_text="Filters and aggregation used.")
+    status = models.CharField(
+        max_length=12, choices=SnapshotStatus.choices, default=SnapshotStatus.BUILDING
+    )
+    error = models.TextField(blank=True)
+    content_hash = models.CharField(max_length=64, blank=True, help_text="sha256 of the rows.")
+    directory = models.CharField(max_length=500, blank=True)
+    row_counts = models.JSONField(default=dict, blank=True, help_text='{"train": n, "test": m}')
+    stats = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()}, {self.content_hash[:8] or 'building'})"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == SnapshotStatus.READY
+
+    def path(self) -> Path:
+        return Path(settings.MEDIA_ROOT) / self.directory
