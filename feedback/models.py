@@ -202,10 +202,19 @@ def live_lease_q(prefix: str = "") -> Q:
     )
 
 
+class Origin(models.TextChoices):
+    HUMAN = "human", "Human annotator"
+    IMPORTED = "imported", "Imported data"
+    SIMULATED = "simulated", "Simulated annotator"
+
+
 class JudgementBase(models.Model):
     assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE)
     item = models.ForeignKey(Item, on_delete=models.CASCADE)
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    # Exports leave out imported and simulated labels unless asked: they are not human work.
+    origin = models.CharField(max_length=12, choices=Origin.choices, default=Origin.HUMAN)
+    source = models.CharField(max_length=200, blank=True, help_text="File or dataset it came from.")
     labels = models.JSONField(default=dict, blank=True)
     seconds_spent = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

@@ -14,12 +14,14 @@ from .projects import (
     prompt_create,
 )
 from .queue import task_next_for_annotator
+from .snapshots import clean_policy, snapshot_build, snapshot_create, snapshot_request
 from .validation import clean_labels, clean_messages, clean_text
 
 __all__ = [
     "assignment_skip",
     "clean_labels",
     "clean_messages",
+    "clean_policy",
     "clean_text",
     "completion_create",
     "demonstration_submit",
@@ -29,5 +31,8 @@ __all__ = [
     "project_create",
     "prompt_create",
     "ranking_submit",
+    "snapshot_build",
+    "snapshot_create",
+    "snapshot_request",
     "task_next_for_annotator",
 ]
