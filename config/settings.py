@@ -159,8 +159,23 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", 43200)
 }
 
-# Annotation limits.
+# Annotation and import limits.
 VEREDICTO_MAX_TEXT_CHARS = env.int("VEREDICTO_MAX_TEXT_CHARS", 20_000)
+VEREDICTO_IMPORT_MAX_BYTES = env.int("VEREDICTO_IMPORT_MAX_BYTES", 4 * 1024**3)
+VEREDICTO_IMPORT_MAX_ROWS = env.int("VEREDICTO_IMPORT_MAX_ROWS", 5_000_000)
+
+# Training jobs. While a job trains, a background thread in its worker writes `heartbeat_at` every
+# HEARTBEAT seconds (progress writes count too). A running job silent for STALE seconds is marked
+# failed ("worker stopped responding") when a job page is read; a worker that starts fails the
+# jobs it left running at once. Keep STALE well above HEARTBEAT plus a slow database write.
+VEREDICTO_JOB_HEARTBEAT_SECONDS = env.float("VEREDICTO_JOB_HEARTBEAT_SECONDS", 10.0)
+VEREDICTO_JOB_STALE_SECONDS = env.float("VEREDICTO_JOB_STALE_SECONDS", 60.0)
+# Progress (step, metrics, log tail) is written at most this often; cancel is polled as often.
+VEREDICTO_JOB_PROGRESS_SECONDS = env.float("VEREDICTO_JOB_PROGRESS_SECONDS", 2.0)
+# Default wall-clock limit of one training attempt (Celery soft limit; the hard one adds 5 min).
+VEREDICTO_JOB_TIME_LIMIT_SECONDS = env.int("VEREDICTO_JOB_TIME_LIMIT_SECONDS", 24 * 3600)
+# Job outputs go to <dir>/<job id>-<attempt>/. Empty: MEDIA_ROOT/checkpoints.
+VEREDICTO_MODELS_DIR = env.str("VEREDICTO_MODELS_DIR", "")
 
 LOGGING = {
     "version": 1,

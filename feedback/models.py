@@ -122,10 +122,19 @@ class Item(models.Model):
     )
     # Denormalised so the queue can find open items without counting rows per request.
     submitted_count = models.PositiveSmallIntegerField(default=0)
+    # Content hash of the imported row that made this item: re-importing a file adds nothing.
+    import_key = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         indexes = [models.Index(fields=["project", "submitted_count", "id"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "import_key"],
+                condition=~Q(import_key=""),
+                name="item_import_key_once_per_project",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk}"
@@ -341,3 +350,41 @@ class DatasetSnapshot(models.Model):
 
     def path(self) -> Path:
         return Path(settings.MEDIA_ROOT) / self.directory
+
+
+class ImportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class DataImport(models.Model):
+    """One uploaded file on its way into a project; big files import in the background."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
+    file = models.CharField(max_length=500, help_text="Path under MEDIA_ROOT.")
+    original_name = models.CharField(max_length=300)
+    options = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=12, choices=ImportStatus.choices, default=ImportStatus.QUEUED
+    )
+    phase = models.CharField(max_length=20, blank=True, help_text="validating or writing")
+    rows_done = models.PositiveIntegerField(default=0)
+    rows_total = models.PositiveIntegerField(null=True, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.original_name} into {self.project} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (ImportStatus.SUCCEEDED, ImportStatus.FAILED)

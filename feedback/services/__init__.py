@@ -1,5 +1,6 @@
 """Writes for the annotation workspace. Views, the API and management commands all call these."""
 
+from .imports import ImportOptions, ImportReport, import_file, import_validate
 from .judgements import (
     assignment_skip,
     demonstration_submit,
@@ -18,6 +19,8 @@ from .snapshots import clean_policy, snapshot_build, snapshot_create, snapshot_r
 from .validation import clean_labels, clean_messages, clean_text
 
 __all__ = [
+    "ImportOptions",
+    "ImportReport",
     "assignment_skip",
     "clean_labels",
     "clean_messages",
@@ -25,6 +28,8 @@ __all__ = [
     "clean_text",
     "completion_create",
     "demonstration_submit",
+    "import_file",
+    "import_validate",
     "item_create",
     "judgement_edit",
     "pairwise_submit",

@@ -1,0 +1,348 @@
+import csv
+import json
+from io import StringIO
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from feedback import services
+from feedback.models import (
+    Completion,
+    Demonstration,
+    DemonstrationStatus,
+    Item,
+    Origin,
+    PairwiseJudgement,
+    Prompt,
+    TaskKind,
+)
+from feedback.services import ImportOptions, import_file
+from tests.factories import ProjectFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def project(roles):
+    return ProjectFactory(name="Imports", overlap=2)
+
+
+@pytest.fixture
+def importer(admin_user):
+    return admin_user
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def counts():
+    return (Prompt.objects.count(), Completion.objects.count(), Item.objects.count())
+
+
+def run(project, path, user, **options):
+    return import_file(project=project, path=path, user=user, options=ImportOptions(**options))
+
+
+# --- formats -------------------------------------------------------------------------------------
+
+
+def test_jsonl_prompts_in_both_shapes(project, importer, tmp_path):
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "What is 2+2?", "tags": ["math"], "id": "q1"},
+            {
+                "system": "Be terse.",
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                    {"role": "user", "content": "Bye?"},
+                ],
+                "split": "test",
+            },
+        ],
+    )
+    report = run(project, path, importer)
+    assert report.ok, report.errors
+    assert report.shapes == {"prompts": 2}
+    first, second = Prompt.objects.order_by("id")
+    assert first.tags == ["math"] and first.external_id == "q1" and first.source == "p.jsonl"
+    assert second.system == "Be terse." and second.split == "test" and len(second.messages) == 3
+
+
+def test_csv_with_json_columns(project, importer, tmp_path):
+    path = tmp_path / "c.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "completions", "tags"])
+        writer.writerow(["Name a colour", json.dumps(["red", "blue"]), "easy, colours"])
+    report = run(project, path, importer)
+    assert report.ok, report.errors
+    item = Item.objects.get()
+    assert item.kind == TaskKind.PAIRWISE
+    assert [c.text for c in item.ordered_completions()] == ["red", "blue"]
+    assert item.prompt.tags == ["easy", "colours"]
+
+
+def test_parquet_and_save_to_disk_folders(project, importer, tmp_path):
+    rows = [
+        {"prompt": f"Question {n}?", "chosen": f"yes {n}", "rejected": f"no {n}"} for n in range(3)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "prefs.parquet")
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(rows[:2]),
+            "test": datasets.Dataset.from_list([{"prompt": "Held out?"}]),
+        }
+    ).save_to_disk(str(tmp_path / "hf"))
+
+    assert run(project, tmp_path / "prefs.parquet", importer).created["items"] == 3
+    report = run(project, tmp_path / "hf", importer, shape="auto")
+    assert report.ok, report.errors
+    assert report.skipped_duplicates == 2  # the two train rows came in with the Parquet file
+    assert Prompt.objects.get(messages__0__content="Held out?").split == "test"
+
+
+# --- shapes --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pairing", "expected"),
+    [
+        ("all_pairs", [("x", "y"), ("x", "z"), ("y", "z")]),
+        ("adjacent", [("x", "y"), ("y", "z")]),
+        ("first_vs_rest", [("x", "y"), ("x", "z")]),
+    ],
+)
+def test_comparison_pairing_policies(project, importer, tmp_path, pairing, expected):
+    row = {"prompt": "Pick", "completions": [{"text": "x", "model": "m1"}, "y", {"text": "z"}]}
+    run(project, write_jsonl(tmp_path / "c.jsonl", [row]), importer, pairing=pairing)
+    pairs = [
+        tuple(c.text for c in item.ordered_completions()) for item in Item.objects.order_by("id")
+    ]
+    assert pairs == expected
+    assert Completion.objects.get(text="x").model_name == "m1"
+    assert not PairwiseJudgement.objects.exists()  # comparisons still need annotators
+
+
+def test_comparisons_as_ranking_items(project, importer, tmp_path):
+    row = {"prompt": "Rank", "completions": ["a", "b", "c", "d"]}
+    run(project, write_jsonl(tmp_path / "r.jsonl", [row]), importer, comparison_mode="ranking")
+    item = Item.objects.get()
+    assert item.kind == TaskKind.RANKING and len(item.ordered_completions()) == 4
+
+
+def test_preference_pairs_arrive_judged_and_marked_imported(project, importer, tmp_path):
+    rows = [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "chosen_model": "good"}]
+    run(project, write_jsonl(tmp_path / "pref.jsonl", rows), importer, source="unit-test")
+    judgement = PairwiseJudgement.objects.get()
+    assert judgement.choice == "a"
+    assert judgement.origin == Origin.IMPORTED and judgement.source == "unit-test"
+    assert [c.text for c in judgement.item.ordered_completions()] == ["4", "5"]
+    assert judgement.item.submitted_count == 1
+    assert Completion.objects.get(text="4").model_name == "good"
+
+
+def test_anthropic_hh_text_layout(project, importer, tmp_path):
+    row = {
+        "chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell a joke\n\nAssistant: A pun.",
+        "rejected": "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell a joke\n\nAssistant: No.",
+    }
+    report = run(project, write_jsonl(tmp_path / "hh.jsonl", [row]), importer)
+    assert report.ok, report.errors
+    prompt = Prompt.objects.get()
+    assert prompt.messages == [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Tell a joke"},
+    ]
+    assert [c.text for c in Item.objects.get().ordered_completions()] == ["A pun.", "No."]
+
+
+def test_ultrafeedback_binarized_layout(project, importer, tmp_path):
+    row = {
+        "prompt": "Name a prime.",
+        "chosen": [
+            {"role": "user", "content": "Name a prime."},
+            {"role": "assistant", "content": "7"},
+        ],
+        "rejected": [
+            {"role": "user", "content": "Name a prime."},
+            {"role": "assistant", "content": "9"},
+        ],
+        "score_chosen": 9.0,
+        "score_rejected": 2.0,
+    }
+    report = run(project, write_jsonl(tmp_path / "uf.jsonl", [row]), importer)
+    assert report.ok, report.errors
+    assert Prompt.objects.get().messages == [{"role": "user", "content": "Name a prime."}]
+    assert [c.text for c in Item.objects.get().ordered_completions()] == ["7", "9"]
+
+
+def test_sft_rows_become_accepted_imported_demonstrations(project, importer, tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]},
+        {"prompt": "Capital of France?", "completion": "Paris."},
+    ]
+    run(project, write_jsonl(tmp_path / "sft.jsonl", rows), importer)
+    demos = Demonstration.objects.order_by("id")
+    assert [d.text for d in demos] == ["Hey", "Paris."]
+    assert {d.status for d in demos} == {DemonstrationStatus.ACCEPTED}
+    assert {d.origin for d in demos} == {Origin.IMPORTED}
+
+
+def test_imported_preferences_can_seed_a_reward_model_snapshot(
+    project, importer, tmp_path, settings
+):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    rows = [{"prompt": f"Q{n}?", "chosen": f"good {n}", "rejected": f"bad {n}"} for n in range(5)]
+    run(project, write_jsonl(tmp_path / "pref.jsonl", rows), importer)
+    snapshot = services.snapshot_create(
+        project=project,
+        kind="preference",
+        policy={"include_imported": True, "test_fraction": 0},
+    )
+    assert snapshot.row_counts["train"] == 5
+    default = services.snapshot_create(project=project, kind="preference")
+    assert sum(default.row_counts.values()) == 0
+
+
+# --- idempotence and atomicity ---------------------------------------------------------------------
+
+
+def test_importing_the_same_file_twice_adds_nothing(project, importer, tmp_path):
+    rows = [
+        {"prompt": "A?"},
+        {"prompt": "B?", "completions": ["1", "2", "3"]},
+        {"prompt": "C?", "chosen": "yes", "rejected": "no"},
+        {"prompt": "D?", "completion": "demo"},
+    ]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    project.task_kinds = [TaskKind.PAIRWISE, TaskKind.DEMONSTRATION]
+    project.save()
+    first = run(project, path, importer)
+    before = counts()
+    second = run(project, path, importer)
+    assert first.ok and second.ok
+    assert counts() == before
+    assert second.skipped_duplicates == 4
+    assert second.created == {"prompts": 0, "completions": 0, "items": 0, "judgements": 0}
+
+
+def test_same_prompt_with_new_completions_adds_items_to_the_existing_prompt(
+    project, importer, tmp_path
+):
+    run(
+        project,
+        write_jsonl(tmp_path / "a.jsonl", [{"prompt": "P?", "completions": ["1", "2"]}]),
+        importer,
+    )
+    run(
+        project,
+        write_jsonl(tmp_path / "b.jsonl", [{"prompt": "P?", "completions": ["3", "4"]}]),
+        importer,
+    )
+    assert Prompt.objects.count() == 1
+    assert Item.objects.count() == 2
+
+
+BAD_ROWS = [
+    (b'{"prompt": "ok"}\n{"prompt": "broken\n', "row 2", "invalid JSON"),
+    (b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', "row 2", "invalid UTF-8"),
+    (b'{"messages": [{"role": "wizard", "content": "x"}]}\n', "row 1", "unknown role"),
+    (b'{"prompt": "   "}\n', "row 1", "Must not be empty"),
+    (b'{"prompt": 42}\n', "row 1", "text or a list of messages"),
+    (b'["not", "an", "object"]\n', "row 1", "JSON object"),
+    (b'{"prompt": "x", "chosen": "same", "rejected": "same"}\n', "row 1", "same text"),
+    (b'{"prompt": "x", "completions": ["only one"]}\n', "row 1", "2 or more"),
+    (b'{"prompt": "x", "split": "validation"}\n', "row 1", "split must be"),
+    (b'{"unrelated": 1}\n', "row 1", "Cannot tell the shape"),
+    (
+        b'{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: c\\n\\nAssistant: d"}\n',
+        "row 1",
+        "different conversations",
+    ),
+]
+
+
+@pytest.mark.parametrize(("content", "where", "message"), BAD_ROWS)
+def test_bad_rows_are_reported_with_row_numbers_and_nothing_is_written(
+    project, importer, tmp_path, content, where, message
+):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"prompt": "a fine first row"}\n' * 0 + content)
+    report = run(project, path, importer)
+    assert not report.ok
+    row_number = int(where.split()[1])
+    assert any(e["row"] == row_number and message in e["message"] for e in report.errors), (
+        report.errors
+    )
+    assert counts() == (0, 0, 0)
+
+
+def test_oversized_text_and_too_many_messages_are_refused(project, importer, tmp_path, settings):
+    settings.VEREDICTO_MAX_TEXT_CHARS = 100
+    turns = [{"role": r, "content": "x"} for r in ["user", "assistant"] * 40] + [
+        {"role": "user", "content": "x"}
+    ]
+    path = write_jsonl(tmp_path / "big.jsonl", [{"prompt": "y" * 101}, {"messages": turns}])
+    report = run(project, path, importer)
+    messages = [e["message"] for e in report.errors]
+    assert any("limit is 100" in m for m in messages)
+    assert any("At most 64 messages" in m for m in messages)
+    assert counts() == (0, 0, 0)
+
+
+def test_project_that_does_not_collect_the_kind_is_refused(roles, importer, tmp_path):
+    project = ProjectFactory(task_kinds=[TaskKind.DEMONSTRATION])
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "x", "chosen": "a", "rejected": "b"}])
+    report = run(project, path, importer)
+    assert "does not collect pairwise tasks" in report.errors[0]["message"]
+    assert counts() == (0, 0, 0)
+
+
+def test_empty_and_unknown_files_are_refused(project, importer, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "data.xlsx").write_text("x")
+    with pytest.raises(services.imports.ValidationError, match="empty"):
+        run(project, tmp_path / "empty.jsonl", importer)
+    with pytest.raises(services.imports.ValidationError, match="Unknown file type"):
+        run(project, tmp_path / "data.xlsx", importer)
+
+
+def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_path, monkeypatch):
+    rows = [{"prompt": f"Q{n}?", "chosen": "a", "rejected": "b"} for n in range(1500)]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    real = services.imports._write_judgements
+    calls = []
+
+    def fail_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(services.imports, "_write_judgements", fail_on_second_batch)
+    with pytest.raises(RuntimeError):
+        run(project, path, importer)
+    assert counts() == (0, 0, 0)
+
+
+# --- management command ----------------------------------------------------------------------------
+
+
+def test_import_data_command(project, importer, tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hello?"}])
+    out = StringIO()
+    call_command("import_data", str(path), project="Imports", user=importer.username, stdout=out)
+    assert "Imported 1 rows" in out.getvalue()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": ""}\n')
+    with pytest.raises(CommandError, match="nothing was imported"):
+        call_command("import_data", str(bad), project="Imports", user=importer.username)
