@@ -150,10 +150,8 @@ def test_preference_pairs_arrive_judged_and_marked_imported(project, importer, t
 
 
 def test_anthropic_hh_text_layout(project, importer, tmp_path):
-    row = {
-        "chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell a joke\n\nAssistant: A pun.",
-        "rejected": "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell a joke\n\nAssistant: No.",
-    }
+    history = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell a joke"
+    row = {"chosen": history + "\n\nAssistant: A pun.", "rejected": history + "\n\nAssistant: No."}
     report = run(project, write_jsonl(tmp_path / "hh.jsonl", [row]), importer)
     assert report.ok, report.errors
     prompt = Prompt.objects.get()
@@ -213,7 +211,7 @@ def test_imported_preferences_can_seed_a_reward_model_snapshot(
     assert sum(default.row_counts.values()) == 0
 
 
-# --- idempotence and atomicity ---------------------------------------------------------------------
+# --- idempotence and atomicity ---------------------------------------------------------------
 
 
 def test_importing_the_same_file_twice_adds_nothing(project, importer, tmp_path):
@@ -264,7 +262,8 @@ BAD_ROWS = [
     (b'{"prompt": "x", "split": "validation"}\n', "row 1", "split must be"),
     (b'{"unrelated": 1}\n', "row 1", "Cannot tell the shape"),
     (
-        b'{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: c\\n\\nAssistant: d"}\n',
+        b'{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", '
+        b'"rejected": "\\n\\nHuman: c\\n\\nAssistant: d"}\n',
         "row 1",
         "different conversations",
     ),
@@ -334,7 +333,7 @@ def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_pa
     assert counts() == (0, 0, 0)
 
 
-# --- management command ----------------------------------------------------------------------------
+# --- management command ----------------------------------------------------------------------
 
 
 def test_import_data_command(project, importer, tmp_path):
