@@ -3,6 +3,8 @@ from django.contrib import admin
 from feedback.models import (
     Assignment,
     Completion,
+    DataImport,
+    DatasetSnapshot,
     Demonstration,
     Item,
     ItemCompletion,
@@ -99,3 +101,20 @@ class JudgementRevisionAdmin(admin.ModelAdmin):
     list_filter = ["created_at"]
     search_fields = ["edited_by__username"]
     raw_id_fields = ["assignment", "edited_by"]
+
+
+@admin.register(DatasetSnapshot)
+class DatasetSnapshotAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "project", "kind", "status", "row_counts", "created_at"]
+    list_filter = ["kind", "status", "project"]
+    search_fields = ["name", "content_hash"]
+    # Snapshots are immutable: their rows describe files already written.
+    readonly_fields = [f.name for f in DatasetSnapshot._meta.fields]
+
+
+@admin.register(DataImport)
+class DataImportAdmin(admin.ModelAdmin):
+    list_display = ["id", "original_name", "project", "status", "rows_done", "created_at"]
+    list_filter = ["status", "project"]
+    search_fields = ["original_name"]
+    readonly_fields = [f.name for f in DataImport._meta.fields]

@@ -94,3 +94,83 @@ def labels_from_post(schema: list[dict], data: QueryDict) -> dict[str, Any]:
         elif value not in (None, ""):
             answers[spec["name"]] = value
     return answers
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(help_text="JSONL, CSV or Parquet.")
+    shape = forms.ChoiceField(
+        choices=[
+            ("auto", "Detect per row"),
+            ("prompts", "Prompts"),
+            ("comparisons", "Prompts with completions to compare"),
+            ("preference", "Preference pairs (prompt, chosen, rejected)"),
+            ("sft", "SFT demonstrations"),
+        ],
+        initial="auto",
+    )
+    comparison_mode = forms.ChoiceField(
+        choices=[("pairwise", "Pairwise items"), ("ranking", "One ranking item per prompt")],
+        initial="pairwise",
+        help_text="For prompts with several completions.",
+    )
+    pairing = forms.ChoiceField(
+        choices=[
+            ("all_pairs", "Every pair"),
+            ("adjacent", "Adjacent pairs (1–2, 2–3, …)"),
+            ("first_vs_rest", "First completion against each other"),
+        ],
+        initial="all_pairs",
+    )
+    source = forms.CharField(required=False, max_length=200, help_text="Defaults to the file name.")
+
+    def options(self):
+        from feedback.services.imports import ImportOptions
+
+        return ImportOptions(
+            shape=self.cleaned_data["shape"],
+            comparison_mode=self.cleaned_data["comparison_mode"],
+            pairing=self.cleaned_data["pairing"],
+            source=self.cleaned_data["source"],
+        )
+
+
+class SnapshotForm(forms.Form):
+    kind = forms.ChoiceField(
+        choices=[
+            ("preference", "Preference pairs (reward model, DPO)"),
+            ("sft", "SFT demonstrations"),
+            ("prompts", "Prompts only (PPO, RLOO, GRPO)"),
+        ]
+    )
+    name = forms.CharField(required=False, max_length=200)
+    test_fraction = forms.FloatField(initial=0.1, min_value=0, max_value=0.9)
+    aggregation = forms.ChoiceField(
+        choices=[("majority", "Majority per item"), ("all", "Every judgement is a row")],
+        initial="majority",
+    )
+    min_agreement = forms.FloatField(initial=0.5, min_value=0, max_value=1)
+    keep_ties = forms.BooleanField(required=False, help_text="Keep ties / both-bad as rows.")
+    accepted_only = forms.BooleanField(
+        required=False, help_text="SFT: reviewed demonstrations only."
+    )
+    include_imported = forms.BooleanField(required=False)
+    include_simulated = forms.BooleanField(required=False)
+
+    def policy(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        policy = {
+            "test_fraction": data["test_fraction"],
+            "include_imported": data["include_imported"],
+            "include_simulated": data["include_simulated"],
+        }
+        if data["kind"] == "preference":
+            policy |= {
+                "aggregation": data["aggregation"],
+                "min_agreement": data["min_agreement"],
+                "keep_ties": data["keep_ties"],
+            }
+        if data["kind"] == "sft":
+            policy["statuses"] = (
+                ["accepted"] if data["accepted_only"] else ["submitted", "accepted"]
+            )
+        return policy

@@ -388,3 +388,9 @@ class DataImport(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (ImportStatus.SUCCEEDED, ImportStatus.FAILED)
+
+    @property
+    def created_summary(self) -> str:
+        """'3 prompts, 6 completions, …' (templates cannot iterate a dict with an "items" key)."""
+        created = (self.report or {}).get("created", {})
+        return ", ".join(f"{count} {what}" for what, count in created.items())

@@ -12,3 +12,17 @@ urlpatterns = [
     path("history/", views.history, name="history"),
     path("markdown/preview/", views.markdown_preview, name="markdown-preview"),
 ]
+
+urlpatterns += [
+    path("projects/<int:project_id>/data/", views.data_page, name="data"),
+    path("projects/<int:project_id>/data/preview/", views.import_preview, name="import-preview"),
+    path("projects/<int:project_id>/data/import/", views.import_start, name="import-start"),
+    path("projects/<int:project_id>/snapshots/", views.snapshot_create, name="snapshot-create"),
+    path("imports/<int:import_id>/", views.import_detail, name="import-detail"),
+    path("snapshots/<int:snapshot_id>/", views.snapshot_detail, name="snapshot-detail"),
+    path(
+        "snapshots/<int:snapshot_id>/files/<str:filename>",
+        views.snapshot_download,
+        name="snapshot-download",
+    ),
+]

@@ -646,3 +646,125 @@ def _write_judgements(items, plans, user, source, now) -> int:
     Demonstration.objects.bulk_create(demos, batch_size=BATCH)
     PairwiseJudgement.objects.bulk_create(pairs, batch_size=BATCH)
     return len(demos) + len(pairs)
+
+
+# --- uploads, previews and background runs -----------------------------------------------------
+
+
+PREVIEW_ROWS = 5
+PREVIEW_VALIDATE = 200
+
+
+def upload_store(*, uploaded, project: Project) -> Path:
+    """Save an uploaded file under MEDIA_ROOT/uploads/ and return its path."""
+    from uuid import uuid4
+
+    name = Path(uploaded.name).name or "upload"
+    detect_format(Path(name))
+    if uploaded.size > settings.VEREDICTO_IMPORT_MAX_BYTES:
+        raise ValidationError(
+            {"file": f"File is {uploaded.size:,} bytes; the limit is "
+                     f"{settings.VEREDICTO_IMPORT_MAX_BYTES:,}."}
+        )  # fmt: skip
+    directory = Path(settings.MEDIA_ROOT) / "uploads" / str(project.pk) / uuid4().hex
+    directory.mkdir(parents=True)
+    path = directory / name
+    with path.open("wb") as out:
+        for chunk in uploaded.chunks():
+            out.write(chunk)
+    check_limits(path)
+    return path
+
+
+def import_preview(*, path: Path, options: ImportOptions) -> dict[str, Any]:
+    """The first rows as they will be imported, the detected shapes, and early errors."""
+    shown: list[dict[str, Any]] = []
+    shapes: dict[str, int] = {}
+    errors: list[dict[str, Any]] = []
+    checked = 0
+    for number, parsed in _parsed(path, options):
+        checked += 1
+        if isinstance(parsed, str):
+            errors.append({"row": number, "message": parsed})
+        else:
+            shapes[parsed.shape] = shapes.get(parsed.shape, 0) + 1
+            if len(shown) < PREVIEW_ROWS:
+                shown.append(
+                    {
+                        "row": number,
+                        "shape": parsed.shape,
+                        "system": parsed.system,
+                        "messages": parsed.messages,
+                        "completions": [text for text, _ in parsed.completions],
+                        "demonstration": parsed.demonstration,
+                    }
+                )
+        if checked >= PREVIEW_VALIDATE:
+            break
+    return {
+        "format": detect_format(path),
+        "rows": shown,
+        "shapes": shapes,
+        "errors": errors[:MAX_ERRORS_LISTED],
+        "checked": checked,
+    }
+
+
+def data_import_create(
+    *, project: Project, path: Path, original_name: str, options: ImportOptions, user
+):
+    from feedback.models import DataImport
+
+    relative = path.relative_to(Path(settings.MEDIA_ROOT))
+    return DataImport.objects.create(
+        project=project,
+        file=str(relative),
+        original_name=original_name[:300],
+        options={
+            "shape": options.shape,
+            "comparison_mode": options.comparison_mode,
+            "pairing": options.pairing,
+            "source": options.source or original_name,
+        },
+        created_by=user,
+    )
+
+
+def data_import_run(data_import) -> None:
+    """Run a queued import once (a redelivered message finds nothing to claim)."""
+    from feedback.models import DataImport, ImportStatus
+
+    claimed = DataImport.objects.filter(pk=data_import.pk, status=ImportStatus.QUEUED).update(
+        status=ImportStatus.RUNNING, phase="validating"
+    )
+    if not claimed:
+        return
+    rows = DataImport.objects.filter(pk=data_import.pk)
+
+    def progress(phase: str, done: int) -> None:
+        rows.update(phase=phase, rows_done=done)
+
+    try:
+        report = import_file(
+            project=data_import.project,
+            path=Path(settings.MEDIA_ROOT) / data_import.file,
+            user=data_import.created_by,
+            options=ImportOptions(**data_import.options),
+            progress=progress,
+        )
+    except ValidationError as exc:
+        report = ImportReport()
+        for message in exc.messages:
+            report.add_error(0, message)
+    except Exception as exc:
+        report = ImportReport()
+        report.add_error(0, f"the import stopped: {type(exc).__name__}: {exc}")
+    status = ImportStatus.SUCCEEDED if report.ok else ImportStatus.FAILED
+    rows.update(
+        status=status,
+        phase="",
+        rows_total=report.rows,
+        rows_done=report.rows,
+        report=report.as_dict(),
+        finished_at=timezone.now(),
+    )

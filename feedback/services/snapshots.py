@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from itertools import combinations
@@ -359,6 +360,9 @@ def _write_companions(directory: Path, counts: dict[str, int]) -> None:
         )
         loaded.save_to_disk(str(directory / "hf"))
         shutil.rmtree(directory / ".cache", ignore_errors=True)
+        # One file to download; `tar xf hf.tar` gives the folder for datasets.load_from_disk.
+        with tarfile.open(directory / "hf.tar", "w") as archive:
+            archive.add(directory / "hf", arcname="hf")
 
 
 def snapshot_request(

@@ -1,0 +1,28 @@
+from .annotation import history, home, markdown_preview, progress, skip, submit, task, work
+from .data import (
+    data_page,
+    import_detail,
+    import_preview,
+    import_start,
+    snapshot_create,
+    snapshot_detail,
+    snapshot_download,
+)
+
+__all__ = [
+    "data_page",
+    "history",
+    "home",
+    "import_detail",
+    "import_preview",
+    "import_start",
+    "markdown_preview",
+    "progress",
+    "skip",
+    "snapshot_create",
+    "snapshot_detail",
+    "snapshot_download",
+    "submit",
+    "task",
+    "work",
+]

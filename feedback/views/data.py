@@ -1,0 +1,159 @@
+"""Admin data screens: upload and import files, build and download dataset snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core import signing
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from feedback import services, tasks
+from feedback.forms import ImportForm, SnapshotForm
+from feedback.models import DataImport, DatasetSnapshot, Project
+from feedback.roles import Role, role_required
+
+_UPLOAD_SALT = "veredicto.upload"
+DOWNLOADS = {
+    "train.jsonl": "application/jsonl",
+    "test.jsonl": "application/jsonl",
+    "train.parquet": "application/vnd.apache.parquet",
+    "test.parquet": "application/vnd.apache.parquet",
+    "hf.tar": "application/x-tar",
+    "manifest.json": "application/json",
+}
+
+
+@require_GET
+@role_required(Role.ADMIN)
+def data_page(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    return render(request, "feedback/data.html", _data_context(project))
+
+
+def _data_context(project: Project, **extra) -> dict:
+    return {
+        "project": project,
+        "import_form": extra.pop("import_form", None) or ImportForm(),
+        "snapshot_form": extra.pop("snapshot_form", None) or SnapshotForm(),
+        "imports": project.imports.select_related("created_by")[:20],
+        "snapshots": project.snapshots.select_related("created_by")[:50],
+        **extra,
+    }
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def import_preview(request: HttpRequest, project_id: int) -> HttpResponse:
+    """Store the upload, show its first rows and detected shape, and ask for confirmation."""
+    project = get_object_or_404(Project, pk=project_id)
+    form = ImportForm(request.POST, request.FILES)
+    preview = token = None
+    if form.is_valid():
+        try:
+            path = services.imports.upload_store(
+                uploaded=form.cleaned_data["file"], project=project
+            )
+            preview = services.imports.import_preview(path=path, options=form.options())
+            relative = str(path.relative_to(Path(settings.MEDIA_ROOT)))
+            token = signing.dumps([project.pk, relative, form.cleaned_data["file"].name],
+                                  salt=_UPLOAD_SALT)  # fmt: skip
+        except ValidationError as exc:
+            form.add_error("file", exc.messages)
+    context = _data_context(project, import_form=form, preview=preview, upload_token=token)
+    template = "feedback/data.html#import-panel" if request.htmx else "feedback/data.html"
+    return render(request, template, context, status=200 if form.is_valid() else 422)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def import_start(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    form = ImportForm(request.POST)
+    form.fields["file"].required = False
+    try:
+        signed_project, relative, original = signing.loads(
+            request.POST.get("upload_token", ""), salt=_UPLOAD_SALT, max_age=24 * 3600
+        )
+    except signing.BadSignature:
+        return HttpResponse("That upload is unknown or expired; upload the file again.", status=400)
+    if signed_project != project.pk or not form.is_valid():
+        return HttpResponse("The import options are invalid.", status=400)
+    with transaction.atomic():
+        data_import = services.imports.data_import_create(
+            project=project,
+            path=Path(settings.MEDIA_ROOT) / relative,
+            original_name=original,
+            options=form.options(),
+            user=request.user,
+        )
+        transaction.on_commit(lambda: tasks.run_import.delay(data_import.pk))
+    return redirect("import-detail", import_id=data_import.pk)
+
+
+@require_GET
+@role_required(Role.ADMIN)
+def import_detail(request: HttpRequest, import_id: int) -> HttpResponse:
+    data_import = get_object_or_404(DataImport.objects.select_related("project"), pk=import_id)
+    template = "feedback/import_detail.html"
+    if request.htmx:
+        template += "#import-status"
+    return render(request, template, {"data_import": data_import, "project": data_import.project})
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def snapshot_create(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    form = SnapshotForm(request.POST)
+    if form.is_valid():
+        try:
+            with transaction.atomic():
+                snapshot = services.snapshot_request(
+                    project=project,
+                    kind=form.cleaned_data["kind"],
+                    name=form.cleaned_data["name"],
+                    created_by=request.user,
+                    policy=form.policy(),
+                )
+                transaction.on_commit(lambda: tasks.build_snapshot.delay(snapshot.pk))
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            return redirect("snapshot-detail", snapshot_id=snapshot.pk)
+    return render(
+        request, "feedback/data.html", _data_context(project, snapshot_form=form), status=422
+    )
+
+
+@require_GET
+@role_required(Role.ADMIN)
+def snapshot_detail(request: HttpRequest, snapshot_id: int) -> HttpResponse:
+    snapshot = get_object_or_404(DatasetSnapshot.objects.select_related("project"), pk=snapshot_id)
+    template = "feedback/snapshot_detail.html"
+    if request.htmx:
+        template += "#snapshot-status"
+    context = {"snapshot": snapshot, "project": snapshot.project, "downloads": list(DOWNLOADS)}
+    return render(request, template, context)
+
+
+@require_GET
+@role_required(Role.ADMIN)
+def snapshot_download(request: HttpRequest, snapshot_id: int, filename: str) -> FileResponse:
+    snapshot = get_object_or_404(DatasetSnapshot, pk=snapshot_id)
+    if filename not in DOWNLOADS or not snapshot.is_ready:
+        raise Http404("No such file.")
+    path = snapshot.path() / filename
+    if not path.is_file():
+        raise Http404("This snapshot has no such file (an empty split has no Parquet file).")
+    download_name = f"{snapshot.project.name}-{snapshot.kind}-{snapshot.pk}-{filename}"
+    return FileResponse(
+        path.open("rb"),
+        as_attachment=True,
+        filename=download_name.replace(" ", "_"),
+        content_type=DOWNLOADS[filename],
+    )
