@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "ninja",
     "feedback",
     "modeling",
     "evals",
@@ -53,7 +54,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "config.middleware.LoginRequiredExceptApiMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -171,7 +172,7 @@ VEREDICTO_IMPORT_MAX_ROWS = env.int("VEREDICTO_IMPORT_MAX_ROWS", 5_000_000)
 VEREDICTO_JOB_HEARTBEAT_SECONDS = env.float("VEREDICTO_JOB_HEARTBEAT_SECONDS", 10.0)
 VEREDICTO_JOB_STALE_SECONDS = env.float("VEREDICTO_JOB_STALE_SECONDS", 60.0)
 # Progress (step, metrics, log tail) is written at most this often; cancel is polled as often.
-VEREDICTO_JOB_PROGRESS_SECONDS = env.float("VEREDICTO_JOB_PROGRESS_SECONDS", 2.0)
+VEREDICTO_JOB_PROGRESS_SECONDS = env.float("VEREDICTO_JOB_PROGRESS_SECONDS", 1.0)
 # Default wall-clock limit of one training attempt (Celery soft limit; the hard one adds 5 min).
 VEREDICTO_JOB_TIME_LIMIT_SECONDS = env.int("VEREDICTO_JOB_TIME_LIMIT_SECONDS", 24 * 3600)
 # Job outputs go to <dir>/<job id>-<attempt>/. Empty: MEDIA_ROOT/checkpoints.

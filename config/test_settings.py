@@ -16,3 +16,5 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
 
 # Never scan collected static files that a `make run` or a benchmark may be rewriting.
 STATIC_ROOT = VAR_DIR / "tmp" / "static-tests"  # noqa: F405
+
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]

@@ -3,6 +3,8 @@ from django.contrib.auth.decorators import login_not_required
 from django.http import HttpResponse
 from django.urls import include, path
 
+from config.api import api
+
 
 @login_not_required
 def healthz(request):
@@ -13,8 +15,10 @@ admin.site.site_header = "Veredicto admin"
 admin.site.site_title = "Veredicto"
 
 urlpatterns = [
+    path("api/", api.urls),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", healthz),
     path("", include("feedback.urls")),
+    path("", include("modeling.urls")),
 ]

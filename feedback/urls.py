@@ -11,6 +11,8 @@ urlpatterns = [
     path("tasks/<int:assignment_id>/skip/", views.skip, name="skip"),
     path("history/", views.history, name="history"),
     path("markdown/preview/", views.markdown_preview, name="markdown-preview"),
+    path("account/tokens/", views.api_tokens, name="api-tokens"),
+    path("account/tokens/<int:token_id>/revoke/", views.api_token_revoke, name="api-token-revoke"),
 ]
 
 urlpatterns += [

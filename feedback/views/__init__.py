@@ -1,3 +1,4 @@
+from .account import api_token_revoke, api_tokens
 from .annotation import history, home, markdown_preview, progress, skip, submit, task, work
 from .data import (
     data_page,
@@ -10,6 +11,8 @@ from .data import (
 )
 
 __all__ = [
+    "api_token_revoke",
+    "api_tokens",
     "data_page",
     "history",
     "home",
