@@ -45,7 +45,7 @@ def assert_error(response, status, code=None):
         assert body["error"]["code"] == code
 
 
-# --- tokens ----------------------------------------------------------------------------------------
+# --- tokens ----------------------------------------------------------------------------------
 
 
 def test_tokens_are_shown_once_stored_hashed_and_revocable(client, annotator, api):
@@ -78,11 +78,12 @@ def test_duplicate_active_token_name_is_refused(client, annotator):
     assert ApiToken.objects.count() == 1
 
 
-# --- roles -----------------------------------------------------------------------------------------
+# --- roles -----------------------------------------------------------------------------------
 
 
 def test_annotators_see_only_projects_they_may_work_on(api, annotator, other_annotator, admin_user):
-    mine, closed, members_only = ProjectFactory(), ProjectFactory(is_active=False), ProjectFactory()
+    mine, members_only = ProjectFactory(), ProjectFactory()
+    ProjectFactory(is_active=False)
     members_only.annotators.add(other_annotator)
     names = {p["name"] for p in api("get", "/projects", annotator).json()}
     assert names == {mine.name}
@@ -106,7 +107,7 @@ def test_reviewers_cannot_take_tasks(api, reviewer, project, pairwise_item):
     assert_error(api("post", f"/projects/{project.pk}/next", reviewer), 404)
 
 
-# --- the annotation flow -------------------------------------------------------------------------------
+# --- the annotation flow ---------------------------------------------------------------------
 
 
 def test_annotator_works_a_pairwise_task_over_the_api(api, annotator, project, pairwise_item):
@@ -158,7 +159,7 @@ def test_annotators_read_only_their_own_judgements(api, annotator, other_annotat
     assert items["count"] == 1 and len(items["items"][0]["completions"]) == 2
 
 
-# --- imports and snapshots through a real worker ------------------------------------------------------
+# --- imports and snapshots through a real worker ---------------------------------------------
 
 
 @pytest.mark.django_db(transaction=True)
@@ -193,7 +194,8 @@ def test_import_then_snapshot_then_download_over_the_api(api, admin_user, settin
     assert len(b"".join(download.streaming_content).splitlines()) == 8
     bad_policy = api(
         "post", f"/projects/{project.pk}/snapshots", admin_user,
-        data={"kind": "preference", "policy": {"agregation": "all"}}, content_type="application/json",
+        data={"kind": "preference", "policy": {"agregation": "all"}},
+        content_type="application/json",
     )  # fmt: skip
     assert_error(bad_policy, 422, "invalid")
 
@@ -208,7 +210,7 @@ def _poll(api, path, user, field, *pending, timeout=30):
     raise AssertionError(f"{path} still {body[field]}")
 
 
-# --- fuzzing ---------------------------------------------------------------------------------------
+# --- fuzzing ---------------------------------------------------------------------------------
 
 
 schema = schemathesis.openapi.from_wsgi("/api/openapi.json", application)
