@@ -1,0 +1,2 @@
+"""Label quality: agreement metrics (metrics.py) and the project / annotator reports built on them
+(reports.py)."""
