@@ -1,6 +1,10 @@
-from django.contrib import admin
+from collections import Counter
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
 from feedback.models import (
+    Adjudication,
     Assignment,
     Completion,
     DataImport,
@@ -13,7 +17,9 @@ from feedback.models import (
     Project,
     Prompt,
     RankingJudgement,
+    Review,
 )
+from feedback.services import review as review_services
 
 
 @admin.register(Project)
@@ -56,11 +62,34 @@ class AssignmentInline(admin.TabularInline):
 
 @admin.register(Item)
 class ItemAdmin(admin.ModelAdmin):
-    list_display = ["id", "project", "kind", "submitted_count", "created_at"]
-    list_filter = ["project", "kind"]
+    list_display = ["id", "project", "kind", "submitted_count", "is_gold", "created_at"]
+    list_filter = ["project", "kind", "is_gold"]
     search_fields = ["prompt__messages"]
     raw_id_fields = ["prompt"]
+    readonly_fields = ["is_gold", "gold_answer"]
     inlines = [ItemCompletionInline, AssignmentInline]
+    actions = ["mark_gold_from_labels"]
+
+    @admin.action(description="Mark as gold, using the adjudicated or unanimous answer")
+    def mark_gold_from_labels(self, request, queryset):
+        marked, skipped = 0, 0
+        for item in queryset.filter(kind="pairwise"):
+            adjudication = item.adjudications.first()
+            choices = Counter(item.pairwisejudgement_set.values_list("choice", flat=True))
+            answer = adjudication.choice if adjudication else None
+            if answer is None and len(choices) == 1:
+                answer = next(iter(choices))
+            try:
+                if answer is None:
+                    raise ValidationError("no agreed answer")
+                review_services.item_mark_gold(
+                    item_id=item.pk, admin=request.user, answer={"choice": answer}
+                )
+                marked += 1
+            except ValidationError:
+                skipped += 1
+        self.message_user(request, f"Marked {marked} gold; {skipped} had no agreed answer.",
+                          messages.SUCCESS if marked else messages.WARNING)  # fmt: skip
 
 
 @admin.register(Assignment)
@@ -118,3 +147,18 @@ class DataImportAdmin(admin.ModelAdmin):
     list_filter = ["status", "project"]
     search_fields = ["original_name"]
     readonly_fields = [f.name for f in DataImport._meta.fields]
+
+
+@admin.register(Review)
+class ReviewAdmin(admin.ModelAdmin):
+    list_display = ["id", "demonstration", "reviewer", "decision", "created_at"]
+    list_filter = ["decision", "demonstration__item__project"]
+    search_fields = ["reviewer__username", "comment"]
+    raw_id_fields = ["demonstration", "reviewer"]
+
+
+@admin.register(Adjudication)
+class AdjudicationAdmin(admin.ModelAdmin):
+    list_display = ["id", "item", "adjudicator", "choice", "created_at"]
+    list_filter = ["choice", "item__project"]
+    raw_id_fields = ["item", "adjudicator"]

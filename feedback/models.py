@@ -47,6 +47,10 @@ class Project(models.Model):
         help_text="Who may work on it. Empty means every annotator.",
     )
     is_active = models.BooleanField(default=True, help_text="Closed projects hand out no work.")
+    gold_rate = models.FloatField(
+        default=0.0,
+        help_text="Share of tasks that are gold items with known answers (0 to 0.5), unannounced.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -124,6 +128,10 @@ class Item(models.Model):
     submitted_count = models.PositiveSmallIntegerField(default=0)
     # Content hash of the imported row that made this item: re-importing a file adds nothing.
     import_key = models.CharField(max_length=64, blank=True, default="")
+    # Gold items have a known answer; they are mixed into the queue to measure annotators and
+    # never exported as ordinary labels. Every annotator may get each gold item once.
+    is_gold = models.BooleanField(default=False)
+    gold_answer = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -418,3 +426,50 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class ReviewDecision(models.TextChoices):
+    ACCEPT = "accept", "Accepted"
+    EDIT = "edit", "Accepted with edits"
+    REJECT = "reject", "Rejected"
+
+
+class Review(models.Model):
+    """A reviewer's decision on a demonstration; edits keep the text before and after."""
+
+    demonstration = models.ForeignKey(
+        Demonstration, on_delete=models.CASCADE, related_name="reviews"
+    )
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews_given"
+    )
+    decision = models.CharField(max_length=8, choices=ReviewDecision.choices)
+    comment = models.TextField(blank=True)
+    text_before = models.TextField(blank=True)
+    text_after = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_decision_display()} by {self.reviewer} on {self.demonstration_id}"
+
+
+class Adjudication(models.Model):
+    """The recorded answer for an item whose judgements split; the latest one counts."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="adjudications")
+    adjudicator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    choice = models.CharField(max_length=10, choices=PairwiseChoice.choices, blank=True)
+    ranking = models.JSONField(null=True, blank=True)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Adjudication of item {self.item_id} by {self.adjudicator}"

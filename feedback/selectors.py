@@ -116,7 +116,10 @@ def history_for_annotator(user: AbstractBaseUser, *, limit: int = 100) -> list[H
     ids = [a.pk for a in assignments]
     judgements: dict[int, Any] = {}
     for model in (Demonstration, PairwiseJudgement, RankingJudgement):
-        for judgement in model.objects.filter(assignment_id__in=ids):
+        found = model.objects.filter(assignment_id__in=ids)
+        if model is Demonstration:
+            found = found.prefetch_related("reviews")  # a rejection's comment is shown
+        for judgement in found:
             judgements[judgement.assignment_id] = judgement
     rows = []
     for assignment in assignments:

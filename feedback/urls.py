@@ -16,6 +16,11 @@ urlpatterns = [
 ]
 
 urlpatterns += [
+    path("review/", views.review_queue, name="review-queue"),
+    path("review/<int:demonstration_id>/", views.review_demonstration, name="review-demonstration"),
+    path("projects/<int:project_id>/quality/", views.quality, name="quality"),
+    path("projects/<int:project_id>/disagreements/", views.disagreements, name="disagreements"),
+    path("items/<int:item_id>/adjudicate/", views.adjudicate, name="adjudicate"),
     path("projects/<int:project_id>/data/", views.data_page, name="data"),
     path("projects/<int:project_id>/data/preview/", views.import_preview, name="import-preview"),
     path("projects/<int:project_id>/data/import/", views.import_start, name="import-start"),

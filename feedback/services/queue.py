@@ -13,6 +13,7 @@ SQLite, `transaction_mode=IMMEDIATE` serialises the whole read-check-insert inst
 
 from __future__ import annotations
 
+import hashlib
 import random
 from datetime import timedelta
 
@@ -66,7 +67,7 @@ def _open_items(project: Project, annotator: AbstractBaseUser, kind: str | None)
         .values("n")
     )
     items = (
-        Item.objects.filter(project=project, submitted_count__lt=project.overlap)
+        Item.objects.filter(project=project, is_gold=False, submitted_count__lt=project.overlap)
         .exclude(Exists(finished_by_me))
         .annotate(others_slots=Coalesce(Subquery(others_slots), 0))
         .filter(others_slots__lt=project.overlap)
@@ -75,6 +76,38 @@ def _open_items(project: Project, annotator: AbstractBaseUser, kind: str | None)
         items = items.filter(kind=kind)
     # Finish items that are already partly judged first, so complete items accumulate.
     return items.order_by("-submitted_count", "id")
+
+
+def _gold_turn(project: Project, annotator: AbstractBaseUser) -> bool:
+    """Whether this annotator's next task is a gold item: a hash of (project, annotator, how
+    many tasks they have had) against the rate, so the mix is exact over time, reproducible,
+    and not something an annotator can see coming."""
+    if project.gold_rate <= 0:
+        return False
+    served = Assignment.objects.filter(item__project=project, annotator=annotator).count()
+    digest = hashlib.sha256(f"{project.pk}:{annotator.pk}:{served}".encode()).hexdigest()
+    return int(digest[:8], 16) / 0x1_0000_0000 < project.gold_rate
+
+
+def _open_gold(project: Project, annotator: AbstractBaseUser, kind: str | None) -> QuerySet:
+    seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=annotator)
+    gold = Item.objects.filter(project=project, is_gold=True).exclude(Exists(seen))
+    return (gold.filter(kind=kind) if kind else gold).order_by("id")
+
+
+def _lease(item: Item, annotator: AbstractBaseUser, project: Project, now) -> Assignment:
+    assignment, _ = Assignment.objects.update_or_create(
+        item=item,
+        annotator=annotator,
+        defaults={
+            "status": AssignmentStatus.LEASED,
+            "leased_at": now,
+            "expires_at": now + timedelta(seconds=project.lease_seconds),
+            "display_order": _display_order(item, annotator),
+            "finished_at": None,
+        },
+    )
+    return assignment
 
 
 def _lock_next(items: QuerySet, *, wait: bool) -> Item | None:
@@ -128,16 +161,10 @@ def task_next_for_annotator(
             # committed before it.
             if slots_taken(item, excluding=annotator) >= project.overlap:
                 continue
-            assignment, _ = Assignment.objects.update_or_create(
-                item=item,
-                annotator=annotator,
-                defaults={
-                    "status": AssignmentStatus.LEASED,
-                    "leased_at": now,
-                    "expires_at": now + timedelta(seconds=project.lease_seconds),
-                    "display_order": _display_order(item, annotator),
-                    "finished_at": None,
-                },
-            )
-            return assignment
+            # Gold is only mixed into real work: it is served in place of a regular item.
+            if _gold_turn(project, annotator):
+                gold = _open_gold(project, annotator, kind).first()
+                if gold is not None:
+                    return _lease(gold, annotator, project, now)
+            return _lease(item, annotator, project, now)
     return None

@@ -9,11 +9,14 @@ from .data import (
     snapshot_detail,
     snapshot_download,
 )
+from .quality import adjudicate, disagreements, quality, review_demonstration, review_queue
 
 __all__ = [
+    "adjudicate",
     "api_token_revoke",
     "api_tokens",
     "data_page",
+    "disagreements",
     "history",
     "home",
     "import_detail",
@@ -21,6 +24,9 @@ __all__ = [
     "import_start",
     "markdown_preview",
     "progress",
+    "quality",
+    "review_demonstration",
+    "review_queue",
     "skip",
     "snapshot_create",
     "snapshot_detail",

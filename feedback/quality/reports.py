@@ -1,0 +1,311 @@
+"""Quality reports for a project: agreement per label kind with bootstrap CIs, per-annotator
+figures with outlier flags, and the items whose judgements split.
+
+Only human judgements on ordinary (non-gold) items count towards agreement; gold items are
+used for each annotator's accuracy instead.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import binomtest
+
+from feedback.models import (
+    Assignment,
+    AssignmentStatus,
+    Demonstration,
+    Item,
+    Origin,
+    PairwiseJudgement,
+    Project,
+    RankingJudgement,
+    TaskKind,
+)
+
+from .metrics import Estimate, bootstrap, fleiss_kappa, krippendorff_alpha, mean_kendall_tau
+
+CHOICE_CODES = {"a": 0, "b": 1, "tie": 2, "both_bad": 3}
+STRENGTH = {"slight": 1, "clear": 2, "strong": 3}
+# Outlier thresholds, each needing enough evidence before it fires.
+MIN_FOR_FLAGS = 10
+TOO_FAST_SECONDS = 3.0
+TOO_FAST_SHARE_OF_MEDIAN = 0.3
+SIDE_BIAS_P = 0.01
+LOW_AGREEMENT = 0.5
+LOW_GOLD_ACCURACY = 0.6
+
+
+@dataclass(frozen=True)
+class AgreementRow:
+    label: str
+    metric: str
+    level: str
+    estimate: Estimate
+
+
+@dataclass
+class AnnotatorRow:
+    username: str
+    judgements: int = 0
+    skips: int = 0
+    median_seconds: float | None = None
+    left_share: float | None = None
+    decisive: int = 0
+    tie_rate: float | None = None
+    both_bad_rate: float | None = None
+    loo_agreement: float | None = None
+    loo_n: int = 0
+    gold_accuracy: float | None = None
+    gold_n: int = 0
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def skip_rate(self) -> float | None:
+        seen = self.judgements + self.skips
+        return round(self.skips / seen, 3) if seen else None
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    agreement: list[AgreementRow]
+    annotators: list[AnnotatorRow]
+    disagreements: int
+
+
+def signed_preference(choice: str, strength: str) -> int:
+    """A = +1…+3 by strength, B = −1…−3, tie 0 (both-bad has no place on this scale)."""
+    if choice == "tie":
+        return 0
+    return (1 if choice == "a" else -1) * STRENGTH.get(strength, 1)
+
+
+def _matrix(rows: list[tuple[int, int, float]]) -> tuple[np.ndarray, int]:
+    """(unit, rater, value) triples -> raters × units matrix over units with ≥ 2 ratings."""
+    by_unit: dict[int, dict[int, float]] = defaultdict(dict)
+    for unit, rater, value in rows:
+        by_unit[unit][rater] = value
+    units = [u for u, ratings in by_unit.items() if len(ratings) >= 2]
+    raters = sorted({r for u in units for r in by_unit[u]})
+    index = {r: i for i, r in enumerate(raters)}
+    data = np.full((len(raters), len(units)), np.nan)
+    for column, unit in enumerate(units):
+        for rater, value in by_unit[unit].items():
+            data[index[rater], column] = value
+    return data, len(units)
+
+
+def _alpha_estimate(rows, level: str, seed: int) -> Estimate:
+    data, n = _matrix(rows)
+    return bootstrap(lambda idx: krippendorff_alpha(data[:, idx], level), n, seed=seed)
+
+
+def _pairwise(project: Project) -> list[tuple]:
+    return list(
+        PairwiseJudgement.objects.filter(
+            item__project=project, item__is_gold=False, origin=Origin.HUMAN
+        ).values_list("item_id", "annotator_id", "choice", "strength")
+    )
+
+
+def project_agreement(project: Project, *, seed: int = 0) -> list[AgreementRow]:
+    pairwise = _pairwise(project)
+    rows: list[AgreementRow] = []
+    nominal = [(item, who, CHOICE_CODES[choice]) for item, who, choice, _ in pairwise]
+    rows.append(
+        AgreementRow("Pairwise choice", "Krippendorff's α", "nominal",
+                     _alpha_estimate(nominal, "nominal", seed))
+    )  # fmt: skip
+    signed = [
+        (item, who, signed_preference(choice, strength))
+        for item, who, choice, strength in pairwise
+        if choice != "both_bad"
+    ]
+    rows.append(
+        AgreementRow("Preference with strength (−3…+3)", "Krippendorff's α", "ordinal",
+                     _alpha_estimate(signed, "ordinal", seed))
+    )  # fmt: skip
+    rows.append(AgreementRow("Pairwise choice", "Fleiss' κ", "nominal", _fleiss(pairwise, seed)))
+    rows.append(AgreementRow("Rankings", "Kendall's τ-b (mean over pairs)", "ordinal",
+                             _ranking_tau(project, seed)))  # fmt: skip
+    for spec in project.label_schema:
+        if spec["kind"] == "likert":
+            values = _label_values(project, spec["name"])
+            for level in ("ordinal", "interval"):
+                rows.append(
+                    AgreementRow(spec.get("label") or spec["name"], "Krippendorff's α", level,
+                                 _alpha_estimate(values, level, seed))
+                )  # fmt: skip
+    return rows
+
+
+def _fleiss(pairwise, seed: int) -> Estimate:
+    """Fleiss' κ needs the same number of ratings per item: the most common count is used."""
+    by_item: dict[int, Counter] = defaultdict(Counter)
+    for item, _, choice, _ in pairwise:
+        by_item[item][CHOICE_CODES[choice]] += 1
+    sizes = Counter(sum(c.values()) for c in by_item.values() if sum(c.values()) >= 2)
+    if not sizes:
+        return Estimate(None, None, None, 0)
+    k = sizes.most_common(1)[0][0]
+    table = np.array(
+        [[c[code] for code in range(4)] for c in by_item.values() if sum(c.values()) == k]
+    )
+    return bootstrap(lambda idx: fleiss_kappa(table[idx]), len(table), seed=seed)
+
+
+def _ranking_tau(project: Project, seed: int) -> Estimate:
+    by_item: dict[int, list[list[int]]] = defaultdict(list)
+    judgements = RankingJudgement.objects.filter(
+        item__project=project, item__is_gold=False, origin=Origin.HUMAN
+    ).values_list("item_id", "ranking")
+    for item, ranking in judgements:
+        rank_of = {cid: position for position, group in enumerate(ranking) for cid in group}
+        by_item[item].append([rank_of[cid] for cid in sorted(rank_of)])
+    vectors = [v for v in by_item.values() if len(v) >= 2]
+    return bootstrap(
+        lambda idx: mean_kendall_tau([vectors[i] for i in idx]), len(vectors), seed=seed
+    )
+
+
+def _label_values(project: Project, name: str) -> list[tuple[int, int, float]]:
+    values = []
+    for model in (Demonstration, PairwiseJudgement, RankingJudgement):
+        rows = model.objects.filter(
+            item__project=project, item__is_gold=False, origin=Origin.HUMAN, labels__has_key=name
+        ).values_list("item_id", "annotator_id", "labels")
+        values += [(item, who, float(labels[name])) for item, who, labels in rows]
+    return values
+
+
+def annotator_rows(project: Project) -> list[AnnotatorRow]:
+    judged = PairwiseJudgement.objects.filter(item__project=project, origin=Origin.HUMAN)
+    rows: dict[int, AnnotatorRow] = {}
+    seconds: dict[int, list[float]] = defaultdict(list)
+    for model in (Demonstration, PairwiseJudgement, RankingJudgement):
+        for who, username, spent in model.objects.filter(
+            item__project=project, origin=Origin.HUMAN
+        ).values_list("annotator_id", "annotator__username", "seconds_spent"):
+            row = rows.setdefault(who, AnnotatorRow(username))
+            row.judgements += 1
+            if spent is not None:
+                seconds[who].append(spent)
+    skips = Assignment.objects.filter(item__project=project, status=AssignmentStatus.SKIPPED)
+    for who, username in skips.values_list("annotator_id", "annotator__username"):
+        rows.setdefault(who, AnnotatorRow(username)).skips += 1
+
+    pairwise = list(
+        judged.values_list("item_id", "annotator_id", "choice", "shown_left", "item__is_gold")
+    )
+    _position_and_ties(rows, pairwise)
+    _leave_one_out(rows, [p for p in pairwise if not p[4]])
+    _gold_accuracy(rows, project)
+    all_seconds = [s for values in seconds.values() for s in values]
+    project_median = statistics.median(all_seconds) if all_seconds else None
+    for who, row in rows.items():
+        if seconds[who]:
+            row.median_seconds = round(statistics.median(seconds[who]), 1)
+        row.flags = _flags(row, project_median)
+    return sorted(rows.values(), key=lambda r: (-len(r.flags), r.username))
+
+
+def _position_and_ties(rows: dict[int, AnnotatorRow], pairwise) -> None:
+    """Share of decisive choices that picked the reply shown on the left: sides are shuffled
+    per annotator, so a fair annotator sits near 50%."""
+    stats: dict[int, Counter] = defaultdict(Counter)
+    for _, who, choice, shown_left, _ in pairwise:
+        stats[who]["all"] += 1
+        stats[who][choice] += 1
+        if choice in ("a", "b"):
+            stats[who]["decisive"] += 1
+            stats[who]["left"] += choice == shown_left
+    for who, counts in stats.items():
+        row = rows[who]
+        row.decisive = counts["decisive"]
+        row.left_share = (
+            round(counts["left"] / counts["decisive"], 3) if counts["decisive"] else None
+        )
+        row.tie_rate = round(counts["tie"] / counts["all"], 3)
+        row.both_bad_rate = round(counts["both_bad"] / counts["all"], 3)
+
+
+def _leave_one_out(rows: dict[int, AnnotatorRow], pairwise) -> None:
+    """Agreement with the consensus of the *other* annotators of each item (a strict plurality
+    of at least two of them); items without such a consensus do not count."""
+    by_item: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for item, who, choice, _, _ in pairwise:
+        by_item[item].append((who, choice))
+    hits: dict[int, list[bool]] = defaultdict(list)
+    for votes in by_item.values():
+        for who, choice in votes:
+            others = Counter(c for w, c in votes if w != who)
+            ranked = others.most_common(2)
+            if sum(others.values()) < 2 or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
+                continue
+            hits[who].append(choice == ranked[0][0])
+    for who, outcomes in hits.items():
+        rows[who].loo_n = len(outcomes)
+        rows[who].loo_agreement = round(sum(outcomes) / len(outcomes), 3)
+
+
+def _gold_accuracy(rows: dict[int, AnnotatorRow], project: Project) -> None:
+    results: dict[int, list[bool]] = defaultdict(list)
+    gold_pairwise = PairwiseJudgement.objects.filter(
+        item__project=project, item__is_gold=True, origin=Origin.HUMAN
+    ).values_list("annotator_id", "choice", "item__gold_answer")
+    for who, choice, answer in gold_pairwise:
+        results[who].append(choice == answer.get("choice"))
+    gold_rankings = RankingJudgement.objects.filter(
+        item__project=project, item__is_gold=True, origin=Origin.HUMAN
+    ).values_list("annotator_id", "ranking", "item__gold_answer")
+    for who, ranking, answer in gold_rankings:
+        gold = answer.get("ranking") or []
+        results[who].append(bool(gold) and set(ranking[0]) == set(gold[0]))  # same best reply
+    for who, outcomes in results.items():
+        if who in rows:
+            rows[who].gold_n = len(outcomes)
+            rows[who].gold_accuracy = round(sum(outcomes) / len(outcomes), 3)
+
+
+def _flags(row: AnnotatorRow, project_median: float | None) -> list[str]:
+    flags = []
+    if row.median_seconds is not None and row.judgements >= MIN_FOR_FLAGS:
+        floor = max(TOO_FAST_SECONDS, TOO_FAST_SHARE_OF_MEDIAN * (project_median or 0))
+        if row.median_seconds < floor:
+            flags.append(f"too fast (median {row.median_seconds}s)")
+    if row.decisive >= 2 * MIN_FOR_FLAGS:
+        left = round(row.left_share * row.decisive)
+        if binomtest(left, row.decisive, 0.5).pvalue < SIDE_BIAS_P:
+            flags.append(f"side bias ({row.left_share:.0%} left)")
+    loo_evidence = row.loo_agreement is not None and row.loo_n >= MIN_FOR_FLAGS
+    if loo_evidence and row.loo_agreement < LOW_AGREEMENT:
+        flags.append(f"low agreement ({row.loo_agreement:.0%})")
+    if row.gold_accuracy is not None and row.gold_n >= 5 and row.gold_accuracy < LOW_GOLD_ACCURACY:
+        flags.append(f"low gold accuracy ({row.gold_accuracy:.0%})")
+    return flags
+
+
+def disagreement_items(project: Project) -> list[tuple[Item, Counter]]:
+    """Ordinary pairwise items with two or more human judgements that do not all agree and
+    have no adjudication yet, with their vote counts: the queue for adjudicators."""
+    votes: dict[int, Counter] = defaultdict(Counter)
+    for item, _, choice, _ in _pairwise(project):
+        votes[item][choice] += 1
+    split = [item for item, counts in votes.items() if len(counts) > 1]
+    items = (
+        Item.objects.filter(pk__in=split, kind=TaskKind.PAIRWISE, adjudications__isnull=True)
+        .select_related("prompt")
+        .order_by("id")
+    )
+    return [(item, votes[item.pk]) for item in items]
+
+
+def project_quality(project: Project) -> QualityReport:
+    return QualityReport(
+        agreement=project_agreement(project),
+        annotators=annotator_rows(project),
+        disagreements=len(disagreement_items(project)),
+    )

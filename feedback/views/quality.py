@@ -1,0 +1,104 @@
+"""Quality screens: the review queue, adjudication of split items, and the project report."""
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from feedback.errors import TaskUnavailable
+from feedback.models import Demonstration, Item, PairwiseChoice, Project, ReviewDecision
+from feedback.quality.reports import disagreement_items, project_quality
+from feedback.roles import Role, role_required
+from feedback.services import review as review_services
+
+REVIEWING = (Role.REVIEWER, Role.ADMIN)
+
+
+@require_GET
+@role_required(*REVIEWING)
+def review_queue(request: HttpRequest) -> HttpResponse:
+    pending = review_services.review_queue(reviewer=request.user)
+    return render(request, "feedback/review_queue.html", {"pending": pending[:100],
+                  "pending_count": pending.count()})  # fmt: skip
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(*REVIEWING)
+def review_demonstration(request: HttpRequest, demonstration_id: int) -> HttpResponse:
+    demonstration = get_object_or_404(
+        Demonstration.objects.select_related("item__prompt", "item__project", "annotator"),
+        pk=demonstration_id,
+    )
+    if demonstration.annotator_id == request.user.pk:
+        raise PermissionDenied("You cannot review your own work.")
+    error = ""
+    if request.method == "POST":
+        try:
+            review_services.demonstration_review(
+                demonstration_id=demonstration.pk,
+                reviewer=request.user,
+                decision=request.POST.get("decision", ""),
+                comment=request.POST.get("comment", ""),
+                edited_text=request.POST.get("text"),
+            )
+        except (ValidationError, TaskUnavailable) as exc:
+            error = "; ".join(exc.messages)
+        else:
+            following = review_services.review_queue(reviewer=request.user).first()
+            if following is None:
+                return redirect("review-queue")
+            return redirect("review-demonstration", demonstration_id=following.pk)
+    context = {
+        "demonstration": demonstration,
+        "prompt": demonstration.item.prompt,
+        "project": demonstration.item.project,
+        "decisions": ReviewDecision.choices,
+        "posted": request.POST if request.method == "POST" else {},
+        "error": error,
+    }
+    return render(request, "feedback/review.html", context, status=422 if error else 200)
+
+
+@require_GET
+@role_required(Role.ADMIN)
+def quality(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    return render(request, "feedback/quality.html",
+                  {"project": project, "report": project_quality(project)})  # fmt: skip
+
+
+@require_GET
+@role_required(*REVIEWING)
+def disagreements(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    return render(request, "feedback/disagreements.html",
+                  {"project": project, "items": disagreement_items(project)})  # fmt: skip
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(*REVIEWING)
+def adjudicate(request: HttpRequest, item_id: int) -> HttpResponse:
+    item = get_object_or_404(Item.objects.select_related("prompt", "project"), pk=item_id)
+    error = ""
+    if request.method == "POST":
+        try:
+            review_services.item_adjudicate(
+                item_id=item.pk,
+                adjudicator=request.user,
+                choice=request.POST.get("choice", ""),
+                note=request.POST.get("note", ""),
+            )
+        except ValidationError as exc:
+            error = "; ".join(exc.messages)
+        else:
+            return redirect("disagreements", project_id=item.project_id)
+    context = {
+        "item": item,
+        "prompt": item.prompt,
+        "project": item.project,
+        "completions": item.ordered_completions(),
+        "votes": item.pairwisejudgement_set.select_related("annotator").order_by("id"),
+        "choices": PairwiseChoice.choices,
+        "error": error,
+    }
+    return render(request, "feedback/adjudicate.html", context, status=422 if error else 200)

@@ -1,0 +1,291 @@
+import krippendorff
+import numpy as np
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+
+from feedback import services
+from feedback.errors import TaskUnavailable
+from feedback.models import (
+    Adjudication,
+    Assignment,
+    Demonstration,
+    DemonstrationStatus,
+    Item,
+    JudgementRevision,
+    PairwiseJudgement,
+    Review,
+    TaskKind,
+)
+from feedback.quality.reports import annotator_rows, disagreement_items, project_agreement
+from feedback.roles import Role
+from feedback.services import review as review_services
+from tests.factories import ProjectFactory, UserFactory, annotator, make_item
+
+pytestmark = pytest.mark.django_db
+
+
+def write_demo(project, user, text="A reply"):
+    a = services.task_next_for_annotator(project=project, annotator=user)
+    return services.demonstration_submit(assignment_id=a.pk, annotator=user, text=text)
+
+
+@pytest.fixture
+def demo(roles, annotator):
+    project = ProjectFactory(task_kinds=[TaskKind.DEMONSTRATION])
+    make_item(project, TaskKind.DEMONSTRATION)
+    return write_demo(project, annotator, "The original reply.")
+
+
+# --- review ---------------------------------------------------------------------------------------
+
+
+def test_accepting_a_demonstration(demo, reviewer):
+    review_services.demonstration_review(
+        demonstration_id=demo.pk, reviewer=reviewer, decision="accept"
+    )
+    demo.refresh_from_db()
+    assert demo.status == DemonstrationStatus.ACCEPTED
+    assert Review.objects.get().decision == "accept"
+
+
+def test_editing_keeps_the_diff_and_its_author(demo, reviewer):
+    review_services.demonstration_review(
+        demonstration_id=demo.pk, reviewer=reviewer, decision="edit", edited_text="A better reply."
+    )
+    demo.refresh_from_db()
+    review = Review.objects.get()
+    assert demo.text == "A better reply." and demo.status == DemonstrationStatus.ACCEPTED
+    assert (review.text_before, review.text_after) == ("The original reply.", "A better reply.")
+    revision = JudgementRevision.objects.get()
+    assert revision.edited_by == reviewer and revision.payload["text"] == "The original reply."
+
+
+def test_rejection_needs_a_comment_and_returns_the_work_to_its_annotator(
+    client, demo, reviewer, annotator
+):
+    with pytest.raises(ValidationError):
+        review_services.demonstration_review(
+            demonstration_id=demo.pk, reviewer=reviewer, decision="reject"
+        )
+    review_services.demonstration_review(
+        demonstration_id=demo.pk, reviewer=reviewer, decision="reject", comment="Too vague."
+    )
+    demo.refresh_from_db()
+    assert demo.status == DemonstrationStatus.REJECTED
+    client.force_login(annotator)
+    assert "Too vague." in client.get("/history/").content.decode()
+    # The annotator fixes it; it is submitted again and back in the review queue.
+    services.judgement_edit(
+        assignment_id=demo.assignment_id, annotator=annotator, changes={"text": "Specific."}
+    )
+    assert list(review_services.review_queue(reviewer=reviewer)) == [Demonstration.objects.get()]
+
+
+def test_a_demonstration_is_reviewed_once(demo, reviewer, admin_user):
+    review_services.demonstration_review(
+        demonstration_id=demo.pk, reviewer=reviewer, decision="accept"
+    )
+    with pytest.raises(TaskUnavailable):
+        review_services.demonstration_review(
+            demonstration_id=demo.pk, reviewer=admin_user, decision="reject", comment="no"
+        )
+    assert Review.objects.count() == 1
+
+
+def test_annotators_cannot_review(client, demo, other_annotator):
+    with pytest.raises(PermissionDenied):
+        review_services.demonstration_review(
+            demonstration_id=demo.pk, reviewer=other_annotator, decision="accept"
+        )
+    client.force_login(other_annotator)
+    assert client.get("/review/").status_code == 403
+    response = client.post(f"/review/{demo.pk}/", {"decision": "accept"})
+    assert response.status_code == 403
+    assert Demonstration.objects.get().status == DemonstrationStatus.SUBMITTED
+
+
+def test_nobody_reviews_their_own_work(client, roles):
+    both = UserFactory(username="both", roles=[Role.ANNOTATOR, Role.REVIEWER])
+    project = ProjectFactory(task_kinds=[TaskKind.DEMONSTRATION])
+    make_item(project, TaskKind.DEMONSTRATION)
+    own = write_demo(project, both)
+    assert not review_services.review_queue(reviewer=both).exists()
+    with pytest.raises(PermissionDenied):
+        review_services.demonstration_review(
+            demonstration_id=own.pk, reviewer=both, decision="accept"
+        )
+    client.force_login(both)
+    assert client.get(f"/review/{own.pk}/").status_code == 403
+
+
+def test_review_screen_walks_the_queue(client, roles, reviewer):
+    project = ProjectFactory(task_kinds=[TaskKind.DEMONSTRATION])
+    writers = [annotator(f"w{i}") for i in range(2)]
+    for writer in writers:
+        make_item(project, TaskKind.DEMONSTRATION)
+        write_demo(project, writer, f"by {writer.username}")
+    first, second = Demonstration.objects.order_by("id")
+    client.force_login(reviewer)
+    assert "2 waiting" in client.get("/review/").content.decode()
+    bad = client.post(f"/review/{first.pk}/", {"decision": "reject"})
+    assert bad.status_code == 422 and "Say why" in bad.content.decode()
+    response = client.post(f"/review/{first.pk}/", {"decision": "accept"})
+    assert response["Location"] == f"/review/{second.pk}/"
+    response = client.post(f"/review/{second.pk}/", {"decision": "edit", "text": "edited"})
+    assert response["Location"] == "/review/"
+
+
+# --- gold -----------------------------------------------------------------------------------------
+
+
+def test_gold_answers_are_validated(roles, admin_user, reviewer):
+    project = ProjectFactory()
+    pair = make_item(project, TaskKind.PAIRWISE)
+    demo_item = make_item(project, TaskKind.DEMONSTRATION)
+    with pytest.raises(PermissionDenied):
+        review_services.item_mark_gold(item_id=pair.pk, admin=reviewer, answer={"choice": "a"})
+    with pytest.raises(ValidationError):
+        review_services.item_mark_gold(item_id=pair.pk, admin=admin_user, answer={"choice": "c"})
+    with pytest.raises(ValidationError):
+        review_services.item_mark_gold(item_id=demo_item.pk, admin=admin_user, answer={})
+    gold = review_services.item_mark_gold(item_id=pair.pk, admin=admin_user, answer={"choice": "b"})
+    assert gold.is_gold and gold.gold_answer == {"choice": "b"}
+
+
+def test_gold_items_are_mixed_in_at_the_configured_rate(roles, admin_user):
+    project = ProjectFactory(overlap=1, gold_rate=0.2, task_kinds=[TaskKind.PAIRWISE])
+    for _ in range(300):
+        make_item(project)
+    for _ in range(300):
+        item = make_item(project)
+        review_services.item_mark_gold(item_id=item.pk, admin=admin_user, answer={"choice": "a"})
+    user = annotator("mixer")
+    served = 0
+    while served < 300:
+        a = services.task_next_for_annotator(project=project, annotator=user)
+        services.pairwise_submit(assignment_id=a.pk, annotator=user, choice="tie")
+        served += 1
+    gold_share = Assignment.objects.filter(annotator=user, item__is_gold=True).count() / served
+    assert 0.12 <= gold_share <= 0.28
+
+
+def test_gold_items_are_not_handed_out_without_regular_work(roles, admin_user):
+    project = ProjectFactory(gold_rate=0.5)
+    item = make_item(project)
+    review_services.item_mark_gold(item_id=item.pk, admin=admin_user, answer={"choice": "a"})
+    assert services.task_next_for_annotator(project=project, annotator=annotator("g")) is None
+
+
+def test_gold_accuracy_per_annotator(roles, admin_user):
+    project = ProjectFactory(overlap=1, gold_rate=0.0)
+    golds = [make_item(project) for _ in range(4)]
+    for item in golds:
+        review_services.item_mark_gold(item_id=item.pk, admin=admin_user, answer={"choice": "a"})
+    user = annotator("graded")
+    for item, choice in zip(golds, ["a", "a", "a", "b"], strict=True):
+        a = Assignment.objects.create(item=item, annotator=user, expires_at="2100-01-01T00:00Z")
+        services.pairwise_submit(
+            assignment_id=a.pk, annotator=user, choice=choice, strength="clear"
+        )
+    [row] = annotator_rows(project)
+    assert (row.gold_accuracy, row.gold_n) == (0.75, 4)
+
+
+# --- agreement report ---------------------------------------------------------------------------------
+
+
+def judge(project, users_and_choices):
+    """Every user judges every item with the given choices (one per item)."""
+    for user, choices in users_and_choices:
+        for choice in choices:
+            a = services.task_next_for_annotator(project=project, annotator=user)
+            strength = "clear" if choice in ("a", "b") else ""
+            services.pairwise_submit(
+                assignment_id=a.pk, annotator=user, choice=choice, strength=strength,
+                seconds_spent=20.0,
+            )  # fmt: skip
+
+
+def test_project_alpha_equals_the_library_on_the_same_matrix(roles):
+    project = ProjectFactory(overlap=3, task_kinds=[TaskKind.PAIRWISE])
+    items = [make_item(project) for _ in range(6)]
+    users = [annotator(f"r{i}") for i in range(3)]
+    choices = [list("aabbta"), list("abbbta"), list("aabbbb")]
+    judge(
+        project,
+        [(u, [c.replace("t", "tie") for c in cs]) for u, cs in zip(users, choices, strict=True)],
+    )
+    rows = {(r.metric, r.level): r.estimate for r in project_agreement(project)}
+
+    codes = {"a": 0, "b": 1, "tie": 2}
+    matrix = np.full((3, 6), np.nan)
+    for j in PairwiseJudgement.objects.all():
+        matrix[users.index(j.annotator), items.index(j.item)] = codes[j.choice]
+    expected = krippendorff.alpha(reliability_data=matrix, level_of_measurement="nominal")
+    nominal = rows[("Krippendorff's α", "nominal")]
+    assert nominal.value == pytest.approx(expected, abs=1e-4)
+    assert nominal.n_items == 6 and nominal.low <= nominal.value <= nominal.high
+    assert rows[("Fleiss' κ", "nominal")].value is not None
+
+
+def test_outliers_are_flagged(roles):
+    project = ProjectFactory(overlap=3, task_kinds=[TaskKind.PAIRWISE])
+    for _ in range(24):
+        make_item(project)
+    careful = [annotator("careful1"), annotator("careful2")]
+    for user in careful:
+        judge(project, [(user, ["a"] * 24)])
+    # "lefty" always picks the left reply, quickly; sides are shuffled, so that disagrees too.
+    lefty = annotator("lefty")
+    for _ in range(24):
+        a = services.task_next_for_annotator(project=project, annotator=lefty)
+        a_id = a.item.item_completions.get(position=0).completion_id
+        left = "a" if a.display_order[0] == a_id else "b"
+        services.pairwise_submit(
+            assignment_id=a.pk, annotator=lefty, choice=left, strength="slight", seconds_spent=1.0
+        )
+    rows = {r.username: r for r in annotator_rows(project)}
+    assert rows["lefty"].left_share == 1.0
+    assert any("side bias" in f for f in rows["lefty"].flags)
+    assert any("too fast" in f for f in rows["lefty"].flags)
+    assert rows["careful1"].loo_agreement == 1.0
+    assert not rows["careful1"].flags
+
+
+def test_quality_page_is_admin_only_and_shows_the_report(client, roles, admin_user, reviewer):
+    project = ProjectFactory(overlap=2)
+    make_item(project)
+    judge(project, [(annotator("q1"), ["a"]), (annotator("q2"), ["b"])])
+    client.force_login(reviewer)
+    assert client.get(f"/projects/{project.pk}/quality/").status_code == 403
+    client.force_login(admin_user)
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert "Krippendorff" in html and "q1" in html and "1 item with split judgements" in html
+
+
+# --- adjudication ----------------------------------------------------------------------------------
+
+
+def test_split_items_are_adjudicated_by_someone_who_did_not_judge_them(client, roles, reviewer):
+    project = ProjectFactory(overlap=2, task_kinds=[TaskKind.PAIRWISE])
+    split, agreed = make_item(project), make_item(project)
+    voter = UserFactory(username="voter", roles=[Role.ANNOTATOR, Role.REVIEWER])
+    judge(project, [(voter, ["a", "a"]), (annotator("v2"), ["b", "a"])])
+    assert [item.pk for item, _ in disagreement_items(project)] == [split.pk]
+    with pytest.raises(PermissionDenied):
+        review_services.item_adjudicate(item_id=split.pk, adjudicator=voter, choice="a")
+    client.force_login(reviewer)
+    assert client.post(f"/items/{split.pk}/adjudicate/", {"choice": "sideways"}).status_code == 422
+    response = client.post(f"/items/{split.pk}/adjudicate/", {"choice": "b", "note": "B is right"})
+    assert response.status_code == 302
+    assert Adjudication.objects.get().choice == "b"
+    assert disagreement_items(project) == []
+    assert Item.objects.get(pk=agreed.pk).adjudications.count() == 0
+
+
+def test_annotators_cannot_adjudicate(client, roles, annotator):
+    project = ProjectFactory()
+    item = make_item(project)
+    client.force_login(annotator)
+    assert client.post(f"/items/{item.pk}/adjudicate/", {"choice": "a"}).status_code == 403
+    assert client.get(f"/projects/{project.pk}/disagreements/").status_code == 403
