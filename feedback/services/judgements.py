@@ -24,6 +24,7 @@ from feedback.models import (
     DemonstrationStatus,
     Item,
     JudgementRevision,
+    Origin,
     PairwiseChoice,
     PairwiseJudgement,
     RankingJudgement,
@@ -117,8 +118,11 @@ def _submit(
     clean: Callable[[Assignment], dict[str, Any]],
     labels: Any,
     seconds_spent: float | None,
+    origin: str = Origin.HUMAN,
 ) -> Model:
     model = JUDGEMENT_MODELS[kind]
+    if origin not in Origin.values:
+        raise ValidationError({"origin": f"Origin is one of {', '.join(Origin.values)}."})
     with transaction.atomic():
         assignment = _owned_assignment(assignment_id, annotator)
         if assignment.item.kind != kind:
@@ -141,6 +145,7 @@ def _submit(
             annotator=annotator,
             labels=cleaned_labels,
             seconds_spent=_clean_seconds(seconds_spent),
+            origin=origin,
             created_at=now,
             updated_at=now,
             **fields,
@@ -154,6 +159,7 @@ def demonstration_submit(
     text: str,
     labels: Any = None,
     seconds_spent: float | None = None,
+    origin: str = Origin.HUMAN,
 ) -> Demonstration:
     return _submit(
         assignment_id=assignment_id,
@@ -162,6 +168,7 @@ def demonstration_submit(
         clean=lambda _: {"text": clean_text(text, field="text")},
         labels=labels,
         seconds_spent=seconds_spent,
+        origin=origin,
     )
 
 
@@ -174,6 +181,7 @@ def pairwise_submit(
     rationale: str = "",
     labels: Any = None,
     seconds_spent: float | None = None,
+    origin: str = Origin.HUMAN,
 ) -> PairwiseJudgement:
     """`choice` is canonical: "a" means the item's first completion, whichever side it showed."""
     return _submit(
@@ -183,6 +191,7 @@ def pairwise_submit(
         clean=lambda a: _clean_pairwise(a, choice, strength, rationale),
         labels=labels,
         seconds_spent=seconds_spent,
+        origin=origin,
     )
 
 
@@ -194,6 +203,7 @@ def ranking_submit(
     rationale: str = "",
     labels: Any = None,
     seconds_spent: float | None = None,
+    origin: str = Origin.HUMAN,
 ) -> RankingJudgement:
     return _submit(
         assignment_id=assignment_id,
@@ -202,6 +212,7 @@ def ranking_submit(
         clean=lambda a: _clean_ranking(a, ranking, rationale),
         labels=labels,
         seconds_spent=seconds_spent,
+        origin=origin,
     )
 
 

@@ -36,7 +36,7 @@ def demo(roles, annotator):
     return write_demo(project, annotator, "The original reply.")
 
 
-# --- review ---------------------------------------------------------------------------------------
+# --- review ----------------------------------------------------------------------------------
 
 
 def test_accepting_a_demonstration(demo, reviewer):
@@ -135,7 +135,7 @@ def test_review_screen_walks_the_queue(client, roles, reviewer):
     assert response["Location"] == "/review/"
 
 
-# --- gold -----------------------------------------------------------------------------------------
+# --- gold ------------------------------------------------------------------------------------
 
 
 def test_gold_answers_are_validated(roles, admin_user, reviewer):
@@ -191,7 +191,7 @@ def test_gold_accuracy_per_annotator(roles, admin_user):
     assert (row.gold_accuracy, row.gold_n) == (0.75, 4)
 
 
-# --- agreement report ---------------------------------------------------------------------------------
+# --- agreement report ------------------------------------------------------------------------
 
 
 def judge(project, users_and_choices):
@@ -263,7 +263,7 @@ def test_quality_page_is_admin_only_and_shows_the_report(client, roles, admin_us
     assert "Krippendorff" in html and "q1" in html and "1 item with split judgements" in html
 
 
-# --- adjudication ----------------------------------------------------------------------------------
+# --- adjudication ----------------------------------------------------------------------------
 
 
 def test_split_items_are_adjudicated_by_someone_who_did_not_judge_them(client, roles, reviewer):
