@@ -25,6 +25,8 @@ run: install
 	@mkdir -p var
 	DEBUG=1 $(BIN)/python manage.py migrate --noinput
 	@DEBUG=1 $(BIN)/python manage.py seed_demo
+	@DEBUG=1 $(BIN)/python manage.py build_tiny_model
+	@DEBUG=1 $(BIN)/python manage.py register_model var/models/tiny --name tiny-base --if-missing
 	@echo ""
 	@echo "  Veredicto is starting at http://$(HOST):$(PORT)/  (Ctrl-C stops everything)"
 	@echo ""

@@ -1,0 +1,206 @@
+"""Forms only parse HTTP input; services own the rules. The launch form grows one input per field
+of the job kind's config class (modeling.ml.CONFIG_CLASSES), so a new trainer setting appears in
+the UI with its default and description without touching this file."""
+
+from __future__ import annotations
+
+import enum
+import json
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from django import forms
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from feedback.models import DatasetSnapshot, Project, TaskKind
+from modeling import selectors, services
+from modeling.ml import CONFIG_CLASSES  # plain pydantic, imported lazily: no torch here
+from modeling.models import JOBS_NEEDING_REWARD_MODEL, Checkpoint, CheckpointKind
+
+CONFIG_PREFIX = "cfg_"
+
+
+def add_service_errors(form: forms.Form, exc: ValidationError) -> None:
+    """Put a service's ValidationError next to the inputs it names (config fields included)."""
+    if isinstance(exc, services.JobConfigInvalid):
+        for field, messages in exc.field_errors.items():
+            name = CONFIG_PREFIX + field.split(".")[0]
+            form.add_error(name if name in form.fields else None, messages)
+        return
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc)
+        return
+    for field, messages in exc.message_dict.items():
+        form.add_error(field if field in form.fields else None, messages)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`Annotated[int, Field(ge=1)] | None` -> int: the input type; pydantic checks the rest."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            annotation = args[0]
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+class LooseJSONField(forms.CharField):
+    """For settings like `str | list[str]`: JSON when it parses (["q_proj", "v_proj"]), else the
+    plain text (all-linear), so nobody has to type quotes around a string."""
+
+    def to_python(self, value: Any) -> Any:
+        value = super().to_python(value)
+        if value in self.empty_values:
+            return None
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+
+    def prepare_value(self, value: Any) -> Any:
+        return value if value is None or isinstance(value, str) else json.dumps(value)
+
+
+def config_form_field(name: str, info) -> forms.Field:
+    """A form input for one pydantic field. Everything is optional here: a blank input means
+    "the default", and pydantic reports what is really missing or out of range."""
+    annotation = _unwrap(info.annotation)
+    initial = None if info.is_required() else info.get_default(call_default_factory=True)
+    common = {
+        "required": False,
+        "label": name.replace("_", " ").capitalize(),
+        "help_text": info.description or "",
+        "initial": initial,
+    }
+    if annotation is bool:
+        return forms.BooleanField(**common)
+    if annotation is int:
+        return forms.IntegerField(**common)
+    if annotation is float:
+        return forms.FloatField(**common, widget=forms.NumberInput(attrs={"step": "any"}))
+    if get_origin(annotation) is Literal:
+        choices = [(str(value), str(value)) for value in get_args(annotation)]
+        return forms.ChoiceField(choices=[("", "(default)"), *choices], **common)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        choices = [(str(member.value), str(member.value)) for member in annotation]
+        initial = initial.value if isinstance(initial, enum.Enum) else initial
+        return forms.ChoiceField(
+            choices=[("", "(default)"), *choices], **{**common, "initial": initial}
+        )
+    if annotation is str:
+        return forms.CharField(**common)
+    return LooseJSONField(**common)
+
+
+class JobLaunchForm(forms.Form):
+    parent = forms.ModelChoiceField(
+        queryset=Checkpoint.objects.none(), empty_label=None, label="Start from"
+    )
+    snapshot = forms.ModelChoiceField(
+        queryset=DatasetSnapshot.objects.none(), empty_label=None, label="Dataset snapshot"
+    )
+    reward_model = forms.ModelChoiceField(
+        queryset=Checkpoint.objects.none(), empty_label=None, label="Reward model"
+    )
+    time_limit_minutes = forms.IntegerField(
+        min_value=1, max_value=30 * 24 * 60, label="Time limit (minutes)"
+    )
+
+    def __init__(self, *args, kind: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+        self.cleaned_config: dict[str, Any] | None = None
+        self.fields["parent"].queryset = selectors.parent_choices(kind)
+        self.fields["snapshot"].queryset = selectors.snapshot_choices(kind)
+        self.fields["time_limit_minutes"].initial = settings.VEREDICTO_JOB_TIME_LIMIT_SECONDS // 60
+        if kind in JOBS_NEEDING_REWARD_MODEL:
+            self.fields["reward_model"].queryset = selectors.reward_model_choices()
+        else:
+            del self.fields["reward_model"]
+        self.config_fields = list(CONFIG_CLASSES[kind].model_fields)
+        for name, info in CONFIG_CLASSES[kind].model_fields.items():
+            self.fields[CONFIG_PREFIX + name] = config_form_field(name, info)
+
+    def raw_config(self) -> dict[str, Any]:
+        """What was typed, blanks left out so the config class fills its defaults."""
+        raw = {}
+        for name in self.config_fields:
+            value = self.cleaned_data.get(CONFIG_PREFIX + name)
+            if value is None or value == "":
+                continue
+            raw[name] = value
+        return raw
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        try:
+            self.cleaned_config = services.job_config_clean(self.kind, self.raw_config())
+        except ValidationError as exc:
+            add_service_errors(self, exc)
+        return cleaned
+
+    def config_bound_fields(self) -> list[forms.BoundField]:
+        return [self[CONFIG_PREFIX + name] for name in self.config_fields]
+
+    def input_bound_fields(self) -> list[forms.BoundField]:
+        names = ["parent", "snapshot", "reward_model", "time_limit_minutes"]
+        return [self[name] for name in names if name in self.fields]
+
+    def launch_kwargs(self) -> dict[str, Any]:
+        return {
+            "parent": self.cleaned_data["parent"],
+            "snapshot": self.cleaned_data["snapshot"],
+            "reward_model": self.cleaned_data.get("reward_model"),
+            "config": self.cleaned_config,
+            "time_limit_seconds": self.cleaned_data["time_limit_minutes"] * 60,
+        }
+
+
+def pairwise_projects():
+    # JSON `contains` is not available on SQLite; projects are few, so filter in Python.
+    ids = [p.pk for p in Project.objects.all() if TaskKind.PAIRWISE in p.task_kinds]
+    return Project.objects.filter(pk__in=ids)
+
+
+class ComparisonForm(forms.Form):
+    project = forms.ModelChoiceField(queryset=Project.objects.none(), empty_label=None)
+    reference = forms.ModelChoiceField(
+        queryset=Checkpoint.objects.none(),
+        required=False,
+        empty_label="Its parent",
+        label="Compare with",
+    )
+    n_prompts = forms.IntegerField(min_value=1, max_value=500, initial=20, label="Prompts")
+    max_new_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)
+    temperature = forms.FloatField(
+        min_value=0, max_value=5, initial=0.8, widget=forms.NumberInput(attrs={"step": "any"})
+    )
+    top_p = forms.FloatField(
+        min_value=0.01, max_value=1, initial=0.95, widget=forms.NumberInput(attrs={"step": "any"})
+    )
+    seed = forms.IntegerField(min_value=0, initial=0)
+
+    def __init__(self, *args, checkpoint: Checkpoint, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = pairwise_projects()
+        self.fields["reference"].queryset = Checkpoint.objects.filter(
+            kind=CheckpointKind.POLICY
+        ).exclude(pk=checkpoint.pk)
+        if checkpoint.parent_id is None:
+            self.fields["reference"].empty_label = None
+
+    def request_kwargs(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "project": data["project"],
+            "reference": data["reference"],
+            "n_prompts": data["n_prompts"],
+            "sampling": services.SamplingParams(
+                max_new_tokens=data["max_new_tokens"],
+                temperature=data["temperature"],
+                top_p=data["top_p"],
+                seed=data["seed"],
+            ),
+        }

@@ -1,0 +1,171 @@
+"""Job configs: one small validated model per training kind, stored as JSON on the job row.
+
+Unknown keys are an error (extra="forbid"): a typo such as "learning_rat" must fail when the job
+is created, not train silently with the default. Field names are ours and short; training.py maps
+them onto TRL's config classes (SFTConfig, RewardConfig, DPOConfig, PPOConfig, RLOOConfig,
+GRPOConfig). Defaults follow TRL's where they suit both a real model and the tiny demo model;
+where they differ, the comment says why.
+"""
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class JobConfig(BaseModel):
+    """What every kind shares: optimisation, batch shape, LoRA, seed, precision, checkpoints."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    learning_rate: float = Field(gt=0, le=1)
+    epochs: float = Field(1.0, gt=0, le=1000)
+    # When set, max_steps wins over epochs (as in transformers.TrainingArguments).
+    max_steps: PositiveInt | None = None
+    batch_size: PositiveInt = 8  # per device
+    gradient_accumulation_steps: PositiveInt = 1
+    seed: int = Field(0, ge=0)
+    # "auto": bf16 mixed precision on a GPU that supports it, else fp32. CPU runs are fp32 only.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Trades compute for memory on GPU; always off on CPU, where memory is not the limit.
+    gradient_checkpointing: bool = False
+    # Write a resumable trainer checkpoint every N steps (None: no checkpoints, no resume).
+    save_steps: PositiveInt | None = None
+    # Passed to transformers as is: "none", "tensorboard", "wandb", ... (installed separately).
+    report_to: str | list[str] = "none"
+
+    lora: bool = False
+    lora_rank: PositiveInt = 16
+    lora_alpha: PositiveInt = 32
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    # "all-linear" targets every linear layer but the output head (PEFT's shorthand).
+    lora_targets: str | list[str] = "all-linear"
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+
+class SFTJobConfig(JobConfig):
+    learning_rate: float = Field(2e-5, gt=0, le=1)
+    max_length: PositiveInt = 1024  # tokens per conversation; longer ones are truncated
+    # Train on the assistant's tokens only (the template's {% generation %} markers), not on
+    # the user's: the model should learn to answer, not to write prompts.
+    assistant_only_loss: bool = True
+
+
+class RewardJobConfig(JobConfig):
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    max_length: PositiveInt = 1024  # prompt + completion; longer pairs are dropped by TRL
+
+
+class DPOJobConfig(JobConfig):
+    learning_rate: float = Field(1e-6, gt=0, le=1)
+    max_length: PositiveInt = 1024
+    beta: float = Field(0.1, gt=0)  # strength of the KL pull towards the reference model
+
+
+class OnlineJobConfig(JobConfig):
+    """Kinds that sample completions from the policy and score them with a reward model."""
+
+    # TRL defaults to 512 new tokens; 128 keeps rollouts affordable on CPU and within the tiny
+    # model's 512 positions, and is plenty for short verifiable answers.
+    max_completion_length: PositiveInt = 128
+    temperature: float = Field(1.0, gt=0, le=10)
+
+
+class PPOJobConfig(OnlineJobConfig):
+    learning_rate: float = Field(3e-6, gt=0, le=1)
+    temperature: float = Field(0.7, gt=0, le=10)
+    kl_coef: float = Field(0.05, ge=0)
+    num_ppo_epochs: PositiveInt = 4  # optimisation passes over each batch of rollouts
+    # Subtracted from the score of a completion that never emits EOS (None: no penalty).
+    missing_eos_penalty: float | None = Field(None, ge=0)
+
+
+class _GroupedJobConfig(OnlineJobConfig):
+    num_generations: int = Field(ge=2)  # completions per prompt: the group the baseline uses
+    beta: float = Field(ge=0)  # KL coefficient; 0 skips the reference model entirely
+
+    @model_validator(mode="after")
+    def _groups_fit_in_a_batch(self):
+        # TRL samples whole groups: the generation batch (batch_size x gradient_accumulation)
+        # must hold a whole number of them.
+        if self.effective_batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size * gradient_accumulation_steps ({self.effective_batch_size}) must be "
+                f"a multiple of num_generations ({self.num_generations})"
+            )
+        return self
+
+
+class RLOOJobConfig(_GroupedJobConfig):
+    learning_rate: float = Field(1e-6, gt=0, le=1)
+    num_generations: int = Field(2, ge=2)
+    beta: float = Field(0.05, ge=0)
+
+
+class GRPOJobConfig(_GroupedJobConfig):
+    learning_rate: float = Field(1e-6, gt=0, le=1)
+    num_generations: int = Field(8, ge=2)
+    beta: float = Field(0.0, ge=0)
+
+
+CONFIG_CLASSES: dict[str, type[JobConfig]] = {
+    "sft": SFTJobConfig,
+    "reward": RewardJobConfig,
+    "dpo": DPOJobConfig,
+    "ppo": PPOJobConfig,
+    "rloo": RLOOJobConfig,
+    "grpo": GRPOJobConfig,
+}
+
+# The metric a progress bar or a job list shows first, as logged by TRL for each kind.
+MAIN_METRIC: dict[str, str] = {
+    "sft": "loss",
+    "reward": "accuracy",
+    "dpo": "loss",
+    "ppo": "objective/rlhf_reward",
+    "rloo": "reward",
+    "grpo": "reward",
+}
+
+
+def parse_job_config(kind: str, raw: dict[str, Any] | None) -> JobConfig:
+    """Validate a job's raw JSON config; raises ValueError (unknown kind) or ValidationError."""
+    if kind not in CONFIG_CLASSES:
+        raise ValueError(
+            f"Unknown training kind {kind!r}; expected one of {sorted(CONFIG_CLASSES)}"
+        )
+    return CONFIG_CLASSES[kind].model_validate(raw or {})
+
+
+def estimate_steps(kind: str, config: JobConfig, n_train_rows: int) -> int:
+    """Optimizer steps the trainer will run, computed the way transformers/TRL compute them.
+
+    Used for progress bars before the trainer exists. max_steps wins when set; otherwise
+    ceil(epochs * updates per epoch), where an update consumes batch_size * grad_accum items.
+    """
+    if config.max_steps is not None:
+        return config.max_steps
+    if n_train_rows <= 0:
+        return 0
+    ga = config.gradient_accumulation_steps
+    if kind in ("sft", "reward", "dpo"):
+        # Trainer: ceil(rows / batch) batches, ceil(batches / grad_accum) updates (at least 1).
+        batches = math.ceil(n_train_rows / config.batch_size)
+        per_epoch = max(math.ceil(batches / ga), 1)
+        return math.ceil(config.epochs * per_epoch)
+    if kind == "ppo":
+        # PPOTrainer: episodes = epochs * rows, one update per batch of rollouts (rounded up).
+        return math.ceil(int(config.epochs * n_train_rows) / config.effective_batch_size)
+    if kind in ("rloo", "grpo"):
+        # RepeatSampler: each generation round uses whole prompts (batch / num_generations of
+        # them, remainder dropped), and one round feeds gradient_accumulation micro-batches,
+        # that is one update.
+        prompts_per_update = config.effective_batch_size // config.num_generations
+        per_epoch = max(n_train_rows // prompts_per_update, 1)
+        return math.ceil(config.epochs * per_epoch)
+    raise ValueError(f"Unknown training kind {kind!r}")

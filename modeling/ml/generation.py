@@ -1,0 +1,101 @@
+"""Sampling completions from a checkpoint: n per chat prompt, batched, stopping at EOS.
+
+from modeling.ml import generate
+generate("var/models/tiny", [[{"role": "user", "content": "What is 2 + 3?"}]], n=4)
+"""
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+
+from modeling.ml.loading import load_causal_lm, load_tokenizer
+
+
+def generate(
+    model_path: str,
+    prompts: list[list[dict]],
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> list[list[str]]:
+    """For each chat prompt, n completions (text of the assistant's reply, without EOS).
+
+    temperature=0 is greedy decoding. Runs on the GPU in bf16 when there is one, else on CPU.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    model = load_causal_lm(model_path, dtype=dtype, device=device)
+    tokenizer = load_tokenizer(model_path)
+    return sample(
+        model,
+        tokenizer,
+        prompts,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+    )
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict]],
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> list[list[str]]:
+    """generate() for a model already loaded (evaluation loops keep one across calls)."""
+    if n < 1 or batch_size < 1 or max_new_tokens < 1:
+        raise ValueError("n, batch_size and max_new_tokens must be at least 1")
+    set_seed(seed)  # same seed, prompts and batch_size -> same completions
+    model.eval()
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    texts = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    rows = [text for text in texts for _ in range(n)]  # each prompt n times, side by side
+    sampling = temperature > 0
+    completions = []
+    for start in range(0, len(rows), batch_size):
+        # Left padding: every prompt of the batch ends where its completion starts. The template
+        # already wrote BOS; add_special_tokens=False keeps it from being doubled.
+        batch = tokenizer(
+            rows[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        ).to(model.device)
+        output = model.generate(
+            **batch,
+            do_sample=sampling,
+            temperature=temperature if sampling else None,
+            top_p=top_p if sampling else None,
+            top_k=0 if sampling else None,  # unset, transformers would apply top_k=50
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad_id,
+        )
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        completions += [until_eos(ids.tolist(), tokenizer.eos_token_id) for ids in new_tokens]
+    decoded = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return [decoded[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def until_eos(ids: list[int], eos_id: int) -> list[int]:
+    """The tokens before the first EOS; finished rows of a batch are padded after it."""
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids

@@ -1,0 +1,380 @@
+"""Training jobs on TRL: SFT, reward modelling, DPO, PPO, RLOO and GRPO.
+
+    from modeling.ml import parse_job_config, train
+    config = parse_job_config("sft", {"learning_rate": 1e-4, "max_steps": 100})
+    result = train("sft", config, model_path="var/models/tiny", dataset_dir=..., output_dir=...)
+
+Setup (config, device, data, base model) -> trainer -> train (from the last checkpoint when
+resuming) -> save (model or LoRA adapter, tokenizer, veredicto.json) -> cleanup (checkpoints).
+
+Datasets are TRL's conversational shapes, one JSON object per line in dataset_dir/train.jsonl
+(and optionally test.jsonl, evaluated after training for sft, reward and dpo):
+    sft           {"messages": [{"role": ..., "content": ...}, ...]}
+    reward, dpo   {"prompt": [messages], "chosen": [assistant message], "rejected": [...]}
+    ppo/rloo/grpo {"prompt": [messages]}
+Other columns (the export's metadata) are dropped before TRL sees them.
+"""
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, load_dataset
+from transformers import PrinterCallback, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from modeling.ml.configs import CONFIG_CLASSES, JobConfig, estimate_steps, parse_job_config
+from modeling.ml.loading import (
+    is_lora_adapter,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    write_model_card,
+)
+from modeling.ml.progress import ProgressCallback, ProgressReporter, numeric_metrics
+
+COLUMNS = {
+    "sft": ["messages"],
+    "reward": ["prompt", "chosen", "rejected"],
+    "dpo": ["prompt", "chosen", "rejected"],
+    "ppo": ["prompt"],
+    "rloo": ["prompt"],
+    "grpo": ["prompt"],
+}
+ONLINE_KINDS = {"ppo", "rloo", "grpo"}  # sample from the policy, scored by a reward model
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    steps: int  # optimizer steps done, counting those before a resume
+    metrics: dict[str, float]  # last logged value of each metric, plus eval_* when evaluated
+    train_tokens: int  # non-padding tokens the model was trained on (prompt + completion)
+    stopped: bool  # cancelled via reporter.should_stop(): no final model was written
+
+
+class _SilentReporter:
+    def report(self, *, step, total_steps, metrics, log_line=None) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def train(
+    kind: str,
+    config: JobConfig | dict[str, Any],
+    *,
+    model_path: str,
+    dataset_dir: str,
+    output_dir: str,
+    reward_model_path: str | None = None,
+    reporter: ProgressReporter | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train `kind` from model_path on dataset_dir into output_dir.
+
+    On success output_dir holds a transformers checkpoint (or, with LoRA, a PEFT adapter), the
+    tokenizer and veredicto.json; intermediate checkpoints are deleted. When the reporter asks to
+    stop, training ends after the current step and nothing final is written: the checkpoints
+    already saved (config.save_steps) stay, and a later call with resume=True continues from the
+    last of them. Without a checkpoint, resume=True starts from scratch (PPO always does: TRL's
+    experimental PPOTrainer cannot restore its value model and rollout state).
+    """
+    # -- setup: config, data, checkpoints, base model
+    if kind not in CONFIG_CLASSES:
+        raise ValueError(
+            f"Unknown training kind {kind!r}; expected one of {sorted(CONFIG_CLASSES)}"
+        )
+    if not isinstance(config, CONFIG_CLASSES[kind]):
+        config = parse_job_config(kind, dict(config))
+    if kind in ONLINE_KINDS and not reward_model_path:
+        raise ValueError(f"{kind} needs reward_model_path (a reward model checkpoint)")
+    reporter = reporter or _SilentReporter()
+    output = Path(output_dir).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)
+
+    train_rows = load_rows(Path(dataset_dir, "train.jsonl"), kind)
+    test_path = Path(dataset_dir, "test.jsonl")
+    eval_rows = (
+        load_rows(test_path, kind) if test_path.is_file() and kind not in ONLINE_KINDS else None
+    )
+    if kind in ("rloo", "grpo"):
+        prompts_per_update = config.effective_batch_size // config.num_generations
+        if len(train_rows) < prompts_per_update:
+            raise ValueError(
+                f"{kind} needs at least {prompts_per_update} prompts (batch_size * "
+                f"gradient_accumulation_steps / num_generations); train.jsonl has {len(train_rows)}"
+            )
+
+    checkpoint = get_last_checkpoint(str(output)) if resume else None
+    if not resume:
+        # A fresh run must neither resume from nor rotate away an earlier attempt's checkpoints.
+        for old in output.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            shutil.rmtree(old)
+    base_path, merged_base = plain_base(model_path, output / "base")
+    tokenizer = load_tokenizer(base_path)
+    callback = ProgressCallback(reporter, hard_stop=kind == "ppo")
+    total = estimate_steps(kind, config, len(train_rows))
+    start_step = int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+    start = f"resuming from {Path(checkpoint).name}" if checkpoint else "starting"
+    reporter.report(
+        step=start_step, total_steps=total, metrics={}, log_line=f"{kind}: {start}, {total} steps"
+    )
+
+    finished = False
+    try:
+        # -- trainer
+        trainer = build_trainer(
+            kind,
+            config,
+            output=output,
+            base_path=base_path,
+            tokenizer=tokenizer,
+            train_rows=train_rows,
+            eval_rows=eval_rows,
+            reward_model_path=reward_model_path,
+            callback=callback,
+        )
+        # With tqdm off, transformers prints every log entry; ProgressCallback reports them.
+        trainer.remove_callback(PrinterCallback)
+
+        # -- train
+        trainer.train(resume_from_checkpoint=checkpoint)
+        steps = trainer.state.global_step
+        if callback.stopped:
+            reporter.report(
+                step=steps, total_steps=total, metrics=callback.metrics, log_line="cancelled"
+            )
+            return TrainResult(str(output), steps, callback.metrics, train_tokens(trainer), True)
+        metrics = dict(callback.metrics)
+        if eval_rows is not None:
+            metrics.update(numeric_metrics(trainer.evaluate()))
+
+        # -- save: the final model (or adapter) next to the tokenizer, then the card
+        trainer.save_model(str(output))
+        # The base's tokenizer, not the trainer's: PPO and GRPO switch theirs to left padding.
+        tokenizer.save_pretrained(output)
+        card = write_model_card(
+            output,
+            kind="reward" if kind == "reward" else "policy",
+            base_model=model_path,
+            lora=config.lora,
+            parameter_count=parameter_count(trainer),
+            train_tokens=train_tokens(trainer),
+        )
+        finished = True
+    finally:
+        # -- cleanup. A merged base stays only as the base of a new adapter (its config points
+        # there); finished runs need no checkpoints; interrupted ones keep them for resume.
+        if merged_base and not (finished and config.lora):
+            shutil.rmtree(merged_base, ignore_errors=True)
+    for done in output.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        shutil.rmtree(done)
+    reporter.report(step=steps, total_steps=total, metrics=metrics, log_line=f"saved to {output}")
+    return TrainResult(str(output), steps, metrics, card["train_tokens"], False)
+
+
+def load_rows(path: Path, kind: str) -> Dataset:
+    """The columns TRL needs for `kind`, with a clear error when one is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"No {path.name} in {path.parent}")
+    rows = load_dataset("json", data_files=str(path), split="train")
+    missing = [c for c in COLUMNS[kind] if c not in rows.column_names]
+    if missing:
+        raise ValueError(f"{path.name}: {kind} rows need the column(s) {missing}")
+    if len(rows) == 0:
+        raise ValueError(f"{path.name} has no rows")
+    return rows.select_columns(COLUMNS[kind])
+
+
+def plain_base(model_path: str, merged_dir: Path) -> tuple[str, Path | None]:
+    """A model directory TRL can load, and reload by path for its reference models.
+
+    A LoRA adapter is merged into its base and saved to merged_dir (TRL rebuilds reference
+    models from config._name_or_path, which for an in-memory merge would name the *unmerged*
+    base). Local paths are made absolute: a new adapter records its base's path, read later
+    from another working directory.
+    """
+    if not is_lora_adapter(model_path):
+        local = Path(model_path)
+        return (str(local.resolve()) if local.is_dir() else model_path), None
+    model = load_causal_lm(model_path)
+    model.save_pretrained(merged_dir)
+    load_tokenizer(model_path).save_pretrained(merged_dir)
+    return str(merged_dir), merged_dir
+
+
+def build_trainer(
+    kind: str,
+    config: JobConfig,
+    *,
+    output: Path,
+    base_path: str,
+    tokenizer,
+    train_rows: Dataset,
+    eval_rows: Dataset | None,
+    reward_model_path: str | None,
+    callback: ProgressCallback,
+):
+    """The TRL trainer for `kind`, with our config mapped onto TRL's config class."""
+    args = common_args(config, output)
+    peft_config = lora_config(config, "SEQ_CLS" if kind == "reward" else "CAUSAL_LM")
+    if kind == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        return SFTTrainer(
+            model=base_path,
+            args=SFTConfig(
+                **args,
+                max_length=config.max_length,
+                assistant_only_loss=config.assistant_only_loss,
+                include_num_input_tokens_seen="non_padding",
+            ),
+            train_dataset=train_rows,
+            eval_dataset=eval_rows,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[callback],
+        )
+    if kind == "reward":
+        from trl import RewardConfig, RewardTrainer
+
+        return RewardTrainer(
+            model=base_path,  # TRL adds a fresh scalar head (num_labels=1), seeded by args.seed
+            args=RewardConfig(
+                **args, max_length=config.max_length, include_num_input_tokens_seen="non_padding"
+            ),
+            train_dataset=train_rows,
+            eval_dataset=eval_rows,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[callback],
+        )
+    if kind == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOTrainer(
+            model=base_path,  # the reference: loaded again from base_path, or with LoRA the base
+            args=DPOConfig(
+                **args,
+                max_length=config.max_length,
+                beta=config.beta,
+                include_num_input_tokens_seen="non_padding",
+            ),
+            train_dataset=train_rows,
+            eval_dataset=eval_rows,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[callback],
+        )
+    if kind == "ppo":
+        from modeling.ml.ppo import ppo_trainer
+
+        return ppo_trainer(
+            config,
+            args,
+            policy_path=base_path,
+            reward_model_path=reward_model_path,
+            tokenizer=tokenizer,
+            train_rows=train_rows,
+            peft_config=peft_config,
+            callback=callback,
+        )
+    if kind in ("rloo", "grpo"):
+        from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+        config_class, trainer_class = {
+            "rloo": (RLOOConfig, RLOOTrainer),
+            "grpo": (GRPOConfig, GRPOTrainer),
+        }[kind]
+        reward_model = load_reward_model(reward_model_path)
+        return trainer_class(
+            model=base_path,
+            reward_funcs=reward_model,
+            args=config_class(
+                **args,
+                num_generations=config.num_generations,
+                max_completion_length=config.max_completion_length,
+                temperature=config.temperature,
+                beta=config.beta,
+            ),
+            train_dataset=train_rows,
+            processing_class=load_tokenizer(base_path, padding_side="left"),
+            reward_processing_classes=load_tokenizer(reward_model_path),
+            peft_config=peft_config,
+            callbacks=[callback],
+        )
+    raise ValueError(f"Unknown training kind {kind!r}")
+
+
+def common_args(config: JobConfig, output: Path) -> dict[str, Any]:
+    """TrainingArguments shared by every kind, including the CPU/GPU precision choices."""
+    return dict(
+        output_dir=str(output),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=config.report_to,
+        logging_steps=1,  # every step reaches ProgressCallback, which throttles its reports
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=1,  # resuming needs only the last one; each holds optimizer state
+        eval_strategy="no",
+        disable_tqdm=True,
+        **device_args(config),
+    )
+
+
+def device_args(config: JobConfig) -> dict[str, Any]:
+    """TRL defaults to bf16 and gradient checkpointing; on CPU neither helps, so both are off."""
+    if not torch.cuda.is_available():
+        if config.precision in ("bf16", "fp16"):
+            raise ValueError(f"precision={config.precision!r} needs a GPU; use 'auto' or 'fp32'")
+        return dict(use_cpu=True, bf16=False, fp16=False, activation_checkpointing=False)
+    bf16 = config.precision == "bf16" or (
+        config.precision == "auto" and torch.cuda.is_bf16_supported()
+    )
+    return dict(
+        bf16=bf16,
+        fp16=config.precision == "fp16",
+        activation_checkpointing=config.gradient_checkpointing,
+    )
+
+
+def lora_config(config: JobConfig, task_type: str):
+    if not config.lora:
+        return None
+    from peft import LoraConfig
+
+    # SEQ_CLS makes PEFT train and save the new score head alongside the adapter.
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_targets,
+        task_type=task_type,
+    )
+
+
+def parameter_count(trainer) -> int:
+    """Parameters of the model as served: with LoRA, the base's (adapters merge into it)."""
+    # PPO's trainer.model wraps policy and value model; the policy is what gets saved.
+    model = trainer.policy_model if hasattr(trainer, "policy_model") else trainer.model
+    if hasattr(model, "get_nb_trainable_parameters"):  # a PeftModel
+        trainable, total = model.get_nb_trainable_parameters()
+        return total - trainable
+    return sum(p.numel() for p in model.parameters())
+
+
+def train_tokens(trainer) -> int:
+    """Non-padding tokens trained on, counted by the trainer and restored on resume."""
+    return int(getattr(trainer, "train_tokens", None) or trainer.state.num_input_tokens_seen)

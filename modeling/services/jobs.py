@@ -1,0 +1,295 @@
+"""Launching, cancelling, re-running and reaping training jobs.
+
+Everything is validated before a row is written, and the Celery message is sent only when the
+transaction commits: a refused launch leaves no row and queues nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pydantic
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from feedback.models import DatasetSnapshot, SnapshotStatus
+
+# modeling.ml imports lazily: configs are plain pydantic, so web processes never load torch.
+from modeling.ml import CONFIG_CLASSES, parse_job_config
+from modeling.models import (
+    JOBS_NEEDING_REWARD_MODEL,
+    SNAPSHOT_KIND_FOR_JOB,
+    Checkpoint,
+    CheckpointKind,
+    JobKind,
+    JobStatus,
+    TrainingJob,
+)
+
+from .checkpoints import require_admin
+
+logger = logging.getLogger(__name__)
+
+MIN_TIME_LIMIT, MAX_TIME_LIMIT = 60, 30 * 24 * 3600
+# Between Celery's soft limit (the job is failed cleanly) and the hard kill of the process.
+HARD_LIMIT_GRACE_SECONDS = 300
+
+
+class JobConfigInvalid(ValidationError):
+    """The config did not validate. `field_errors` maps config field names ("" for the config as
+    a whole) to messages, so forms can show each next to its input."""
+
+    def __init__(self, field_errors: dict[str, list[str]]):
+        self.field_errors = field_errors
+        super().__init__(
+            {
+                "config": [
+                    f"{field}: {message}" if field else message
+                    for field, messages in field_errors.items()
+                    for message in messages
+                ]
+            }
+        )
+
+
+def job_config_clean(kind: str, raw: Any) -> dict[str, Any]:
+    """The config as modeling.ml parses it (defaults filled), as JSON. Unknown keys are errors."""
+    if not isinstance(raw, dict):
+        raise JobConfigInvalid({"": ["The config must be a JSON object."]})
+    try:
+        config = parse_job_config(kind, raw)
+    except pydantic.ValidationError as exc:
+        field_errors: dict[str, list[str]] = {}
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")  # a validator's own words
+            if error["type"] == "extra_forbidden":
+                message = f"unknown setting for {kind} (allowed: {allowed_config_keys(kind)})"
+            field_errors.setdefault(field, []).append(message)
+        raise JobConfigInvalid(field_errors) from exc
+    except ValueError as exc:
+        raise JobConfigInvalid({"": [str(exc)]}) from exc
+    return config.model_dump(mode="json")
+
+
+def allowed_config_keys(kind: str) -> str:
+    return ", ".join(sorted(CONFIG_CLASSES[kind].model_fields))
+
+
+def _validate(
+    *,
+    kind: str,
+    parent: Checkpoint | None,
+    snapshot: DatasetSnapshot | None,
+    reward_model: Checkpoint | None,
+    config: Any,
+    time_limit_seconds: int,
+) -> dict[str, Any]:
+    """Every reason the job cannot run, all at once; returns the cleaned config."""
+    errors: dict[str, Any] = {}
+    if kind not in JobKind.values:
+        raise ValidationError({"kind": f"Kind is one of {', '.join(JobKind.values)}."})
+    if parent is None:
+        errors["parent"] = "Choose the checkpoint to start from."
+    elif parent.kind == CheckpointKind.VALUE or (
+        parent.kind == CheckpointKind.REWARD and kind != JobKind.REWARD
+    ):
+        errors["parent"] = f"A {kind} job starts from a policy, not a {parent.kind} model."
+    wanted = SNAPSHOT_KIND_FOR_JOB[kind]
+    if snapshot is None:
+        errors["snapshot"] = "Choose a dataset snapshot."
+    elif snapshot.kind != wanted:
+        errors["snapshot"] = (
+            f"A {kind} job trains on a {wanted} snapshot; "
+            f"{snapshot.name!r} is a {snapshot.kind} snapshot."
+        )
+    elif snapshot.status != SnapshotStatus.READY:
+        errors["snapshot"] = f"Snapshot {snapshot.name!r} is {snapshot.status}, not ready."
+    elif not (snapshot.path() / "train.jsonl").is_file():
+        errors["snapshot"] = f"Snapshot {snapshot.name!r} has no train.jsonl on this host."
+    elif not snapshot.row_counts.get("train"):
+        errors["snapshot"] = f"Snapshot {snapshot.name!r} has no training rows."
+    if kind in JOBS_NEEDING_REWARD_MODEL:
+        if reward_model is None:
+            errors["reward_model"] = f"A {kind} job needs a reward model to score its samples."
+        elif reward_model.kind != CheckpointKind.REWARD:
+            errors["reward_model"] = f"{reward_model.name!r} is a {reward_model.kind} model."
+    elif reward_model is not None:
+        errors["reward_model"] = f"A {kind} job does not use a reward model."
+    if not MIN_TIME_LIMIT <= time_limit_seconds <= MAX_TIME_LIMIT:
+        errors["time_limit_seconds"] = "The time limit is between a minute and 30 days."
+    cleaned = None
+    try:
+        cleaned = job_config_clean(kind, config if config is not None else {})
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    if errors:
+        raise ValidationError(errors)
+    return cleaned
+
+
+def _enqueue(job: TrainingJob) -> None:
+    """Send the message once the row is committed (a worker must be able to read it)."""
+    from modeling.tasks import train_job
+
+    limit = job.time_limit_seconds
+
+    def send() -> None:
+        try:
+            train_job.apply_async(
+                (job.pk,), soft_time_limit=limit, time_limit=limit + HARD_LIMIT_GRACE_SECONDS
+            )
+        except KombuOperationalError as exc:
+            # The row is committed but no worker will ever hear of it: fail it visibly (it can
+            # be re-run) rather than leave it queued forever.
+            logger.exception("Could not queue training job %s", job.pk)
+            TrainingJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+                status=JobStatus.FAILED,
+                finished_at=timezone.now(),
+                error=f"could not reach the task queue: {exc}",
+            )
+
+    transaction.on_commit(send)
+
+
+@transaction.atomic
+def job_launch(
+    *,
+    kind: str,
+    parent: Checkpoint | None,
+    snapshot: DatasetSnapshot | None,
+    config: dict[str, Any] | None = None,
+    reward_model: Checkpoint | None = None,
+    launched_by: AbstractBaseUser | None,
+    time_limit_seconds: int | None = None,
+    enqueue: bool = True,
+) -> TrainingJob:
+    """Validate and queue a training job. PermissionDenied for non-admins, ValidationError for
+    anything that would make it fail; in both cases nothing is written or queued.
+
+    `enqueue=False` leaves the row queued for a caller that runs it in-process
+    (`launch_job --run-here`).
+    """
+    require_admin(launched_by, "launch training jobs")
+    limit = time_limit_seconds or settings.VEREDICTO_JOB_TIME_LIMIT_SECONDS
+    cleaned = _validate(
+        kind=kind,
+        parent=parent,
+        snapshot=snapshot,
+        reward_model=reward_model,
+        config=config,
+        time_limit_seconds=limit,
+    )
+    job = TrainingJob.objects.create(
+        kind=kind,
+        parent=parent,
+        snapshot=snapshot,
+        reward_model=reward_model,
+        config=cleaned,
+        time_limit_seconds=limit,
+        launched_by=launched_by,
+    )
+    if enqueue:
+        _enqueue(job)
+    return job
+
+
+@transaction.atomic
+def job_rerun(*, job: TrainingJob, launched_by: AbstractBaseUser | None) -> TrainingJob:
+    """A new attempt of a failed or cancelled job with the same inputs. It resumes from the last
+    trainer checkpoint the previous attempt saved, if any (see runner.prepare_resume). Asking twice
+    returns the same new attempt."""
+    require_admin(launched_by, "re-run training jobs")
+    job = TrainingJob.objects.select_for_update().get(pk=job.pk)
+    if not job.can_rerun:
+        raise ValidationError(
+            f"Only failed or cancelled jobs can be re-run; job #{job.pk} is {job.status}."
+        )
+    existing = TrainingJob.objects.filter(previous_attempt=job).first()
+    if existing is not None:
+        return existing
+    cleaned = _validate(
+        kind=job.kind,
+        parent=job.parent,
+        snapshot=job.snapshot,
+        reward_model=job.reward_model,
+        config=job.config,
+        time_limit_seconds=job.time_limit_seconds,
+    )
+    rerun = TrainingJob.objects.create(
+        kind=job.kind,
+        parent=job.parent,
+        snapshot=job.snapshot,
+        reward_model=job.reward_model,
+        config=cleaned,
+        time_limit_seconds=job.time_limit_seconds,
+        attempt=job.attempt + 1,
+        previous_attempt=job,
+        launched_by=launched_by,
+    )
+    _enqueue(rerun)
+    return rerun
+
+
+def job_cancel(*, job: TrainingJob, cancelled_by: AbstractBaseUser | None) -> TrainingJob:
+    """A queued job is cancelled at once (its message will find nothing to claim); a running one
+    is asked to stop, and its worker ends it `cancelled` at the next step boundary."""
+    require_admin(cancelled_by, "cancel training jobs")
+    now = timezone.now()
+    jobs = TrainingJob.objects.filter(pk=job.pk)
+    if jobs.filter(status=JobStatus.QUEUED).update(
+        status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now
+    ):
+        return jobs.get()
+    if jobs.filter(status=JobStatus.RUNNING).update(cancel_requested=True):
+        return jobs.get()
+    job.refresh_from_db()
+    raise ValidationError(f"Job #{job.pk} has already finished ({job.get_status_display()}).")
+
+
+def _fail_running(jobs, *, reason: Callable[[str], str], now: datetime) -> int:
+    """Fail each running job, guarded by the heartbeat we read: a job that beat in between (or
+    finished) is left alone."""
+    failed = 0
+    for pk, beat in jobs.filter(status=JobStatus.RUNNING).values_list("pk", "heartbeat_at"):
+        failed += TrainingJob.objects.filter(
+            pk=pk, status=JobStatus.RUNNING, heartbeat_at=beat
+        ).update(status=JobStatus.FAILED, finished_at=now, error=reason(_when(beat)))
+    if failed:
+        logger.warning("Marked %d training job(s) failed: %s", failed, reason("…"))
+    return failed
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "the start"
+
+
+def job_mark_stale(*, now: datetime | None = None) -> int:
+    """Running jobs whose worker has been silent longer than VEREDICTO_JOB_STALE_SECONDS are
+    failed. One indexed query when nothing is stale, so job pages call it on every read."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.VEREDICTO_JOB_STALE_SECONDS)
+    stale = TrainingJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
+    return _fail_running(
+        stale, reason=lambda beat: f"worker stopped responding (no heartbeat since {beat})", now=now
+    )
+
+
+def jobs_fail_orphaned(*, worker_host: str, started_before: datetime) -> int:
+    """A worker that (re)starts cannot be running anything yet: jobs it left `running` died with
+    its previous process."""
+    orphans = TrainingJob.objects.filter(worker_host=worker_host, started_at__lt=started_before)
+    return _fail_running(
+        orphans,
+        reason=lambda beat: (
+            f"worker {worker_host} restarted while the job was running (last heartbeat {beat})"
+        ),
+        now=timezone.now(),
+    )

@@ -1,0 +1,366 @@
+"""Running one training job on a worker: claim it, train with live progress, register the result.
+
+    run_training_job(job)   # what modeling.tasks.train_job calls; tests call it directly
+
+The claim is a conditional UPDATE (queued → running), so a message delivered twice trains once.
+While training, `JobReporter` (the trainer's ProgressReporter) writes step, metrics, a thinned
+metric history and the log tail to the row at most every VEREDICTO_JOB_PROGRESS_SECONDS, and
+answers `should_stop()` from the row's `cancel_requested`; a `Heartbeat` thread touches
+`heartbeat_at` on its own so that one long step never looks like a dead worker. Every write after
+the claim is guarded by `status=running`: once anyone else has decided the job's fate (the stale
+check, say), the worker stops and leaves the row alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, connections, transaction
+from django.utils import timezone
+
+from modeling.models import (
+    Checkpoint,
+    CheckpointKind,
+    CheckpointSource,
+    JobKind,
+    JobStatus,
+    TrainingJob,
+)
+
+from .checkpoints import TRAINER_CHECKPOINT_PREFIX, checkpoint_describe, unique_checkpoint_name
+
+logger = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 200
+LOG_TAIL_CHARS = 20_000
+HISTORY_POINTS = 500  # the chart needs no more; older points are thinned evenly
+
+
+def models_dir() -> Path:
+    return Path(settings.VEREDICTO_MODELS_DIR or Path(settings.MEDIA_ROOT) / "checkpoints")
+
+
+def job_output_dir(job: TrainingJob) -> Path:
+    return models_dir() / f"{job.pk}-{job.attempt}"
+
+
+def default_worker_host() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """JSON columns refuse NaN and infinities (PostgreSQL rejects them); a diverged loss is
+    dropped from the point rather than failing the write."""
+    return {
+        str(key): float(value)
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(exc.messages)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Heartbeat:
+    """A daemon thread that touches `heartbeat_at` every VEREDICTO_JOB_HEARTBEAT_SECONDS."""
+
+    def __init__(self, job_id: int, interval: float):
+        self.job_id = job_id
+        self.interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-job-{job_id}", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=self.interval + 10)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped.wait(self.interval):
+                try:
+                    TrainingJob.objects.filter(pk=self.job_id, status=JobStatus.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except DatabaseError:
+                    # A blip in the database is not a dead worker: try again next beat.
+                    logger.warning("Heartbeat of job %s failed", self.job_id, exc_info=True)
+        finally:
+            connections.close_all()  # this thread's connection only
+
+
+class JobReporter:
+    """modeling.ml's ProgressReporter, writing to the job row (throttled)."""
+
+    def __init__(self, job: TrainingJob, *, every: float, deadline: float | None):
+        self.job_id = job.pk
+        self.every = every
+        self.deadline = deadline
+        self.step = job.step
+        self.total_steps = job.total_steps
+        self.metrics: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self._stride = 1
+        self._reports = 0
+        self.lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._last_write = -math.inf  # the first report is written at once
+        self._last_poll = -math.inf
+        self.cancelled = False  # cancel_requested was seen
+        self.lost = False  # the row is no longer ours (failed by the stale check, say)
+        self.timed_out = False
+
+    # --- the ProgressReporter protocol ---
+
+    def report(
+        self,
+        *,
+        step: int,
+        total_steps: int,
+        metrics: dict[str, float],
+        log_line: str | None = None,
+    ) -> None:
+        self.step, self.total_steps = int(step), int(total_steps)
+        clean = finite_metrics(metrics or {})
+        if clean:
+            self.metrics = clean
+            self._add_point({"step": self.step, **clean})
+        if log_line:
+            self.log(log_line)
+        done = self.total_steps and self.step >= self.total_steps
+        if done or time.monotonic() - self._last_write >= self.every:
+            self.flush()
+
+    def should_stop(self) -> bool:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out = True
+        now = time.monotonic()
+        if not (self.cancelled or self.lost) and now - self._last_poll >= self.every:
+            self._last_poll = now
+            row = (
+                TrainingJob.objects.filter(pk=self.job_id)
+                .values_list("status", "cancel_requested")
+                .first()
+            )
+            if row is None or row[0] != JobStatus.RUNNING:
+                self.lost = True
+            elif row[1]:
+                self.cancelled = True
+        return self.cancelled or self.lost or self.timed_out
+
+    # --- helpers ---
+
+    def log(self, line: str) -> None:
+        for part in str(line).splitlines() or [""]:
+            self.lines.append(part[:2000])
+
+    def _add_point(self, point: dict[str, float]) -> None:
+        if self.history and self.history[-1]["step"] == point["step"]:
+            # The trainer reports its last step twice (logged, then saved): one point.
+            self.history[-1] = {**self.history[-1], **point}
+            return
+        self._reports += 1
+        if (self._reports - 1) % self._stride:
+            return
+        self.history.append(point)
+        if len(self.history) > HISTORY_POINTS:
+            self.history = self.history[::2]
+            self._stride *= 2
+
+    def log_tail(self) -> str:
+        return "\n".join(self.lines)[-LOG_TAIL_CHARS:]
+
+    def progress_fields(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "metrics": self.metrics,
+            "metric_history": self.history,
+            "log_tail": self.log_tail(),
+        }
+
+    def flush(self) -> None:
+        self._last_write = time.monotonic()
+        written = TrainingJob.objects.filter(pk=self.job_id, status=JobStatus.RUNNING).update(
+            heartbeat_at=timezone.now(), **self.progress_fields()
+        )
+        if not written:
+            self.lost = True
+
+
+def latest_trainer_checkpoint(directory: Path) -> Path | None:
+    """The Trainer's newest `checkpoint-<step>` folder in an output directory."""
+    if not directory.is_dir():
+        return None
+    saves = [
+        (int(entry.name.removeprefix(TRAINER_CHECKPOINT_PREFIX)), entry)
+        for entry in directory.iterdir()
+        if entry.is_dir()
+        and entry.name.startswith(TRAINER_CHECKPOINT_PREFIX)
+        and entry.name.removeprefix(TRAINER_CHECKPOINT_PREFIX).isdigit()
+    ]
+    return max(saves)[1] if saves else None
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    # Hard links make resuming a multi-gigabyte run instant; the Trainer writes new files rather
+    # than editing old ones, so sharing them with the previous attempt is safe.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def prepare_resume(job: TrainingJob, output_dir: Path) -> Path | None:
+    """Bring the previous attempt's last trainer checkpoint into this attempt's output dir, where
+    `train(..., resume=True)` looks for it."""
+    previous = job.previous_attempt
+    if previous is None or not previous.output_dir:
+        return None
+    latest = latest_trainer_checkpoint(Path(previous.output_dir))
+    if latest is None:
+        return None
+    target = output_dir / latest.name
+    if not target.exists():
+        shutil.copytree(latest, target, copy_function=_link_or_copy)
+    return latest
+
+
+def _register_output(job: TrainingJob, result) -> Checkpoint:
+    path = Path(result.output_dir).resolve()
+    facts = checkpoint_describe(path)
+    parent = job.parent
+    has_tokenizer = (path / "tokenizer_config.json").is_file()
+    return Checkpoint.objects.create(
+        name=unique_checkpoint_name(f"{parent.root().name}-{job.kind}-{job.pk}"),
+        kind=CheckpointKind.REWARD if job.kind == JobKind.REWARD else CheckpointKind.POLICY,
+        source=CheckpointSource.LOCAL,
+        storage_path=str(path),
+        tokenizer_path="" if has_tokenizer else parent.tokenizer_load_path(),
+        is_adapter=facts.is_adapter,
+        base_model=parent.root(),
+        parent=parent,
+        job=job,
+        snapshot=job.snapshot,
+        parameter_count=facts.parameter_count,
+        size_bytes=facts.size_bytes,
+        train_tokens=result.train_tokens or facts.train_tokens,
+        metrics=finite_metrics(result.metrics or {}),
+        created_by=job.launched_by,
+    )
+
+
+def _finish(job_id: int, status: str, reporter: JobReporter, error: str = "") -> TrainingJob:
+    """Write the outcome unless someone else already decided it."""
+    TrainingJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        status=status, finished_at=timezone.now(), error=error, **reporter.progress_fields()
+    )
+    return TrainingJob.objects.get(pk=job_id)
+
+
+@transaction.atomic
+def _succeed(job_id: int, result, reporter: JobReporter) -> TrainingJob:
+    # Lock the row so the stale check cannot fail the job while its checkpoint is registered.
+    TrainingJob.objects.select_for_update().filter(pk=job_id).values_list("pk").get()
+    job = TrainingJob.objects.select_related("parent__base_model", "snapshot").get(pk=job_id)
+    if job.status != JobStatus.RUNNING:
+        logger.warning("Job %s finished training but is already %s", job_id, job.status)
+        return job
+    if job.cancel_requested:
+        # Cancelled after the last step: the user asked for no checkpoint, so none appears.
+        return _finish(job_id, JobStatus.CANCELLED, reporter)
+    reporter.step = max(reporter.step, result.steps)
+    reporter.metrics = finite_metrics(result.metrics or {}) or reporter.metrics
+    checkpoint = _register_output(job, result)
+    reporter.log(
+        f"Registered checkpoint {checkpoint.name} (#{checkpoint.pk}) at {result.output_dir}"
+    )
+    return _finish(job_id, JobStatus.SUCCEEDED, reporter)
+
+
+def run_training_job(job: TrainingJob, *, worker_host: str = "") -> TrainingJob:
+    """Claim and train `job`; returns the row as it ended. Never raises for a training failure:
+    the reason is written to the row."""
+    from modeling.ml import parse_job_config, train
+
+    now = timezone.now()
+    claimed = TrainingJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING,
+        worker_host=(worker_host or default_worker_host())[:255],
+        started_at=now,
+        heartbeat_at=now,
+        output_dir=str(job_output_dir(job)),
+    )
+    if not claimed:
+        logger.info("Job %s was not queued any more (a repeated message?); skipping", job.pk)
+        return TrainingJob.objects.get(pk=job.pk)
+    job = TrainingJob.objects.select_related(
+        "parent", "snapshot", "reward_model", "previous_attempt"
+    ).get(pk=job.pk)
+    reporter = JobReporter(
+        job,
+        every=settings.VEREDICTO_JOB_PROGRESS_SECONDS,
+        deadline=time.monotonic() + job.time_limit_seconds,
+    )
+    output_dir = Path(job.output_dir)
+    with Heartbeat(job.pk, settings.VEREDICTO_JOB_HEARTBEAT_SECONDS):
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            resumed = prepare_resume(job, output_dir)
+            if resumed:
+                TrainingJob.objects.filter(pk=job.pk).update(resumed_from=str(resumed))
+                reporter.log(f"Resuming from {resumed}")
+            reporter.log(f"Training {job.kind} from {job.parent.name} on {job.snapshot.name}")
+            reporter.flush()
+            result = train(
+                job.kind,
+                parse_job_config(job.kind, job.config),
+                model_path=job.parent.load_path(),
+                dataset_dir=str(job.snapshot.path()),
+                output_dir=str(output_dir),
+                reward_model_path=job.reward_model.load_path() if job.reward_model else None,
+                reporter=reporter,
+                resume=resumed is not None,
+            )
+        except SoftTimeLimitExceeded:
+            reason = f"time limit of {job.time_limit_seconds} s exceeded"
+            return _finish(job.pk, JobStatus.FAILED, reporter, reason)
+        except Exception as exc:
+            logger.exception("Training job %s failed", job.pk)
+            reporter.log(traceback.format_exc())
+            return _finish(job.pk, JobStatus.FAILED, reporter, failure_reason(exc))
+        except BaseException:
+            # Worker shutdown or interpreter exit: say so rather than wait for the stale check.
+            _finish(job.pk, JobStatus.FAILED, reporter, "the worker shut down during training")
+            raise
+        if result.stopped:
+            if reporter.cancelled or reporter.lost:
+                # _finish leaves a row that someone else already ended as it is.
+                return _finish(job.pk, JobStatus.CANCELLED, reporter)
+            reason = f"time limit of {job.time_limit_seconds} s exceeded"
+            return _finish(job.pk, JobStatus.FAILED, reporter, reason)
+        try:
+            return _succeed(job.pk, result, reporter)
+        except Exception as exc:
+            logger.exception("Registering the output of job %s failed", job.pk)
+            return _finish(job.pk, JobStatus.FAILED, reporter, failure_reason(exc))

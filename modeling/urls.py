@@ -1,0 +1,18 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("jobs/", views.jobs, name="jobs"),
+    path("jobs/new/<str:kind>/", views.job_new, name="job-new"),
+    path("jobs/new/<str:kind>/validate/", views.job_validate, name="job-validate"),
+    path("jobs/<int:job_id>/", views.job, name="job"),
+    path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
+    path("jobs/<int:job_id>/rerun/", views.job_rerun, name="job-rerun"),
+    path("checkpoints/<int:checkpoint_id>/", views.checkpoint, name="checkpoint"),
+    path(
+        "checkpoints/<int:checkpoint_id>/generate/",
+        views.checkpoint_generate,
+        name="checkpoint-generate",
+    ),
+]

@@ -1,0 +1,45 @@
+import pytest
+
+from evals.toytask import is_correct, sample, solve
+from modeling.ml.corpus import TASKS
+
+
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("What is 17 × 6?", "102"),
+        ("Compute 40 - 15.", "25"),
+        ("3 * 4 = ?", "12"),
+        ("Sort these numbers from smallest to largest: 42, 7, 19, 3", "3, 7, 19, 42"),
+        ("Sort: 5, 1", "1, 5"),
+        ("Reverse the word garden.", "nedrag"),
+        ("Spell cat backwards.", "tac"),
+        ("What is the capital of Peru?", "Lima"),
+    ],
+)
+def test_solver_answers_the_toy_questions(question, answer):
+    assert solve(question) == answer
+
+
+def test_every_generated_question_is_solved_correctly():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(500):
+        question, answer = rng.choice(TASKS)(rng)
+        assert solve(question) == answer, question
+
+
+def test_grading_is_lenient_about_form_but_not_content():
+    assert is_correct("What is 17 × 6?", "The answer is 102.")
+    assert not is_correct("What is 17 × 6?", "96")
+    assert is_correct("Sort: 3, 1, 2", "1, 2, 3")
+    assert not is_correct("Sort: 3, 1, 2", "3, 2, 1")
+    assert is_correct("What is the capital of Peru?", "It is Lima.")
+    assert not is_correct("What is the capital of Peru?", "Lisbon")
+    assert is_correct("Explain recursion.", "anything") is None
+
+
+def test_sample_is_reproducible():
+    assert sample(20, seed=3) == sample(20, seed=3)
+    assert all(solve(q) == a for q, a in sample(50))

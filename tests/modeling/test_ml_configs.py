@@ -1,0 +1,87 @@
+"""Job configs: validation and step estimates. Pure Python, no torch."""
+
+import pydantic
+import pytest
+
+from modeling.ml import (
+    CONFIG_CLASSES,
+    MAIN_METRIC,
+    DPOJobConfig,
+    GRPOJobConfig,
+    SFTJobConfig,
+    estimate_steps,
+    parse_job_config,
+)
+
+
+def test_every_kind_has_a_config_class_and_a_main_metric():
+    assert set(CONFIG_CLASSES) == {"sft", "reward", "dpo", "ppo", "rloo", "grpo"}
+    assert set(MAIN_METRIC) == set(CONFIG_CLASSES)
+    for kind, cls in CONFIG_CLASSES.items():
+        assert isinstance(parse_job_config(kind, {}), cls)
+
+
+def test_unknown_key_is_an_error_naming_the_key():
+    with pytest.raises(pydantic.ValidationError) as error:
+        parse_job_config("sft", {"learning_rat": 1e-4})
+    assert "learning_rat" in str(error.value)
+    assert "Extra inputs are not permitted" in str(error.value)
+
+
+def test_a_key_of_another_kind_is_unknown_too():
+    with pytest.raises(pydantic.ValidationError, match="beta"):
+        parse_job_config("sft", {"beta": 0.1})
+    assert parse_job_config("dpo", {"beta": 0.2}).beta == 0.2
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"learning_rate": 0},
+        {"learning_rate": "fast"},
+        {"batch_size": 0},
+        {"max_steps": -1},
+        {"precision": "fp8"},
+        {"lora_dropout": 1.5},
+    ],
+)
+def test_bad_values_are_errors(raw):
+    with pytest.raises(pydantic.ValidationError):
+        parse_job_config("sft", raw)
+
+
+def test_unknown_kind_is_a_value_error():
+    with pytest.raises(ValueError, match="Unknown training kind 'kto'"):
+        parse_job_config("kto", {})
+
+
+def test_group_size_must_divide_the_generation_batch():
+    with pytest.raises(pydantic.ValidationError, match="multiple of num_generations"):
+        parse_job_config("grpo", {"batch_size": 6, "num_generations": 4})
+    assert (
+        parse_job_config(
+            "grpo", {"batch_size": 4, "gradient_accumulation_steps": 2}
+        ).num_generations
+        == 8
+    )
+
+
+def test_configs_are_frozen_and_round_trip_through_json():
+    config = parse_job_config("dpo", {"beta": 0.3, "lora": True, "lora_targets": ["q_proj"]})
+    assert parse_job_config("dpo", config.model_dump(mode="json")) == config
+    with pytest.raises(pydantic.ValidationError):
+        config.beta = 1.0
+
+
+def test_estimate_steps_follows_the_trainer_arithmetic():
+    # Trainer: ceil(rows / batch) batches, ceil(batches / grad_accum) updates, times epochs.
+    sft = SFTJobConfig(batch_size=4, gradient_accumulation_steps=2, epochs=3)
+    assert estimate_steps("sft", sft, 10) == 3 * 2  # 3 batches -> 2 updates per epoch
+    assert estimate_steps("sft", SFTJobConfig(epochs=0.5, batch_size=2), 10) == 3
+    assert estimate_steps("dpo", DPOJobConfig(max_steps=7), 1000) == 7
+    assert estimate_steps("sft", sft, 0) == 0
+    # PPO: ceil(epochs * rows / (batch * grad_accum)).
+    assert estimate_steps("ppo", parse_job_config("ppo", {"batch_size": 4}), 10) == 3
+    # GRPO: whole groups; 8 completions per update = 2 prompts of 4; the odd prompt is dropped.
+    grpo = GRPOJobConfig(batch_size=8, num_generations=4, epochs=2)
+    assert estimate_steps("grpo", grpo, 5) == 2 * 2
