@@ -21,5 +21,4 @@ urlpatterns = [
     path("healthz", healthz),
     path("", include("feedback.urls")),
     path("", include("modeling.urls")),
-    path("", include("evals.urls")),
 ]
