@@ -42,7 +42,9 @@ chromium:
 	  else echo "The browser tests need Chromium: install your distribution's chromium package."; exit 1; fi; }
 
 test: install chromium
-	$(BIN)/python config/devservices.py test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+	# One torch thread: the suite runs workers and servers beside the tests on 2 cores, and
+	# OpenMP threads that fight over the cores are many times slower than one that does not.
+	OMP_NUM_THREADS=1 $(BIN)/python config/devservices.py test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint:
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset, load_dataset
+from datasets.exceptions import DatasetGenerationError
 from transformers import PrinterCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
@@ -182,7 +183,10 @@ def load_rows(path: Path, kind: str) -> Dataset:
     """The columns TRL needs for `kind`, with a clear error when one is missing."""
     if not path.is_file():
         raise FileNotFoundError(f"No {path.name} in {path.parent}")
-    rows = load_dataset("json", data_files=str(path), split="train")
+    try:
+        rows = load_dataset("json", data_files=str(path), split="train")
+    except DatasetGenerationError as exc:  # says only "An error occurred"; the cause says where
+        raise ValueError(f"{path.name} is not valid JSON Lines: {exc.__cause__}") from exc
     missing = [c for c in COLUMNS[kind] if c not in rows.column_names]
     if missing:
         raise ValueError(f"{path.name}: {kind} rows need the column(s) {missing}")

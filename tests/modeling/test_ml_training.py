@@ -384,6 +384,19 @@ def test_missing_columns_are_named(tiny_model, tmp_path):
         train("dpo", {}, **paths(tiny_model, tmp_path))
 
 
+def test_malformed_jsonl_is_named(tiny_model, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"messages": []}\n{not json\n')
+    with pytest.raises(ValueError, match=r"train\.jsonl is not valid JSON Lines: JSON parse error"):
+        train("sft", {}, **paths(tiny_model, tmp_path))
+
+
+def test_a_role_the_template_does_not_know_fails_with_its_name(tiny_model, tmp_path):
+    messages = [{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]
+    write_jsonl(tmp_path / "train.jsonl", [{"messages": messages}])
+    with pytest.raises(Exception, match="Unsupported chat role: tool"):
+        train("sft", {"max_steps": 1}, **paths(tiny_model, tmp_path))
+
+
 # -- sampling
 
 PROMPTS = [

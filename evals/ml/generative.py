@@ -1,0 +1,134 @@
+"""Generative benchmarks: generate an answer per prompt, cut it at a stop sequence, score it.
+
+    from evals.ml import evaluate_generative, load_gen_task
+    evaluate_generative(model, tokenizer, load_gen_task(path), max_new_tokens=16)
+
+Prompts are sorted by length (longest first, as lm-eval's generate_until does) and generated
+in left-padded batches; generation ends at EOS, at a stop sequence or after max_new_tokens. The
+output is the new text up to (not including) the first stop sequence. Scorers:
+
+    exact_match  output.strip() == target.strip()
+    contains     target.strip() occurs in the output
+    regex        the whole stripped output matches the target as a regular expression
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+
+from evals.ml.lm import resolve_max_length, tok_encode
+from evals.ml.stats import mean_stderr
+from evals.ml.tasks import GenTask
+
+__all__ = ["cut_at_stop", "evaluate_generative", "score_output"]
+
+
+def score_output(scorer: str, output: str, target: str) -> bool:
+    if scorer == "exact_match":
+        return output.strip() == target.strip()
+    if scorer == "contains":
+        return target.strip() in output
+    if scorer == "regex":
+        return re.fullmatch(target, output.strip()) is not None
+    raise ValueError(f"Unknown scorer {scorer!r}")
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """The text before the earliest stop sequence (lm-eval's generate_until `until`)."""
+    cut = len(text)
+    for sequence in stop:
+        index = text.find(sequence)
+        if index != -1:
+            cut = min(cut, index)
+    return text[:cut]
+
+
+@torch.inference_mode()
+def evaluate_generative(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: GenTask,
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    limit: int | None = None,
+) -> dict:
+    """Greedy (default) or sampled answers to the task's prompts, scored by task.scorer.
+
+    Returns {task.scorer: mean, f"{task.scorer}_stderr": lm-eval mean_stderr, "n",
+    "samples": [{"prompt", "output", "target", "correct"}]} in the task's item order. Sampling
+    is seeded (transformers.set_seed) so a run can be repeated with the same batch_size.
+    """
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError("batch_size and max_new_tokens must be at least 1")
+    items = task.items[:limit] if limit is not None else task.items
+    if not items:
+        raise ValueError("No items to evaluate")
+    if task.chat:
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": item.prompt}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for item in items
+        ]
+    else:
+        prompts = [item.prompt for item in items]
+    # Over-long prompts keep their end, leaving room for the answer (lm-eval's generate_until
+    # left-truncates to max_length - max_gen_toks the same way).
+    room = max(1, resolve_max_length(model, tokenizer) - max_new_tokens)
+    encoded = [tok_encode(tokenizer, prompt)[-room:] for prompt in prompts]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos_id = tokenizer.eos_token_id
+
+    model.eval()
+    set_seed(seed)
+    outputs = [""] * len(items)
+    order = sorted(range(len(items)), key=lambda i: -len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):  # left padding: every prompt ends where output starts
+            input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            attention_mask[row, width - len(encoded[i]) :] = 1
+        generated = model.generate(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention_mask.to(model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature if do_sample else None,
+            top_p=top_p if do_sample else None,
+            top_k=None,  # transformers' default top_k=50 would silently narrow sampling
+            stop_strings=task.stop or None,
+            tokenizer=tokenizer if task.stop else None,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+        )
+        for row, i in enumerate(chunk):
+            new = generated[row, width:].tolist()
+            if eos_id is not None and eos_id in new:
+                new = new[: new.index(eos_id)]
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            outputs[i] = cut_at_stop(text, task.stop)
+
+    samples, correct = [], []
+    for item, prompt, output in zip(items, prompts, outputs, strict=True):
+        ok = score_output(task.scorer, output, item.target)
+        correct.append(1.0 if ok else 0.0)
+        samples.append({"prompt": prompt, "output": output, "target": item.target, "correct": ok})
+    return {
+        task.scorer: sum(correct) / len(correct),
+        f"{task.scorer}_stderr": mean_stderr(correct),
+        "n": len(items),
+        "samples": samples,
+    }

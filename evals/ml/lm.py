@@ -1,0 +1,162 @@
+"""Scoring token sequences with a causal LM, the way lm-evaluation-harness's HF backend does.
+
+One primitive serves perplexity and multiple choice: `loglikelihood_tokens(model, requests)`
+takes (context tokens, continuation tokens) pairs and returns the summed log-probability of each
+continuation, following lm_eval/models/huggingface.py (HFLM._loglikelihood_tokens):
+
+- the model input is (context + continuation)[-(max_length + 1):][:-1], i.e. left-truncated to
+  the model's length, and the last len(continuation) positions are scored;
+- requests are sorted longest first and batched, padded on the right without an attention mask
+  (a causal model never attends to the padding after a real token, so padding cannot change a
+  result beyond floating-point noise);
+- log-softmax in float32 at least (bf16 models on GPU are upcast), summed in float64.
+
+Unlike HFLM, the sort is over *all* requests at once: HFLM.loglikelihood_rolling sorts only
+within each batch of windows, so one long window pads a whole batch of short ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# lm-eval's HFLM._DEFAULT_MAX_LENGTH, used when neither config nor tokenizer gives a length.
+DEFAULT_MAX_LENGTH = 2048
+# transformers' "no limit" model_max_length (int(1e30)), which lm-eval also treats as unset.
+TOKENIZER_INFINITY = 1000000000000000019884624838656
+
+
+def eval_device_dtype() -> tuple[str, torch.dtype]:
+    """Where and in what precision evaluation runs: bf16 on a GPU that has it, else fp32 on CPU."""
+    if torch.cuda.is_available():
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return "cuda", dtype
+    return "cpu", torch.float32
+
+
+def resolve_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The context length lm-eval's HFLM.max_length resolves (lm_eval.models.utils).
+
+    The config's n_positions, max_position_embeddings or n_ctx (text_config first for composite
+    models), then the tokenizer's model_max_length, then 2048.
+    """
+    config = getattr(model.config, "text_config", None) or model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attr, None)
+        if value is not None:
+            return int(value)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit is not None and limit != TOKENIZER_INFINITY:
+        return int(limit)
+    return DEFAULT_MAX_LENGTH
+
+
+def prefix_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that conditions the first real token (HFLM.prefix_token_id): BOS, else EOS."""
+    if tokenizer.bos_token_id is not None:
+        return tokenizer.bos_token_id
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has neither a BOS nor an EOS token to condition on")
+    return tokenizer.eos_token_id
+
+
+def tok_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """lm-eval's HFLM.tok_encode with default arguments: the tokenizer's own special-token rule,
+    except that a text already starting with the BOS string gets no second BOS."""
+    bos = tokenizer.decode(prefix_token_id(tokenizer))
+    if bos and text.startswith(bos):
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(text)
+
+
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, context: str, continuation: str
+) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens) as lm-eval's LM.loglikelihood builds them.
+
+    Trailing whitespace of the context moves to the continuation; the continuation's tokens are
+    those of tok_encode(context + continuation) after the context's, so a merge across the
+    boundary is tokenized as in the full string. An empty context becomes the prefix token.
+    """
+    if context == "":
+        continuation_enc = tokenizer.encode(continuation, add_special_tokens=False)
+        prefix = prefix_token_id(tokenizer)
+        if continuation_enc and continuation_enc[0] == prefix:
+            return continuation_enc[:1], continuation_enc[1:]
+        return [prefix], continuation_enc
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tok_encode(tokenizer, context + continuation)
+    context_enc = tok_encode(tokenizer, context)
+    return context_enc, whole[len(context_enc) :]
+
+
+@torch.inference_mode()
+def loglikelihood_tokens(
+    model: PreTrainedModel,
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    max_length: int,
+    batch_size: int = 8,
+) -> list[float]:
+    """For each (context, continuation) token pair, sum of log p(continuation | context).
+
+    HFLM._loglikelihood_tokens's numbers without its is_greedy flag, which no metric here uses.
+    log p(token) = logit(token) - logsumexp(logits), computed for the whole batch at once.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    inputs: list[list[int]] = []
+    targets: list[list[int]] = []
+    for context, continuation in requests:
+        if not context or not continuation:
+            raise ValueError("Every request needs at least one context and one continuation token")
+        if len(continuation) > max_length:
+            raise ValueError(f"A continuation of {len(continuation)} tokens exceeds max_length")
+        inputs.append(list((*context, *continuation)[-(max_length + 1) :][:-1]))
+        targets.append(list(continuation))
+
+    model.eval()
+    device = model.device
+    # Longest first (lm-eval's Collator order) over *all* requests: batches hold similar
+    # lengths, so little padding, and a batch too large for memory fails at once.
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    results = [0.0] * len(inputs)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = len(inputs[chunk[0]])
+        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        # target_ids[r, q]: the token position q predicts, where scored; mask: scored positions
+        target_ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for row, i in enumerate(chunk):
+            n_in, n_cont = len(inputs[i]), len(targets[i])
+            input_ids[row, :n_in] = torch.tensor(inputs[i])
+            target_ids[row, n_in - n_cont : n_in] = torch.tensor(targets[i])
+            mask[row, n_in - n_cont : n_in] = True
+        first = int(mask.int().argmax(dim=1).min())  # no logits needed before this position
+        logits = _forward(model, input_ids.to(device), first)
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()  # bf16/fp16 logits lose digits in logsumexp
+        target_ids, mask = target_ids[:, first:].to(device), mask[:, first:].to(device)
+        token_ll = logits.gather(-1, target_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
+        sums = torch.where(mask, token_ll, 0).double().sum(dim=1).tolist()
+        for row, i in enumerate(chunk):
+            results[i] = sums[row]
+    return results
+
+
+def _forward(model: PreTrainedModel, input_ids: torch.Tensor, first: int) -> torch.Tensor:
+    """Logits from position `first` on; no KV cache (nothing is generated)."""
+    accepted = inspect.signature(model.forward).parameters
+    kwargs = {"use_cache": False} if "use_cache" in accepted else {}
+    if first > 0 and "logits_to_keep" in accepted:
+        # The output head only where something is scored: multiple-choice contexts are long.
+        positions = torch.arange(first, input_ids.shape[1], device=input_ids.device)
+        return model(input_ids=input_ids, logits_to_keep=positions, **kwargs).logits
+    return model(input_ids=input_ids, **kwargs).logits[:, first:]

@@ -1,0 +1,166 @@
+"""Reward-model evaluation: accuracy on preference pairs, and RM-judged win rates.
+
+    from evals.ml import reward_accuracy, reward_win_rate
+    reward_accuracy(rm, tokenizer, pairs)   # pairs: {"prompt": [...], "chosen": [...], ...}
+    reward_win_rate(rm, tokenizer, policy_outputs, reference_outputs, prompts)
+
+Texts are built as TRL's RewardTrainer builds its training rows, so a reward model is scored on
+what it was trained on: conversational rows are prompt + reply messages rendered by the chat
+template (no generation prompt); plain-text rows are prompt + reply with EOS appended. The score
+is the model's single logit at the last token. Each distinct text is scored once, so identical
+replies get identical scores (an exact tie) whatever the batching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from evals.ml.definitions import REWARD_ACCURACY_DEFINITION, WIN_RATE_DEFINITION
+from evals.ml.stats import mean_stderr, wilson_interval
+
+__all__ = [
+    "REWARD_ACCURACY_DEFINITION",
+    "WIN_RATE_DEFINITION",
+    "reward_accuracy",
+    "reward_scores",
+    "reward_win_rate",
+]
+
+Messages = list[dict]
+
+
+def reward_accuracy(
+    reward_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[dict],
+    *,
+    batch_size: int = 8,
+) -> dict:
+    """Fraction of pairs with score(prompt + chosen) > score(prompt + rejected), RewardBench's
+    convention: a tie counts as wrong. Returns {"accuracy", "n", "stderr"} (stderr: lm-eval's
+    mean_stderr of the per-pair 0/1 outcomes)."""
+    if not pairs:
+        raise ValueError("reward_accuracy needs at least one pair")
+    chosen, rejected = [], []
+    for index, pair in enumerate(pairs):
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in pair]
+        if missing:
+            raise ValueError(f"pair {index}: missing {missing}")
+        chosen.append(_row(pair["prompt"], pair["chosen"]))
+        rejected.append(_row(pair["prompt"], pair["rejected"]))
+    scores = reward_scores(reward_model, tokenizer, chosen + rejected, batch_size=batch_size)
+    chosen_scores, rejected_scores = scores[: len(pairs)], scores[len(pairs) :]
+    correct = [1.0 if c > r else 0.0 for c, r in zip(chosen_scores, rejected_scores, strict=True)]
+    return {
+        "accuracy": sum(correct) / len(correct),
+        "n": len(correct),
+        "stderr": mean_stderr(correct),
+    }
+
+
+def reward_win_rate(
+    reward_model: PreTrainedModel,
+    rm_tokenizer: PreTrainedTokenizerBase,
+    policy_outputs: Sequence[str],
+    reference_outputs: Sequence[str],
+    prompts: Sequence[str | Messages],
+    *,
+    batch_size: int = 8,
+) -> dict:
+    """Win rate of the policy's replies over the reference's, judged by a reward model.
+
+    prompts are chat prompts (message lists) or plain user texts; outputs are the assistant
+    replies. A win is a strictly higher score, a tie (equal scores) counts half:
+    win_rate = (wins + ties / 2) / n. low/high: the 95% Wilson score interval on that
+    proportion (ties as half a success). Returns {"win_rate", "low", "high", "n", "wins",
+    "ties", "losses"}.
+    """
+    if not len(policy_outputs) == len(reference_outputs) == len(prompts):
+        raise ValueError("policy_outputs, reference_outputs and prompts differ in length")
+    if not prompts:
+        raise ValueError("reward_win_rate needs at least one prompt")
+    chats = [_as_messages(p) for p in prompts]
+    policy = [_row(c, [_assistant(o)]) for c, o in zip(chats, policy_outputs, strict=True)]
+    reference = [_row(c, [_assistant(o)]) for c, o in zip(chats, reference_outputs, strict=True)]
+    scores = reward_scores(reward_model, rm_tokenizer, policy + reference, batch_size=batch_size)
+    n = len(prompts)
+    wins = sum(p > r for p, r in zip(scores[:n], scores[n:], strict=True))
+    ties = sum(p == r for p, r in zip(scores[:n], scores[n:], strict=True))
+    win_rate = (wins + ties / 2) / n
+    low, high = wilson_interval(wins + ties / 2, n)
+    return {
+        "win_rate": win_rate,
+        "low": low,
+        "high": high,
+        "n": n,
+        "wins": wins,
+        "ties": ties,
+        "losses": n - wins - ties,
+    }
+
+
+@torch.inference_mode()
+def reward_scores(
+    reward_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Messages | str],
+    *,
+    batch_size: int = 8,
+) -> list[float]:
+    """The reward of each row: a message list (chat template) or a finished text string."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    score_of: dict[tuple[int, ...], float] = {}
+    keys = [tuple(_encode(tokenizer, row)) for row in rows]
+    unique = sorted(set(keys), key=lambda k: -len(k))  # longest first, little padding
+    pad_id = reward_model.config.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    limit = getattr(reward_model.config, "max_position_embeddings", None)
+    reward_model.eval()
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start : start + batch_size]
+        # Keep the end of an over-long text: the score is read at its last token.
+        chunk_ids = [list(k[-limit:]) if limit else list(k) for k in chunk]
+        width = max(len(ids) for ids in chunk_ids)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, ids in enumerate(chunk_ids):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        logits = reward_model(
+            input_ids=input_ids.to(reward_model.device),
+            attention_mask=attention_mask.to(reward_model.device),
+        ).logits
+        for key, score in zip(chunk, logits[:, 0].float().tolist(), strict=True):
+            score_of[key] = score
+    return [score_of[k] for k in keys]
+
+
+def _row(prompt: Messages | str, reply: Messages | str) -> Messages | str:
+    """TRL's explicit-prompt rows: prompt + reply, as messages or as text."""
+    if isinstance(prompt, list) and isinstance(reply, list):
+        return [*prompt, *reply]
+    if isinstance(prompt, str) and isinstance(reply, str):
+        return prompt + reply
+    raise ValueError("prompt and reply must both be message lists or both be strings")
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, row: Messages | str) -> list[int]:
+    if isinstance(row, list):
+        return list(
+            tokenizer.apply_chat_template(row, tokenize=True, return_dict=True)["input_ids"]
+        )
+    eos = tokenizer.eos_token or ""
+    return tokenizer(row if row.endswith(eos) else row + eos)["input_ids"]
+
+
+def _as_messages(prompt: str | Messages) -> Messages:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}

@@ -1,0 +1,246 @@
+"""Perplexity against independent, token-by-token computations of the same definitions.
+
+The references below score each token with its own forward pass over exactly the context the
+definition gives it (lm-eval's rolling windows; Hugging Face's sliding window), in float64, so
+they share nothing with the batched implementation but the model. A window wrong by one token
+changes a text's log-likelihood by ~1e-4 relative even for this random-weight model (checked
+below), far above the 1e-7 the tests allow.
+"""
+
+import importlib
+import math
+import re
+
+import pytest
+import torch
+
+from evals.ml import PERPLEXITY_DEFINITION, perplexity, rolling_loglikelihood, strided_perplexity
+from evals.ml.perplexity import get_rolling_token_windows, make_disjoint_window
+from evals.ml.testing import tiny_lm, torch_threads
+
+MAX_LENGTH = 8
+TEXTS = [
+    # 37 tokens: 4 windows of 8 and a partial 5th, shifted back to see 8 tokens
+    "The quiet farmer paints the teacher at home. The capital of Peru is Lima. A bird has 2 legs."
+    " In the morning, the green train watched the boy. Grass is green.",
+    "A dog has 4 legs.",  # 6 tokens: a single short window
+    "",  # nothing to score
+    "  Snow is white.\n\nThe sky is blue on a clear day.  ",  # whitespace at both ends
+    "Every day, the bright boy liked the boat. There are 12 months in a year. Ünïcödé: 7 × 8",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def lm64():
+    model, tokenizer = tiny_lm()
+    return model.double(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def lm32():
+    return tiny_lm()
+
+
+def token_logprobs(model, ids: list[int], contexts: list[tuple[int, int]]) -> list[float]:
+    """log p(ids[p] | ids[begin:p]) for each (begin, p), each context on its own: a causal
+    model's logits at the last position of ids[begin:p] are those at position p - 1 of any
+    longer slice from begin, so one forward pass per distinct begin serves all its tokens."""
+    by_begin: dict[int, list[int]] = {}
+    for begin, p in contexts:
+        by_begin.setdefault(begin, []).append(p)
+    logprob = {}
+    with torch.no_grad():
+        for begin, positions in by_begin.items():
+            logits = model(input_ids=torch.tensor([ids[begin : max(positions)]])).logits[0]
+            logp = torch.log_softmax(logits, dim=-1)
+            for p in positions:
+                logprob[begin, p] = logp[p - 1 - begin, ids[p]].item()
+    return [logprob[c] for c in contexts]
+
+
+def rolling_reference(model, tokenizer, text: str, max_length: int, *, shift_last=True):
+    """lm-eval's rolling definition token by token: token j of the text is conditioned on
+    [BOS] + tokens[:j] in the first window (j < L); later windows k = 0, 1, ... predict tokens
+    L + kL .. L + kL + L - 1 given the token before the window; the last window starts
+    max_length + 1 tokens before its end instead (shift_last=False: the unshifted variant)."""
+    tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = [tokenizer.bos_token_id, *tokens]  # ids[q + 1] is tokens[q]
+    contexts = []
+    for j in range(len(tokens)):
+        if j < max_length:
+            begin = 0  # the BOS prefix and everything before j
+        else:
+            window_start = max_length + (j - max_length) // max_length * max_length
+            window_end = min(window_start + max_length, len(tokens))
+            begin = 1 + (window_end - max_length - 1 if shift_last else window_start - 1)
+        contexts.append((begin, j + 1))
+    return math.fsum(token_logprobs(model, ids, contexts))
+
+
+def test_rolling_loglikelihood_equals_token_by_token_reference(lm64):
+    model, tokenizer = lm64
+    ours = rolling_loglikelihood(model, tokenizer, TEXTS, max_length=MAX_LENGTH, batch_size=3)
+    for text, value in zip(TEXTS, ours, strict=True):
+        expected = rolling_reference(model, tokenizer, text, MAX_LENGTH)
+        assert value == pytest.approx(expected, rel=1e-7, abs=1e-9), text
+
+
+def test_the_last_window_shift_is_visible_at_this_tolerance(lm64):
+    model, tokenizer = lm64
+    text = TEXTS[0]
+    n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert n_tokens > 3 * MAX_LENGTH and n_tokens % MAX_LENGTH != 0
+    shifted = rolling_reference(model, tokenizer, text, MAX_LENGTH)
+    unshifted = rolling_reference(model, tokenizer, text, MAX_LENGTH, shift_last=False)
+    assert abs(shifted - unshifted) / abs(shifted) > 1e-5
+
+
+def test_windows_predict_every_token_once_like_lm_eval():
+    tokens = list(range(100, 137))  # 37 tokens, windows of 10
+    windows = [make_disjoint_window(w) for w in get_rolling_token_windows(tokens, 1, 10, 1)]
+    assert [pred for _, pred in windows] == [
+        tokens[0:10], tokens[10:20], tokens[20:30], tokens[30:37]
+    ]  # fmt: skip
+    assert windows[0][0] == [1]  # the prefix token conditions the first token
+    assert windows[1][0] == [tokens[9]]
+    # last window: 7 predicted tokens after 3 of context, so the model sees 10 tokens
+    assert windows[3][0] == tokens[26:30]
+    assert list(get_rolling_token_windows([], 1, 10, 1)) == []
+
+
+def test_windows_match_lm_eval_utils_when_installed():
+    lm_eval_utils = importlib.import_module("lm_eval.utils")
+    for n, max_len, context_len in [(1, 4, 1), (37, 10, 1), (40, 10, 1), (33, 8, 3), (5, 16, 1)]:
+        tokens = list(range(n))
+        ours = [
+            make_disjoint_window(w)
+            for w in get_rolling_token_windows(tokens, -1, max_len, context_len)
+        ]
+        theirs = [
+            lm_eval_utils.make_disjoint_window(w)
+            for w in lm_eval_utils.get_rolling_token_windows(tokens, -1, max_len, context_len)
+        ]
+        assert ours == theirs
+
+
+def test_perplexity_aggregates_like_lm_eval(lm64):
+    model, tokenizer = lm64
+    texts = [t for t in TEXTS if t]
+    result = perplexity(model, tokenizer, texts, max_length=MAX_LENGTH)
+    lls = [rolling_reference(model, tokenizer, t, MAX_LENGTH) for t in texts]
+    words = sum(len(re.split(r"\s+", t)) for t in texts)  # wikitext's count, empty ends included
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    assert result["loglikelihood"] == pytest.approx(sum(lls), rel=1e-7)
+    assert result["words"] == words
+    assert result["bytes"] == n_bytes
+    assert result["word_perplexity"] == pytest.approx(math.exp(-sum(lls) / words), rel=1e-7)
+    assert result["byte_perplexity"] == pytest.approx(math.exp(-sum(lls) / n_bytes), rel=1e-7)
+    assert result["bits_per_byte"] == pytest.approx(-sum(lls) / n_bytes / math.log(2), rel=1e-7)
+    assert result["n"] == len(texts)
+    assert result["tokens"] == sum(
+        len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]
+    )
+    assert "exp(-LL / words)" in PERPLEXITY_DEFINITION
+
+
+def test_perplexity_equals_lm_eval_metric_functions_when_installed(lm64):
+    metrics = importlib.import_module("lm_eval.api.metrics")
+    model, tokenizer = lm64
+    texts = [t for t in TEXTS if t]
+    result = perplexity(model, tokenizer, texts, max_length=MAX_LENGTH)
+    lls = rolling_loglikelihood(model, tokenizer, texts, max_length=MAX_LENGTH)
+    words = [(ll, len(re.split(r"\s+", t))) for ll, t in zip(lls, texts, strict=True)]
+    n_bytes = [(ll, len(t.encode("utf-8"))) for ll, t in zip(lls, texts, strict=True)]
+    assert result["word_perplexity"] == pytest.approx(metrics.weighted_perplexity(words))
+    assert result["byte_perplexity"] == pytest.approx(metrics.weighted_perplexity(n_bytes))
+    assert result["bits_per_byte"] == pytest.approx(metrics.bits_per_byte(n_bytes))
+
+
+def test_rolling_loglikelihood_matches_lm_eval_hf_backend_when_installed(lm64):
+    importlib.import_module("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer = lm64
+    hflm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, max_length=MAX_LENGTH)
+    requests = [
+        Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=i)
+        for i, t in enumerate(TEXTS)
+    ]
+    theirs = hflm.loglikelihood_rolling(requests, disable_tqdm=True)
+    ours = rolling_loglikelihood(model, tokenizer, TEXTS, max_length=MAX_LENGTH)
+    assert ours == pytest.approx(theirs, rel=1e-7, abs=1e-9)
+
+
+def test_batch_size_does_not_change_results(lm32):
+    model, tokenizer = lm32
+    by_batch = {
+        size: rolling_loglikelihood(model, tokenizer, TEXTS, max_length=16, batch_size=size)
+        for size in (1, 3, 8)
+    }
+    assert by_batch[3] == pytest.approx(by_batch[1], rel=1e-6, abs=1e-5)
+    assert by_batch[8] == pytest.approx(by_batch[1], rel=1e-6, abs=1e-5)
+    strided = [
+        strided_perplexity(model, tokenizer, TEXTS, stride=12, max_length=16, batch_size=size)
+        for size in (1, 3, 8)
+    ]
+    for result in strided[1:]:
+        assert result["loglikelihood"] == pytest.approx(strided[0]["loglikelihood"], rel=1e-6)
+        assert result["tokens"] == strided[0]["tokens"]
+
+
+@pytest.mark.parametrize("stride", [3, 8])
+def test_strided_perplexity_equals_token_by_token_reference(lm64, stride):
+    """HF's sliding window: windows [b, min(b + L, n)) for b = 0, stride, ...; a window scores
+    the tokens after the previous window's end, each conditioned on ids[b:p]."""
+    model, tokenizer = lm64
+    texts = TEXTS[:2]
+    ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    contexts, prev_end = [], 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + MAX_LENGTH, len(ids))
+        # a window's first token has no context in it: scored only by an earlier window
+        contexts += [(begin, p) for p in range(max(prev_end, begin + 1), end)]
+        prev_end = end
+        if end == len(ids):
+            break
+    total, scored = math.fsum(token_logprobs(model, ids, contexts)), len(contexts)
+    result = strided_perplexity(model, tokenizer, texts, stride=stride, max_length=MAX_LENGTH)
+    if stride < MAX_LENGTH:
+        assert scored == len(ids) - 1  # every token but the first
+    assert result["tokens"] == scored
+    assert result["loglikelihood"] == pytest.approx(total, rel=1e-7)
+    assert result["token_perplexity"] == pytest.approx(math.exp(-total / scored), rel=1e-7)
+
+
+def test_strided_perplexity_rejects_a_stride_longer_than_the_window(lm32):
+    model, tokenizer = lm32
+    with pytest.raises(ValueError, match="stride"):
+        strided_perplexity(model, tokenizer, TEXTS, stride=MAX_LENGTH + 1, max_length=MAX_LENGTH)
+    with pytest.raises(ValueError, match="stride"):
+        strided_perplexity(model, tokenizer, TEXTS, stride=0, max_length=MAX_LENGTH)
+
+
+def test_bf16_model_is_scored_in_float32(lm32):
+    """What runs on a GPU: bf16 weights, log-probabilities upcast before the logsumexp."""
+    model, tokenizer = lm32
+    half, _ = tiny_lm(dtype=torch.bfloat16)
+    texts = TEXTS[:2]
+    full_result = perplexity(model, tokenizer, texts, max_length=MAX_LENGTH)
+    half_result = perplexity(half, tokenizer, texts, max_length=MAX_LENGTH)
+    assert math.isfinite(half_result["loglikelihood"])
+    assert half_result["loglikelihood"] == pytest.approx(full_result["loglikelihood"], rel=0.02)
+
+
+def test_perplexity_of_nothing_is_an_error(lm32):
+    model, tokenizer = lm32
+    with pytest.raises(ValueError):
+        perplexity(model, tokenizer, [])
+    with pytest.raises(ValueError):
+        perplexity(model, tokenizer, ["", ""])
