@@ -6,6 +6,17 @@ from feedback.roles import Role
 from tests.factories import ProjectFactory, UserFactory, make_item
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """The embedded tiny model, pretrained for a handful of steps: real weights and tokenizer,
+    built once per test session and shared by every test package."""
+    from modeling.ml import build_tiny_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    build_tiny_model(str(path), pretrain_steps=3)
+    return str(path)
+
+
 @pytest.fixture
 def roles(db):
     for role in Role:

@@ -16,7 +16,6 @@ from config.celery import CeleryQueue, app
 from feedback import services as feedback_services
 from feedback.models import TaskKind
 from modeling import services
-from modeling.ml import build_tiny_model
 from modeling.models import CheckpointKind
 from tests.factories import ProjectFactory, UserFactory
 from tests.modeling.helpers import HEARTBEAT_SECONDS, STALE_SECONDS, purge_gpu_queue
@@ -34,15 +33,6 @@ def fast_jobs(settings, tmp_path):
     settings.VEREDICTO_JOB_HEARTBEAT_SECONDS = HEARTBEAT_SECONDS
     settings.VEREDICTO_JOB_STALE_SECONDS = STALE_SECONDS
     settings.VEREDICTO_JOB_PROGRESS_SECONDS = 0.2
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    """The embedded tiny model, pretrained for a handful of steps: real weights and tokenizer,
-    built once per test session."""
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    build_tiny_model(str(path), pretrain_steps=3)
-    return str(path)
 
 
 @pytest.fixture
