@@ -106,6 +106,8 @@
     initRanking(ws);
     const editor = ws.querySelector("textarea[name=text]");
     if (editor) editor.focus();
+    // Keys are live from here on (browser tests wait for this before typing).
+    ws.dataset.ready = "1";
   }
 
   document.addEventListener(

@@ -12,8 +12,8 @@ from feedback.models import (
     TaskKind,
 )
 from feedback.roles import Role
-from tests.browser.conftest import login, shot
 from tests.factories import ProjectFactory, UserFactory
+from tests.playwright_support import login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -72,7 +72,7 @@ def test_annotator_works_the_queue_with_the_keyboard_only(page, workday):
     page.click("text=Start working")
 
     # Pairwise: 1 = left better, Shift+2 = clearly, Ctrl+Enter submits and swaps in the next task.
-    page.wait_for_selector("[data-task-kind=pairwise]")
+    page.wait_for_selector("[data-task-kind=pairwise][data-ready]")
     page.keyboard.press("1")
     page.keyboard.press("Shift+Digit2")
     page.fill("input[name=label_helpfulness]", "6")
@@ -80,7 +80,7 @@ def test_annotator_works_the_queue_with_the_keyboard_only(page, workday):
     shot(page, "task-pairwise", full_page=True)
     url_before = page.url
     page.keyboard.press("Control+Enter")
-    page.wait_for_selector("[data-task-kind=demonstration]")
+    page.wait_for_selector("[data-task-kind=demonstration][data-ready]")
     assert page.url != url_before, "htmx should push the next task's URL"
 
     # Demonstration: the editor has focus; the preview renders sanitised markdown live.
@@ -90,7 +90,7 @@ def test_annotator_works_the_queue_with_the_keyboard_only(page, workday):
     page.keyboard.press("Control+Enter")
 
     # Ranking: focus card 3 and move it to the top, then tie card 2 with card 1.
-    page.wait_for_selector("[data-task-kind=ranking]")
+    page.wait_for_selector("[data-task-kind=ranking][data-ready]")
     cards = page.locator(".rank-card")
     third_id = int(cards.nth(2).get_attribute("data-completion"))
     page.keyboard.press("Escape")
@@ -135,13 +135,13 @@ def test_help_overlay_and_skip_by_key(page, workday):
     project, _ = workday
     login(page, "alice")
     page.goto(f"/projects/{project.pk}/work/")
-    page.wait_for_selector("[data-task-kind=pairwise]")
+    page.wait_for_selector("[data-task-kind=pairwise][data-ready]")
     page.keyboard.press("?")
     assert page.locator("#keys-help").is_visible()
     shot(page, "keys-help")
     page.keyboard.press("Escape")
     page.keyboard.press("s")
-    page.wait_for_selector("[data-task-kind=demonstration]")
+    page.wait_for_selector("[data-task-kind=demonstration][data-ready]")
     assert Assignment.objects.filter(status="skipped").count() == 1
 
 

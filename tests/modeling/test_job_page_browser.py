@@ -9,8 +9,8 @@ import pytest
 
 from modeling import services
 from modeling.models import JobStatus
-from tests.browser.conftest import browser, login, page  # noqa: F401  (fixtures)
 from tests.modeling.helpers import wait_until_finished
+from tests.playwright_support import login
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -18,7 +18,7 @@ CHART_POINTS = "() => Chart.getChart('job-chart')?.data.datasets[0]?.data.length
 
 
 def test_job_page_follows_a_running_job_until_it_ends(
-    page,  # noqa: F811
+    page,
     gpu_worker,
     admin_user,
     base_checkpoint,
