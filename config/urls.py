@@ -21,4 +21,5 @@ urlpatterns = [
     path("healthz", healthz),
     path("", include("feedback.urls")),
     path("", include("modeling.urls")),
+    path("", include("evals.urls")),
 ]

@@ -1,0 +1,148 @@
+"""Evaluation runs and their results.
+
+An `EvalRun` is one suite on one checkpoint, run once: what was asked (suite, task, params, the
+models and data it compares against), where and when it ran, and how it ended. Its numbers are
+`EvalResult` rows (one per metric, with standard error and a 95% interval where the metric has
+one) and, for generative suites, `EvalSample` rows: what the model actually said.
+
+Results are never overwritten: evaluating again makes a new run, and the dashboard reads the
+latest succeeded run per (checkpoint, suite, task, metric) while the older ones stay as history.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from feedback.models import DatasetSnapshot
+from modeling.models import Checkpoint, TrainingJob
+
+
+class Suite(models.TextChoices):
+    PERPLEXITY = "perplexity", "Perplexity (held-out text)"
+    MULTIPLE_CHOICE = "multiple_choice", "Multiple choice"
+    GENERATIVE = "generative", "Generative"
+    REWARD_ACCURACY = "reward_accuracy", "Reward-model accuracy"
+    WIN_RATE = "win_rate", "Win rate vs a reference (reward-model judged)"
+    LM_EVAL = "lm_eval", "lm-evaluation-harness task"
+
+
+# Suites that need a causal LM (a policy) and those that need a reward model.
+POLICY_SUITES = frozenset(
+    {Suite.PERPLEXITY, Suite.MULTIPLE_CHOICE, Suite.GENERATIVE, Suite.WIN_RATE, Suite.LM_EVAL}
+)
+REWARD_SUITES = frozenset({Suite.REWARD_ACCURACY})
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class EvalRun(models.Model):
+    # PROTECT, like the lineage: a checkpoint's evaluation history is not deleted in passing.
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.PROTECT, related_name="eval_runs")
+    suite = models.CharField(max_length=20, choices=Suite.choices)
+    task = models.CharField(
+        max_length=200,
+        help_text="Task name: a shipped task file, heldout_prose, heldout_preferences, "
+        "snapshot-test or an lm-eval task.",
+    )
+    params = models.JSONField(default=dict, blank=True, help_text="limit, batch_size, …")
+    # What the run compares against, by suite: the win rate's reference policy and its judge,
+    # reward accuracy's preference snapshot (its test split).
+    reference = models.ForeignKey(
+        Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    judge = models.ForeignKey(
+        Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    snapshot = models.ForeignKey(
+        DatasetSnapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="eval_runs"
+    )
+
+    status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    host = models.CharField(max_length=255, blank=True, help_text="Worker that ran it.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    summary = models.JSONField(
+        default=dict, blank=True, help_text="Counts behind the metrics (tokens, wins, …)."
+    )
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    triggered_by_job = models.ForeignKey(
+        TrainingJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="eval_runs"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["checkpoint", "suite", "task", "status"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_suite_display()} {self.task} on {self.checkpoint} (#{self.pk})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_RUN_STATUSES
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+
+class EvalResult(models.Model):
+    run = models.ForeignKey(EvalRun, on_delete=models.CASCADE, related_name="results")
+    metric = models.CharField(max_length=100)
+    value = models.FloatField()
+    stderr = models.FloatField(null=True, blank=True)
+    ci_low = models.FloatField(null=True, blank=True, help_text="95% interval, lower end")
+    ci_high = models.FloatField(null=True, blank=True, help_text="95% interval, upper end")
+    n = models.PositiveIntegerField(null=True, blank=True, help_text="Items it rests on.")
+
+    class Meta:
+        ordering = ["metric"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "metric"], name="evalresult_once_per_run")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric} = {self.value:.4g} (run #{self.run_id})"
+
+
+class EvalSample(models.Model):
+    """One prompt of a generative suite and the model's answer (and, for a win rate, the
+    reference model's answer to the same prompt)."""
+
+    run = models.ForeignKey(EvalRun, on_delete=models.CASCADE, related_name="samples")
+    position = models.PositiveIntegerField(help_text="Index of the item in the task.")
+    prompt = models.TextField()
+    output = models.TextField(blank=True)
+    target = models.TextField(blank=True)
+    correct = models.BooleanField(null=True, blank=True)
+    reference_output = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "position"], name="evalsample_once_per_run")
+        ]
+
+    def __str__(self) -> str:
+        return f"Sample {self.position} of run #{self.run_id}"

@@ -295,7 +295,19 @@ def _succeed(job_id: int, result, reporter: JobReporter) -> TrainingJob:
     reporter.log(
         f"Registered checkpoint {checkpoint.name} (#{checkpoint.pk}) at {result.output_dir}"
     )
+    transaction.on_commit(lambda: _schedule_evals(checkpoint, job))
     return _finish(job_id, JobStatus.SUCCEEDED, reporter)
+
+
+def _schedule_evals(checkpoint: Checkpoint, job: TrainingJob) -> None:
+    """Every new checkpoint gets the default evaluation suites. The training already succeeded:
+    a problem here is logged, never turned into a failed job."""
+    from evals.services import schedule_default_evals
+
+    try:
+        schedule_default_evals(checkpoint, triggered_by_job=job)
+    except Exception:
+        logger.exception("Could not schedule evaluations for checkpoint %s", checkpoint.pk)
 
 
 def run_training_job(job: TrainingJob, *, worker_host: str = "") -> TrainingJob:

@@ -177,3 +177,23 @@ def test_launch_job_can_train_in_this_process(base_checkpoint, make_snapshot, ca
     job = TrainingJob.objects.get()
     assert f"succeeded: checkpoint {job.result.name}" in capsys.readouterr().out
     assert job.launched_by is None  # the operator at the shell
+
+
+def test_a_succeeded_job_schedules_the_default_evaluations_of_its_checkpoint(
+    admin_user, base_checkpoint, make_snapshot, django_capture_on_commit_callbacks
+):
+    from evals.models import EvalRun
+
+    job = services.job_launch(
+        kind="sft",
+        parent=base_checkpoint,
+        snapshot=make_snapshot("sft"),
+        config=KINDS["sft"][1],
+        launched_by=admin_user,
+        enqueue=False,
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        job = services.run_training_job(job)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    runs = EvalRun.objects.filter(checkpoint=job.result, triggered_by_job=job)
+    assert {run.suite for run in runs} >= {"perplexity", "multiple_choice", "generative"}

@@ -1,0 +1,98 @@
+"""Forms only parse HTTP input; evals.services owns the rules (which suite needs what)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from evals.models import Suite
+from feedback.models import DatasetSnapshot, Project, SnapshotKind, SnapshotStatus
+from modeling.models import Checkpoint, CheckpointKind
+
+DATE = forms.DateInput(attrs={"type": "date"})
+PARAM_FIELDS = ("limit", "batch_size", "max_new_tokens", "num_fewshot", "task_path", "include_path")
+
+
+class DashboardFilterForm(forms.Form):
+    project = forms.ModelChoiceField(
+        Project.objects.order_by("name"), required=False, empty_label="All projects"
+    )
+    kind = forms.ChoiceField(choices=[("", "All kinds"), *CheckpointKind.choices], required=False)
+    created_from = forms.DateField(required=False, widget=DATE, label="Created from")
+    created_to = forms.DateField(required=False, widget=DATE, label="to")
+    sort = forms.CharField(required=False, max_length=400, widget=forms.HiddenInput)
+    metric = forms.CharField(required=False, max_length=400, widget=forms.HiddenInput)
+
+    def filters(self) -> dict[str, Any]:
+        """The valid filters (an invalid one is shown with its error and left out)."""
+        self.is_valid()
+        data = self.cleaned_data
+        return {
+            "project": data.get("project"),
+            "kind": data.get("kind") or "",
+            "created_from": data.get("created_from"),
+            "created_to": data.get("created_to"),
+            "sort": data.get("sort") or "",
+        }
+
+
+class CompareForm(forms.Form):
+    a = forms.ModelChoiceField(Checkpoint.objects.order_by("-created_at", "-id"), label="Compare")
+    b = forms.ModelChoiceField(Checkpoint.objects.order_by("-created_at", "-id"), label="with")
+
+
+class EvalRunForm(forms.Form):
+    checkpoint = forms.ModelChoiceField(
+        Checkpoint.objects.filter(kind__in=[CheckpointKind.POLICY, CheckpointKind.REWARD]).order_by(
+            "-created_at", "-id"
+        )
+    )
+    suite = forms.ChoiceField(choices=Suite.choices)
+    task = forms.CharField(
+        required=False,
+        max_length=200,
+        widget=forms.TextInput(attrs={"list": "task-names"}),
+        help_text="A shipped task (multiple choice, generative; the win rate's prompts) or an "
+        "lm-eval task. Empty: the suite's own data.",
+    )
+    task_path = forms.CharField(
+        required=False, max_length=1000, help_text="Or a task file on the GPU workers (absolute)."
+    )
+    reference = forms.ModelChoiceField(
+        Checkpoint.objects.filter(kind=CheckpointKind.POLICY).order_by("-created_at", "-id"),
+        required=False,
+        help_text="Win rate: the policy to beat (empty: the checkpoint's parent).",
+    )
+    judge = forms.ModelChoiceField(
+        Checkpoint.objects.filter(kind=CheckpointKind.REWARD).order_by("-created_at", "-id"),
+        required=False,
+        help_text="Win rate: the reward model that judges.",
+    )
+    snapshot = forms.ModelChoiceField(
+        DatasetSnapshot.objects.filter(
+            kind=SnapshotKind.PREFERENCE, status=SnapshotStatus.READY
+        ).select_related("project"),
+        required=False,
+        help_text="Reward accuracy: score its test split (empty: the shipped held-out pairs).",
+    )
+    limit = forms.IntegerField(required=False, min_value=1, help_text="First n items only.")
+    batch_size = forms.IntegerField(required=False, min_value=1)
+    max_new_tokens = forms.IntegerField(required=False, min_value=1, help_text="Generative.")
+    num_fewshot = forms.IntegerField(required=False, min_value=0, help_text="lm-eval.")
+    include_path = forms.CharField(
+        required=False, max_length=1000, help_text="lm-eval: a folder of task YAML files."
+    )
+
+    def request_kwargs(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        params = {name: data[name] for name in PARAM_FIELDS if data.get(name) not in (None, "")}
+        return {
+            "checkpoint": data["checkpoint"],
+            "suite": data["suite"],
+            "task": data.get("task") or "",
+            "params": params,
+            "reference": data.get("reference"),
+            "judge": data.get("judge"),
+            "snapshot": data.get("snapshot"),
+        }

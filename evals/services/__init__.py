@@ -1,0 +1,24 @@
+"""Writes for evaluation: requesting and scheduling runs, and running them on a worker."""
+
+from .runs import (
+    default_suites,
+    eval_defaults_request,
+    eval_run_request,
+    eval_run_rerun,
+    schedule_default_evals,
+)
+from .suites import EvalInputError, lm_eval_metrics
+from .worker import eval_runs_fail_orphaned, eval_runs_mark_stale, run_eval
+
+__all__ = [
+    "EvalInputError",
+    "default_suites",
+    "eval_defaults_request",
+    "eval_run_request",
+    "eval_run_rerun",
+    "eval_runs_fail_orphaned",
+    "eval_runs_mark_stale",
+    "lm_eval_metrics",
+    "run_eval",
+    "schedule_default_evals",
+]

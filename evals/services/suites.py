@@ -1,0 +1,339 @@
+"""What each suite computes: load the data, load the model(s), call evals.ml, return plain rows.
+
+    evaluate(run) -> Outcome(metrics, samples, summary)
+
+Runs on a GPU worker (evals.tasks.run_eval → services.run_eval). The data is read and validated
+before any model is loaded, so a bad task file fails in a second, not after minutes of loading.
+Errors meant for the person who launched the run are `EvalInputError`s, whose message becomes
+the run's `error` as it stands.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evals.ml.stats import Z_95  # plain math: no torch in the web process
+from evals.ml.tasks import HELDOUT_PREFERENCES, HELDOUT_PROSE, shipped_tasks
+from evals.models import EvalRun, Suite
+from modeling.models import Checkpoint
+
+# Task names that are not shipped task files.
+HELDOUT_PROSE_TASK = HELDOUT_PROSE.stem
+HELDOUT_PREFERENCES_TASK = HELDOUT_PREFERENCES.stem
+SNAPSHOT_TEST_TASK = "snapshot-test"
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_NEW_TOKENS = 32
+DEFAULT_WIN_RATE_PROMPTS = 100
+
+
+class EvalInputError(ValueError):
+    """Something the run was given cannot be evaluated (a missing checkpoint directory, a bad task
+    file, an empty test split). The message is shown to people as it stands."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    value: float
+    stderr: float | None = None
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+
+
+@dataclass
+class Outcome:
+    metrics: list[Metric]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def mean_metric(name: str, value: float, stderr: float | None, n: int) -> Metric:
+    """A proportion with lm-eval's standard error and the normal 95% interval around it, clipped
+    to [0, 1] (the interval lm-eval's tables imply: value ± 1.96 stderr)."""
+    if stderr is None:
+        return Metric(name, value, n=n)
+    return Metric(
+        name,
+        value,
+        stderr=stderr,
+        low=max(0.0, value - Z_95 * stderr),
+        high=min(1.0, value + Z_95 * stderr),
+        n=n,
+    )
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def task_file(run: EvalRun, default: Path | None = None) -> Path:
+    """The file a run reads: params.task_path, else the shipped file named by the task."""
+    if run.params.get("task_path"):
+        path = Path(run.params["task_path"])
+    elif default is not None:
+        path = default
+    else:
+        path = shipped_tasks().get(run.task)
+        if path is None:
+            raise EvalInputError(f"No shipped task is called {run.task!r}.")
+    if not path.is_file():
+        raise EvalInputError(f"Task file {path} does not exist on {socket.gethostname()}.")
+    return path
+
+
+def _read(loader: Callable[[Path], Any], path: Path) -> Any:
+    """A loader's ValueError (it names the file and line) becomes the run's error."""
+    try:
+        return loader(path)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise EvalInputError(f"Bad task file: {exc}") from exc
+
+
+def _limit(run: EvalRun) -> int | None:
+    return run.params.get("limit")
+
+
+def _batch_size(run: EvalRun) -> int:
+    return int(run.params.get("batch_size") or DEFAULT_BATCH_SIZE)
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def _require_weights(checkpoint: Checkpoint) -> None:
+    path = checkpoint.directory()
+    if path is not None and not path.is_dir():
+        raise EvalInputError(
+            f"Checkpoint {checkpoint.name}: directory {path} does not exist on "
+            f"{socket.gethostname()}."
+        )
+
+
+def load_policy(checkpoint: Checkpoint):
+    """(model, tokenizer) in eval mode, bf16 on a GPU; the tokenizer from where the checkpoint
+    keeps it (a trained checkpoint saved without one uses its parent's)."""
+    from evals.ml.lm import eval_device_dtype
+    from modeling.ml import load_causal_lm, load_tokenizer
+
+    _require_weights(checkpoint)
+    device, dtype = eval_device_dtype()
+    model = load_causal_lm(checkpoint.load_path(), dtype=dtype, device=device).eval()
+    return model, load_tokenizer(checkpoint.tokenizer_load_path())
+
+
+def load_reward(checkpoint: Checkpoint):
+    import torch
+
+    from evals.ml.lm import eval_device_dtype
+    from modeling.ml import load_reward_model, load_tokenizer
+
+    _require_weights(checkpoint)
+    device, dtype = eval_device_dtype()
+    # A model registered as a reward model without a trained score head gets a fresh one on
+    # load; seeding makes that head, and so the run, repeatable.
+    torch.manual_seed(0)
+    model = load_reward_model(checkpoint.load_path(), dtype=dtype, device=device).eval()
+    return model, load_tokenizer(checkpoint.tokenizer_load_path())
+
+
+def free_memory() -> None:
+    """Give back accelerator memory of models just dropped, before the run loads the next."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- the suites ----------------------------------------------------------------------------------
+
+
+def _perplexity(run: EvalRun) -> Outcome:
+    from evals.ml import load_text_set, perplexity
+
+    texts = _read(load_text_set, task_file(run, default=HELDOUT_PROSE))[: _limit(run)]
+    if not texts:
+        raise EvalInputError("The text set is empty.")
+    model, tokenizer = load_policy(run.checkpoint)
+    result = perplexity(model, tokenizer, texts, batch_size=_batch_size(run))
+    n = result["n"]
+    metrics = [
+        Metric(name, result[name], n=n)
+        for name in ("word_perplexity", "byte_perplexity", "bits_per_byte")
+    ]
+    summary = {key: result[key] for key in ("loglikelihood", "words", "bytes", "tokens", "n")}
+    return Outcome(metrics, summary=summary)
+
+
+def _multiple_choice(run: EvalRun) -> Outcome:
+    from evals.ml import evaluate_mc, load_mc_task
+
+    task = _read(load_mc_task, task_file(run))
+    model, tokenizer = load_policy(run.checkpoint)
+    result = evaluate_mc(model, tokenizer, task, batch_size=_batch_size(run), limit=_limit(run))
+    n = result["n"]
+    metrics = [
+        mean_metric("acc", result["acc"], result["acc_stderr"], n),
+        mean_metric("acc_norm", result["acc_norm"], result["acc_norm_stderr"], n),
+    ]
+    return Outcome(metrics, summary={"n": n})
+
+
+def _generate(run: EvalRun, checkpoint: Checkpoint, task, limit: int | None) -> dict:
+    from evals.ml import evaluate_generative
+
+    model, tokenizer = load_policy(checkpoint)
+    try:
+        return evaluate_generative(
+            model,
+            tokenizer,
+            task,
+            batch_size=_batch_size(run),
+            max_new_tokens=int(run.params.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
+            limit=limit,
+        )
+    finally:
+        del model
+        free_memory()
+
+
+def _generative(run: EvalRun) -> Outcome:
+    from evals.ml import load_gen_task
+
+    task = _read(load_gen_task, task_file(run))
+    result = _generate(run, run.checkpoint, task, _limit(run))
+    n = result["n"]
+    samples = [
+        {
+            "position": position,
+            "prompt": item.prompt,  # the question as written, not the chat-templated input
+            "output": sample["output"],
+            "target": sample["target"],
+            "correct": sample["correct"],
+        }
+        for position, (item, sample) in enumerate(zip(task.items, result["samples"], strict=False))
+    ]
+    metric = mean_metric(task.scorer, result[task.scorer], result[f"{task.scorer}_stderr"], n)
+    return Outcome([metric], samples=samples, summary={"n": n, "scorer": task.scorer})
+
+
+def _reward_accuracy(run: EvalRun) -> Outcome:
+    from evals.ml import load_preference_pairs, reward_accuracy
+
+    if run.snapshot_id is not None:
+        path = run.snapshot.path() / "test.jsonl"
+        if not path.is_file():
+            raise EvalInputError(f"Snapshot {run.snapshot.name!r} has no test.jsonl on this host.")
+    else:
+        path = task_file(run, default=HELDOUT_PREFERENCES)
+    pairs = _read(load_preference_pairs, path)[: _limit(run)]
+    if not pairs:
+        raise EvalInputError(f"{path.name} holds no preference pairs to score.")
+    model, tokenizer = load_reward(run.checkpoint)
+    result = reward_accuracy(model, tokenizer, pairs, batch_size=_batch_size(run))
+    metric = mean_metric("accuracy", result["accuracy"], result["stderr"], result["n"])
+    return Outcome([metric], summary={"n": result["n"]})
+
+
+def _win_rate(run: EvalRun) -> Outcome:
+    from evals.ml import load_gen_task, reward_win_rate
+
+    task = _read(load_gen_task, task_file(run))
+    limit = _limit(run) or DEFAULT_WIN_RATE_PROMPTS
+    items = task.items[:limit]
+    _require_weights(run.reference)
+    _require_weights(run.judge)
+    policy = _generate(run, run.checkpoint, task, limit)["samples"]
+    reference = _generate(run, run.reference, task, limit)["samples"]
+    judge, tokenizer = load_reward(run.judge)
+    result = reward_win_rate(
+        judge,
+        tokenizer,
+        [s["output"] for s in policy],
+        [s["output"] for s in reference],
+        [item.prompt for item in items],
+        batch_size=_batch_size(run),
+    )
+    samples = [
+        {
+            "position": position,
+            "prompt": item.prompt,
+            "output": mine["output"],
+            "reference_output": theirs["output"],
+            "target": item.target,
+        }
+        for position, (item, mine, theirs) in enumerate(zip(items, policy, reference, strict=True))
+    ]
+    metric = Metric(
+        "win_rate", result["win_rate"], low=result["low"], high=result["high"], n=result["n"]
+    )
+    summary = {key: result[key] for key in ("wins", "ties", "losses", "n")}
+    return Outcome([metric], samples=samples, summary=summary)
+
+
+def _lm_eval(run: EvalRun) -> Outcome:
+    from evals.ml import LmEvalNotInstalled, run_lm_eval
+
+    _require_weights(run.checkpoint)
+    try:
+        results = run_lm_eval(
+            run.checkpoint.load_path(),
+            run.task,
+            include_path=run.params.get("include_path") or None,
+            batch_size=_batch_size(run),
+            limit=_limit(run),
+            num_fewshot=run.params.get("num_fewshot"),
+        )
+    except LmEvalNotInstalled as exc:
+        raise EvalInputError(str(exc)) from exc
+    metrics = lm_eval_metrics(results, run.task)
+    if not metrics:
+        raise EvalInputError(f"lm-eval reported no numeric metric for {run.task!r}.")
+    return Outcome(metrics, summary={"versions": results.get("versions", {})})
+
+
+def lm_eval_metrics(results: dict, task: str) -> list[Metric]:
+    """lm-eval's results dict → metrics. Keys are "metric,filter" ("acc,none") with the standard
+    error under "metric_stderr,filter"; subtasks of a group are prefixed with their name."""
+    metrics = []
+    counts = results.get("n-samples", {})
+    for subtask, values in sorted(results.get("results", {}).items()):
+        n = counts.get(subtask, {}).get("effective")
+        for key, value in sorted(values.items()):
+            name, _, filter_name = key.partition(",")
+            if "_stderr" in name or not _is_number(value):
+                continue
+            stderr = values.get(f"{name}_stderr,{filter_name}")
+            stderr = float(stderr) if _is_number(stderr) else None
+            label = name if filter_name in ("", "none") else f"{name},{filter_name}"
+            if subtask != task:
+                label = f"{subtask}/{label}"
+            low = high = None
+            if stderr is not None:
+                low, high = value - Z_95 * stderr, value + Z_95 * stderr
+            metrics.append(Metric(label[:100], float(value), stderr, low, high, n))
+    return metrics
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+EVALUATORS: dict[str, Callable[[EvalRun], Outcome]] = {
+    Suite.PERPLEXITY: _perplexity,
+    Suite.MULTIPLE_CHOICE: _multiple_choice,
+    Suite.GENERATIVE: _generative,
+    Suite.REWARD_ACCURACY: _reward_accuracy,
+    Suite.WIN_RATE: _win_rate,
+    Suite.LM_EVAL: _lm_eval,
+}
+
+
+def evaluate(run: EvalRun) -> Outcome:
+    return EVALUATORS[run.suite](run)

@@ -1,0 +1,68 @@
+"""Evaluation on GPU workers. Routed to the `gpu` queue (config/celery.py: `evals.tasks.*`).
+
+The task takes a run id, re-reads the row and calls services.run_eval, which claims the row
+(queued → running) before doing anything: a redelivered message finds nothing to claim.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.signals import worker_init
+from django.db import InterfaceError, OperationalError
+
+from evals import services
+from evals.models import EvalRun
+
+logger = logging.getLogger(__name__)
+
+# Only a database that is briefly unreachable is worth retrying: before the claim nothing has
+# happened, after it the claim makes the retry a no-op. Evaluation errors are final.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+# Generous for the shipped suites on a big model; the hard limit kills a wedged process.
+EVAL_SOFT_TIME_LIMIT = 6 * 3600
+EVAL_HARD_TIME_LIMIT = EVAL_SOFT_TIME_LIMIT + 300
+
+# The worker's node name, recorded at start so that a restarted worker recognises the runs it
+# left `running` (request.hostname is not reliable for this outside the prefork pool).
+_worker_name = ""
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    soft_time_limit=EVAL_SOFT_TIME_LIMIT,
+    time_limit=EVAL_HARD_TIME_LIMIT,
+    autoretry_for=TRANSIENT_ERRORS,
+    max_retries=3,
+    retry_backoff=5,
+)
+def run_eval(self, run_id: int) -> str:
+    run = EvalRun.objects.filter(pk=run_id).first()
+    if run is None:
+        logger.warning("Eval run %s does not exist; dropping the message", run_id)
+        return "missing"
+    host = _worker_name or self.request.hostname or ""
+    return services.run_eval(run, host=host).status
+
+
+@worker_init.connect
+def fail_runs_left_running(sender, **kwargs) -> None:
+    """A worker starting under a name fails the evaluations its previous process left running."""
+    global _worker_name
+    hostname = getattr(sender, "hostname", "")
+    started = getattr(sender, "startup_time", None)
+    if not hostname or started is None:
+        return
+    _worker_name = hostname
+    try:
+        failed = services.eval_runs_fail_orphaned(host=hostname, started_before=started)
+    except Exception:
+        # The worker must start anyway; the heartbeat check catches those runs later.
+        logger.warning("Could not check for runs left running by %s", hostname, exc_info=True)
+        return
+    if failed:
+        logger.warning(
+            "%s: failed %d eval run(s) its previous process left running", hostname, failed
+        )

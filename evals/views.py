@@ -1,0 +1,172 @@
+"""Evaluation screens: the dashboard (admins and reviewers), run pages, the comparison of two
+checkpoints and the arena leaderboard. Only admins launch runs. Each view checks the method and
+the role, calls one selector or service, renders.
+
+Pages that list runs first fail the runs whose worker stopped beating (one indexed query).
+"""
+
+from __future__ import annotations
+
+import csv
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from evals import selectors, services
+from evals.forms import CompareForm, DashboardFilterForm, EvalRunForm
+from evals.ml.tasks import shipped_tasks
+from evals.models import EvalRun, Suite
+from evals.selectors import SUITE_DEFINITIONS
+from feedback.models import Project
+from feedback.roles import Role, role_required
+from modeling.forms import add_service_errors
+from modeling.models import Checkpoint
+
+VIEWING = (Role.REVIEWER, Role.ADMIN)
+# htmx targets that get their partial of the dashboard instead of the whole page.
+DASHBOARD_PARTIALS = {"dashboard-results", "metric-chart"}
+
+
+@require_GET
+@role_required(*VIEWING)
+def dashboard(request: HttpRequest) -> HttpResponse:
+    services.eval_runs_mark_stale()
+    target = request.htmx.target if request.htmx else None
+    if target == "eval-runs":  # the recent-runs poll needs nothing else
+        return render(request, "evals/dashboard.html#eval-runs", _recent_runs())
+    form = DashboardFilterForm(request.GET)
+    board = selectors.dashboard(**form.filters())
+    # The chart shows the chosen metric, else the first column (a filter may have removed it).
+    metric = request.GET.get("metric", "")
+    if board.column(metric) is None:
+        metric = board.columns[0].key if board.columns else ""
+    context = {
+        "form": form,
+        "board": board,
+        "metric": metric,
+        "series": board.series(metric),
+        "arena": selectors.arena_projects(),
+        "definitions": [(Suite(s).label, text) for s, text in SUITE_DEFINITIONS.items()],
+        **_recent_runs(),
+    }
+    partial = f"#{target}" if target in DASHBOARD_PARTIALS else ""
+    return render(request, "evals/dashboard.html" + partial, context)
+
+
+@require_GET
+@role_required(*VIEWING)
+def dashboard_csv(request: HttpRequest) -> HttpResponse:
+    board = selectors.dashboard(**DashboardFilterForm(request.GET).filters())
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="veredicto-evaluations.csv"'
+    csv.writer(response).writerows(selectors.dashboard_csv_rows(board))
+    return response
+
+
+@require_GET
+@role_required(*VIEWING)
+def compare(request: HttpRequest) -> HttpResponse:
+    form = CompareForm(request.GET or None)
+    result = None
+    if form.is_valid():
+        result = selectors.comparison(form.cleaned_data["a"], form.cleaned_data["b"])
+    return render(request, "evals/compare.html", {"form": form, "comparison": result})
+
+
+@require_GET
+@role_required(*VIEWING)
+def checkpoint_evals(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    services.eval_runs_mark_stale()
+    checkpoint = get_object_or_404(
+        Checkpoint.objects.select_related("base_model", "parent", "job", "snapshot__project"),
+        pk=checkpoint_id,
+    )
+    context = {
+        "checkpoint": checkpoint,
+        "metrics": selectors.checkpoint_metrics(checkpoint),
+        "runs": selectors.checkpoint_runs(checkpoint),
+    }
+    return render(request, "evals/checkpoint.html", context)
+
+
+@require_GET
+@role_required(*VIEWING)
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    services.eval_runs_mark_stale()
+    try:
+        run = selectors.run_detail(run_id)
+    except EvalRun.DoesNotExist:
+        raise Http404("No such evaluation run.") from None
+    polling = request.htmx and request.htmx.target == "run-status"
+    template = "evals/run_detail.html" + ("#run-status" if polling else "")
+    context = {"run": run, "samples": selectors.run_samples(run), "definition": _definition(run)}
+    return render(request, template, context)
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def run_new(request: HttpRequest) -> HttpResponse:
+    form = EvalRunForm(request.POST or None, initial=request.GET.dict() or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            run = services.eval_run_request(requested_by=request.user, **form.request_kwargs())
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Evaluation run #{run.pk} is queued for a GPU worker.")
+            return redirect("eval-run", run_id=run.pk)
+    status = 422 if form.is_bound else 200
+    context = {"form": form, "task_names": sorted(shipped_tasks())}
+    return render(request, "evals/run_new.html", context, status=status)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def run_rerun(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(EvalRun, pk=run_id)
+    try:
+        again = services.eval_run_rerun(run=run, requested_by=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("eval-run", run_id=run.pk)
+    messages.success(request, f"Run #{again.pk} repeats run #{run.pk}; both stay in the history.")
+    return redirect("eval-run", run_id=again.pk)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def checkpoint_defaults(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    checkpoint = get_object_or_404(Checkpoint, pk=checkpoint_id)
+    runs = services.eval_defaults_request(checkpoint=checkpoint, requested_by=request.user)
+    if runs:
+        messages.success(request, f"Queued {len(runs)} evaluation runs for a GPU worker.")
+    else:
+        messages.error(request, f"A {checkpoint.kind} model has no default evaluation.")
+    return redirect("eval-checkpoint", checkpoint_id=checkpoint.pk)
+
+
+@require_GET
+@role_required(*VIEWING)
+def leaderboard(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    board = selectors.arena_leaderboard(
+        project,
+        reference=request.GET.get("reference") or None,
+        include_simulated=request.GET.get("simulated") == "1",
+    )
+    return render(request, "evals/leaderboard.html", {"project": project, "board": board})
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _recent_runs() -> dict:
+    runs = selectors.runs_recent()
+    return {"runs": runs, "any_active": any(run.is_active for run in runs)}
+
+
+def _definition(run: EvalRun) -> str:
+    return SUITE_DEFINITIONS.get(run.suite, "")

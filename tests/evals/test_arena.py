@@ -1,0 +1,297 @@
+"""The human-vote arena: which judgements are battles, how choices map to FastChat's winners, and
+the leaderboard (Bradley-Terry with seeded bootstrap intervals, the interval rank, the reference
+anchor, online Elo) on synthetic votes from known strengths; the page and who may see it."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from evals import selectors
+from feedback import services as feedback_services
+from feedback.models import (
+    Assignment,
+    AssignmentStatus,
+    Completion,
+    CompletionSource,
+    Item,
+    ItemCompletion,
+    Origin,
+    PairwiseJudgement,
+    Prompt,
+    TaskKind,
+)
+from modeling.models import Checkpoint, CheckpointKind
+from tests.factories import ProjectFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+TRUTH = {"base": 1000, "sft": 1150, "dpo": 1300, "broken": 700}
+
+
+def cast(project, votes, *, origin=Origin.HUMAN, source=CompletionSource.CHECKPOINT, gold=False):
+    """Judged pairwise items in bulk, one item per (model_a, model_b, choice) vote, A at position
+    0: what the annotation services leave behind, without a thousand round trips each."""
+    annotator = UserFactory(username=f"voter-{origin}")
+    start = timezone.now() - timedelta(days=1)
+    offset = Prompt.objects.count()
+    prompts = Prompt.objects.bulk_create(
+        Prompt(project=project, messages=[{"role": "user", "content": f"q{offset + i}"}],
+               content_hash=f"{origin}-{offset + i}")
+        for i in range(len(votes))
+    )  # fmt: skip
+    completions = Completion.objects.bulk_create(
+        Completion(prompt=prompt, text=f"reply of {name}", model_name=name, source=source)
+        for prompt, (a, b, _) in zip(prompts, votes, strict=True)
+        for name in (a, b)
+    )
+    items = Item.objects.bulk_create(
+        Item(project=project, kind=TaskKind.PAIRWISE, prompt=p, submitted_count=1, is_gold=gold)
+        for p in prompts
+    )
+    ItemCompletion.objects.bulk_create(
+        ItemCompletion(item=item, completion=completions[2 * i + side], position=side)
+        for i, item in enumerate(items)
+        for side in (0, 1)
+    )
+    assignments = Assignment.objects.bulk_create(
+        Assignment(item=item, annotator=annotator, status=AssignmentStatus.SUBMITTED,
+                   expires_at=start, finished_at=start)
+        for item in items
+    )  # fmt: skip
+    PairwiseJudgement.objects.bulk_create(
+        PairwiseJudgement(
+            assignment=assignment,
+            item=assignment.item,
+            annotator=annotator,
+            origin=origin,
+            choice=choice,
+            strength="clear" if choice in ("a", "b") else "",
+            shown_left="a",
+            created_at=start + timedelta(seconds=i),
+        )
+        for i, (assignment, (_, _, choice)) in enumerate(zip(assignments, votes, strict=True))
+    )
+
+
+def synthetic_votes(truth: dict[str, float], n: int, seed: int, tie_rate: float = 0.1):
+    """Votes drawn from the Bradley-Terry model itself, some of them ties or both-bad."""
+    rng = np.random.default_rng(seed)
+    names = list(truth)
+    votes = []
+    for _ in range(n):
+        a, b = rng.choice(len(names), size=2, replace=False)
+        p_a = 1 / (1 + 10 ** ((truth[names[b]] - truth[names[a]]) / 400))
+        if rng.random() < tie_rate:
+            choice = "tie" if rng.random() < 0.5 else "both_bad"
+        else:
+            choice = "a" if rng.random() < p_a else "b"
+        votes.append((names[a], names[b], choice))
+    return votes
+
+
+@pytest.fixture
+def arena(db):
+    return ProjectFactory(name="Arena")
+
+
+# --- battles -------------------------------------------------------------------------------------
+
+
+def test_every_choice_maps_to_fastchat_winner_labels_through_the_real_services(arena, roles):
+    annotator = UserFactory(username="judge", roles=["annotator"])
+    choices = ["a", "b", "tie", "both_bad"]
+    for i, _ in enumerate(choices):
+        prompt = feedback_services.prompt_create(project=arena, messages=f"Question {i}?")
+        pair = [
+            feedback_services.completion_create(
+                prompt=prompt, text=f"{name} says {i}", model_name=name,
+                source=CompletionSource.CHECKPOINT,
+            )
+            for name in ("new", "old")
+        ]  # fmt: skip
+        feedback_services.item_create(
+            project=arena, kind=TaskKind.PAIRWISE, prompt=prompt, completions=pair
+        )
+    for choice in choices:
+        assignment = feedback_services.task_next_for_annotator(project=arena, annotator=annotator)
+        # The screen shuffles sides; the stored choice is canonical (a = position 0, "new").
+        feedback_services.pairwise_submit(
+            assignment_id=assignment.pk,
+            annotator=annotator,
+            choice=choice,
+            strength="clear" if choice in ("a", "b") else "",
+        )
+    assert sorted(selectors.arena_battles(arena)) == sorted(
+        [
+            ("new", "old", "model_a"),
+            ("new", "old", "model_b"),
+            ("new", "old", "tie"),
+            ("new", "old", "tie (bothbad)"),
+        ]
+    )
+
+
+def test_only_human_votes_on_two_different_named_models_count(arena):
+    cast(arena, [("x", "y", "a")])
+    cast(arena, [("x", "x", "a")])  # a model against itself
+    cast(arena, [("x", "", "a")])  # an unnamed reply
+    cast(arena, [("x", "y", "b")], source=CompletionSource.HUMAN)  # a person's reply
+    cast(arena, [("x", "y", "b")], gold=True)  # gold items measure annotators
+    cast(arena, [("x", "y", "b")], origin=Origin.IMPORTED)
+    cast(arena, [("x", "y", "tie")], origin=Origin.SIMULATED)
+    other = ProjectFactory()
+    cast(other, [("x", "y", "b")])  # another project
+    assert selectors.arena_battles(arena) == [("x", "y", "model_a")]
+    assert selectors.arena_battles(arena, include_simulated=True) == [
+        ("x", "y", "model_a"),
+        ("x", "y", "tie"),
+    ]
+    votes = {p["item__project__name"]: p["votes"] for p in selectors.arena_projects()}
+    assert votes == {"Arena": 1, other.name: 1}
+
+
+def test_votes_come_in_the_order_they_were_cast(arena):
+    cast(arena, [("x", "y", "a"), ("y", "z", "b"), ("z", "x", "tie")])
+    assert selectors.arena_battles(arena) == [
+        ("x", "y", "model_a"),
+        ("y", "z", "model_b"),
+        ("z", "x", "tie"),
+    ]
+
+
+# --- the leaderboard ----------------------------------------------------------------------------
+
+
+def test_leaderboard_recovers_known_strengths_with_sane_intervals(arena):
+    # decisive votes only: ties drawn at a fixed rate (not from the model) pull ratings together
+    cast(arena, synthetic_votes(TRUTH, 1200, seed=7, tie_rate=0.0))
+    board = selectors.arena_leaderboard(arena, reference="base")
+    rows = {row["model"]: row for row in board.rows}
+    assert [row["model"] for row in board.rows] == ["dpo", "sft", "base", "broken"]
+    assert board.battles == 1200 and sum(row["votes"] for row in board.rows) == 2 * 1200
+    for model, truth in TRUTH.items():
+        row = rows[model]
+        assert row["rating"] == pytest.approx(truth, abs=60)
+        assert row["low"] <= row["rating"] <= row["high"]
+        assert row["low"] <= truth <= row["high"]  # seeded: the 95% intervals cover the truth
+        assert row["wins"] + row["losses"] + row["ties"] == row["votes"]
+    # the anchor sits at exactly 1000 in every bootstrap round
+    assert rows["base"]["rating"] == pytest.approx(1000)
+    assert rows["base"]["low"] == pytest.approx(1000) and rows["base"]["high"] == pytest.approx(
+        1000
+    )
+    assert rows["base"]["is_reference"]
+    # 150 points apart with 1200 votes: the intervals separate the models
+    assert rows["dpo"]["low"] > rows["sft"]["high"] > rows["sft"]["low"] > rows["base"]["high"]
+    # rank = 1 + number of models whose lower bound exceeds this model's upper bound
+    for row in board.rows:
+        assert row["rank"] == 1 + sum(other["low"] > row["high"] for other in board.rows)
+    assert [rows[m]["rank"] for m in ("dpo", "sft", "base", "broken")] == [1, 2, 3, 4]
+    # online Elo, for comparison, agrees on the order
+    assert sorted(TRUTH, key=lambda m: -rows[m]["elo"]) == ["dpo", "sft", "base", "broken"]
+
+
+def test_the_bootstrap_is_seeded(arena):
+    cast(arena, synthetic_votes(TRUTH, 200, seed=3))
+    first = selectors.arena_leaderboard(arena, reference="base")
+    again = selectors.arena_leaderboard(arena, reference="base")
+    assert first.rows == again.rows
+
+
+def test_a_tie_or_both_bad_is_half_a_win_for_each_side(arena):
+    cast(arena, [("x", "y", "a")] * 5 + [("x", "y", "b")] * 5 + [("x", "y", "tie")] * 3)
+    cast(arena, [("x", "z", "a"), ("x", "z", "b")] + [("x", "z", "both_bad")] * 4)
+    board = selectors.arena_leaderboard(arena, reference="x")
+    for row in board.rows:
+        assert row["rating"] == pytest.approx(1000, abs=0.01)
+    assert {row["model"]: row["ties"] for row in board.rows} == {"x": 7, "y": 3, "z": 4}
+
+
+def test_choosing_another_reference_shifts_every_rating_by_the_same_amount(arena):
+    cast(arena, synthetic_votes(TRUTH, 400, seed=11))
+    by_base = {r["model"]: r["rating"] for r in selectors.arena_leaderboard(arena).rows}
+    by_dpo = {
+        r["model"]: r["rating"] for r in selectors.arena_leaderboard(arena, reference="dpo").rows
+    }
+    assert by_dpo["dpo"] == pytest.approx(1000)
+    shift = by_base["dpo"] - 1000
+    for model in TRUTH:
+        assert by_base[model] - by_dpo[model] == pytest.approx(shift, abs=1e-3)
+
+
+def test_the_default_reference_is_the_first_base_checkpoint(arena):
+    cast(arena, synthetic_votes(TRUTH, 100, seed=5))
+    now = timezone.now()
+    Checkpoint.objects.create(name="sft", kind=CheckpointKind.POLICY, storage_path="/m/sft",
+                              created_at=now - timedelta(days=3))  # fmt: skip
+    base = Checkpoint.objects.create(name="base", kind=CheckpointKind.POLICY, storage_path="/m/b",
+                                     created_at=now)  # fmt: skip
+    Checkpoint.objects.filter(name="sft").update(parent=base)  # a trained model: not a base
+    board = selectors.arena_leaderboard(arena)
+    assert board.reference == "base"
+    # models that are not registered checkpoints: the first by name
+    other = ProjectFactory()
+    cast(other, [("m2", "m1", "a"), ("m1", "m2", "a")])
+    assert selectors.arena_leaderboard(other).reference == "m1"
+
+
+def test_an_unknown_reference_falls_back_to_the_default(arena):
+    cast(arena, [("x", "y", "a"), ("y", "x", "a")])
+    board = selectors.arena_leaderboard(arena, reference="nobody")
+    assert board.unknown_reference == "nobody" and board.reference == "x"
+
+
+def test_no_votes_gives_an_empty_leaderboard(arena):
+    board = selectors.arena_leaderboard(arena)
+    assert board.rows == [] and board.battles == 0
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+
+def test_leaderboard_page_has_the_table_and_chart_data_with_local_chartjs(client, reviewer, arena):
+    cast(arena, synthetic_votes(TRUTH, 300, seed=1))
+    Checkpoint.objects.create(name="dpo", kind=CheckpointKind.POLICY, storage_path="/m/dpo")
+    client.force_login(reviewer)
+    page = client.get(f"/projects/{arena.pk}/leaderboard/?reference=sft").content.decode()
+    data = json.loads(
+        re.search(r'<script id="leaderboard-data" type="application/json">(.*?)</script>', page)[1]
+    )
+    assert data["reference"] == "sft" and data["labels"][0] == "dpo"
+    assert all(low <= rating <= high for rating, (low, high) in
+               zip(data["ratings"], data["errorBars"], strict=True))  # fmt: skip
+    assert '<script src="/static/vendor/chartjs/chart.umd.min.js"' in page
+    assert "cdn" not in page.lower()
+    dpo = Checkpoint.objects.get(name="dpo")
+    assert f'href="/dashboard/checkpoints/{dpo.pk}/">dpo</a>' in page  # registered: linked
+    assert '<span class="badge">reference</span>' in page
+    assert 'data-eval-chart="leaderboard"' in page
+
+
+def test_model_names_on_the_leaderboard_are_escaped(client, reviewer, arena):
+    cast(
+        arena,
+        [("<img src=x onerror=alert(1)>", "y", "a"), ("y", "<img src=x onerror=alert(1)>", "a")],
+    )
+    client.force_login(reviewer)
+    page = client.get(f"/projects/{arena.pk}/leaderboard/").content.decode()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_annotators_cannot_see_the_leaderboard(client, annotator, arena):
+    client.force_login(annotator)
+    assert client.get(f"/projects/{arena.pk}/leaderboard/").status_code == 403
+
+
+def test_the_dashboard_links_each_arena_with_its_vote_count(client, reviewer, arena):
+    cast(arena, [("x", "y", "a"), ("y", "x", "b")])
+    client.force_login(reviewer)
+    page = client.get("/dashboard/").content.decode()
+    assert f'<a href="/projects/{arena.pk}/leaderboard/">Arena</a>' in page
+    assert "2 human votes" in page
