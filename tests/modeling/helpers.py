@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,16 @@ def queued_messages(queue: str = CeleryQueue.GPU) -> int:
     """Messages waiting in a queue of the test Redis (kombu keeps one list per priority step)."""
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     return sum(client.llen(key) for key in client.scan_iter(match=f"{queue}*"))
+
+
+def queued_tasks(queue: str = CeleryQueue.GPU) -> list[str]:
+    """Names of the tasks waiting in a queue (kombu stores each message as JSON with headers)."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return [
+        json.loads(raw)["headers"]["task"]
+        for key in client.scan_iter(match=f"{queue}*")
+        for raw in client.lrange(key, 0, -1)
+    ]
 
 
 def purge_gpu_queue() -> None:

@@ -34,7 +34,7 @@ from tests.modeling.helpers import (
     HEARTBEAT_SECONDS,
     STALE_SECONDS,
     job_status,
-    queued_messages,
+    queued_tasks,
     wait_for,
     wait_until_finished,
 )
@@ -63,7 +63,10 @@ def test_a_launched_job_trains_on_a_real_worker(
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert job.worker_host == gpu_worker.hostname
     assert job.result.parent == base_checkpoint
-    assert queued_messages() == 0
+    # The training message was consumed; what may wait on the queue now is the new
+    # checkpoint's evaluations, which every succeeded job schedules.
+    assert "modeling.tasks.train_job" not in queued_tasks()
+    assert job.result.eval_runs.exists()
 
 
 def test_cancel_during_training_ends_cancelled_and_registers_nothing(
