@@ -1,5 +1,7 @@
 """Markdown for untrusted text: CommonMark with raw HTML off, then a real sanitiser (nh3)."""
 
+from functools import lru_cache
+
 import nh3
 from markdown_it import MarkdownIt
 
@@ -15,8 +17,12 @@ _ALLOWED_TAGS = {
 }  # fmt: skip
 
 
+@lru_cache(maxsize=4096)
 def render_markdown(text: str) -> str:
-    """HTML that is safe to mark safe: model and annotator text is never trusted."""
+    """HTML that is safe to mark safe: model and annotator text is never trusted.
+
+    Cached per process: the same completion is shown to k annotators, and prompts and
+    guidelines repeat on every task screen (rendering is about a third of a task request)."""
     html = _md.render(text or "")
     return nh3.clean(
         html,

@@ -59,6 +59,7 @@ class TaskView:
     item: Item
     completions: list[Completion]
     judgement: Any | None
+    canonical_ids: list[int]  # completion ids by position: [A, B, ...]
 
     @property
     def kind(self) -> str:
@@ -87,6 +88,7 @@ def task_view(assignment: Assignment) -> TaskView:
         item=item,
         completions=[by_id[cid] for cid in order],
         judgement=_judgement_for(assignment),
+        canonical_ids=list(by_id),
     )
 
 

@@ -96,17 +96,21 @@ def _open_gold(project: Project, annotator: AbstractBaseUser, kind: str | None) 
 
 
 def _lease(item: Item, annotator: AbstractBaseUser, project: Project, now) -> Assignment:
-    assignment, _ = Assignment.objects.update_or_create(
-        item=item,
-        annotator=annotator,
-        defaults={
-            "status": AssignmentStatus.LEASED,
-            "leased_at": now,
-            "expires_at": now + timedelta(seconds=project.lease_seconds),
-            "display_order": _display_order(item, annotator),
-            "finished_at": None,
-        },
-    )
+    fields = {
+        "status": AssignmentStatus.LEASED,
+        "leased_at": now,
+        "expires_at": now + timedelta(seconds=project.lease_seconds),
+        "display_order": _display_order(item, annotator),
+        "finished_at": None,
+    }
+    # Only the annotator's own expired lease can already exist (the candidate query excludes
+    # finished rows); renewing it in place is one UPDATE, and the usual case one INSERT.
+    renewed = Assignment.objects.filter(item=item, annotator=annotator).update(**fields)
+    if renewed:
+        assignment = Assignment.objects.get(item=item, annotator=annotator)
+    else:
+        assignment = Assignment.objects.create(item=item, annotator=annotator, **fields)
+    assignment.item = item
     return assignment
 
 

@@ -193,7 +193,7 @@ def _save(request, view: selectors.TaskView, form: forms.Form, *, editing: bool)
     if view.kind == TaskKind.DEMONSTRATION:
         fields = {"text": form.cleaned_data["text"]}
     elif view.kind == TaskKind.PAIRWISE:
-        a_id = view.item.item_completions.get(position=0).completion_id
+        a_id = view.canonical_ids[0]
         fields = {
             "choice": form.canonical_choice(assignment.display_order, a_id),
             "strength": form.cleaned_data["strength"],
