@@ -1,4 +1,5 @@
-# Veredicto: `make run` (the app, a worker and Redis on this machine) and `make test` (the suite).
+# Veredicto: `make run` (the app, a worker and Redis on this machine), `make demo` (the same after
+# one simulated round of the loop) and `make test` (the suite).
 # Only Python 3.11 is needed; everything else comes from PyPI into .venv.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -9,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test install chromium lint format clean
+.PHONY: run demo setup test install chromium lint format clean
 
 install: $(STAMP)
 
@@ -21,18 +22,32 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
-run: install
+# What `make run` and `make demo` both start with: the database, the demo users and project.
+setup: install
 	@mkdir -p var
 	DEBUG=1 $(BIN)/python manage.py migrate --noinput
 	@DEBUG=1 $(BIN)/python manage.py seed_demo
+
+# What they both end with: Redis, a Celery worker and the app, until Ctrl-C.
+define SERVE
+@echo ""
+@echo "  Veredicto is starting at http://$(HOST):$(PORT)/  (Ctrl-C stops everything)"
+@echo ""
+@DEBUG=1 $(BIN)/python config/devservices.py run -- \
+	web=$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT) ::: \
+	worker=$(BIN)/celery -A config worker -Q default,gpu --concurrency 1 --prefetch-multiplier 1 -l INFO
+endef
+
+run: setup
 	@DEBUG=1 $(BIN)/python manage.py build_tiny_model
 	@DEBUG=1 $(BIN)/python manage.py register_model var/models/tiny --name tiny-base --if-missing
-	@echo ""
-	@echo "  Veredicto is starting at http://$(HOST):$(PORT)/  (Ctrl-C stops everything)"
-	@echo ""
-	@DEBUG=1 $(BIN)/python config/devservices.py run -- \
-		web=$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT) ::: \
-		worker=$(BIN)/celery -A config worker -Q default,gpu --concurrency 1 --prefetch-multiplier 1 -l INFO
+	$(SERVE)
+
+# One simulated round of the whole loop on the toy tasks (modeling/demo.py: SFT, reward model,
+# DPO, evaluations, next round's comparisons; jobs run in this process), then the app on it.
+demo: setup
+	DEBUG=1 $(BIN)/python manage.py demo_loop --scale demo
+	$(SERVE)
 
 # Browser tests drive Debian's Chromium; as root with apt we install it, never a downloaded build.
 chromium:

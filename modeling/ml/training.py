@@ -100,9 +100,9 @@ def train(
 
     train_rows = load_rows(Path(dataset_dir, "train.jsonl"), kind)
     test_path = Path(dataset_dir, "test.jsonl")
-    eval_rows = (
-        load_rows(test_path, kind) if test_path.is_file() and kind not in ONLINE_KINDS else None
-    )
+    # A snapshot writes test.jsonl even when nothing was held out: an empty one means no eval.
+    has_test = test_path.is_file() and test_path.stat().st_size > 0
+    eval_rows = load_rows(test_path, kind) if has_test and kind not in ONLINE_KINDS else None
     if kind in ("rloo", "grpo"):
         prompts_per_update = config.effective_batch_size // config.num_generations
         if len(train_rows) < prompts_per_update:

@@ -1,0 +1,548 @@
+"""The loop proves itself: one round of the whole feedback loop on the toy tasks, in one process.
+
+    python manage.py demo_loop [--scale demo|ci]      # `make demo` runs this, then the app
+
+Base model (built if missing) -> toy prompts (20% held out) -> base samples become pairwise items,
+plus demonstration items -> simulated annotators work the queue -> sft / preference / prompts
+snapshots -> SFT from the base, a reward model, DPO from the SFT checkpoint (PPO too when the scale
+asks) -> every checkpoint evaluated -> the next round's comparisons from the newest checkpoint
+against its parent. Every step goes through the same services as the app (validation included);
+only the workers are replaced: training jobs are launched with `enqueue=False` and run here with
+run_training_job, and Celery runs eagerly for the duration, so the evaluations that a job's
+success schedules (and the base model's, scheduled here) run in this process too. No Redis or
+worker is needed.
+
+The "task score" is the exact-match accuracy of greedy answers to the held-out toy prompts, graded
+by evals.toytask.is_correct; it is the number that should rise from the base to the final policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from django.conf import settings
+from django.db import transaction
+
+from evals.models import EvalRun, RunStatus
+from evals.services import schedule_default_evals
+from evals.toytask import is_correct, sample
+from feedback import services as feedback_services
+from feedback.models import (
+    CompletionSource,
+    DatasetSnapshot,
+    Demonstration,
+    Item,
+    Project,
+    Prompt,
+    Split,
+    TaskKind,
+)
+from feedback.services.projects import prompt_hash
+from feedback.simulation import SimulationConfig, simulate
+from modeling import services
+from modeling.models import Checkpoint, CheckpointKind, JobStatus
+from modeling.services.checkpoints import unique_checkpoint_name
+
+PROJECT_NAME = "Toy tasks (demo loop)"
+BASE_NAME = "tiny-demo-base"
+GUIDELINES = (
+    "Toy questions with one right answer: arithmetic, sorting a list, reversing a word, facts. "
+    "Prefer the reply that gives the right answer; write the answer alone as a demonstration."
+)
+
+
+@dataclass(frozen=True)
+class DemoScale:
+    """How big one round is. `demo` fits `make demo` in 15 minutes on 2 CPU cores; `ci` only has
+    to prove every link in seconds (its numbers mean nothing)."""
+
+    prompts: int  # toy prompts imported; test_fraction of them are held out (split=test)
+    pretrain_steps: int  # when the base model has to be built
+    sft: dict[str, Any]
+    reward: dict[str, Any]
+    dpo: dict[str, Any]
+    ppo: dict[str, Any] | None  # None: no PPO job
+    test_fraction: float = 0.2
+    samples_per_prompt: int = 2  # base replies per train prompt, paired into one item
+    sample_temperature: float = 1.0
+    max_new_tokens: int = 24  # toy answers are a few tokens
+    overlap: int = 1
+    annotators: int = 2
+    noise: float = 0.1
+    next_round_prompts: int = 20
+    # The base model's default suites too (trained checkpoints always get theirs, run when their
+    # job succeeds, so their evaluation time counts in the sft/reward/dpo stages).
+    full_evals: bool = True
+
+
+SCALES: dict[str, DemoScale] = {
+    "demo": DemoScale(
+        prompts=300,
+        # 600 steps: about 1.5 minutes on 2 idle cores, up to ~7 on a loaded machine.
+        pretrain_steps=600,
+        # Gentle on purpose: measured on this data, higher rates or more epochs (3e-4 x 10,
+        # 1e-3 x 5 or x 15) overfit the 240 demonstrations and lower the held-out task score.
+        sft={"learning_rate": 1e-4, "epochs": 3, "batch_size": 16, "max_length": 128},
+        reward={"learning_rate": 3e-4, "epochs": 2, "batch_size": 16, "max_length": 128},
+        # 5e-6 left DPO so close to SFT that all 100 same-seed next-round pairs were identical.
+        dpo={"learning_rate": 5e-5, "epochs": 2, "batch_size": 16, "max_length": 128, "beta": 0.1},
+        ppo=None,
+        # DPO stays close to its SFT parent, so many same-seed pairs come out identical (and are
+        # skipped): ask for many prompts.
+        next_round_prompts=100,
+    ),
+    "ci": DemoScale(
+        prompts=20,
+        pretrain_steps=3,
+        sft={"learning_rate": 1e-3, "max_steps": 2, "batch_size": 8, "max_length": 96},
+        reward={"learning_rate": 1e-3, "max_steps": 2, "batch_size": 8, "max_length": 96},
+        dpo={"learning_rate": 1e-4, "max_steps": 2, "batch_size": 8, "max_length": 96},
+        ppo=None,
+        max_new_tokens=8,
+        next_round_prompts=4,
+        full_evals=False,
+    ),
+}
+
+
+@dataclass
+class DemoReport:
+    """Every link of the round, for the summary table and for the test that checks each one."""
+
+    scale: str
+    project_id: int | None = None
+    prompts: dict[str, int] = field(default_factory=dict)  # split -> prompts created this run
+    base_checkpoint_id: int | None = None
+    items_created: Counter = field(default_factory=Counter)  # kind -> items
+    judgements: Counter = field(default_factory=Counter)  # kind -> simulated judgements
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> id/hash/rows
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> id/status/checkpoint
+    checkpoints: dict[str, int] = field(default_factory=dict)  # role (base, sft, ...) -> id
+    evals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # role -> runs
+    task_scores: dict[str, float] = field(default_factory=dict)  # policy role -> accuracy
+    task_n: int = 0  # held-out prompts the task score is measured on
+    next_round: dict[str, Any] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"Demo loop ({self.scale}) — project #{self.project_id} {PROJECT_NAME!r}"]
+        lines.append(
+            f"  prompts      train {self.prompts.get('train', 0)}, test "
+            f"{self.prompts.get('test', 0)} (created this run)"
+        )
+        lines.append(f"  items        {dict(self.items_created)}")
+        lines.append(f"  judgements   {dict(self.judgements)} (simulated)")
+        for kind, snap in self.snapshots.items():
+            lines.append(
+                f"  snapshot     {kind:<10} #{snap['id']} {snap['hash'][:12]} rows {snap['rows']}"
+            )
+        for kind, job in self.jobs.items():
+            lines.append(
+                f"  job          {kind:<10} #{job['id']} {job['status']:<9} "
+                f"-> checkpoint #{job['checkpoint_id']} {job['checkpoint'] or job['error']}"
+            )
+        lines.append("")
+        lines.append(f"  {'checkpoint':<12} {'id':>4}  {'task score':>10}  evaluations")
+        for role, checkpoint_id in self.checkpoints.items():
+            score = self.task_scores.get(role)
+            shown = f"{score:.3f}" if score is not None else "-"
+            runs = self.evals.get(role, [])
+            ok = sum(run["status"] == RunStatus.SUCCEEDED for run in runs)
+            headline = ", ".join(
+                f"{run['task']} {run['metric']}={run['value']:.3f}"
+                for run in runs
+                if run["metric"] and run["suite"] in ("generative", "reward_accuracy")
+            )
+            lines.append(
+                f"  {role:<12} {checkpoint_id:>4}  {shown:>10}  {ok}/{len(runs)} ok  {headline}"
+            )
+        lines.append(f"  (task score: exact match on {self.task_n} held-out toy prompts, greedy)")
+        lines.append(f"  next round   {self.next_round}")
+        lines.append("")
+        total = sum(self.stage_seconds.values())
+        stages = "  ".join(f"{name} {sec:.0f}s" for name, sec in self.stage_seconds.items())
+        lines.append(f"  seconds      {stages}  | total {total:.0f}s")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _celery_in_process() -> Iterator[None]:
+    """Tasks sent while the loop runs (the evaluations a job's success schedules) run right here."""
+    from config.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = before
+
+
+class _Stages:
+    def __init__(self, report: DemoReport, out: Callable[[str], Any]):
+        self.report, self.out = report, out
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.out(f"[demo] {name} ...")
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = time.monotonic() - started
+            self.report.stage_seconds[name] = round(seconds, 1)
+            self.out(f"[demo] {name} done in {seconds:.1f} s")
+
+
+def run_demo_loop(
+    *,
+    scale: Literal["demo", "ci"] = "demo",
+    out: Callable[[str], Any] = print,
+    base_model_path: str | None = None,
+) -> DemoReport:
+    """Run one round of the loop (see the module docstring) and return what every step made.
+
+    base_model_path: a model directory to start from (tests pass their session tiny model);
+    default var/models/tiny-demo, built with the scale's pretraining steps when missing.
+    Re-running reuses the project, its prompts and the base checkpoint, and trains again on
+    whatever the project then holds.
+    """
+    config = SCALES[scale]
+    report = DemoReport(scale=scale)
+    stage = _Stages(report, out)
+    with _celery_in_process():
+        with stage("base model"):
+            base = _base_checkpoint(config, base_model_path, out)
+            report.base_checkpoint_id = base.pk
+            report.checkpoints["base"] = base.pk
+        with stage("prompts"):
+            project = _project(config)
+            report.project_id = project.pk
+            report.prompts = _import_prompts(project, config)
+        with stage("base samples"):
+            report.items_created.update(_round_one_items(project, base, config))
+        with stage("annotation"):
+            report.judgements.update(_simulate(project, config, seed=0))
+            # Each demonstration is also compared with a base reply: the preferences then always
+            # hold pairs with a right answer, even when the base model never gets one right.
+            report.items_created.update(_demonstration_pairs(project))
+            report.judgements.update(_simulate(project, config, seed=1))
+        with stage("snapshots"):
+            snapshots = {
+                kind: _snapshot(project, kind, config) for kind in ("sft", "preference", "prompts")
+            }
+            for kind, snap in snapshots.items():
+                report.snapshots[kind] = {
+                    "id": snap.pk,
+                    "hash": snap.content_hash,
+                    "rows": dict(snap.row_counts),
+                }
+        with stage("sft"):
+            sft = _train(report, "sft", base, snapshots["sft"], config.sft)
+        with stage("reward"):
+            reward = _train(report, "reward", base, snapshots["preference"], config.reward)
+        with stage("dpo"):
+            final = _train(report, "dpo", sft, snapshots["preference"], config.dpo)
+        if config.ppo is not None:
+            with stage("ppo"):
+                final = _train(
+                    report, "ppo", sft, snapshots["prompts"], config.ppo, reward_model=reward
+                )
+        with stage("evaluation"):
+            # Trained checkpoints were evaluated when their jobs succeeded; the registered base
+            # has no job, so its suites are asked for here (once).
+            if config.full_evals and not EvalRun.objects.filter(checkpoint=base).exists():
+                schedule_default_evals(base)
+            for role, checkpoint_id in report.checkpoints.items():
+                report.evals[role] = _eval_results(checkpoint_id)
+            report.task_n, scores = _task_scores(project, report.checkpoints, config)
+            report.task_scores.update(scores)
+        with stage("next round"):
+            report.next_round = _next_round(project, final, config)
+    out(report.summary())
+    return report
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+
+def _base_checkpoint(config: DemoScale, path: str | None, out: Callable) -> Checkpoint:
+    if path is None:
+        target = Path(settings.VAR_DIR) / "models" / "tiny-demo"
+        if not (target / "config.json").is_file():
+            from modeling.ml import build_tiny_model
+
+            out(f"[demo] building the tiny model ({config.pretrain_steps} steps) in {target}")
+            # Built beside it and renamed: an interrupted build is never taken for a model.
+            building = target.with_name(f".{target.name}.building")
+            shutil.rmtree(building, ignore_errors=True)
+            build_tiny_model(str(building), pretrain_steps=config.pretrain_steps)
+            building.rename(target)
+        path = str(target)
+    resolved = str(Path(path).resolve())
+    existing = Checkpoint.objects.filter(name=BASE_NAME).first()
+    if existing is not None and existing.storage_path == resolved:
+        return existing
+    name = BASE_NAME if existing is None else unique_checkpoint_name(BASE_NAME)
+    return services.checkpoint_register(
+        name=name, storage_path=resolved, notes="Base model of the demo loop (make demo)."
+    )
+
+
+def _project(config: DemoScale) -> Project:
+    project = Project.objects.filter(name=PROJECT_NAME).first()
+    if project is not None:
+        return project
+    return feedback_services.project_create(
+        name=PROJECT_NAME,
+        task_kinds=[TaskKind.PAIRWISE, TaskKind.DEMONSTRATION],
+        overlap=config.overlap,
+        guidelines=GUIDELINES,
+        description="Made by `manage.py demo_loop`: one simulated round of the whole loop.",
+    )
+
+
+def _import_prompts(project: Project, config: DemoScale) -> dict[str, int]:
+    """The toy questions (fixed seed), every fifth one held out; existing ones are kept."""
+    created: Counter = Counter()
+    n_test = round(config.prompts * config.test_fraction)
+    seen: set[str] = set()
+    for position, (question, _answer) in enumerate(sample(config.prompts * 2, seed=7)):
+        if len(seen) >= config.prompts:
+            break
+        if question in seen:
+            continue  # the sampler repeats facts; a project refuses duplicate prompts
+        seen.add(question)
+        split = Split.TEST if len(seen) <= n_test else Split.TRAIN
+        messages = [{"role": "user", "content": question}]
+        if Prompt.objects.filter(project=project, content_hash=prompt_hash("", messages)).exists():
+            continue
+        feedback_services.prompt_create(
+            project=project,
+            messages=messages,
+            split=split,
+            tags=["toy", "demo-loop"],
+            source="demo_loop",
+            external_id=f"toy-{position}",
+        )
+        created[split] += 1
+    return {Split.TRAIN: created[Split.TRAIN], Split.TEST: created[Split.TEST]}
+
+
+def _conversation(prompt: Prompt) -> list[dict[str, str]]:
+    system = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    return system + list(prompt.messages)
+
+
+def _round_one_items(project: Project, base: Checkpoint, config: DemoScale) -> Counter:
+    """A demonstration item for every train prompt without one, and a pairwise item of two base
+    replies for every train prompt the base has not answered yet."""
+    from modeling.ml import generate
+
+    made: Counter = Counter()
+    train = Prompt.objects.filter(project=project, split=Split.TRAIN).order_by("id")
+    for prompt in train.exclude(items__kind=TaskKind.DEMONSTRATION):
+        feedback_services.item_create(project=project, kind=TaskKind.DEMONSTRATION, prompt=prompt)
+        made[TaskKind.DEMONSTRATION.value] += 1
+    unanswered = list(
+        train.exclude(
+            completions__source=CompletionSource.CHECKPOINT,
+            completions__generation_params__checkpoint_id=base.pk,
+        )
+    )
+    if not unanswered:
+        return made
+    params = {
+        "n": config.samples_per_prompt,
+        "temperature": config.sample_temperature,
+        "max_new_tokens": config.max_new_tokens,
+        "seed": 0,
+    }
+    replies = generate(base.load_path(), [_conversation(p) for p in unanswered], **params)
+    for prompt, texts in zip(unanswered, replies, strict=True):
+        with transaction.atomic():
+            completions = [
+                feedback_services.completion_create(
+                    prompt=prompt,
+                    text=text.replace("\x00", "") or "(no reply)",
+                    model_name=base.display_name,
+                    source=CompletionSource.CHECKPOINT,
+                    generation_params={"checkpoint_id": base.pk, "sample": i, **params},
+                )
+                for i, text in enumerate(texts[:2])
+            ]
+            feedback_services.item_create(
+                project=project, kind=TaskKind.PAIRWISE, prompt=prompt, completions=completions
+            )
+        made[TaskKind.PAIRWISE.value] += 1
+    return made
+
+
+def _demonstration_pairs(project: Project) -> Counter:
+    """Pairwise items: a submitted demonstration against the base's first reply to that prompt."""
+    made: Counter = Counter()
+    done = set(
+        Prompt.objects.filter(
+            project=project, completions__source=CompletionSource.HUMAN
+        ).values_list("pk", flat=True)
+    )
+    demonstrations = (
+        Demonstration.objects.filter(item__project=project)
+        .select_related("item__prompt", "annotator")
+        .order_by("pk")
+    )
+    for demonstration in demonstrations:
+        prompt = demonstration.item.prompt
+        if prompt.pk in done:
+            continue
+        done.add(prompt.pk)
+        reply = prompt.completions.filter(source=CompletionSource.CHECKPOINT).order_by("pk").first()
+        if reply is None or reply.text.strip() == demonstration.text.strip():
+            continue
+        with transaction.atomic():
+            written = feedback_services.completion_create(
+                prompt=prompt,
+                text=demonstration.text,
+                model_name="demonstration",
+                source=CompletionSource.HUMAN,
+                author=demonstration.annotator,
+            )
+            feedback_services.item_create(
+                project=project, kind=TaskKind.PAIRWISE, prompt=prompt, completions=[written, reply]
+            )
+        made[TaskKind.PAIRWISE.value] += 1
+    return made
+
+
+def _simulate(project: Project, config: DemoScale, *, seed: int) -> Counter:
+    return simulate(
+        project=project,
+        annotators=max(config.annotators, config.overlap),
+        config=SimulationConfig(noise=config.noise, seed=seed),
+    )
+
+
+def _snapshot(project: Project, kind: str, config: DemoScale) -> DatasetSnapshot:
+    snapshot = feedback_services.snapshot_create(
+        project=project,
+        kind=kind,
+        name=f"demo loop {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        policy=snapshot_policy(),
+    )
+    if snapshot.status != "ready":
+        raise RuntimeError(f"Snapshot {snapshot.name!r} is {snapshot.status}: {snapshot.error}")
+    return snapshot
+
+
+def snapshot_policy() -> dict[str, Any]:
+    # Only the prompts imported as test are held out (no hash split on top): the task score is
+    # measured on exactly those.
+    return {"include_simulated": True, "test_fraction": 0.0}
+
+
+def _train(
+    report: DemoReport,
+    kind: str,
+    parent: Checkpoint,
+    snapshot: DatasetSnapshot,
+    config: dict[str, Any],
+    reward_model: Checkpoint | None = None,
+) -> Checkpoint:
+    job = services.job_launch(
+        kind=kind,
+        parent=parent,
+        snapshot=snapshot,
+        config=config,
+        reward_model=reward_model,
+        launched_by=None,
+        enqueue=False,
+    )
+    job = services.run_training_job(job)
+    result = job.result if job.status == JobStatus.SUCCEEDED else None
+    report.jobs[kind] = {
+        "id": job.pk,
+        "status": job.status,
+        "error": job.error,
+        "steps": job.step,
+        "checkpoint_id": result.pk if result else None,
+        "checkpoint": result.name if result else "",
+        "metrics": dict(job.metrics or {}),
+    }
+    if result is None:
+        raise RuntimeError(f"The {kind} job #{job.pk} {job.status}: {job.error}")
+    report.checkpoints[kind] = result.pk
+    return result
+
+
+def _eval_results(checkpoint_id: int) -> list[dict[str, Any]]:
+    rows = []
+    runs = EvalRun.objects.filter(checkpoint_id=checkpoint_id).prefetch_related("results")
+    for run in runs.order_by("pk"):
+        results = list(run.results.all())
+        main = results[0] if results else None
+        rows.append(
+            {
+                "id": run.pk,
+                "suite": run.suite,
+                "task": run.task,
+                "status": run.status,
+                "error": run.error,
+                "metric": main.metric if main else "",
+                "value": main.value if main else float("nan"),
+                "results": {r.metric: r.value for r in results},
+            }
+        )
+    return rows
+
+
+def _task_scores(
+    project: Project, checkpoints: dict[str, int], config: DemoScale
+) -> tuple[int, dict[str, float]]:
+    """Greedy exact-match accuracy of each policy on the held-out toy prompts."""
+    from modeling.ml import generate
+
+    held_out = list(Prompt.objects.filter(project=project, split=Split.TEST).order_by("id"))
+    questions = [p.messages[-1]["content"] for p in held_out]
+    scores = {}
+    for role, checkpoint_id in checkpoints.items():
+        checkpoint = Checkpoint.objects.get(pk=checkpoint_id)
+        if checkpoint.kind != CheckpointKind.POLICY or not held_out:
+            continue
+        replies = generate(
+            checkpoint.load_path(),
+            [_conversation(p) for p in held_out],
+            temperature=0,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=16,
+        )
+        right = sum(bool(is_correct(q, r[0])) for q, r in zip(questions, replies, strict=True))
+        scores[role] = right / len(held_out)
+    return len(held_out), scores
+
+
+def _next_round(project: Project, newest: Checkpoint, config: DemoScale) -> dict[str, Any]:
+    """The newest checkpoint against its parent on train prompts it has not answered: round two."""
+    before = Item.objects.filter(project=project).count()
+    outcome = services.comparisons_generate(
+        checkpoint=newest,
+        project=project,
+        reference=newest.parent,
+        n_prompts=config.next_round_prompts,
+        batch=f"demo-loop-{newest.pk}",
+        sampling=services.SamplingParams(max_new_tokens=config.max_new_tokens, temperature=1.0),
+    )
+    return {
+        "checkpoint_id": newest.pk,
+        "reference_id": newest.parent_id,
+        "items": outcome.items,
+        "skipped_identical": outcome.skipped_identical,
+        "skipped_empty": outcome.skipped_empty,
+        "open_items": Item.objects.filter(project=project).count() - before,
+    }
