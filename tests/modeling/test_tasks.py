@@ -66,7 +66,8 @@ def test_a_launched_job_trains_on_a_real_worker(
     # The training message was consumed; what may wait on the queue now is the new
     # checkpoint's evaluations, which every succeeded job schedules.
     assert "modeling.tasks.train_job" not in queued_tasks()
-    assert job.result.eval_runs.exists()
+    # Scheduled by an on-commit hook just after the job is seen succeeded.
+    wait_for(lambda: job.result.eval_runs.exists(), timeout=30, what="default evaluations")
 
 
 def test_cancel_during_training_ends_cancelled_and_registers_nothing(
