@@ -15,13 +15,12 @@ import logging
 import math
 import os
 import socket
-import threading
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DatabaseError, connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from evals.models import (
@@ -30,6 +29,7 @@ from evals.models import (
     EvalSample,
     RunStatus,
 )
+from modeling.services.heartbeat import RowHeartbeat
 from modeling.services.runner import failure_reason
 
 from .suites import (
@@ -47,36 +47,13 @@ def default_host() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Heartbeat:
-    """A daemon thread touching the run's `heartbeat_at` while it evaluates, so a run whose
-    worker died is failed by eval_runs_mark_stale instead of staying `running`."""
+class Heartbeat(RowHeartbeat):
+    """Touches the running eval's `heartbeat_at`, so a run whose worker died is failed by
+    eval_runs_mark_stale instead of staying `running`."""
 
     def __init__(self, run_id: int, interval: float):
-        self.run_id = run_id
-        self.interval = interval
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-eval-{run_id}")
-        self._thread.daemon = True
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=self.interval + 10)
-
-    def _beat(self) -> None:
-        try:
-            while not self._stopped.wait(self.interval):
-                try:
-                    EvalRun.objects.filter(pk=self.run_id, status=RunStatus.RUNNING).update(
-                        heartbeat_at=timezone.now()
-                    )
-                except DatabaseError:
-                    logger.warning("Heartbeat of eval run %s failed", self.run_id, exc_info=True)
-        finally:
-            connections.close_all()  # this thread's connection only
+        rows = EvalRun.objects.filter(pk=run_id, status=RunStatus.RUNNING)
+        super().__init__(rows, interval=interval, name=f"heartbeat-eval-{run_id}")
 
 
 def _finish(run_id: int, status: str, *, error: str = "", summary=None) -> EvalRun:

@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import socket
-import threading
 import time
 import traceback
 from collections import deque
@@ -28,7 +27,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from modeling.models import (
@@ -41,6 +40,7 @@ from modeling.models import (
 )
 
 from .checkpoints import TRAINER_CHECKPOINT_PREFIX, checkpoint_describe, unique_checkpoint_name
+from .heartbeat import RowHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -77,37 +77,12 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class Heartbeat:
-    """A daemon thread that touches `heartbeat_at` every VEREDICTO_JOB_HEARTBEAT_SECONDS."""
+class Heartbeat(RowHeartbeat):
+    """Touches the running job's `heartbeat_at` every VEREDICTO_JOB_HEARTBEAT_SECONDS."""
 
     def __init__(self, job_id: int, interval: float):
-        self.job_id = job_id
-        self.interval = interval
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"heartbeat-job-{job_id}", daemon=True
-        )
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=self.interval + 10)
-
-    def _run(self) -> None:
-        try:
-            while not self._stopped.wait(self.interval):
-                try:
-                    TrainingJob.objects.filter(pk=self.job_id, status=JobStatus.RUNNING).update(
-                        heartbeat_at=timezone.now()
-                    )
-                except DatabaseError:
-                    # A blip in the database is not a dead worker: try again next beat.
-                    logger.warning("Heartbeat of job %s failed", self.job_id, exc_info=True)
-        finally:
-            connections.close_all()  # this thread's connection only
+        rows = TrainingJob.objects.filter(pk=job_id, status=JobStatus.RUNNING)
+        super().__init__(rows, interval=interval, name=f"heartbeat-job-{job_id}")
 
 
 class JobReporter:
