@@ -1241,7 +1241,10 @@ def report(cfg: Config, dataset: Dataset, outcome: Outcome) -> int:
         print("  latencies run from each submit's scheduled time (no coordinated omission)")
     print(f"  judgements: {stats.judgements} in {wall:.2f} s = {rate:.1f} judgements/s")
     print("\n".join(table))
-    print(f"  connections opened: {outcome.connects}; stale keep-alive retries: {outcome.retries}")
+    print(
+        f"  new connections during the run: {outcome.connects}; "
+        f"stale keep-alive retries: {outcome.retries}"
+    )
     print(f"  errors: {errors}" + (f"; first ones:\n{stats.error_text()}" if errors else ""))
     print("  " + cpu_report(outcome.cpu_before, outcome.cpu_after))
     print("  " + server_cost(outcome.cpu_before, outcome.cpu_after, stats.judgements))
