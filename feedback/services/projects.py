@@ -27,8 +27,12 @@ from .validation import clean_label_schema, clean_messages, clean_text
 MIN_RANKED, MAX_RANKED = 3, 8
 
 
+# json.dumps(..., sort_keys=True), built once: json.dumps builds an encoder per call.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True).encode
+
+
 def prompt_hash(system: str, messages: list[dict[str, str]]) -> str:
-    canonical = json.dumps({"system": system, "messages": messages}, sort_keys=True)
+    canonical = _CANONICAL_JSON({"system": system, "messages": messages})
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -28,6 +28,7 @@ Imported and simulated judgements are left out unless ``include_imported`` / ``i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -41,7 +42,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from feedback.models import (
@@ -126,71 +127,91 @@ def _origins(policy: dict[str, Any]) -> list[str]:
 
 
 def _sft_rows(project: Project, policy: dict[str, Any]) -> Iterator[tuple[str, dict]]:
-    demos = (
-        Demonstration.objects.filter(
-            item__project=project, status__in=policy["statuses"], origin__in=_origins(policy)
-        )
-        .select_related("item__prompt")
-        .order_by("item_id", "id")
-    )
-    for demo in demos.iterator(chunk_size=_CHUNK):
-        prompt = demo.item.prompt
-        split = prompt_split(prompt.content_hash, prompt.split, policy["test_fraction"])
-        convo = conversation(prompt.system, prompt.messages)
-        meta = {"item_id": demo.item_id, "prompt_id": prompt.pk, "judgement_id": demo.pk}
+    demos = Demonstration.objects.filter(
+        item__project=project, status__in=policy["statuses"], origin__in=_origins(policy)
+    ).order_by("item_id", "id")
+    fields = ("id", "item_id", "text", *(f"item__prompt__{name}" for name in _PROMPT_FIELDS))
+    for demo_id, item_id, text, *prompt in demos.values_list(*fields).iterator(_CHUNK):
+        prompt_id, content_hash, declared, system, messages = prompt
+        split = prompt_split(content_hash, declared, policy["test_fraction"])
+        convo = conversation(system, messages)
+        meta = {"item_id": item_id, "prompt_id": prompt_id, "judgement_id": demo_id}
         if policy["format"] == "messages":
-            yield split, {"messages": [*convo, *_assistant(demo.text)], **meta}
+            yield split, {"messages": [*convo, *_assistant(text)], **meta}
         else:
-            yield split, {"prompt": convo, "completion": _assistant(demo.text), **meta}
+            yield split, {"prompt": convo, "completion": _assistant(text), **meta}
 
 
 def _prompt_rows(project: Project, policy: dict[str, Any]) -> Iterator[tuple[str, dict]]:
-    for prompt in Prompt.objects.filter(project=project).order_by("id").iterator(_CHUNK):
-        split = prompt_split(prompt.content_hash, prompt.split, policy["test_fraction"])
-        yield (
-            split,
-            {"prompt": conversation(prompt.system, prompt.messages), "prompt_id": prompt.pk},
-        )
+    prompts = Prompt.objects.filter(project=project).order_by("id").values_list(*_PROMPT_FIELDS)
+    for prompt_id, content_hash, declared, system, messages in prompts.iterator(_CHUNK):
+        split = prompt_split(content_hash, declared, policy["test_fraction"])
+        yield split, {"prompt": conversation(system, messages), "prompt_id": prompt_id}
 
 
-def _judgements_by_item(queryset, fields: tuple[str, ...]) -> Iterator[tuple[int, list]]:
-    """Stream (item_id, [judgement values...]) from a queryset ordered by item."""
+# Read as plain values: model instances cost more to build than the rest of a row.
+_PROMPT_FIELDS = ("id", "content_hash", "split", "system", "messages")
+
+
+def _grouped(rows: Iterator[tuple]) -> Iterator[tuple[Any, list[tuple]]]:
+    """(key, [rest of each row...]) for runs of rows sharing their first value."""
     current, group = None, []
-    for values in (
-        queryset.order_by("item_id", "id")
-        .values_list("item_id", *fields)
-        .iterator(chunk_size=_CHUNK)
-    ):
-        if values[0] != current and current is not None:
+    for key, *rest in rows:
+        if key != current and group:
             yield current, group
             group = []
-        current = values[0]
-        group.append(values[1:])
-    if current is not None:
+        current = key
+        group.append(tuple(rest))
+    if group:
         yield current, group
 
 
-def _batched(stream: Iterator, size: int = 500) -> Iterator[list]:
-    batch = []
-    for entry in stream:
-        batch.append(entry)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _judged_items(judgements) -> Iterator[tuple[int, list, tuple, dict[int, tuple[int, str]]]]:
+    """(item_id, its judgements' values, its prompt's values, {completion_id: (position, text)})
+    for every item with a judgement in `judgements`, a values_list ordered by item_id.
 
-
-def _item_context(item_ids: list[int]) -> dict[int, tuple[Prompt, dict[int, tuple[int, str]]]]:
-    """Prompt and {completion_id: (position, text)} for a batch of items, in two queries."""
-    items = Item.objects.filter(pk__in=item_ids).select_related("prompt")
-    context = {item.pk: (item.prompt, {}) for item in items}
-    rows = ItemCompletion.objects.filter(item_id__in=item_ids).values_list(
-        "item_id", "completion_id", "position", "completion__text"
+    Prompts and completions come as two more streams ordered by item, merged here: no queries
+    per batch of items and no lists of ids sent back and forth.
+    """
+    items = judgements.values("item_id")
+    prompts = Item.objects.filter(pk__in=items).order_by("id").values_list("id", *_ITEM_PROMPT)
+    completions = (
+        ItemCompletion.objects.filter(item_id__in=items)
+        .order_by("item_id", "position")
+        .values_list("item_id", "completion_id", "position", "completion__text")
     )
-    for item_id, completion_id, position, text in rows:
-        context[item_id][1][completion_id] = (position, text)
-    return context
+    prompt_of = _Lookahead((pk, tuple(values)) for pk, *values in prompts.iterator(_CHUNK))
+    completions_of = _Lookahead(_grouped(completions.iterator(_CHUNK)))
+    for item_id, votes in _grouped(judgements.iterator(_CHUNK)):
+        prompt, texts = prompt_of.get(item_id), completions_of.get(item_id)
+        if prompt is None or texts is None:
+            # Judged after the other streams were read (or an item without completions).
+            prompt, texts = _item_context(item_id)
+        yield item_id, votes, prompt, {cid: (position, text) for cid, position, text in texts}
+
+
+_ITEM_PROMPT = tuple(f"prompt__{name}" for name in _PROMPT_FIELDS)
+
+
+class _Lookahead:
+    """Looks values up by key in a stream of (key, value) sorted by key, keys asked in order."""
+
+    def __init__(self, pairs: Iterator[tuple[Any, Any]]) -> None:
+        self.pairs = iter(pairs)
+        self.head = next(self.pairs, None)
+
+    def get(self, key: Any) -> Any:
+        while self.head is not None and self.head[0] < key:
+            self.head = next(self.pairs, None)
+        return self.head[1] if self.head is not None and self.head[0] == key else None
+
+
+def _item_context(item_id: int) -> tuple[tuple, list[tuple[int, int, str]]]:
+    prompt = Item.objects.filter(pk=item_id).values_list(*_ITEM_PROMPT).get()
+    texts = ItemCompletion.objects.filter(item_id=item_id).values_list(
+        "completion_id", "position", "completion__text"
+    )
+    return prompt, list(texts)
 
 
 def _pairwise_votes(judgements: list, completions: dict) -> dict[tuple[int, int], list]:
@@ -235,28 +256,27 @@ def _preference_rows(project: Project, policy: dict[str, Any]) -> Iterator[tuple
         ),
     ]
     for queryset, fields, to_votes in sources:
-        for batch in _batched(_judgements_by_item(queryset, fields)):
-            context = _item_context([item_id for item_id, _ in batch])
-            for item_id, judgements in batch:
-                prompt, completions = context[item_id]
-                split = prompt_split(prompt.content_hash, prompt.split, policy["test_fraction"])
-                convo = conversation(prompt.system, prompt.messages)
-                for (first, second), votes in sorted(to_votes(judgements, completions).items()):
-                    for row in _aggregate(first, second, votes, policy):
-                        chosen_id, rejected_id = row.pop("_chosen"), row.pop("_rejected")
-                        yield (
-                            split,
-                            {
-                                "prompt": convo,
-                                "chosen": _assistant(completions[chosen_id][1]),
-                                "rejected": _assistant(completions[rejected_id][1]),
-                                "item_id": item_id,
-                                "prompt_id": prompt.pk,
-                                "chosen_id": chosen_id,
-                                "rejected_id": rejected_id,
-                                **row,
-                            },
-                        )
+        judgements = queryset.order_by("item_id", "id").values_list("item_id", *fields)
+        for item_id, votes_of_item, prompt, completions in _judged_items(judgements):
+            prompt_id, content_hash, declared, system, messages = prompt
+            split = prompt_split(content_hash, declared, policy["test_fraction"])
+            convo = conversation(system, messages)
+            for (first, second), votes in sorted(to_votes(votes_of_item, completions).items()):
+                for row in _aggregate(first, second, votes, policy):
+                    chosen_id, rejected_id = row.pop("_chosen"), row.pop("_rejected")
+                    yield (
+                        split,
+                        {
+                            "prompt": convo,
+                            "chosen": _assistant(completions[chosen_id][1]),
+                            "rejected": _assistant(completions[rejected_id][1]),
+                            "item_id": item_id,
+                            "prompt_id": prompt_id,
+                            "chosen_id": chosen_id,
+                            "rejected_id": rejected_id,
+                            **row,
+                        },
+                    )
 
 
 def _aggregate(first: int, second: int, votes: list, policy: dict[str, Any]) -> Iterator[dict]:
@@ -324,45 +344,158 @@ _ROWS = {
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _write_rows(rows: Iterator[tuple[str, dict]], directory: Path) -> tuple[dict, str]:
-    """Stream rows into train/test JSONL; returns counts and the sha256 of the content."""
+# Built once: json.dumps with these options would build an encoder for every row.
+_ROW_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
+# pyarrow's JSON reader needs many times its block in memory: small blocks keep it flat, and
+# Parquet row groups gather a few dozen of them.
+_JSON_BLOCK = 1 << 20
+_ROW_GROUP = 64 * 1024
+
+
+def _write_rows(
+    rows: Iterator[tuple[str, dict]], directory: Path
+) -> tuple[dict, str, dict[str, dict[str, set[type]]]]:
+    """Stream rows into train/test JSONL. Returns counts, the sha256 of the content, and per
+    split the Python types each column held (for the Parquet copies)."""
     digest = hashlib.sha256()
     counts = {Split.TRAIN: 0, Split.TEST: 0}
-    handles = {split: (directory / f"{split}.jsonl").open("w") for split in counts}
+    prefixes = {split: split.encode() + b"\0" for split in counts}
+    shapes: dict[str, dict[tuple, None]] = {split: {} for split in counts}  # ordered sets
+    handles = {split: (directory / f"{split}.jsonl").open("wb") for split in counts}
     try:
         for split, row in rows:
-            line = json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
+            line = (_ROW_JSON(row) + "\n").encode()
             handles[split].write(line)
-            digest.update(split.encode() + b"\0" + line.encode())
+            digest.update(prefixes[split] + line)
             counts[split] += 1
+            shapes[split][(*row, *map(type, row.values()))] = None
     finally:
         for handle in handles.values():
             handle.close()
-    return counts, digest.hexdigest()
+    return counts, digest.hexdigest(), {split: _column_types(shapes[split]) for split in counts}
 
 
-def _write_companions(directory: Path, counts: dict[str, int]) -> None:
-    """Parquet copies and a `save_to_disk` folder, both built from the JSONL without loading
-    every row into Python objects at once (pyarrow reads in blocks)."""
+def _column_types(shapes: dict[tuple, None]) -> dict[str, set[type]]:
+    """{column: Python types of its values}, columns in order of first appearance in the JSONL
+    (whose keys are sorted), from the distinct (keys..., types...) of the rows written."""
+    columns: dict[str, set[type]] = {}
+    for shape in shapes:
+        keys, types = shape[: len(shape) // 2], shape[len(shape) // 2 :]
+        for key in sorted(set(keys) - columns.keys()):
+            columns[key] = set()
+        for key, value_type in zip(keys, types, strict=True):
+            columns[key].add(value_type)
+    return columns
+
+
+def _write_companions(
+    directory: Path, counts: dict[str, int], column_types: dict[str, dict[str, set[type]]]
+) -> None:
+    """Parquet copies and a `save_to_disk` folder, from one pass over each JSONL a block at a
+    time: the blocks go to the Parquet file and to an Arrow file that datasets maps into
+    memory (rather than parsing the JSON, or reading the Parquet, a second time)."""
     import datasets
-    import pyarrow.json as pa_json
-    import pyarrow.parquet as pq
 
+    arrow = directory / ".arrow"
+    arrow.mkdir()
+    splits: dict[str, datasets.Dataset] = {}
     for split, count in counts.items():
-        source = directory / f"{split}.jsonl"
         if count:
-            table = pa_json.read_json(source)
-            pq.write_table(table, directory / f"{split}.parquet")
-    files = {split: str(directory / f"{split}.jsonl") for split, count in counts.items() if count}
-    if files:
-        loaded = datasets.load_dataset(
-            "json", data_files=files, cache_dir=str(directory / ".cache"), keep_in_memory=False
-        )
-        loaded.save_to_disk(str(directory / "hf"))
-        shutil.rmtree(directory / ".cache", ignore_errors=True)
+            source, arrow_file = directory / f"{split}.jsonl", arrow / f"{split}.arrow"
+            # Like a datasets builder, the folder has one set of features: the first split's.
+            first = next(iter(splits.values()), None)
+            _convert_jsonl(
+                source,
+                directory / f"{split}.parquet",
+                arrow_file,
+                column_types[split],
+                arrow_schema=first.data.schema if first else None,
+            )
+            splits[split] = datasets.Dataset.from_file(str(arrow_file))
+    if splits:
+        datasets.DatasetDict(splits).save_to_disk(str(directory / "hf"))
         # One file to download; `tar xf hf.tar` gives the folder for datasets.load_from_disk.
         with tarfile.open(directory / "hf.tar", "w") as archive:
             archive.add(directory / "hf", arcname="hf")
+    del splits  # unmapped before the files go
+    shutil.rmtree(arrow)
+
+
+def _convert_jsonl(
+    source: Path,
+    parquet: Path,
+    arrow: Path,
+    column_types: dict[str, set[type]],
+    arrow_schema=None,
+) -> None:
+    """The JSONL as Parquet, typed as pyarrow types the whole file, and as an Arrow stream,
+    cast to `arrow_schema` if given.
+
+    pyarrow's streaming reader infers types from its first block alone, which fails when a
+    column of nulls or of whole numbers there later holds an id or a fraction; so scalar
+    columns get the type that whole-file inference promotes them to.
+    """
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+    import pyarrow.parquet as pq
+
+    pinned = [(column, _arrow_type(types)) for column, types in column_types.items()]
+    reader = pa_json.open_json(
+        source,
+        read_options=pa_json.ReadOptions(block_size=_JSON_BLOCK),
+        parse_options=pa_json.ParseOptions(
+            explicit_schema=pa.schema([(column, t) for column, t in pinned if t is not None]),
+            unexpected_field_behavior="infer",
+        ),
+    )
+    order = list(column_types)  # first appearance in the file, as pyarrow orders columns
+    schema = pa.schema([reader.schema.field(column) for column in order])
+    arrow_schema = arrow_schema or schema
+    with (
+        pq.ParquetWriter(parquet, schema) as writer,
+        pa.ipc.new_stream(arrow, arrow_schema) as stream,
+    ):
+        group, rows = [], 0
+        for batch in reader:
+            group.append(batch.select(order))
+            stream.write_batch(group[-1].cast(arrow_schema))
+            rows += batch.num_rows
+            if rows >= _ROW_GROUP:
+                writer.write_table(pa.Table.from_batches(group))
+                group, rows = [], 0
+        if group:
+            writer.write_table(pa.Table.from_batches(group))
+
+
+def _arrow_type(types: set[type]):
+    """What pyarrow infers for a JSON column of these Python types; None for text and nested
+    values, which the first block settles."""
+    import pyarrow as pa
+
+    values = types - {type(None)}
+    if not values:
+        return pa.null()
+    if values == {bool}:
+        return pa.bool_()
+    if values == {int}:
+        return pa.int64()
+    if values <= {int, float}:
+        return pa.float64()
+    return None
+
+
+@contextlib.contextmanager
+def _streaming_reads() -> Iterator[None]:
+    """A transaction for reading the rows. Inside one, Django's server-side cursors stream
+    (outside, it declares them WITH HOLD, and each query then runs to its end before the first
+    row comes); and on PostgreSQL they are planned for reading every row, not the first tenth
+    (cursor_tuple_fraction), since a plan picked for a quick start with statistics that predate
+    a large import can rescan a table for every row."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL cursor_tuple_fraction = 1.0")
+        yield
 
 
 def snapshot_request(
@@ -393,9 +526,10 @@ def snapshot_build(snapshot: DatasetSnapshot) -> DatasetSnapshot:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     try:
-        rows = _ROWS[snapshot.kind](snapshot.project, snapshot.policy)
-        counts, content_hash = _write_rows(rows, directory)
-        _write_companions(directory, counts)
+        with _streaming_reads():
+            rows = _ROWS[snapshot.kind](snapshot.project, snapshot.policy)
+            counts, content_hash, column_types = _write_rows(rows, directory)
+        _write_companions(directory, counts, column_types)
         manifest = {
             "name": snapshot.name,
             "kind": snapshot.kind,

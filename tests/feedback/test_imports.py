@@ -318,7 +318,7 @@ def test_empty_and_unknown_files_are_refused(project, importer, tmp_path):
 def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_path, monkeypatch):
     rows = [{"prompt": f"Q{n}?", "chosen": "a", "rejected": "b"} for n in range(1500)]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
-    real = services.imports._write_judgements
+    real = services.imports.writing._write_judgements
     calls = []
 
     def fail_on_second_batch(*args, **kwargs):
@@ -327,7 +327,7 @@ def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_pa
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(services.imports, "_write_judgements", fail_on_second_batch)
+    monkeypatch.setattr(services.imports.writing, "_write_judgements", fail_on_second_batch)
     with pytest.raises(RuntimeError):
         run(project, path, importer)
     assert counts() == (0, 0, 0)

@@ -1,0 +1,364 @@
+"""Importing prompts, completions and existing labels from files.
+
+Formats: JSONL, CSV, Parquet and a folder written by ``datasets.Dataset.save_to_disk``. Rows are
+read as a stream, so a million-row file never needs a million rows in memory.
+
+Shapes (detected per row, or forced with ``shape``):
+
+- ``prompts``: ``{"prompt": "..."}`` or ``{"messages": [...]}`` ending with a user turn, optional
+  ``system``, ``tags``, ``split``, ``id``.
+- ``comparisons``: a prompt plus ``"completions": [{"text", "model"}, ...]``: pairwise items (all
+  pairs, adjacent pairs or first-vs-rest) or one ranking item.
+- ``preference``: ``{"prompt", "chosen", "rejected"}`` with strings or message lists, including the
+  Anthropic-HH layout (``chosen``/``rejected`` carry the whole conversation, as message lists or as
+  "\\n\\nHuman: … \\n\\nAssistant: …" text) and the UltraFeedback-binarised one. These become
+  pairwise items already judged (chosen = A), marked ``origin=imported`` with their source.
+- ``sft``: ``{"messages": [..., assistant]}`` or ``{"prompt", "completion"}``: accepted, imported
+  demonstrations.
+
+The import is atomic and idempotent: every row is validated (errors carry the row number), nothing
+is written unless all rows are valid, and a row whose content was imported before is skipped, so
+importing the same file twice adds nothing. Validation and writing share one pass over the file,
+inside one transaction: rows are written a batch at a time as they prove valid, writing stops at
+the first invalid row (validation goes on, to report every error) and the transaction is then
+rolled back. A valid file is thus read and parsed once, and a batch is all that is ever in memory.
+
+Modules: ``readers`` (formats), ``parsing`` (shapes and checks), ``writing`` (batches into the
+database).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.utils import timezone
+
+from feedback.models import DataImport, ImportStatus, Project
+
+from .parsing import (
+    PAIRINGS,
+    SHAPES,
+    ImportOptions,
+    ParsedRow,
+    parse_row,
+    parsed_rows,
+    required_kinds,
+)
+from .readers import BATCH, BadRow, check_limits, detect_format, read_rows
+from .writing import BatchWriter, database
+
+__all__ = [
+    "PAIRINGS",
+    "SHAPES",
+    "BadRow",
+    "ImportOptions",
+    "ImportReport",
+    "data_import_create",
+    "data_import_run",
+    "detect_format",
+    "import_file",
+    "import_preview",
+    "import_validate",
+    "parse_row",
+    "read_rows",
+    "upload_store",
+]
+
+MAX_ERRORS_LISTED = 50
+
+
+@dataclass
+class ImportReport:
+    rows: int = 0
+    shapes: dict[str, int] = field(default_factory=dict)
+    created: dict[str, int] = field(default_factory=dict)
+    skipped_duplicates: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    error_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+    def add_error(self, row: int, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS_LISTED:
+            self.errors.append({"row": row, "message": message})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "shapes": self.shapes,
+            "created": self.created,
+            "skipped_duplicates": self.skipped_duplicates,
+            "errors": self.errors,
+            "error_count": self.error_count,
+        }
+
+
+class _Validation:
+    """Reads a file row by row, recording rows, shapes and errors in `report`."""
+
+    def __init__(self, project: Project, options: ImportOptions, report: ImportReport) -> None:
+        self.options, self.report = options, report
+        self.collected = set(project.task_kinds)
+        self.project_name = project.name
+        self.missing: set[str] = set()  # task kinds the rows need that the project lacks
+
+    @property
+    def failed(self) -> bool:
+        return not self.report.ok or bool(self.missing)
+
+    def valid_rows(self, path: Path) -> Iterator[ParsedRow]:
+        report, limit = self.report, settings.VEREDICTO_IMPORT_MAX_ROWS
+        for number, parsed in parsed_rows(path, self.options):
+            report.rows += 1
+            if report.rows > limit:
+                report.add_error(number, f"more than {limit:,} rows")
+                break
+            if isinstance(parsed, str):
+                report.add_error(number, parsed)
+                continue
+            report.shapes[parsed.shape] = report.shapes.get(parsed.shape, 0) + 1
+            self.missing |= required_kinds(parsed.shape, self.options) - self.collected
+            yield parsed
+
+    def batches(self, path: Path) -> Iterator[tuple[int, list[ParsedRow]]]:
+        """(rows read so far, the valid rows among them not yet given) every BATCH rows; rows
+        read after the file proved invalid are left out."""
+        batch: list[ParsedRow] = []
+        for row in self.valid_rows(path):
+            if not self.failed:
+                batch.append(row)
+            if self.report.rows % BATCH == 0:
+                yield self.report.rows, batch
+                batch = []
+        yield self.report.rows, batch
+
+    def finish(self) -> None:
+        """The errors about the file as a whole, listed after the rows' own."""
+        if self.report.rows == 0:
+            self.report.add_error(0, "the file has no rows")
+        for kind in sorted(self.missing):
+            self.report.add_error(0, f"project {self.project_name!r} does not collect {kind} tasks")
+
+
+def import_validate(
+    *,
+    project: Project,
+    path: Path,
+    options: ImportOptions,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Read every row and report what an import would find; nothing is written."""
+    check_limits(path)
+    report = ImportReport()
+    validation = _Validation(project, options, report)
+    for _ in validation.valid_rows(path):
+        if progress and report.rows % BATCH == 0:
+            progress(report.rows)
+    validation.finish()
+    return report
+
+
+def import_file(
+    *,
+    project: Project,
+    path: Path,
+    user: AbstractBaseUser,
+    options: ImportOptions | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> ImportReport:
+    """Validate and write the file in one transaction; any error means nothing is written.
+
+    `progress(phase, rows)` is called every batch: "writing" while rows are going in, and
+    "validating" once an invalid row has stopped the writing.
+    """
+    options = options or ImportOptions()
+    check_limits(path)
+    report = ImportReport()
+    validation = _Validation(project, options, report)
+    with transaction.atomic():
+        with database() as db:
+            writer = BatchWriter(
+                project=project,
+                user=user,
+                options=options,
+                source=options.source or path.name,
+                db=db,
+            )
+            skipped = _write_while_valid(validation, path, writer, progress)
+        validation.finish()
+        if not report.ok:
+            transaction.set_rollback(True)
+            return report
+    report.skipped_duplicates = skipped
+    report.created = writer.created
+    return report
+
+
+def _write_while_valid(
+    validation: _Validation,
+    path: Path,
+    writer: BatchWriter,
+    progress: Callable[[str, int], None] | None,
+) -> int:
+    """Write the file a batch at a time until it proves invalid, then only read on (so that
+    every error is listed). Returns the rows skipped as already imported."""
+    skipped = written = 0
+    for rows_read, batch in validation.batches(path):
+        if validation.failed:
+            if progress:
+                progress("validating", rows_read)
+            continue
+        if batch:
+            skipped += writer.write(batch)
+            written += len(batch)
+            if progress:
+                progress("writing", written)
+    return skipped
+
+
+# --- uploads, previews and background runs -----------------------------------------------------
+
+
+PREVIEW_ROWS = 5
+PREVIEW_VALIDATE = 200
+
+
+def upload_store(*, uploaded, project: Project) -> Path:
+    """Save an uploaded file under MEDIA_ROOT/uploads/ and return its path."""
+    name = Path(uploaded.name).name or "upload"
+    detect_format(Path(name))
+    if uploaded.size > settings.VEREDICTO_IMPORT_MAX_BYTES:
+        raise ValidationError(
+            {"file": f"File is {uploaded.size:,} bytes; the limit is "
+                     f"{settings.VEREDICTO_IMPORT_MAX_BYTES:,}."}
+        )  # fmt: skip
+    directory = Path(settings.MEDIA_ROOT) / "uploads" / str(project.pk) / uuid4().hex
+    directory.mkdir(parents=True)
+    path = directory / name
+    with path.open("wb") as out:
+        for chunk in uploaded.chunks():
+            out.write(chunk)
+    check_limits(path)
+    return path
+
+
+def import_preview(*, path: Path, options: ImportOptions) -> dict[str, Any]:
+    """The first rows as they will be imported, the detected shapes, and early errors."""
+    shown: list[dict[str, Any]] = []
+    shapes: dict[str, int] = {}
+    errors: list[dict[str, Any]] = []
+    checked = 0
+    for number, parsed in parsed_rows(path, options):
+        checked += 1
+        if isinstance(parsed, str):
+            errors.append({"row": number, "message": parsed})
+        else:
+            shapes[parsed.shape] = shapes.get(parsed.shape, 0) + 1
+            if len(shown) < PREVIEW_ROWS:
+                shown.append(
+                    {
+                        "row": number,
+                        "shape": parsed.shape,
+                        "system": parsed.system,
+                        "messages": parsed.messages,
+                        "completions": [text for text, _ in parsed.completions],
+                        "demonstration": parsed.demonstration,
+                    }
+                )
+        if checked >= PREVIEW_VALIDATE:
+            break
+    return {
+        "format": detect_format(path),
+        "rows": shown,
+        "shapes": shapes,
+        "errors": errors[:MAX_ERRORS_LISTED],
+        "checked": checked,
+    }
+
+
+def data_import_create(
+    *, project: Project, path: Path, original_name: str, options: ImportOptions, user
+) -> DataImport:
+    relative = path.relative_to(Path(settings.MEDIA_ROOT))
+    return DataImport.objects.create(
+        project=project,
+        file=str(relative),
+        original_name=original_name[:300],
+        options={
+            "shape": options.shape,
+            "comparison_mode": options.comparison_mode,
+            "pairing": options.pairing,
+            "source": options.source or original_name,
+        },
+        created_by=user,
+    )
+
+
+def data_import_run(data_import: DataImport) -> None:
+    """Run a queued import once (a redelivered message finds nothing to claim)."""
+    claimed = DataImport.objects.filter(pk=data_import.pk, status=ImportStatus.QUEUED).update(
+        status=ImportStatus.RUNNING, phase="validating"
+    )
+    if not claimed:
+        return
+    rows = DataImport.objects.filter(pk=data_import.pk)
+    try:
+        with _published_progress(data_import) as progress:
+            report = import_file(
+                project=data_import.project,
+                path=Path(settings.MEDIA_ROOT) / data_import.file,
+                user=data_import.created_by,
+                options=ImportOptions(**data_import.options),
+                progress=progress,
+            )
+    except ValidationError as exc:
+        report = ImportReport()
+        for message in exc.messages:
+            report.add_error(0, message)
+    except Exception as exc:
+        report = ImportReport()
+        report.add_error(0, f"the import stopped: {type(exc).__name__}: {exc}")
+    status = ImportStatus.SUCCEEDED if report.ok else ImportStatus.FAILED
+    rows.update(
+        status=status,
+        phase="",
+        rows_total=report.rows,
+        rows_done=report.rows,
+        report=report.as_dict(),
+        finished_at=timezone.now(),
+    )
+
+
+@contextlib.contextmanager
+def _published_progress(data_import: DataImport) -> Iterator[Callable[[str, int], None]]:
+    """Progress for the status page. The import is one transaction, so on PostgreSQL progress
+    goes through a connection of its own, to be seen while the import runs; SQLite has one
+    writer at a time, so there it shows when the import ends."""
+    if connection.vendor != "postgresql":
+        rows = DataImport.objects.filter(pk=data_import.pk)
+        yield lambda phase, done: rows.update(phase=phase, rows_done=done)
+        return
+    side = connections.create_connection(DEFAULT_DB_ALIAS)
+    table = connection.ops.quote_name(DataImport._meta.db_table)
+    sql = f"UPDATE {table} SET phase = %s, rows_done = %s WHERE id = %s"
+
+    def publish(phase: str, done: int) -> None:
+        with side.cursor() as cursor:
+            cursor.execute(sql, [phase, done, data_import.pk])
+
+    try:
+        yield publish
+    finally:
+        side.close()

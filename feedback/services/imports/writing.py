@@ -1,0 +1,416 @@
+"""Writing validated rows into a project, one batch at a time with a fixed number of queries.
+
+For each batch: find which prompts and import keys the project already has, then insert the new
+prompts, completions, items and item positions, and for judged shapes (preference, sft) a
+submitted assignment of the importing user with its imported judgement. A row whose items all
+exist already counts as a skipped duplicate, which is what makes a second import add nothing.
+
+On PostgreSQL rows go in with binary COPY: ids are drawn from the tables' sequences first, so a
+row's references are known before it is sent and every table takes one COPY per batch. Foreign
+keys are then checked at the end of each COPY rather than at commit, so the server never queues
+millions of pending checks. Other databases (SQLite) get the same rows through bulk_create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import combinations
+from typing import Any, Protocol
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
+from django.db.models import Model
+from django.utils import timezone
+
+from feedback.models import (
+    Assignment,
+    AssignmentStatus,
+    Completion,
+    CompletionSource,
+    Demonstration,
+    DemonstrationStatus,
+    Item,
+    ItemCompletion,
+    Origin,
+    PairwiseJudgement,
+    Project,
+    Prompt,
+    TaskKind,
+)
+
+from .parsing import ImportOptions, ParsedRow
+from .readers import BATCH
+
+_JUDGED = ("sft", "preference")  # shapes that arrive with their label
+
+
+@dataclass
+class _Plan:
+    """One item a row makes: its kind, which of the row's completions, and its import key."""
+
+    row: ParsedRow
+    kind: str
+    indices: list[int]
+    key: str
+
+
+class BatchWriter:
+    """Writes batches of valid rows into `project`; counts what it created in `created`."""
+
+    def __init__(
+        self,
+        *,
+        project: Project,
+        user: AbstractBaseUser,
+        options: ImportOptions,
+        source: str,
+        db: Database,
+    ) -> None:
+        self.project, self.user, self.options, self.source = project, user, options, source
+        self.db = db
+        self.insert = db.insert
+        self.created = {"prompts": 0, "completions": 0, "items": 0, "judgements": 0}
+
+    def write(self, batch: list[ParsedRow]) -> int:
+        """Write one batch; returns how many of its rows had been imported before."""
+        now = timezone.now()
+        prompt_ids, existed = self._prompts(batch, now)
+
+        plans = [_Plan(row, *plan) for row in batch for plan in item_plans(row, self.options)]
+        keys = [plan.key for plan in plans]
+        existing = self.db.existing_keys(self.project, keys) if keys else set()
+        fresh, seen = [], set()
+        for plan in plans:
+            if plan.key not in existing and plan.key not in seen:
+                fresh.append(plan)
+                seen.add(plan.key)
+        skipped = len({id(p.row) for p in plans} - {id(p.row) for p in fresh})
+        skipped += sum(1 for row in batch if row.shape == "prompts" and row.prompt_hash in existed)
+        if not fresh:
+            return skipped
+
+        completion_ids = self._completions(fresh, prompt_ids, now)
+        item_ids = self.insert(
+            Item,
+            ("kind", "prompt_id", "import_key", "submitted_count"),
+            [
+                (
+                    plan.kind,
+                    prompt_ids[plan.row.prompt_hash],
+                    plan.key,
+                    int(plan.row.shape in _JUDGED),
+                )
+                for plan in fresh
+            ],
+            same={"project_id": self.project.pk, "created_at": now},
+            returning_ids=True,
+        )
+        self.insert(
+            ItemCompletion,
+            ("item_id", "completion_id", "position"),
+            [
+                (item_id, completion_ids[(id(plan.row), index)], position)
+                for item_id, plan in zip(item_ids, fresh, strict=True)
+                for position, index in enumerate(plan.indices)
+            ],
+        )
+        self.created["completions"] += len(completion_ids)
+        self.created["items"] += len(item_ids)
+        self.created["judgements"] += _write_judgements(self, item_ids, fresh, now)
+        return skipped
+
+    def _prompts(self, batch: list[ParsedRow], now: datetime) -> tuple[dict[str, int], set[str]]:
+        """{prompt hash: id} for every row of the batch, and the hashes that existed before."""
+        ids = self.db.prompt_ids(self.project, {row.prompt_hash for row in batch})
+        existed = set(ids)
+        new: dict[str, ParsedRow] = {}
+        for row in batch:
+            if row.prompt_hash not in ids:
+                new.setdefault(row.prompt_hash, row)
+        new_ids = self.insert(
+            Prompt,
+            ("content_hash", "system", "messages", "split", "tags", "external_id"),
+            [
+                (digest, row.system, row.messages, row.split, row.tags, row.external_id)
+                for digest, row in new.items()
+            ],
+            same={"project_id": self.project.pk, "source": self.source, "created_at": now},
+            returning_ids=True,
+        )
+        ids.update(zip(new, new_ids, strict=True))
+        self.created["prompts"] += len(new)
+        return ids, existed
+
+    def _completions(self, fresh: list[_Plan], prompt_ids: dict[str, int], now: datetime) -> dict:
+        """Insert the completions the new items use, each once; {(id(row), index): id}."""
+        keys: dict[tuple[int, int], None] = {}  # a dict as an ordered set
+        rows = []
+        for plan in fresh:
+            for index in plan.indices:
+                if (id(plan.row), index) not in keys:
+                    keys[(id(plan.row), index)] = None
+                    rows.append((prompt_ids[plan.row.prompt_hash], *plan.row.completions[index]))
+        ids = self.insert(
+            Completion,
+            ("prompt_id", "text", "model_name"),
+            rows,
+            same={
+                "source": CompletionSource.MODEL,
+                "generation_params": {"imported_from": self.source} if self.source else {},
+                "created_at": now,
+            },
+            returning_ids=True,
+        )
+        return dict(zip(keys, ids, strict=True))
+
+
+def item_plans(row: ParsedRow, options: ImportOptions) -> list[tuple[str, list[int], str]]:
+    """(kind, completion indices, import key) for every item a row makes."""
+    if row.shape == "prompts":
+        return []
+    if row.shape == "sft":
+        return [(TaskKind.DEMONSTRATION, [], row.key)]
+    if row.shape == "preference":
+        return [(TaskKind.PAIRWISE, [0, 1], row.key)]
+    n = len(row.completions)
+    if options.comparison_mode == "ranking":
+        return [(TaskKind.RANKING, list(range(n)), row.key)]
+    pairs = {
+        "all_pairs": list(combinations(range(n), 2)),
+        "adjacent": [(i, i + 1) for i in range(n - 1)],
+        "first_vs_rest": [(0, i) for i in range(1, n)],
+    }[options.pairing]
+    return [
+        (TaskKind.PAIRWISE, list(pair), hashlib.sha256(f"{row.key}:{pair}".encode()).hexdigest())
+        for pair in pairs
+    ]
+
+
+def _write_judgements(
+    writer: BatchWriter, item_ids: list[int], plans: list[_Plan], now: datetime
+) -> int:
+    """Imported labels hang off submitted assignments of the importing user, like any other."""
+    judged = [
+        (item_id, plan.row)
+        for item_id, plan in zip(item_ids, plans, strict=True)
+        if plan.row.shape in _JUDGED
+    ]
+    if not judged:
+        return 0
+    assignment_ids = writer.insert(
+        Assignment,
+        ("item_id",),
+        [(item_id,) for item_id, _ in judged],
+        same={
+            "annotator_id": writer.user.pk,
+            "status": AssignmentStatus.SUBMITTED,
+            "leased_at": now,
+            "expires_at": now,
+            "finished_at": now,
+        },
+        returning_ids=True,
+    )
+    labelled = list(zip(assignment_ids, judged, strict=True))
+    same = {
+        "annotator_id": writer.user.pk,
+        "origin": Origin.IMPORTED,
+        "source": writer.source[:200],
+        "created_at": now,
+        "updated_at": now,
+    }
+    demos = [
+        (assignment_id, item_id, row.demonstration)
+        for assignment_id, (item_id, row) in labelled
+        if row.shape == "sft"
+    ]
+    pairs = [
+        (assignment_id, item_id)
+        for assignment_id, (item_id, row) in labelled
+        if row.shape == "preference"
+    ]
+    writer.insert(
+        Demonstration,
+        ("assignment_id", "item_id", "text"),
+        demos,
+        same={**same, "status": DemonstrationStatus.ACCEPTED},
+    )
+    writer.insert(
+        PairwiseJudgement,
+        ("assignment_id", "item_id"),
+        pairs,
+        same={**same, "choice": "a", "strength": "", "shown_left": "a"},
+    )
+    return len(demos) + len(pairs)
+
+
+# --- the database side --------------------------------------------------------------------------
+
+
+class Database(Protocol):
+    """What writing a batch needs from the database."""
+
+    def insert(
+        self,
+        model: type[Model],
+        columns: Sequence[str],
+        rows: list[tuple],
+        *,
+        same: dict[str, Any] | None = None,
+        returning_ids: bool = False,
+    ) -> list[int]:
+        """Insert `rows` (values of `columns`, by attname) with `same` in every row; the model's
+        other fields get their defaults. Returns the new ids, in order, if asked."""
+
+    def prompt_ids(self, project: Project, hashes: set[str]) -> dict[str, int]:
+        """{content hash: id} of the project's prompts with one of these hashes."""
+
+    def existing_keys(self, project: Project, keys: list[str]) -> set[str]:
+        """Which of these import keys the project's items already have."""
+
+
+@contextlib.contextmanager
+def database() -> Iterator[Database]:
+    """The way rows go in on this database, for one import (inside its transaction)."""
+    if connection.vendor != "postgresql":
+        yield _Orm()
+        return
+    import orjson
+    import psycopg
+    from psycopg.types.json import set_json_dumps
+
+    connection.ensure_connection()
+    # A cursor of psycopg's own: Django's has no copy(), and binds parameters client-side,
+    # which means quoting every key of the lookups' arrays into the SQL text.
+    with psycopg.Cursor(connection.connection) as cursor:
+        # jsonb values (messages, tags and the models' {} and [] defaults) for COPY: json.dumps
+        # costs more per row than the rest of a row's conversion.
+        set_json_dumps(orjson.dumps, context=cursor)
+        postgres = _Postgres(cursor)
+        # Deferred, foreign keys would queue one pending check per row until commit (server
+        # memory growing with the file); checked per statement they are the same work, in step.
+        postgres.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        yield postgres
+        # Django makes every foreign key DEFERRABLE INITIALLY DEFERRED: back to that. (After an
+        # error we never get here; rolling back restores the mode.)
+        postgres.execute("SET CONSTRAINTS ALL DEFERRED")
+
+
+class _Orm:
+    """bulk_create and ORM lookups: any database Django supports."""
+
+    def insert(self, model, columns, rows, *, same=None, returning_ids=False) -> list[int]:
+        objects = [model(**dict(zip(columns, row, strict=True)), **(same or {})) for row in rows]
+        model.objects.bulk_create(objects, batch_size=BATCH)
+        return [obj.pk for obj in objects] if returning_ids else []
+
+    def prompt_ids(self, project: Project, hashes: set[str]) -> dict[str, int]:
+        prompts = Prompt.objects.filter(project=project, content_hash__in=hashes)
+        return dict(prompts.values_list("content_hash", "id"))
+
+    def existing_keys(self, project: Project, keys: list[str]) -> set[str]:
+        items = Item.objects.filter(project=project, import_key__in=keys)
+        return set(items.values_list("import_key", flat=True))
+
+
+@dataclass(frozen=True)
+class _CopyTarget:
+    statement: str
+    types: list[int]  # PostgreSQL type oids, for binary COPY
+    tail: tuple  # values for the columns after the given ones: `same`, then defaults
+    sequence: str
+
+
+class _Postgres:
+    """Binary COPY, ids drawn from the sequences beforehand; lookups with one binary array
+    parameter each (an IN list of a thousand placeholders costs more to build than to run)."""
+
+    def __init__(self, cursor) -> None:
+        self.cursor = cursor
+        self.tables: dict[str, tuple[dict[str, int], str]] = {}  # column types, pk sequence
+
+    def insert(self, model, columns, rows, *, same=None, returning_ids=False) -> list[int]:
+        if not rows:
+            return []
+        target = self._target(model, tuple(columns), same or {}, returning_ids)
+        with connection.wrap_database_errors:
+            ids = self._next_ids(target.sequence, len(rows)) if returning_ids else []
+            tail = target.tail
+            with self.cursor.copy(target.statement) as copy:
+                copy.set_types(target.types)
+                if returning_ids:
+                    for pk, row in zip(ids, rows, strict=True):
+                        copy.write_row((pk, *row, *tail))
+                else:
+                    for row in rows:
+                        copy.write_row(row + tail)
+        return ids
+
+    # Both lookups probe the project's unique index once per key, in a subquery per key that
+    # the planner cannot turn into a join, with the project's id hidden from it in a sub-select.
+    # Written as joins or `= ANY(keys)`, they let statistics taken before this import (which
+    # say the project has no rows, while this transaction is filling it) pick a plan that reads
+    # every row of the project for every batch: quadratic, and minutes at a million rows.
+
+    def prompt_ids(self, project: Project, hashes: set[str]) -> dict[str, int]:
+        table = connection.ops.quote_name(Prompt._meta.db_table)
+        sql = (
+            f"SELECT key, (SELECT id FROM {table} "
+            "  WHERE project_id = (SELECT %s) AND content_hash = key) "
+            "FROM unnest(%b::text[]) AS key"
+        )
+        rows = self._fetch(sql, [project.pk, list(hashes)])
+        return {key: pk for key, pk in rows if pk is not None}
+
+    def existing_keys(self, project: Project, keys: list[str]) -> set[str]:
+        table = connection.ops.quote_name(Item._meta.db_table)
+        # NOT (import_key = '') is the unique index's own condition, so that it may be used.
+        sql = (
+            f"SELECT key FROM unnest(%b::text[]) AS key WHERE (SELECT true FROM {table} "
+            "  WHERE project_id = (SELECT %s) AND import_key = key AND NOT (import_key = ''))"
+        )
+        return {key for (key,) in self._fetch(sql, [keys, project.pk])}
+
+    def execute(self, sql: str, params: list | None = None) -> None:
+        with connection.wrap_database_errors:
+            self.cursor.execute(sql, params)
+
+    def _fetch(self, sql: str, params: list) -> list[tuple]:
+        self.execute(sql, params)
+        return self.cursor.fetchall()
+
+    def _next_ids(self, sequence: str, n: int) -> list[int]:
+        self.cursor.execute(
+            "SELECT array(SELECT nextval(%s::regclass) FROM generate_series(1, %s))",
+            [sequence, n],
+        )
+        return self.cursor.fetchone()[0]
+
+    def _target(self, model, columns: tuple[str, ...], same: dict, with_pk: bool) -> _CopyTarget:
+        fields = {f.attname: f for f in model._meta.concrete_fields}
+        pk = model._meta.pk
+        given = [pk.attname] if with_pk else []
+        given += [*columns, *same]
+        rest = [f for name, f in fields.items() if name not in given and f is not pk]
+        names = [fields[name].column for name in given] + [f.column for f in rest]
+        table = model._meta.db_table
+        if table not in self.tables:
+            types = self._fetch(
+                "SELECT attname, atttypid FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                [table],
+            )
+            [(sequence,)] = self._fetch("SELECT pg_get_serial_sequence(%s, %s)", [table, pk.column])
+            self.tables[table] = (dict(types), sequence)
+        types, sequence = self.tables[table]
+        quote = connection.ops.quote_name
+        return _CopyTarget(
+            statement=f"COPY {quote(table)} ({', '.join(map(quote, names))}) "
+            "FROM STDIN (FORMAT BINARY)",
+            types=[types[name] for name in names],
+            tail=(*same.values(), *(f.get_default() for f in rest)),
+            sequence=sequence,
+        )
