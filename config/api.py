@@ -84,3 +84,5 @@ def on_http_error(request, exc: HttpError) -> HttpResponse:
 
 
 api.add_router("/", "feedback.api.router")
+api.add_router("/", "modeling.api.router")
+api.add_router("/", "evals.api.router")
