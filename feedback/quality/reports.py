@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,7 @@ class AgreementRow:
 @dataclass
 class AnnotatorRow:
     username: str
+    user_id: int = 0
     judgements: int = 0
     skips: int = 0
     median_seconds: float | None = None
@@ -181,28 +183,33 @@ def _label_values(project: Project, name: str) -> list[tuple[int, int, float]]:
     return values
 
 
-def annotator_rows(project: Project) -> list[AnnotatorRow]:
-    judged = PairwiseJudgement.objects.filter(item__project=project, origin=Origin.HUMAN)
+def annotator_rows(
+    project: Project, *, origins: Collection[str] = (Origin.HUMAN,)
+) -> list[AnnotatorRow]:
+    """Figures for everyone whose judgements have one of `origins`: the quality page measures
+    human work; a snapshot that also exports simulated work measures that population."""
+    judged = PairwiseJudgement.objects.filter(item__project=project, origin__in=origins)
     rows: dict[int, AnnotatorRow] = {}
     seconds: dict[int, list[float]] = defaultdict(list)
     for model in (Demonstration, PairwiseJudgement, RankingJudgement):
         for who, username, spent in model.objects.filter(
-            item__project=project, origin=Origin.HUMAN
+            item__project=project, origin__in=origins
         ).values_list("annotator_id", "annotator__username", "seconds_spent"):
-            row = rows.setdefault(who, AnnotatorRow(username))
+            row = rows.setdefault(who, AnnotatorRow(username, who))
             row.judgements += 1
             if spent is not None:
                 seconds[who].append(spent)
     skips = Assignment.objects.filter(item__project=project, status=AssignmentStatus.SKIPPED)
     for who, username in skips.values_list("annotator_id", "annotator__username"):
-        rows.setdefault(who, AnnotatorRow(username)).skips += 1
+        if who in rows or Origin.HUMAN in origins:
+            rows.setdefault(who, AnnotatorRow(username, who)).skips += 1
 
     pairwise = list(
         judged.values_list("item_id", "annotator_id", "choice", "shown_left", "item__is_gold")
     )
     _position_and_ties(rows, pairwise)
     _leave_one_out(rows, [p for p in pairwise if not p[4]])
-    _gold_accuracy(rows, project)
+    _gold_accuracy(rows, project, origins)
     all_seconds = [s for values in seconds.values() for s in values]
     project_median = statistics.median(all_seconds) if all_seconds else None
     for who, row in rows.items():
@@ -232,6 +239,14 @@ def _position_and_ties(rows: dict[int, AnnotatorRow], pairwise) -> None:
         row.both_bad_rate = round(counts["both_bad"] / counts["all"], 3)
 
 
+def plurality_share(answers: Iterable[Hashable]) -> float:
+    """Agreement on one item: the share of its judgements that give its most common answer
+    (1.0 for a single judgement; A, B, tie and both-bad are four different answers)."""
+    counts = Counter(answers)
+    total = sum(counts.values())
+    return max(counts.values()) / total if total else 1.0
+
+
 def _leave_one_out(rows: dict[int, AnnotatorRow], pairwise) -> None:
     """Agreement with the consensus of the *other* annotators of each item (a strict plurality
     of at least two of them); items without such a consensus do not count."""
@@ -251,15 +266,17 @@ def _leave_one_out(rows: dict[int, AnnotatorRow], pairwise) -> None:
         rows[who].loo_agreement = round(sum(outcomes) / len(outcomes), 3)
 
 
-def _gold_accuracy(rows: dict[int, AnnotatorRow], project: Project) -> None:
+def _gold_accuracy(
+    rows: dict[int, AnnotatorRow], project: Project, origins: Collection[str]
+) -> None:
     results: dict[int, list[bool]] = defaultdict(list)
     gold_pairwise = PairwiseJudgement.objects.filter(
-        item__project=project, item__is_gold=True, origin=Origin.HUMAN
+        item__project=project, item__is_gold=True, origin__in=origins
     ).values_list("annotator_id", "choice", "item__gold_answer")
     for who, choice, answer in gold_pairwise:
         results[who].append(choice == answer.get("choice"))
     gold_rankings = RankingJudgement.objects.filter(
-        item__project=project, item__is_gold=True, origin=Origin.HUMAN
+        item__project=project, item__is_gold=True, origin__in=origins
     ).values_list("annotator_id", "ranking", "item__gold_answer")
     for who, ranking, answer in gold_rankings:
         gold = answer.get("ranking") or []

@@ -17,9 +17,29 @@ Aggregation of the k judgements an item received (``aggregation``):
   level produces no row.
 - ``all``: every decisive judgement is its own row (``agreement`` is still reported).
 
+An item with an ``Adjudication`` (the latest one counts) takes the adjudicated answer instead of
+either aggregation, whatever its votes' agreement; its rows say ``aggregation: "adjudicated"``
+(others say ``"majority"`` or ``"all"``). ``min_item_agreement`` (off by default) drops a pair
+whose most common answer — A, B, tie and both-bad being four answers — has a smaller share of
+its votes than that (``feedback.quality.reports.plurality_share``), in either aggregation.
+
 Ties and both-bad never become chosen/rejected rows; with ``keep_ties`` they are kept as rows with
 ``outcome`` "tie" / "both_bad" (chosen and rejected then just name the two sides) so a trainer can
 filter them. Every preference row carries ``outcome`` ("chosen" for ordinary rows).
+
+Filters applied before aggregation, for every kind:
+
+- Gold items are quality-control data: judgements on them (and, for ``prompts``, a prompt that
+  carries a gold item) are left out unless ``include_gold``; their gold answers never are
+  exported.
+- Annotator trust (SFT and preference; off by default): ``min_annotator_agreement`` (agreement
+  with the leave-one-out consensus), ``min_gold_accuracy`` and ``exclude_flagged`` leave out
+  every judgement of an annotator whose figure on the quality page falls short
+  (``feedback.quality.trust``). The figures are taken over the origins the snapshot includes.
+
+``DatasetSnapshot.stats`` (and the manifest) record the annotators left out with the reasons,
+those kept for lack of a figure, how many judgements / pairs each filter dropped, and the number
+of adjudicated pairs.
 
 The held-out split is chosen stably by prompt hash (``test_fraction``, default 0.1), and a prompt
 imported with ``split="test"`` is always held out: the same prompt never lands in both.
@@ -35,6 +55,7 @@ import shutil
 import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -43,14 +64,17 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from feedback.models import (
+    Adjudication,
     DatasetSnapshot,
     Demonstration,
     DemonstrationStatus,
     Item,
     ItemCompletion,
+    JudgementBase,
     Origin,
     PairwiseJudgement,
     Project,
@@ -61,22 +85,48 @@ from feedback.models import (
     Split,
     Strength,
 )
+from feedback.quality.reports import plurality_share
+from feedback.quality.trust import TrustDecision, annotator_trust
 
 STRENGTH_SCORE = {Strength.SLIGHT: 1, Strength.CLEAR: 2, Strength.STRONG: 3}
+# Which annotators to trust, by the quality page's figures (feedback.quality.trust); None is off.
+_TRUST = {"min_annotator_agreement": None, "min_gold_accuracy": None, "exclude_flagged": False}
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    SnapshotKind.SFT: {"statuses": ["submitted", "accepted"], "format": "messages"},
-    SnapshotKind.PREFERENCE: {"aggregation": "majority", "min_agreement": 0.5, "keep_ties": False},
+    SnapshotKind.SFT: {"statuses": ["submitted", "accepted"], "format": "messages", **_TRUST},
+    SnapshotKind.PREFERENCE: {
+        "aggregation": "majority",
+        "min_agreement": 0.5,
+        "min_item_agreement": None,
+        "keep_ties": False,
+        **_TRUST,
+    },
     SnapshotKind.PROMPTS: {},
 }
-_COMMON = {"test_fraction": 0.1, "include_imported": False, "include_simulated": False}
+_COMMON = {
+    "test_fraction": 0.1,
+    "include_imported": False,
+    "include_simulated": False,
+    "include_gold": False,
+}
+_SWITCHES = (
+    "keep_ties",
+    "include_imported",
+    "include_simulated",
+    "include_gold",
+    "exclude_flagged",
+)
+_SHARES = ("min_agreement", "min_item_agreement", "min_annotator_agreement", "min_gold_accuracy")
 _CHUNK = 2000
 
 
 def clean_policy(kind: str, policy: dict[str, Any] | None) -> dict[str, Any]:
-    """Fill defaults and refuse unknown keys: a typo must not silently export the wrong data."""
+    """Fill defaults and refuse unknown keys and wrong values: a typo must not silently export
+    the wrong data."""
     if kind not in SnapshotKind.values:
         raise ValidationError({"kind": f"Kind is one of {', '.join(SnapshotKind.values)}."})
     allowed = {**_COMMON, **_DEFAULTS[kind]}
+    if not isinstance(policy or {}, dict):
+        raise ValidationError({"policy": "The policy is an object of option: value."})
     policy = dict(policy or {})
     unknown = set(policy) - set(allowed)
     if unknown:
@@ -84,19 +134,37 @@ def clean_policy(kind: str, policy: dict[str, Any] | None) -> dict[str, Any]:
             {"policy": f"Unknown policy keys for {kind}: {', '.join(sorted(unknown))}."}
         )
     cleaned = {**allowed, **policy}
-    if not 0 <= float(cleaned["test_fraction"]) < 1:
-        raise ValidationError({"policy": "test_fraction must be in [0, 1)."})
-    if kind == SnapshotKind.SFT:
-        if cleaned["format"] not in ("messages", "prompt_completion"):
-            raise ValidationError({"policy": "format is messages or prompt_completion."})
-        if not set(cleaned["statuses"]) <= set(DemonstrationStatus.values):
-            raise ValidationError({"policy": "statuses are submitted, accepted, rejected."})
-    if kind == SnapshotKind.PREFERENCE:
-        if cleaned["aggregation"] not in ("majority", "all"):
-            raise ValidationError({"policy": "aggregation is majority or all."})
-        if not 0 <= float(cleaned["min_agreement"]) <= 1:
-            raise ValidationError({"policy": "min_agreement must be in [0, 1]."})
+    errors = [_check(key, value) for key, value in cleaned.items()]
+    if any(errors):
+        raise ValidationError({"policy": [error for error in errors if error]})
     return cleaned
+
+
+def _check(key: str, value: Any) -> str:
+    """The error for one policy value, or ""."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key in _SWITCHES and not isinstance(value, bool):
+        return f"{key} is true or false."
+    if key == "test_fraction" and not (number and 0 <= value < 1):
+        return "test_fraction must be a number from 0 up to (not including) 1."
+    if key in _SHARES and not (number and 0 <= value <= 1):
+        if value is None and key != "min_agreement":
+            return ""
+        return f"{key} must be a number from 0 to 1" + (
+            "." if key == "min_agreement" else " (or null for no filter)."
+        )
+    if key == "format" and value not in ("messages", "prompt_completion"):
+        return "format is messages or prompt_completion."
+    if key == "statuses" and not (
+        isinstance(value, list)
+        and value
+        and all(isinstance(status, str) for status in value)
+        and set(value) <= set(DemonstrationStatus.values)
+    ):
+        return "statuses is a list of submitted, accepted, rejected."
+    if key == "aggregation" and value not in ("majority", "all"):
+        return "aggregation is majority or all."
+    return ""
 
 
 def prompt_split(prompt_hash: str, declared: str, test_fraction: float) -> str:
@@ -123,13 +191,42 @@ def _origins(policy: dict[str, Any]) -> list[str]:
     return origins
 
 
+@dataclass
+class _Build:
+    """One build's inputs — the project, its cleaned policy, the annotators the trust filters
+    left out — and what each filter dropped, counted while the rows are generated."""
+
+    project: Project
+    policy: dict[str, Any]
+    excluded: frozenset[int] = frozenset()
+    kind: str = ""
+    dropped: Counter = field(default_factory=Counter)
+    adjudicated_pairs: int = 0
+
+    def judgements(self, model: type[JudgementBase], **filters: Any) -> QuerySet:
+        """The rows of `model` the snapshot reads: its project and origins, gold items and
+        left-out annotators removed (and counted)."""
+        considered = model.objects.filter(
+            item__project=self.project, origin__in=_origins(self.policy), **filters
+        )
+        if not self.policy["include_gold"]:
+            # Gold items are quality control: their answers, and the judgements made on them,
+            # are what annotators are measured against, not training labels.
+            self.dropped["gold_judgements"] += considered.filter(item__is_gold=True).count()
+            considered = considered.filter(item__is_gold=False)
+        if self.excluded:
+            left_out = considered.filter(annotator_id__in=self.excluded)
+            self.dropped["excluded_annotator_judgements"] += left_out.count()
+            considered = considered.exclude(annotator_id__in=self.excluded)
+        return considered
+
+
 # --- row generators (each yields (split, row) in a deterministic order) --------------------------
 
 
-def _sft_rows(project: Project, policy: dict[str, Any]) -> Iterator[tuple[str, dict]]:
-    demos = Demonstration.objects.filter(
-        item__project=project, status__in=policy["statuses"], origin__in=_origins(policy)
-    ).order_by("item_id", "id")
+def _sft_rows(build: _Build) -> Iterator[tuple[str, dict]]:
+    policy = build.policy
+    demos = build.judgements(Demonstration, status__in=policy["statuses"]).order_by("item_id", "id")
     fields = ("id", "item_id", "text", *(f"item__prompt__{name}" for name in _PROMPT_FIELDS))
     for demo_id, item_id, text, *prompt in demos.values_list(*fields).iterator(_CHUNK):
         prompt_id, content_hash, declared, system, messages = prompt
@@ -142,10 +239,16 @@ def _sft_rows(project: Project, policy: dict[str, Any]) -> Iterator[tuple[str, d
             yield split, {"prompt": convo, "completion": _assistant(text), **meta}
 
 
-def _prompt_rows(project: Project, policy: dict[str, Any]) -> Iterator[tuple[str, dict]]:
-    prompts = Prompt.objects.filter(project=project).order_by("id").values_list(*_PROMPT_FIELDS)
-    for prompt_id, content_hash, declared, system, messages in prompts.iterator(_CHUNK):
-        split = prompt_split(content_hash, declared, policy["test_fraction"])
+def _prompt_rows(build: _Build) -> Iterator[tuple[str, dict]]:
+    prompts = Prompt.objects.filter(project=build.project)
+    if not build.policy["include_gold"]:
+        # A prompt is only a task here; one that carries a gold item is left out whole.
+        build.dropped["gold_prompts"] += prompts.filter(items__is_gold=True).distinct().count()
+        prompts = prompts.exclude(items__is_gold=True)
+    for prompt_id, content_hash, declared, system, messages in (
+        prompts.order_by("id").values_list(*_PROMPT_FIELDS).iterator(_CHUNK)
+    ):
+        split = prompt_split(content_hash, declared, build.policy["test_fraction"])
         yield split, {"prompt": conversation(system, messages), "prompt_id": prompt_id}
 
 
@@ -241,88 +344,162 @@ def _ranking_votes(judgements: list, completions: dict) -> dict[tuple[int, int],
     return votes
 
 
-def _preference_rows(project: Project, policy: dict[str, Any]) -> Iterator[tuple[str, dict]]:
-    origins = _origins(policy)
+def _verdicts(project: Project) -> dict[int, tuple]:
+    """The latest adjudication of each item, shaped like the judgement it settles:
+    (None, choice, "") for a pairwise item, (None, ranking) for a ranking item."""
+    verdicts: dict[int, tuple] = {}
+    adjudications = Adjudication.objects.filter(item__project=project).order_by(
+        "item_id", "-created_at", "-id"
+    )
+    for item_id, choice, ranking in adjudications.values_list("item_id", "choice", "ranking"):
+        if item_id not in verdicts:
+            verdicts[item_id] = (None, choice, "") if choice else (None, ranking)
+    return verdicts
+
+
+def _preference_rows(build: _Build) -> Iterator[tuple[str, dict]]:
+    verdicts = _verdicts(build.project)
     sources = [
-        (
-            PairwiseJudgement.objects.filter(item__project=project, origin__in=origins),
-            ("id", "choice", "strength"),
-            _pairwise_votes,
-        ),
-        (
-            RankingJudgement.objects.filter(item__project=project, origin__in=origins),
-            ("id", "ranking"),
-            _ranking_votes,
-        ),
+        (build.judgements(PairwiseJudgement), ("id", "choice", "strength"), _pairwise_votes),
+        (build.judgements(RankingJudgement), ("id", "ranking"), _ranking_votes),
     ]
     for queryset, fields, to_votes in sources:
         judgements = queryset.order_by("item_id", "id").values_list("item_id", *fields)
         for item_id, votes_of_item, prompt, completions in _judged_items(judgements):
             prompt_id, content_hash, declared, system, messages = prompt
-            split = prompt_split(content_hash, declared, policy["test_fraction"])
+            split = prompt_split(content_hash, declared, build.policy["test_fraction"])
             convo = conversation(system, messages)
-            for (first, second), votes in sorted(to_votes(votes_of_item, completions).items()):
-                for row in _aggregate(first, second, votes, policy):
-                    chosen_id, rejected_id = row.pop("_chosen"), row.pop("_rejected")
-                    yield (
-                        split,
-                        {
-                            "prompt": convo,
-                            "chosen": _assistant(completions[chosen_id][1]),
-                            "rejected": _assistant(completions[rejected_id][1]),
-                            "item_id": item_id,
-                            "prompt_id": prompt_id,
-                            "chosen_id": chosen_id,
-                            "rejected_id": rejected_id,
-                            **row,
-                        },
-                    )
+            votes = to_votes(votes_of_item, completions)
+            verdict = verdicts.get(item_id)
+            if verdict is None:
+                rows = _aggregated(votes, build)
+            else:
+                rows = _adjudicated(votes, to_votes([verdict], completions), build)
+            for row in rows:
+                chosen_id, rejected_id = row.pop("_chosen"), row.pop("_rejected")
+                yield (
+                    split,
+                    {
+                        "prompt": convo,
+                        "chosen": _assistant(completions[chosen_id][1]),
+                        "rejected": _assistant(completions[rejected_id][1]),
+                        "item_id": item_id,
+                        "prompt_id": prompt_id,
+                        "chosen_id": chosen_id,
+                        "rejected_id": rejected_id,
+                        **row,
+                    },
+                )
 
 
-def _aggregate(first: int, second: int, votes: list, policy: dict[str, Any]) -> Iterator[dict]:
+def _answer(vote: tuple) -> Any:
+    winner, outcome, *_ = vote
+    return outcome if winner is None else winner
+
+
+def _aggregated(votes_by_pair: dict[tuple[int, int], list], build: _Build) -> Iterator[dict]:
+    minimum = build.policy["min_item_agreement"]
+    for (first, second), votes in sorted(votes_by_pair.items()):
+        if minimum is not None and plurality_share(map(_answer, votes)) < minimum:
+            build.dropped["pairs_below_min_item_agreement"] += 1
+            continue
+        yield from _aggregate(first, second, votes, build)
+
+
+def _adjudicated(
+    votes_by_pair: dict[tuple[int, int], list],
+    verdict_by_pair: dict[tuple[int, int], list],
+    build: _Build,
+) -> Iterator[dict]:
+    """The adjudicated answer replaces the votes, and the agreement filters do not apply (the
+    split was settled); `agreement` and `annotator_count` still describe the votes."""
+    for (first, second), [verdict] in sorted(verdict_by_pair.items()):
+        votes = votes_by_pair.get((first, second), [])
+        n = len(votes)
+        agreement = sum(_answer(v) == _answer(verdict) for v in votes) / n if n else 0.0
+        winner, outcome, *_ = verdict
+        if winner is None:
+            if build.policy["keep_ties"]:
+                build.adjudicated_pairs += 1
+                yield _tie_row(first, second, outcome, n, agreement, None, "adjudicated")
+            else:
+                build.dropped["pairs_without_a_winner"] += 1
+            continue
+        build.adjudicated_pairs += 1
+        strengths = [s for w, _, s, _ in votes if w == winner and s]
+        strength = round(sum(strengths) / len(strengths), 3) if strengths else 0
+        yield _chosen_row(first, second, winner, strength, agreement, n, None, "adjudicated")
+
+
+def _aggregate(first: int, second: int, votes: list, build: _Build) -> Iterator[dict]:
+    policy = build.policy
     decisive = Counter(winner for winner, *_ in votes if winner is not None)
     outcomes = Counter(outcome for _, outcome, *_ in votes)
     n = len(votes)
     if policy["aggregation"] == "all":
         for winner, outcome, strength, judgement_id in votes:
-            if winner is None:
-                if policy["keep_ties"]:
-                    yield _tie_row(first, second, outcome, n, outcomes[outcome] / n, judgement_id)
-                continue
-            yield {
-                "_chosen": winner,
-                "_rejected": second if winner == first else first,
-                "outcome": "chosen",
-                "strength": strength,
-                "agreement": round(decisive[winner] / n, 4),
-                "annotator_count": n,
-                "judgement_id": judgement_id,
-            }
+            if winner is not None:
+                agreement = decisive[winner] / n
+                yield _chosen_row(
+                    first, second, winner, strength, agreement, n, judgement_id, "all"
+                )
+            elif policy["keep_ties"]:
+                agreement = outcomes[outcome] / n
+                yield _tie_row(first, second, outcome, n, agreement, judgement_id, "all")
+            else:
+                build.dropped["tie_or_both_bad_judgements"] += 1
         return
     ranked = decisive.most_common()
+    below_minimum = False
     if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):
         winner, count = ranked[0]
-        agreement = count / n
-        if agreement >= policy["min_agreement"]:
+        if count / n >= policy["min_agreement"]:
             strengths = [s for w, _, s, _ in votes if w == winner and s]
-            yield {
-                "_chosen": winner,
-                "_rejected": second if winner == first else first,
-                "outcome": "chosen",
-                "strength": round(sum(strengths) / len(strengths), 3) if strengths else 0,
-                "agreement": round(agreement, 4),
-                "annotator_count": n,
-                "judgement_id": None,
-            }
+            strength = round(sum(strengths) / len(strengths), 3) if strengths else 0
+            yield _chosen_row(first, second, winner, strength, count / n, n, None, "majority")
             return
-    if policy["keep_ties"]:
-        undecided = Counter({o: c for o, c in outcomes.items() if o in ("tie", "both_bad")})
-        if undecided:
-            outcome, count = max(undecided.items(), key=lambda kv: (kv[1], kv[0]))
-            yield _tie_row(first, second, outcome, n, count / n, None)
+        below_minimum = True
+    undecided = Counter({o: c for o, c in outcomes.items() if o in ("tie", "both_bad")})
+    if policy["keep_ties"] and undecided:
+        outcome, count = max(undecided.items(), key=lambda kv: (kv[1], kv[0]))
+        yield _tie_row(first, second, outcome, n, count / n, None, "majority")
+    elif below_minimum:
+        build.dropped["pairs_below_min_agreement"] += 1
+    else:
+        build.dropped["pairs_without_a_winner"] += 1
 
 
-def _tie_row(first: int, second: int, outcome: str, n: int, agreement: float, judgement_id):
+def _chosen_row(
+    first: int,
+    second: int,
+    winner: int,
+    strength: float,
+    agreement: float,
+    n: int,
+    judgement_id: int | None,
+    aggregation: str,
+) -> dict:
+    return {
+        "_chosen": winner,
+        "_rejected": second if winner == first else first,
+        "outcome": "chosen",
+        "strength": strength,
+        "agreement": round(agreement, 4),
+        "annotator_count": n,
+        "judgement_id": judgement_id,
+        "aggregation": aggregation,
+    }
+
+
+def _tie_row(
+    first: int,
+    second: int,
+    outcome: str,
+    n: int,
+    agreement: float,
+    judgement_id: int | None,
+    aggregation: str,
+) -> dict:
     return {
         "_chosen": first,
         "_rejected": second,
@@ -331,9 +508,23 @@ def _tie_row(first: int, second: int, outcome: str, n: int, agreement: float, ju
         "agreement": round(agreement, 4),
         "annotator_count": n,
         "judgement_id": judgement_id,
+        "aggregation": aggregation,
     }
 
 
+# Per kind, what a filter can drop (judgements or prompts before aggregation, pairs after).
+_DROPPED = {
+    SnapshotKind.SFT: ("gold_judgements", "excluded_annotator_judgements"),
+    SnapshotKind.PREFERENCE: (
+        "gold_judgements",
+        "excluded_annotator_judgements",
+        "pairs_below_min_item_agreement",
+        "pairs_below_min_agreement",
+        "pairs_without_a_winner",
+        "tie_or_both_bad_judgements",
+    ),
+    SnapshotKind.PROMPTS: ("gold_prompts",),
+}
 _ROWS = {
     SnapshotKind.SFT: _sft_rows,
     SnapshotKind.PREFERENCE: _preference_rows,
@@ -525,16 +716,27 @@ def snapshot_build(snapshot: DatasetSnapshot) -> DatasetSnapshot:
     directory = root / relative
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
+    # Cleaned again: a snapshot requested before a policy key existed builds with its default.
+    policy = clean_policy(snapshot.kind, snapshot.policy)
     try:
         with _streaming_reads():
-            rows = _ROWS[snapshot.kind](snapshot.project, snapshot.policy)
-            counts, content_hash, column_types = _write_rows(rows, directory)
+            trust = annotator_trust(
+                snapshot.project,
+                origins=_origins(policy),
+                min_agreement=policy.get("min_annotator_agreement"),
+                min_gold_accuracy=policy.get("min_gold_accuracy"),
+                exclude_flagged=policy.get("exclude_flagged", False),
+            )
+            build = _Build(snapshot.project, policy, frozenset(trust.excluded), snapshot.kind)
+            counts, content_hash, column_types = _write_rows(_ROWS[snapshot.kind](build), directory)
         _write_companions(directory, counts, column_types)
+        stats = _stats(build, trust)
         manifest = {
             "name": snapshot.name,
             "kind": snapshot.kind,
             "project": snapshot.project.name,
-            "policy": snapshot.policy,
+            "policy": policy,
+            "stats": stats,
             "row_counts": counts,
             "content_hash": content_hash,
             "created_at": snapshot.created_at.isoformat(),
@@ -547,10 +749,26 @@ def snapshot_build(snapshot: DatasetSnapshot) -> DatasetSnapshot:
     claimed.update(
         status=SnapshotStatus.READY,
         directory=str(relative),
+        policy=policy,
+        stats=stats,
         row_counts=counts,
         content_hash=content_hash,
     )
     return DatasetSnapshot.objects.get(pk=snapshot.pk)
+
+
+def _stats(build: _Build, trust: TrustDecision) -> dict[str, Any]:
+    """What the filters did, for the snapshot page and the manifest: every count is there,
+    zeros included, so that "nothing was dropped" is said rather than implied."""
+    dropped = {name: build.dropped[name] for name in _DROPPED[build.kind]}
+    stats: dict[str, Any] = {
+        "dropped": dropped,
+        "excluded_annotators": list(trust.excluded.values()),
+        "unmeasured_annotators": trust.unmeasured,
+    }
+    if build.kind == SnapshotKind.PREFERENCE:
+        stats["adjudicated_pairs"] = build.adjudicated_pairs
+    return stats
 
 
 def snapshot_create(

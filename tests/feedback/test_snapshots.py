@@ -5,7 +5,17 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from feedback import services
-from feedback.models import Origin, PairwiseJudgement, SnapshotStatus, Split, TaskKind
+from feedback.models import (
+    Assignment,
+    DemonstrationStatus,
+    Item,
+    Origin,
+    PairwiseJudgement,
+    SnapshotStatus,
+    Split,
+    TaskKind,
+)
+from feedback.services import review as review_services
 from tests.factories import ProjectFactory, annotator, make_item
 
 pytestmark = pytest.mark.django_db
@@ -33,6 +43,21 @@ def judge_pairwise(item, choices):
         services.pairwise_submit(
             assignment_id=a.pk, annotator=user, choice=choice, strength="strong"
         )
+
+
+def judge_as(item, user, choice, **kwargs):
+    """`user` judges `item` (an assignment made directly: the test decides who judges what)."""
+    a = Assignment.objects.create(item=item, annotator=user, expires_at="2100-01-01T00:00Z")
+    if item.kind == TaskKind.RANKING:
+        return services.ranking_submit(assignment_id=a.pk, annotator=user, ranking=choice)
+    strength = kwargs.pop("strength", "clear" if choice in ("a", "b") else "")
+    return services.pairwise_submit(
+        assignment_id=a.pk, annotator=user, choice=choice, strength=strength, **kwargs
+    )
+
+
+def texts(row):
+    return row["chosen"][0]["content"], row["rejected"][0]["content"]
 
 
 @pytest.fixture
@@ -226,6 +251,17 @@ def test_companion_files_load_with_datasets(roles, everything_in_train):
         ("sft", {"format": "chatml"}),
         ("prompts", {"test_fraction": 1.5}),
         ("painting", {}),
+        ("preference", {"min_gold_accuracy": 1.5}),
+        ("preference", {"min_annotator_agreement": -0.1}),
+        ("preference", {"min_item_agreement": "high"}),
+        ("preference", {"min_agreement": None}),
+        ("preference", {"exclude_flagged": "yes"}),
+        ("preference", {"include_gold": 1}),
+        ("sft", {"statuses": []}),
+        ("sft", {"statuses": [["accepted"]]}),
+        ("sft", {"min_item_agreement": 0.5}),  # an item-agreement filter has no meaning for SFT
+        ("prompts", {"min_gold_accuracy": 0.5}),  # nor annotator trust for prompts alone
+        ("preference", ["aggregation"]),
     ],
 )
 def test_bad_policies_are_refused_before_anything_is_written(roles, kind, policy):
@@ -233,3 +269,285 @@ def test_bad_policies_are_refused_before_anything_is_written(roles, kind, policy
     with pytest.raises(ValidationError):
         services.snapshot_create(project=project, kind=kind, policy=policy)
     assert not project.snapshots.exists()
+
+
+def test_threshold_errors_name_the_option_and_its_range(roles):
+    with pytest.raises(ValidationError) as refused:
+        services.clean_policy("preference", {"min_gold_accuracy": 2, "exclude_flagged": "no"})
+    assert sorted(refused.value.message_dict["policy"]) == [
+        "exclude_flagged is true or false.",
+        "min_gold_accuracy must be a number from 0 to 1 (or null for no filter).",
+    ]
+
+
+# --- gold items --------------------------------------------------------------------------------
+
+
+def test_gold_items_and_the_judgements_on_them_stay_out_of_every_export(roles, admin_user):
+    project = ProjectFactory(overlap=1)
+    ordinary = make_item(project, texts=["plain A", "plain B"])
+    gold = make_item(project, texts=["gold A", "gold B"])
+    review_services.item_mark_gold(item_id=gold.pk, admin=admin_user, answer={"choice": "b"})
+    user = annotator("graded")
+    judge_as(ordinary, user, "a")
+    judge_as(gold, user, "a")
+    demo_item = make_item(project, TaskKind.DEMONSTRATION)
+    judge_demo = Assignment.objects.create(
+        item=demo_item, annotator=user, expires_at="2100-01-01T00:00Z"
+    )
+    services.demonstration_submit(assignment_id=judge_demo.pk, annotator=user, text="written")
+    # Demonstrations cannot be marked gold through the services; the export must not rely on it.
+    Item.objects.filter(pk=demo_item.pk).update(is_gold=True)
+    train = {"test_fraction": 0}
+
+    preference = services.snapshot_create(project=project, kind="preference", policy=train)
+    sft = services.snapshot_create(project=project, kind="sft", policy=train)
+    prompts = services.snapshot_create(project=project, kind="prompts", policy=train)
+
+    assert [texts(r) for r in rows(preference)] == [("plain A", "plain B")]
+    assert preference.policy["include_gold"] is False
+    assert preference.stats["dropped"]["gold_judgements"] == 1
+    assert rows(sft) == [] and sft.stats["dropped"]["gold_judgements"] == 1
+    assert [r["prompt_id"] for r in rows(prompts)] == [ordinary.prompt_id]
+    assert prompts.stats["dropped"] == {"gold_prompts": 2}
+    exported = "".join((s.path() / "train.jsonl").read_text() for s in (preference, sft, prompts))
+    assert "gold A" not in exported and "written" not in exported
+
+    # Asked for explicitly, the judgements on gold items come out — as the annotator's answer,
+    # never as the gold answer.
+    with_gold = services.snapshot_create(
+        project=project, kind="preference", policy={**train, "include_gold": True}
+    )
+    assert sorted(texts(r) for r in rows(with_gold)) == [
+        ("gold A", "gold B"),
+        ("plain A", "plain B"),
+    ]
+    assert with_gold.stats["dropped"]["gold_judgements"] == 0
+
+
+# --- adjudication ------------------------------------------------------------------------------
+
+
+def test_an_adjudicated_item_takes_the_adjudicated_answer(roles, reviewer, everything_in_train):
+    project = ProjectFactory(overlap=3)
+    outvoted = make_item(project, texts=["majority pick", "adjudicated pick"])
+    level = make_item(project, texts=["level A", "level B"])
+    untouched = make_item(project, texts=["kept A", "kept B"])
+    judges = [annotator(f"split{n}") for n in range(3)]
+    for item, choices in ((outvoted, "aab"), (level, ["a", "b", "tie"]), (untouched, "aab")):
+        for user, choice in zip(judges, choices, strict=True):
+            judge_as(item, user, choice)
+    adjudicate = review_services.item_adjudicate
+    adjudicate(item_id=outvoted.pk, adjudicator=reviewer, choice="a", note="first thought")
+    adjudicate(item_id=outvoted.pk, adjudicator=reviewer, choice="b", note="the latest counts")
+    adjudicate(item_id=level.pk, adjudicator=reviewer, choice="tie")
+
+    strict = {**everything_in_train, "min_agreement": 0.9, "min_item_agreement": 0.9}
+    snapshot = services.snapshot_create(project=project, kind="preference", policy=strict)
+    with_ties = services.snapshot_create(
+        project=project, kind="preference", policy={**strict, "keep_ties": True}
+    )
+    every = services.snapshot_create(
+        project=project, kind="preference", policy={**everything_in_train, "aggregation": "all"}
+    )
+
+    # The strict thresholds drop the ordinary split item, never the settled ones.
+    [row] = rows(snapshot)
+    assert texts(row) == ("adjudicated pick", "majority pick")
+    assert (row["aggregation"], row["outcome"], row["judgement_id"]) == (
+        "adjudicated",
+        "chosen",
+        None,
+    )
+    assert row["agreement"] == pytest.approx(1 / 3, abs=1e-4) and row["annotator_count"] == 3
+    assert row["strength"] == 2  # the one "clear" vote for the adjudicated side
+    assert snapshot.stats["adjudicated_pairs"] == 1
+    assert snapshot.stats["dropped"]["pairs_below_min_item_agreement"] == 1
+    assert snapshot.stats["dropped"]["pairs_without_a_winner"] == 1  # the adjudicated tie
+    tie = next(r for r in rows(with_ties) if r["item_id"] == level.pk)
+    assert (tie["outcome"], tie["aggregation"]) == ("tie", "adjudicated")
+    assert tie["agreement"] == pytest.approx(1 / 3, abs=1e-4)
+    assert with_ties.stats["adjudicated_pairs"] == 2
+    # With every judgement as a row, a settled item still gives its one adjudicated row.
+    by_item = {}
+    for r in rows(every):
+        by_item.setdefault(r["item_id"], []).append(r["aggregation"])
+    assert by_item == {outvoted.pk: ["adjudicated"], untouched.pk: ["all", "all", "all"]}
+
+
+def test_an_adjudicated_ranking_gives_its_implied_pairs(roles, reviewer, everything_in_train):
+    project = ProjectFactory(overlap=2)
+    item = make_item(project, TaskKind.RANKING, n=3, texts=["x", "y", "z"])
+    x, y, z = (c.pk for c in item.ordered_completions())
+    judge_as(item, annotator("r1"), [[x], [y], [z]])
+    judge_as(item, annotator("r2"), [[z], [y], [x]])
+    review_services.item_adjudicate(item_id=item.pk, adjudicator=reviewer, ranking=[[y], [x, z]])
+
+    snapshot = services.snapshot_create(
+        project=project, kind="preference", policy={**everything_in_train, "keep_ties": True}
+    )
+
+    got = sorted((texts(r), r["outcome"], r["aggregation"]) for r in rows(snapshot))
+    assert got == [
+        (("x", "z"), "tie", "adjudicated"),
+        (("y", "x"), "chosen", "adjudicated"),
+        (("y", "z"), "chosen", "adjudicated"),
+    ]
+
+
+# --- annotator trust and item agreement --------------------------------------------------------
+
+
+@pytest.fixture
+def crowd(roles, admin_user):
+    """Four annotators on eight items. "dissenter" agrees with the other three on 2 of 8 items
+    (leave-one-out agreement 0.25; the others 1.0) and gets 1 of 2 gold items right (0.5);
+    "steady" gets both right (1.0); the other two never see a gold item."""
+    project = ProjectFactory(overlap=4)
+    items = [make_item(project, texts=[f"A{n}", f"B{n}"]) for n in range(8)]
+    names = ["steady", "second", "third", "dissenter"]
+    users = {name: annotator(name) for name in names}
+    for n, item in enumerate(items):
+        for name in names[:3]:
+            judge_as(item, users[name], "a")
+        judge_as(item, users["dissenter"], "a" if n < 2 else "b")
+    for answer in ("a", "b"):
+        gold = make_item(project)
+        review_services.item_mark_gold(item_id=gold.pk, admin=admin_user, answer={"choice": answer})
+        judge_as(gold, users["steady"], answer)
+        judge_as(gold, users["dissenter"], "a")
+    return project
+
+
+@pytest.mark.parametrize(
+    ("policy", "excluded", "reasons"),
+    [
+        ({"min_annotator_agreement": 0.25}, [], []),  # 0.25 is not below 0.25
+        ({"min_annotator_agreement": 0.3}, ["dissenter"], ["agreement 0.25 below 0.3"]),
+        ({"min_gold_accuracy": 0.5}, [], []),
+        ({"min_gold_accuracy": 0.75}, ["dissenter"], ["gold accuracy 0.5 below 0.75"]),
+    ],
+)
+def test_annotators_below_a_threshold_are_left_out_and_recorded(crowd, policy, excluded, reasons):
+    policy = {"test_fraction": 0, **policy}
+    snapshot = services.snapshot_create(project=crowd, kind="preference", policy=policy)
+
+    assert [a["username"] for a in snapshot.stats["excluded_annotators"]] == excluded
+    assert [r for a in snapshot.stats["excluded_annotators"] for r in a["reasons"]] == reasons
+    assert snapshot.stats["dropped"]["excluded_annotator_judgements"] == 8 * len(excluded)
+    assert snapshot.stats["dropped"]["gold_judgements"] == 4  # counted first, whoever judged
+    assert snapshot.row_counts["train"] == 8
+    counts = {r["annotator_count"] for r in rows(snapshot)}
+    assert counts == {4 - len(excluded)}
+    if "min_gold_accuracy" in policy:
+        assert snapshot.stats["unmeasured_annotators"] == {"min_gold_accuracy": ["second", "third"]}
+    # The same inputs give the same bytes.
+    again = services.snapshot_create(project=crowd, kind="preference", policy=policy)
+    assert again.content_hash == snapshot.content_hash
+
+
+def test_trust_filters_change_the_exported_rows(crowd):
+    everyone = services.snapshot_create(
+        project=crowd, kind="preference", policy={"test_fraction": 0, "aggregation": "all"}
+    )
+    trusted = services.snapshot_create(
+        project=crowd,
+        kind="preference",
+        policy={"test_fraction": 0, "aggregation": "all", "min_annotator_agreement": 0.5},
+    )
+    assert everyone.row_counts["train"] == 32 and trusted.row_counts["train"] == 24
+    assert all(texts(r)[0].startswith("A") for r in rows(trusted))
+    assert everyone.content_hash != trusted.content_hash
+
+
+def test_min_item_agreement_keeps_pairs_whose_most_common_answer_has_that_share(roles):
+    project = ProjectFactory(overlap=3)
+    judges = [annotator(f"j{n}") for n in range(3)]
+    for choices in ("aaa", "aab", ["a", "b", "tie"]):
+        item = make_item(project)
+        for user, choice in zip(judges, choices, strict=True):
+            judge_as(item, user, choice)
+
+    def snapshot(minimum):
+        policy = {"test_fraction": 0, "aggregation": "all", "min_item_agreement": minimum}
+        return services.snapshot_create(project=project, kind="preference", policy=policy)
+
+    # Shares of the most common answer: 1, 2/3 and 1/3; "all" gives a row per decisive vote.
+    assert snapshot(None).row_counts["train"] == 3 + 3 + 2
+    assert snapshot(2 / 3).row_counts["train"] == 3 + 3
+    strict = snapshot(0.7)
+    assert strict.row_counts["train"] == 3
+    assert strict.stats["dropped"]["pairs_below_min_item_agreement"] == 2
+
+
+def test_flagged_annotators_can_be_left_out(roles):
+    project = ProjectFactory(overlap=3, task_kinds=[TaskKind.PAIRWISE])
+    for _ in range(24):
+        make_item(project)
+    careful, lefty = [annotator("careful1"), annotator("careful2")], annotator("lefty")
+    for user in [*careful, lefty]:
+        for _ in range(24):  # through the queue, which shuffles the sides per annotator
+            a = services.task_next_for_annotator(project=project, annotator=user)
+            a_id = a.item.item_completions.get(position=0).completion_id
+            left = "a" if a.display_order[0] == a_id else "b"
+            # lefty always picks the reply shown on the left, in a second
+            choice, seconds = (left, 1.0) if user == lefty else ("a", 20.0)
+            services.pairwise_submit(
+                assignment_id=a.pk, annotator=user, choice=choice, strength="clear",
+                seconds_spent=seconds,
+            )  # fmt: skip
+
+    snapshot = services.snapshot_create(
+        project=project, kind="preference", policy={"test_fraction": 0, "exclude_flagged": True}
+    )
+
+    [excluded] = snapshot.stats["excluded_annotators"]
+    assert excluded["username"] == "lefty"
+    assert any(r.startswith("flagged: side bias") for r in excluded["reasons"])
+    assert any(r.startswith("flagged: too fast") for r in excluded["reasons"])
+    assert {r["annotator_count"] for r in rows(snapshot)} == {2}
+
+
+# --- demonstrations ----------------------------------------------------------------------------
+
+
+def test_sft_can_require_accepted_demonstrations_and_exports_the_reviewed_text(roles, reviewer):
+    project = ProjectFactory(task_kinds=[TaskKind.DEMONSTRATION])
+    demos = []
+    for n in range(3):
+        item = make_item(project, TaskKind.DEMONSTRATION)
+        user = annotator(f"writer{n}")
+        a = Assignment.objects.create(item=item, annotator=user, expires_at="2100-01-01T00:00Z")
+        demos.append(
+            services.demonstration_submit(assignment_id=a.pk, annotator=user, text=f"draft {n}")
+        )
+    review = review_services.demonstration_review
+    review(demonstration_id=demos[0].pk, reviewer=reviewer, decision="edit", edited_text="fixed 0")
+    review(demonstration_id=demos[1].pk, reviewer=reviewer, decision="reject", comment="wrong")
+
+    default = services.snapshot_create(project=project, kind="sft", policy={"test_fraction": 0})
+    accepted = services.snapshot_create(
+        project=project, kind="sft", policy={"test_fraction": 0, "statuses": ["accepted"]}
+    )
+
+    def replies(snapshot):
+        return sorted(r["messages"][-1]["content"] for r in rows(snapshot))
+
+    assert replies(default) == ["draft 2", "fixed 0"]
+    assert replies(accepted) == ["fixed 0"]
+    assert demos[2].status == DemonstrationStatus.SUBMITTED
+
+
+def test_sft_trust_filters_leave_out_untrusted_writers(crowd):
+    for name in ("steady", "dissenter"):
+        item = make_item(crowd, TaskKind.DEMONSTRATION)
+        user = annotator(name)
+        a = Assignment.objects.create(item=item, annotator=user, expires_at="2100-01-01T00:00Z")
+        services.demonstration_submit(assignment_id=a.pk, annotator=user, text=f"by {name}")
+
+    snapshot = services.snapshot_create(
+        project=crowd, kind="sft", policy={"test_fraction": 0, "min_annotator_agreement": 0.5}
+    )
+
+    assert [r["messages"][-1]["content"] for r in rows(snapshot)] == ["by steady"]
+    assert snapshot.stats["dropped"] == {"gold_judgements": 0, "excluded_annotator_judgements": 1}
