@@ -165,7 +165,15 @@ class ImportOut(Schema):
 class SnapshotIn(Schema):
     kind: Literal["sft", "preference", "prompts"]
     name: str = ""
-    policy: dict[str, Any] = {}
+    policy: dict[str, Any] = Field(
+        {},
+        description="Options, defaults filled in; an unknown key or an out-of-range value is a "
+        "422. All kinds: test_fraction [0, 1), include_imported, include_simulated, "
+        "include_gold (judgements on gold items; default false). SFT and preference: "
+        "min_annotator_agreement, min_gold_accuracy (0..1 or null), exclude_flagged. "
+        "Preference: aggregation (majority|all), min_agreement, min_item_agreement (0..1 or "
+        "null), keep_ties. SFT: statuses, format (messages|prompt_completion).",
+    )
 
 
 class SnapshotOut(Schema):
@@ -175,6 +183,10 @@ class SnapshotOut(Schema):
     kind: str
     status: str
     policy: dict[str, Any]
+    stats: dict[str, Any] = Field(
+        description="What the filters did: dropped counts, annotators left out with reasons, "
+        "annotators kept for want of a figure, adjudicated pairs."
+    )
     content_hash: str
     row_counts: dict[str, int]
     error: str

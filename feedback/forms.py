@@ -147,14 +147,63 @@ class SnapshotForm(forms.Form):
     aggregation = forms.ChoiceField(
         choices=[("majority", "Majority per item"), ("all", "Every judgement is a row")],
         initial="majority",
+        help_text="Preference. An adjudicated item always gives its adjudicated answer.",
     )
-    min_agreement = forms.FloatField(initial=0.5, min_value=0, max_value=1)
+    min_agreement = forms.FloatField(
+        initial=0.5,
+        min_value=0,
+        max_value=1,
+        help_text="Majority: the winner's least share of the votes.",
+    )
+    min_item_agreement = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        label="Min item agreement",
+        help_text="Preference, optional: drop items whose most common answer has a smaller "
+        "share of the votes.",
+    )
     keep_ties = forms.BooleanField(required=False, help_text="Keep ties / both-bad as rows.")
     accepted_only = forms.BooleanField(
         required=False, help_text="SFT: reviewed demonstrations only."
     )
+    min_annotator_agreement = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        label="Min annotator agreement",
+        help_text="Optional: leave out annotators whose agreement with the others (quality page) "
+        "is lower.",
+    )
+    min_gold_accuracy = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        label="Min gold accuracy",
+        help_text="Optional: leave out annotators with a lower accuracy on gold items.",
+    )
+    exclude_flagged = forms.BooleanField(
+        required=False,
+        label="Leave out flagged annotators",
+        help_text="Too fast, side bias, low agreement or low gold accuracy on the quality page.",
+    )
     include_imported = forms.BooleanField(required=False)
     include_simulated = forms.BooleanField(required=False)
+
+    # How the data page groups the fields.
+    SECTIONS = (
+        ("Snapshot", ("kind", "name", "test_fraction")),
+        ("Preference pairs", ("aggregation", "min_agreement", "min_item_agreement", "keep_ties")),
+        ("SFT demonstrations", ("accepted_only",)),
+        (
+            "Annotator trust (SFT and preference)",
+            ("min_annotator_agreement", "min_gold_accuracy", "exclude_flagged"),
+        ),
+        ("Sources", ("include_imported", "include_simulated")),
+    )
+
+    def sections(self) -> list[tuple[str, list[forms.BoundField]]]:
+        return [(legend, [self[name] for name in names]) for legend, names in self.SECTIONS]
 
     def policy(self) -> dict[str, Any]:
         data = self.cleaned_data
@@ -163,10 +212,17 @@ class SnapshotForm(forms.Form):
             "include_imported": data["include_imported"],
             "include_simulated": data["include_simulated"],
         }
+        if data["kind"] in ("preference", "sft"):
+            policy |= {
+                "min_annotator_agreement": data["min_annotator_agreement"],
+                "min_gold_accuracy": data["min_gold_accuracy"],
+                "exclude_flagged": data["exclude_flagged"],
+            }
         if data["kind"] == "preference":
             policy |= {
                 "aggregation": data["aggregation"],
                 "min_agreement": data["min_agreement"],
+                "min_item_agreement": data["min_item_agreement"],
                 "keep_ties": data["keep_ties"],
             }
         if data["kind"] == "sft":

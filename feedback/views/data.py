@@ -26,6 +26,31 @@ DOWNLOADS = {
     "hf.tar": "application/x-tar",
     "manifest.json": "application/json",
 }
+# How the snapshot page names each policy option and each count in `DatasetSnapshot.stats`.
+POLICY_LABELS = {
+    "test_fraction": "Held-out share (by prompt hash)",
+    "aggregation": "Aggregation",
+    "min_agreement": "Majority: winner's least share",
+    "min_item_agreement": "Min item agreement",
+    "keep_ties": "Keep ties / both-bad",
+    "statuses": "Demonstration statuses",
+    "format": "Format",
+    "min_annotator_agreement": "Min annotator agreement",
+    "min_gold_accuracy": "Min gold accuracy",
+    "exclude_flagged": "Leave out flagged annotators",
+    "include_imported": "Include imported judgements",
+    "include_simulated": "Include simulated judgements",
+    "include_gold": "Include judgements on gold items",
+}
+DROPPED_LABELS = {
+    "gold_judgements": "judgements on gold items",
+    "gold_prompts": "prompts of gold items",
+    "excluded_annotator_judgements": "judgements by left-out annotators",
+    "pairs_below_min_item_agreement": "pairs below the min item agreement",
+    "pairs_below_min_agreement": "pairs whose majority was below its least share",
+    "pairs_without_a_winner": "pairs without a winner (level votes, ties, both bad)",
+    "tie_or_both_bad_judgements": "tie / both-bad judgements",
+}
 
 
 @require_GET
@@ -138,7 +163,35 @@ def snapshot_detail(request: HttpRequest, snapshot_id: int) -> HttpResponse:
     if request.htmx:
         template += "#snapshot-status"
     context = {"snapshot": snapshot, "project": snapshot.project, "downloads": list(DOWNLOADS)}
-    return render(request, template, context)
+    return render(request, template, context | _policy_and_stats(snapshot))
+
+
+def _policy_and_stats(snapshot: DatasetSnapshot) -> dict:
+    """The policy and what its filters did, as labelled rows for the snapshot page."""
+    stats = snapshot.stats
+    return {
+        "policy": _labelled(snapshot.policy, POLICY_LABELS),
+        "dropped": _labelled(stats.get("dropped", {}), DROPPED_LABELS),
+        "unmeasured": [
+            (POLICY_LABELS.get(key, key).lower(), ", ".join(names))
+            for key, names in sorted(stats.get("unmeasured_annotators", {}).items())
+        ],
+    }
+
+
+def _labelled(values: dict, labels: dict[str, str]) -> list[tuple[str, str]]:
+    """(label, value shown) in the labels' order (jsonb does not keep the keys' order)."""
+    return [(label, _shown(values[key])) for key, label in labels.items() if key in values]
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "off"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 @require_GET

@@ -200,6 +200,47 @@ def test_import_then_snapshot_then_download_over_the_api(api, admin_user, settin
     assert_error(bad_policy, 422, "invalid")
 
 
+def test_snapshot_thresholds_are_validated_and_the_filters_reported(api, admin_user, settings,
+                                                                    tmp_path, project):  # fmt: skip
+    from feedback.models import Assignment, DatasetSnapshot
+    from feedback.services import review
+    from tests.factories import annotator
+
+    settings.MEDIA_ROOT = tmp_path
+    gold, ordinary = make_item(project), make_item(project)
+    review.item_mark_gold(item_id=gold.pk, admin=admin_user, answer={"choice": "a"})
+    sloppy = annotator("sloppy")
+    for item, choice in ((gold, "b"), (ordinary, "a")):
+        a = Assignment.objects.create(item=item, annotator=sloppy, expires_at="2100-01-01T00:00Z")
+        services.pairwise_submit(
+            assignment_id=a.pk, annotator=sloppy, choice=choice, strength="clear"
+        )
+
+    def create(policy):
+        body = {"kind": "preference", "policy": policy}
+        return api("post", f"/projects/{project.pk}/snapshots", admin_user,
+                   data=body, content_type="application/json")  # fmt: skip
+
+    refused = create({"min_gold_accuracy": 1.2, "min_item_agreement": -1})
+    assert_error(refused, 422, "invalid")
+    assert sorted(refused.json()["error"]["details"]["policy"]) == [
+        "min_gold_accuracy must be a number from 0 to 1 (or null for no filter).",
+        "min_item_agreement must be a number from 0 to 1 (or null for no filter).",
+    ]
+    assert not DatasetSnapshot.objects.exists()
+
+    created = create({"min_gold_accuracy": 0.5, "test_fraction": 0})
+    assert created.status_code == 202
+    assert created.json()["policy"]["min_gold_accuracy"] == 0.5
+    services.snapshot_build(DatasetSnapshot.objects.get(pk=created.json()["id"]))
+    body = api("get", f"/snapshots/{created.json()['id']}", admin_user).json()
+    assert body["stats"]["excluded_annotators"] == [
+        {"username": "sloppy", "reasons": ["gold accuracy 0 below 0.5"]}
+    ]
+    assert body["stats"]["dropped"]["gold_judgements"] == 1
+    assert body["row_counts"] == {"train": 0, "test": 0}
+
+
 def _poll(api, path, user, field, *pending, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

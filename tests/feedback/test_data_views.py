@@ -171,3 +171,75 @@ def test_downloads_only_serve_known_files_of_ready_snapshots(client, admin_user,
     assert client.get(f"/snapshots/{snapshot.pk}/files/..%2Fsecret").status_code == 404
     assert client.get(f"/snapshots/{snapshot.pk}/files/settings.py").status_code == 404
     assert client.get(f"/snapshots/{snapshot.pk}/files/train.parquet").status_code == 404  # empty
+
+
+@pytest.fixture
+def sloppy_on_gold(admin_user):
+    """ "sloppy" gets the only gold item wrong (gold accuracy 0) and judges one ordinary item."""
+    from feedback import services
+    from feedback.models import Assignment
+    from feedback.services import review
+    from tests.factories import annotator, make_item
+
+    project = ProjectFactory(overlap=1)
+    gold, ordinary = make_item(project), make_item(project)
+    review.item_mark_gold(item_id=gold.pk, admin=admin_user, answer={"choice": "a"})
+    sloppy = annotator("sloppy")
+    for item, choice in ((gold, "b"), (ordinary, "a")):
+        a = Assignment.objects.create(item=item, annotator=sloppy, expires_at="2100-01-01T00:00Z")
+        services.pairwise_submit(
+            assignment_id=a.pk, annotator=sloppy, choice=choice, strength="clear"
+        )
+    return project
+
+
+SNAPSHOT_FORM = {"kind": "preference", "test_fraction": "0", "aggregation": "majority",
+                 "min_agreement": "0.5"}  # fmt: skip
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("min_gold_accuracy", "1.5", "less than or equal to 1"),
+        ("min_annotator_agreement", "-0.2", "greater than or equal to 0"),
+        ("min_item_agreement", "lots", "Enter a number"),
+    ],
+)
+def test_out_of_range_trust_thresholds_are_a_422_naming_the_field(
+    client, admin_user, media, field, value, message
+):
+    project = ProjectFactory()
+    client.force_login(admin_user)
+    response = client.post(f"/projects/{project.pk}/snapshots/", {**SNAPSHOT_FORM, field: value})
+    assert response.status_code == 422
+    assert message in response.content.decode()
+    assert response.context["snapshot_form"].errors.keys() == {field}
+    assert not DatasetSnapshot.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_form_records_the_trust_options_and_the_page_shows_what_they_did(
+    client, admin_user, media, sloppy_on_gold
+):
+    from feedback import services
+
+    client.force_login(admin_user)
+    form = {**SNAPSHOT_FORM, "min_gold_accuracy": "0.5", "exclude_flagged": "on"}
+    response = client.post(f"/projects/{sloppy_on_gold.pk}/snapshots/", form)
+    snapshot = DatasetSnapshot.objects.get()
+    assert response.status_code == 302
+    assert {k: snapshot.policy[k] for k in ("min_gold_accuracy", "exclude_flagged",
+            "min_annotator_agreement", "min_item_agreement", "include_gold")} == {
+        "min_gold_accuracy": 0.5, "exclude_flagged": True, "min_annotator_agreement": None,
+        "min_item_agreement": None, "include_gold": False}  # fmt: skip
+
+    services.snapshot_build(snapshot)  # what the worker does
+    html = client.get(f"/snapshots/{snapshot.pk}/").content.decode()
+
+    assert "Min gold accuracy</th><td>0.5" in html
+    assert "Min annotator agreement</th><td>off" in html
+    assert "<strong>sloppy</strong>: gold accuracy 0 below 0.5" in html
+    assert "judgements on gold items</td><td>1" in html
+    assert "judgements by left-out annotators</td><td>1" in html
+    assert "0 pairs took an adjudicated answer" in html

@@ -551,3 +551,28 @@ def test_sft_trust_filters_leave_out_untrusted_writers(crowd):
 
     assert [r["messages"][-1]["content"] for r in rows(snapshot)] == ["by steady"]
     assert snapshot.stats["dropped"] == {"gold_judgements": 0, "excluded_annotator_judgements": 1}
+
+
+def test_the_command_takes_the_same_policy_and_refuses_the_same_mistakes(crowd):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="min_gold_accuracy must be a number from 0 to 1"):
+        call_command(
+            "export_snapshot", project=crowd.name, kind="preference",
+            policy='{"min_gold_accuracy": 2}',
+        )  # fmt: skip
+    with pytest.raises(CommandError, match="not JSON"):
+        call_command("export_snapshot", project=crowd.name, kind="preference", policy="{oops")
+    assert not crowd.snapshots.exists()
+
+    out = StringIO()
+    call_command(
+        "export_snapshot", project=str(crowd.pk), kind="preference", stdout=out,
+        policy='{"min_annotator_agreement": 0.5, "test_fraction": 0}',
+    )  # fmt: skip
+    snapshot = crowd.snapshots.get()
+    assert snapshot.policy["min_annotator_agreement"] == 0.5 and snapshot.row_counts["train"] == 8
+    assert "annotators left out: dissenter" in out.getvalue()
+    assert "8 excluded_annotator_judgements" in out.getvalue()
