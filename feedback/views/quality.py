@@ -7,11 +7,12 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from feedback.errors import TaskUnavailable
 from feedback.models import Demonstration, Item, PairwiseChoice, Project, ReviewDecision
-from feedback.quality.reports import disagreement_items, project_quality
+from feedback.quality.reports import disagreement_items, plurality_share, project_quality
 from feedback.roles import Role, role_required
 from feedback.services import review as review_services
 
 REVIEWING = (Role.REVIEWER, Role.ADMIN)
+CHOICE_LABELS = {"a": "A", "b": "B", "tie": "tie", "both_bad": "both bad"}
 
 
 @require_GET
@@ -71,8 +72,17 @@ def quality(request: HttpRequest, project_id: int) -> HttpResponse:
 @role_required(*REVIEWING)
 def disagreements(request: HttpRequest, project_id: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=project_id)
-    return render(request, "feedback/disagreements.html",
-                  {"project": project, "items": disagreement_items(project)})  # fmt: skip
+    # Vote counts as (label, count) pairs, most common first: a template cannot read a
+    # Counter's .items (it looks up the key "items" first, and a Counter answers 0).
+    items = [
+        (
+            item,
+            [(CHOICE_LABELS[c], n) for c, n in votes.most_common()],
+            plurality_share(votes.elements()),
+        )
+        for item, votes in disagreement_items(project)
+    ]
+    return render(request, "feedback/disagreements.html", {"project": project, "items": items})
 
 
 @require_http_methods(["GET", "POST"])

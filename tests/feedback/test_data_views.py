@@ -243,3 +243,89 @@ def test_the_form_records_the_trust_options_and_the_page_shows_what_they_did(
     assert "judgements on gold items</td><td>1" in html
     assert "judgements by left-out annotators</td><td>1" in html
     assert "0 pairs took an adjudicated answer" in html
+
+
+# --- in a browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def judged(roles, admin_user):
+    """24 pairwise items and 4 gold ones judged by three annotators through the queue: two
+    careful ones who disagree on two items, and "lefty", who always takes the left reply in a
+    second (side bias, too fast)."""
+    from feedback import services
+    from feedback.services import review
+    from tests.factories import annotator, make_item
+
+    project = ProjectFactory(name="Helpful replies", overlap=3, gold_rate=0.15)
+    for n in range(24):
+        make_item(project, texts=[f"A careful reply {n}", f"A sloppy reply {n}"])
+    for _ in range(4):
+        gold = make_item(project, texts=["Right", "Wrong"])
+        review.item_mark_gold(item_id=gold.pk, admin=admin_user, answer={"choice": "a"})
+    for name in ("careful1", "careful2", "lefty"):
+        user = annotator(name)
+        while a := services.task_next_for_annotator(project=project, annotator=user):
+            a_id = a.item.item_completions.get(position=0).completion_id
+            left = "a" if a.display_order[0] == a_id else "b"
+            choice = "a"
+            if name == "lefty":
+                choice = left
+            elif name == "careful2" and a.item_id % 12 == 0:
+                choice = "b"
+            services.pairwise_submit(
+                assignment_id=a.pk, annotator=user, choice=choice, strength="clear",
+                seconds_spent=1.0 if name == "lefty" else 25.0,
+            )  # fmt: skip
+    return project
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_admin_reads_quality_adjudicates_and_builds_a_trusted_snapshot(
+    page, admin_user, media, worker, judged
+):
+    from tests.playwright_support import login, shot
+
+    login(page, admin_user.username)
+    page.goto(f"/projects/{judged.pk}/quality/")
+    page.wait_for_selector("tr:has-text('lefty') >> text=side bias")
+    shot(page, "quality", full_page=True)
+
+    page.click("text=with split judgements")
+    page.wait_for_selector("text=Adjudicate")
+    shot(page, "disagreements", full_page=True)
+    split = page.locator("a:has-text('Adjudicate')").count()
+    page.locator("a:has-text('Adjudicate')").first.click()
+    page.wait_for_selector("text=The recorded answer")
+    shot(page, "adjudicate", full_page=True)
+    page.check("input[name=choice][value=b]")
+    page.fill("textarea[name=note]", "B is the careful one here.")
+    page.click("button:has-text('Record')")
+    page.wait_for_url(f"**/projects/{judged.pk}/disagreements/")
+    assert page.locator("a:has-text('Adjudicate')").count() == split - 1
+
+    page.goto(f"/projects/{judged.pk}/data/")
+    page.fill("input[name=name]", "trusted v1")
+    page.fill("input[name=test_fraction]", "0")
+    # Out of range: the browser itself refuses to send it (the server's 422 is tested above).
+    page.fill("input[name=min_annotator_agreement]", "1.5")
+    page.click("button:has-text('Build snapshot')")
+    assert page.eval_on_selector(
+        "input[name=min_annotator_agreement]", "input => input.validity.rangeOverflow"
+    )
+    assert page.url.endswith(f"/projects/{judged.pk}/data/")
+    assert not DatasetSnapshot.objects.exists()
+    page.fill("input[name=min_annotator_agreement]", "0.6")
+    page.check("input[name=exclude_flagged]")
+    shot(page, "data-snapshot-form", full_page=True)
+    page.click("button:has-text('Build snapshot')")
+    page.wait_for_selector("#snapshot-status >> text=Ready", timeout=60_000)
+    shot(page, "snapshot", full_page=True)
+
+    filters = page.inner_text("#snapshot-filters")
+    # lefty's agreement depends on how the queue shuffled the sides; the flags do not.
+    assert "lefty: " in filters and "flagged: too fast (median 1.0s)" in filters
+    assert "1 pair took an adjudicated answer" in filters
+    snapshot = DatasetSnapshot.objects.get(name="trusted v1")
+    assert [a["username"] for a in snapshot.stats["excluded_annotators"]] == ["lefty"]

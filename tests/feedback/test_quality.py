@@ -275,6 +275,9 @@ def test_split_items_are_adjudicated_by_someone_who_did_not_judge_them(client, r
     with pytest.raises(PermissionDenied):
         review_services.item_adjudicate(item_id=split.pk, adjudicator=voter, choice="a")
     client.force_login(reviewer)
+    listed = client.get(f"/projects/{project.pk}/disagreements/").content.decode()
+    assert f"#{split.pk}" in listed and f"#{agreed.pk}" not in listed
+    assert "A 1" in listed and "B 1" in listed and "<td>0.50</td>" in listed
     assert client.post(f"/items/{split.pk}/adjudicate/", {"choice": "sideways"}).status_code == 422
     response = client.post(f"/items/{split.pk}/adjudicate/", {"choice": "b", "note": "B is right"})
     assert response.status_code == 302
