@@ -8,11 +8,14 @@ continuation, following lm_eval/models/huggingface.py (HFLM._loglikelihood_token
   the model's length, and the last len(continuation) positions are scored;
 - requests are sorted longest first and batched, padded on the right without an attention mask
   (a causal model never attends to the padding after a real token, so padding cannot change a
-  result beyond floating-point noise);
+  result beyond floating-point noise); a batch also ends early when the next, shorter request
+  would make more than MAX_PADDING of its positions padding (length_batches);
 - log-softmax in float32 at least (bf16 models on GPU are upcast), summed in float64.
 
 Unlike HFLM, the sort is over *all* requests at once: HFLM.loglikelihood_rolling sorts only
-within each batch of windows, so one long window pads a whole batch of short ones.
+within each batch of windows, so one long window pads a whole batch of short ones. On a CPU a
+padded position costs as much as a real one, so padding is the whole difference in work
+(bench/eval_throughput.py counts it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 DEFAULT_MAX_LENGTH = 2048
 # transformers' "no limit" model_max_length (int(1e30)), which lm-eval also treats as unset.
 TOKENIZER_INFINITY = 1000000000000000019884624838656
+# Largest share of a batch's positions that may be padding before the batch is cut short: a
+# batch's width is its longest request, and every shorter one pays for the difference.
+MAX_PADDING = 0.1
 
 
 def eval_device_dtype() -> tuple[str, torch.dtype]:
@@ -123,12 +129,8 @@ def loglikelihood_tokens(
 
     model.eval()
     device = model.device
-    # Longest first (lm-eval's Collator order) over *all* requests: batches hold similar
-    # lengths, so little padding, and a batch too large for memory fails at once.
-    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
     results = [0.0] * len(inputs)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_batches([len(row) for row in inputs], batch_size):
         width = len(inputs[chunk[0]])
         input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
         # target_ids[r, q]: the token position q predicts, where scored; mask: scored positions
@@ -149,6 +151,33 @@ def loglikelihood_tokens(
         for row, i in enumerate(chunk):
             results[i] = sums[row]
     return results
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, max_padding: float = MAX_PADDING
+) -> list[list[int]]:
+    """Indices into `lengths`, longest first, cut into batches of at most batch_size rows.
+
+    Longest first (lm-eval's Collator order) over *all* rows: batches hold similar lengths, and
+    a batch too large for memory fails at once. A batch also closes before a row that would
+    make more than max_padding of its positions padding, so a few long windows never pad a
+    batch of short ones; with many rows of similar length (the usual case) batches stay full.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    real = 0  # positions of the batch that hold tokens
+    for i in order:
+        if batch:
+            padded = (len(batch) + 1) * lengths[batch[0]]
+            if len(batch) == batch_size or real + lengths[i] < padded * (1 - max_padding):
+                batches.append(batch)
+                batch, real = [], 0
+        batch.append(i)
+        real += lengths[i]
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def _forward(model: PreTrainedModel, input_ids: torch.Tensor, first: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from evals.ml import PERPLEXITY_DEFINITION, perplexity, rolling_loglikelihood, strided_perplexity
+from evals.ml.lm import length_batches
 from evals.ml.perplexity import get_rolling_token_windows, make_disjoint_window
 from evals.ml.testing import tiny_lm, torch_threads
 
@@ -244,3 +245,20 @@ def test_perplexity_of_nothing_is_an_error(lm32):
         perplexity(model, tokenizer, [])
     with pytest.raises(ValueError):
         perplexity(model, tokenizer, ["", ""])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_batches_hold_every_request_once_longest_first_with_little_padding(batch_size):
+    lengths = [512] * 5 + [465, 458, 427, 278, 276, 247, 244, 133, 124, 91, 81, 59, 44, 28, 28]
+    batches = length_batches(lengths, batch_size, max_padding=0.1)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    flat = [lengths[i] for batch in batches for i in batch]
+    assert flat == sorted(lengths, reverse=True)
+    for batch in batches:
+        assert 1 <= len(batch) <= batch_size
+        real = sum(lengths[i] for i in batch)
+        assert real >= 0.9 * lengths[batch[0]] * len(batch)  # padding within 10%
+
+
+def test_one_long_window_does_not_pad_a_batch_of_short_ones():
+    assert length_batches([512, 30, 29, 28], 8) == [[0], [1, 2, 3]]
