@@ -92,6 +92,45 @@ def test_a_demonstration_is_reviewed_once(demo, reviewer, admin_user):
     assert Review.objects.count() == 1
 
 
+@pytest.mark.parametrize(
+    ("decision", "edited_text", "field"),
+    [
+        ("approve", None, "decision"),
+        ("edit", "The original reply.", "text"),  # unchanged: that is an accept
+        ("edit", "   ", "text"),
+    ],
+)
+def test_malformed_reviews_change_nothing(demo, reviewer, decision, edited_text, field):
+    with pytest.raises(ValidationError) as refused:
+        review_services.demonstration_review(
+            demonstration_id=demo.pk, reviewer=reviewer, decision=decision, edited_text=edited_text
+        )
+    assert field in refused.value.message_dict
+    demo.refresh_from_db()
+    assert (demo.status, demo.text) == (DemonstrationStatus.SUBMITTED, "The original reply.")
+    assert not Review.objects.exists() and not JudgementRevision.objects.exists()
+
+
+def test_admins_review_and_a_fixed_rejection_can_then_be_accepted(demo, reviewer, admin_user,
+                                                                 annotator):  # fmt: skip
+    review_services.demonstration_review(
+        demonstration_id=demo.pk, reviewer=reviewer, decision="reject", comment="Too vague."
+    )
+    services.judgement_edit(
+        assignment_id=demo.assignment_id, annotator=annotator, changes={"text": "Specific."}
+    )
+    review_services.demonstration_review(
+        demonstration_id=demo.pk, reviewer=admin_user, decision="accept"
+    )
+    demo.refresh_from_db()
+    assert (demo.status, demo.text) == (DemonstrationStatus.ACCEPTED, "Specific.")
+    assert [r.decision for r in Review.objects.order_by("id")] == ["reject", "accept"]
+    with pytest.raises(TaskUnavailable):  # accepted work is final: neither re-reviewed nor edited
+        review_services.demonstration_review(
+            demonstration_id=demo.pk, reviewer=reviewer, decision="reject", comment="Changed mind"
+        )
+
+
 def test_annotators_cannot_review(client, demo, other_annotator):
     with pytest.raises(PermissionDenied):
         review_services.demonstration_review(
@@ -284,6 +323,23 @@ def test_split_items_are_adjudicated_by_someone_who_did_not_judge_them(client, r
     assert Adjudication.objects.get().choice == "b"
     assert disagreement_items(project) == []
     assert Item.objects.get(pk=agreed.pk).adjudications.count() == 0
+
+
+def test_ranking_adjudications_must_rank_every_reply_and_demonstrations_are_not_adjudicated(
+    roles, reviewer
+):
+    project = ProjectFactory()
+    ranking = make_item(project, TaskKind.RANKING, n=3)
+    x, y, z = (c.pk for c in ranking.ordered_completions())
+    for bad in ([[x], [y]], [[x], [y], [z], [x]], [[x, y, z, 999]]):
+        with pytest.raises(ValidationError):
+            review_services.item_adjudicate(item_id=ranking.pk, adjudicator=reviewer, ranking=bad)
+    demo_item = make_item(project, TaskKind.DEMONSTRATION)
+    with pytest.raises(ValidationError):
+        review_services.item_adjudicate(item_id=demo_item.pk, adjudicator=reviewer, choice="a")
+    assert not Adjudication.objects.exists()
+    review_services.item_adjudicate(item_id=ranking.pk, adjudicator=reviewer, ranking=[[z], [x, y]])
+    assert Adjudication.objects.get().ranking == [[z], [x, y]]
 
 
 def test_annotators_cannot_adjudicate(client, roles, annotator):

@@ -71,3 +71,11 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_reproducible():
     assert first == second
     assert first.low < first.value < first.high
     assert first.high - first.low == pytest.approx(2 * 1.96 * 0.2 / np.sqrt(300), rel=0.25)
+
+
+def test_kendall_tau_b_matches_hand_counts_with_and_without_ties():
+    # [1..5] against [3, 4, 1, 2, 5]: 6 concordant and 4 discordant pairs of 10 -> (6 - 4) / 10.
+    assert mean_kendall_tau([[[1, 2, 3, 4, 5], [3, 4, 1, 2, 5]]]) == pytest.approx(0.2)
+    # [1, 1, 2, 3] against [1, 2, 2, 3]: 4 concordant, 0 discordant, one pair tied in each of
+    # the two rankings: tau-b = 4 / sqrt((6 - 1) * (6 - 1)) = 0.8.
+    assert mean_kendall_tau([[[1, 1, 2, 3], [1, 2, 2, 3]]]) == pytest.approx(0.8)
