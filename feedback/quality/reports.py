@@ -306,15 +306,24 @@ def _flags(row: AnnotatorRow, project_median: float | None) -> list[str]:
 
 
 def disagreement_items(project: Project) -> list[tuple[Item, Counter]]:
-    """Ordinary pairwise items with two or more human judgements that do not all agree and
-    have no adjudication yet, with their vote counts: the queue for adjudicators."""
+    """Ordinary pairwise and ranking items with two or more human judgements that do not all
+    agree and have no adjudication yet, with their vote counts (per choice; per distinct
+    ranking, as a tuple of sorted groups): the queue for adjudicators."""
     votes: dict[int, Counter] = defaultdict(Counter)
     for item, _, choice, _ in _pairwise(project):
         votes[item][choice] += 1
+    rankings = RankingJudgement.objects.filter(
+        item__project=project, item__is_gold=False, origin=Origin.HUMAN
+    ).values_list("item_id", "ranking")
+    for item, ranking in rankings:
+        votes[item][tuple(tuple(sorted(group)) for group in ranking)] += 1
     split = [item for item, counts in votes.items() if len(counts) > 1]
     items = (
-        Item.objects.filter(pk__in=split, kind=TaskKind.PAIRWISE, adjudications__isnull=True)
+        Item.objects.filter(
+            pk__in=split, kind__in=[TaskKind.PAIRWISE, TaskKind.RANKING], adjudications__isnull=True
+        )
         .select_related("prompt")
+        .prefetch_related("item_completions")
         .order_by("id")
     )
     return [(item, votes[item.pk]) for item in items]

@@ -342,6 +342,33 @@ def test_ranking_adjudications_must_rank_every_reply_and_demonstrations_are_not_
     assert Adjudication.objects.get().ranking == [[z], [x, y]]
 
 
+def test_split_rankings_are_offered_and_adjudicated_from_the_page(client, roles, reviewer):
+    project = ProjectFactory(overlap=2, task_kinds=[TaskKind.RANKING])
+    item = make_item(project, TaskKind.RANKING, n=3)
+    x, y, z = (c.pk for c in item.ordered_completions())
+    for name, ranking in (("k1", [[x], [y], [z]]), ("k2", [[z], [x, y]])):
+        user = annotator(name)
+        a = services.task_next_for_annotator(project=project, annotator=user)
+        services.ranking_submit(assignment_id=a.pk, annotator=user, ranking=ranking)
+    client.force_login(reviewer)
+
+    listed = client.get(f"/projects/{project.pk}/disagreements/").content.decode()
+    assert "1 &gt; 2 &gt; 3 1" in listed and "3 &gt; 1 = 2 1" in listed
+    page = client.get(f"/items/{item.pk}/adjudicate/").content.decode()
+    assert "k2: 3 &gt; 1 = 2" in page and f'name="rank_{x}"' in page
+    refused = client.post(f"/items/{item.pk}/adjudicate/", {f"rank_{x}": "1"})
+    assert (
+        refused.status_code == 422
+        and "Rank every completion exactly once" in refused.content.decode()
+    )
+    done = client.post(
+        f"/items/{item.pk}/adjudicate/", {f"rank_{x}": "2", f"rank_{y}": "1", f"rank_{z}": "2"}
+    )
+    assert done.status_code == 302
+    assert Adjudication.objects.get().ranking == [[y], [x, z]]
+    assert disagreement_items(project) == []
+
+
 def test_annotators_cannot_adjudicate(client, roles, annotator):
     project = ProjectFactory()
     item = make_item(project)
