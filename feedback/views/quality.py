@@ -13,6 +13,12 @@ from feedback.roles import Role, role_required
 from feedback.services import review as review_services
 
 REVIEWING = (Role.REVIEWER, Role.ADMIN)
+# What the reviewer does (ReviewDecision's labels name the outcome, as the history shows it).
+DECISIONS = [
+    (ReviewDecision.ACCEPT, "Accept as it is"),
+    (ReviewDecision.EDIT, "Accept with my edits"),
+    (ReviewDecision.REJECT, "Reject, with a comment"),
+]
 CHOICE_LABELS = {"a": "A", "b": "B", "tie": "tie", "both_bad": "both bad"}
 
 
@@ -54,7 +60,8 @@ def review_demonstration(request: HttpRequest, demonstration_id: int) -> HttpRes
         "demonstration": demonstration,
         "prompt": demonstration.item.prompt,
         "project": demonstration.item.project,
-        "decisions": ReviewDecision.choices,
+        "decisions": DECISIONS,
+        "earlier_reviews": demonstration.reviews.select_related("reviewer"),
         "posted": request.POST if request.method == "POST" else {},
         "error": error,
     }

@@ -111,14 +111,18 @@ def test_malformed_reviews_change_nothing(demo, reviewer, decision, edited_text,
     assert not Review.objects.exists() and not JudgementRevision.objects.exists()
 
 
-def test_admins_review_and_a_fixed_rejection_can_then_be_accepted(demo, reviewer, admin_user,
-                                                                 annotator):  # fmt: skip
+def test_admins_review_and_a_fixed_rejection_can_then_be_accepted(
+    client, demo, reviewer, admin_user, annotator
+):
     review_services.demonstration_review(
         demonstration_id=demo.pk, reviewer=reviewer, decision="reject", comment="Too vague."
     )
     services.judgement_edit(
         assignment_id=demo.assignment_id, annotator=annotator, changes={"text": "Specific."}
     )
+    client.force_login(admin_user)
+    page = client.get(f"/review/{demo.pk}/").content.decode()
+    assert "Rejected by rev" in page and "“Too vague.”" in page and "Accept as it is" in page
     review_services.demonstration_review(
         demonstration_id=demo.pk, reviewer=admin_user, decision="accept"
     )
