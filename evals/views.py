@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from evals import selectors, services
 from evals.forms import CompareForm, DashboardFilterForm, EvalRunForm
+from evals.ml.lm_eval_adapter import shipped_lm_eval_task_names
 from evals.ml.tasks import shipped_tasks
 from evals.models import EvalRun, Suite
 from evals.selectors import SUITE_DEFINITIONS
@@ -119,7 +120,9 @@ def run_new(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Evaluation run #{run.pk} is queued for a GPU worker.")
             return redirect("eval-run", run_id=run.pk)
     status = 422 if form.is_bound else 200
-    context = {"form": form, "task_names": sorted(shipped_tasks())}
+    # Our shipped tasks, then the same multiple-choice tasks as lm-eval tasks (suite lm_eval).
+    task_names = sorted(shipped_tasks()) + shipped_lm_eval_task_names()
+    context = {"form": form, "task_names": task_names}
     return render(request, "evals/run_new.html", context, status=status)
 
 

@@ -46,6 +46,7 @@ _EXPORTS = {
     "online_elo": "arena",
     "run_lm_eval": "lm_eval_adapter",
     "LmEvalNotInstalled": "lm_eval_adapter",
+    "shipped_lm_eval_task_names": "lm_eval_adapter",
     "eval_device_dtype": "lm",
 }
 __all__ = sorted(_EXPORTS)

@@ -5,18 +5,28 @@ lm-eval is not a dependency of the app. Install it into the environment to use t
 LmEvalNotInstalled. Hub access is switched off for the call: a task runs only if its dataset is
 in the local Hugging Face cache or is a local file (a task YAML with dataset_path: json and
 local data_files, found through include_path).
+
+Every shipped multiple-choice task is also an lm-eval task, "veredicto_" + its name
+(veredicto_arithmetic_mc, ...): run_lm_eval writes its YAML and data file into a temporary
+directory (data_files must be absolute paths, and the checkout's place differs between hosts) and
+adds that directory to include_path. These use lm-eval's plain prompt format (the item's prompt,
+a space, the choice; no chat template), so their acc is lm-eval's number on our items, not a
+copy of the multiple_choice suite's chat-formatted one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from evals.ml.lm import eval_device_dtype
+from evals.ml.tasks import load_mc_task, shipped_tasks, task_kind
 
 LM_EVAL_VERSION = "0.4.13"
+SHIPPED_PREFIX = "veredicto_"
 
 
 class LmEvalNotInstalled(ImportError):
@@ -49,10 +59,15 @@ def run_lm_eval(
             f"pip install lm-eval=={LM_EVAL_VERSION} -c constraints.txt"
         ) from error
 
+    from evals.ml.lm import eval_device_dtype  # torch: only where a model is run
+
     default_device, dtype = eval_device_dtype()
     tasks = [task_name] if isinstance(task_name, str) else list(task_name)
-    task_manager = TaskManager(include_path=str(include_path) if include_path else None)
-    with _hub_offline():
+    with tempfile.TemporaryDirectory(prefix="veredicto-lm-eval-") as shipped, _hub_offline():
+        write_shipped_lm_eval_tasks(shipped)
+        # The user's folder last: lm-eval lets a later path override an earlier one's task.
+        paths = [shipped, *([str(include_path)] if include_path else [])]
+        task_manager = TaskManager(include_path=paths)
         return lm_eval.simple_evaluate(
             model="hf",
             model_args={
@@ -67,6 +82,54 @@ def run_lm_eval(
             device=device or default_device,
             **kwargs,
         )
+
+
+def shipped_lm_eval_task_names() -> list[str]:
+    """The lm-eval names of the shipped multiple-choice tasks (no lm-eval import needed)."""
+    return sorted(
+        SHIPPED_PREFIX + name
+        for name, path in shipped_tasks().items()
+        if task_kind(path) == "multiple_choice"
+    )
+
+
+def write_shipped_lm_eval_tasks(directory: str | Path) -> list[str]:
+    """Write an lm-eval task YAML and a JSONL data file per shipped multiple-choice task into
+    `directory`; returns the task names. The YAML is written as JSON, which YAML reads as is."""
+    directory = Path(directory)
+    names = []
+    for name, path in sorted(shipped_tasks().items()):
+        if task_kind(path) != "multiple_choice":
+            continue
+        task = load_mc_task(path)
+        task_name = SHIPPED_PREFIX + name
+        data = directory / f"{task_name}.jsonl"
+        data.write_text(
+            "".join(
+                json.dumps({"prompt": i.prompt, "choices": i.choices, "answer": i.answer}) + "\n"
+                for i in task.items
+            ),
+            encoding="utf-8",
+        )
+        config = {
+            "task": task_name,
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
+            "test_split": "test",
+            "output_type": "multiple_choice",
+            "doc_to_text": "prompt",
+            "doc_to_choice": "choices",
+            "doc_to_target": "answer",
+            "target_delimiter": " ",
+            "metric_list": [
+                {"metric": metric, "aggregation": "mean", "higher_is_better": True}
+                for metric in ("acc", "acc_norm")
+            ],
+            "metadata": {"version": 1.0, "description": task.description},
+        }
+        (directory / f"{task_name}.yaml").write_text(json.dumps(config, indent=1) + "\n")
+        names.append(task_name)
+    return names
 
 
 @contextlib.contextmanager

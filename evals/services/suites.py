@@ -298,6 +298,10 @@ def _lm_eval(run: EvalRun) -> Outcome:
     return Outcome(metrics, summary={"versions": results.get("versions", {})})
 
 
+# Numbers lm-eval puts among a task's results that are counts, not scores.
+LM_EVAL_NOT_METRICS = {"sample_len", "sample_count"}
+
+
 def lm_eval_metrics(results: dict, task: str) -> list[Metric]:
     """lm-eval's results dict → metrics. Keys are "metric,filter" ("acc,none") with the standard
     error under "metric_stderr,filter"; subtasks of a group are prefixed with their name."""
@@ -307,7 +311,7 @@ def lm_eval_metrics(results: dict, task: str) -> list[Metric]:
         n = counts.get(subtask, {}).get("effective")
         for key, value in sorted(values.items()):
             name, _, filter_name = key.partition(",")
-            if "_stderr" in name or not _is_number(value):
+            if "_stderr" in name or name in LM_EVAL_NOT_METRICS or not _is_number(value):
                 continue
             stderr = values.get(f"{name}_stderr,{filter_name}")
             stderr = float(stderr) if _is_number(stderr) else None

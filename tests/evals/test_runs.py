@@ -232,7 +232,7 @@ def test_lm_eval_results_become_metrics_with_their_stderr():
                 "acc_norm,none": 0.5,
                 "acc_norm_stderr,none": "N/A",
             },
-            "sub": {"exact_match,strict-match": 1.0},
+            "sub": {"exact_match,strict-match": 1.0, "sample_len": 7},
         },
         "n-samples": {"hellaswag": {"original": 100, "effective": 10}},
     }
