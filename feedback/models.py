@@ -135,7 +135,11 @@ class Item(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        indexes = [models.Index(fields=["project", "submitted_count", "id"])]
+        # The queue's ORDER BY (-submitted_count, id) within a project: the next open item is
+        # the first index entry that passes the filters, not a sort of the whole project.
+        indexes = [
+            models.Index(fields=["project", "-submitted_count", "id"], name="item_queue_order")
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["project", "import_key"],
