@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import (
+    Count,
+    Exists,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    prefetch_related_objects,
+)
 from django.utils import timezone
 
 from feedback.models import (
@@ -17,6 +27,7 @@ from feedback.models import (
     Completion,
     Demonstration,
     Item,
+    ItemCompletion,
     PairwiseJudgement,
     Project,
     RankingJudgement,
@@ -25,15 +36,18 @@ from feedback.models import (
 from feedback.roles import Role, has_role
 
 
+def member_or_open_q(user: AbstractBaseUser) -> Q:
+    """Projects this (non-admin) user may annotate: listed as a member, or no list at all."""
+    member = Project.annotators.through.objects.filter(project_id=OuterRef("pk"), user_id=user.pk)
+    has_members = Project.annotators.through.objects.filter(project_id=OuterRef("pk"))
+    return Exists(member) | ~Exists(has_members)
+
+
 def projects_for_annotator(user: AbstractBaseUser) -> QuerySet[Project]:
     """Active projects the user may work on, with their own and overall progress."""
     projects = Project.objects.filter(is_active=True)
     if not has_role(user, Role.ADMIN):
-        member = Project.annotators.through.objects.filter(
-            project_id=OuterRef("pk"), user_id=user.pk
-        )
-        has_members = Project.annotators.through.objects.filter(project_id=OuterRef("pk"))
-        projects = projects.filter(Exists(member) | ~Exists(has_members))
+        projects = projects.filter(member_or_open_q(user))
     return projects.annotate(
         item_count=Count("items", distinct=True),
         my_done=Count(
@@ -51,19 +65,46 @@ def project_completed_items(project: Project) -> int:
     return project.items.filter(submitted_count__gte=project.overlap).count()
 
 
-@dataclass(frozen=True)
-class TaskView:
-    """What a task screen needs: the item, its completions in this annotator's order."""
+def prefetch_completions(item: Item) -> None:
+    """Load the item's completions, by position, with their text; no query if already loaded
+    (the queue loads them when it leases an item, for the screen that shows it next)."""
+    prefetch_related_objects(
+        [item], Prefetch("item_completions", ItemCompletion.objects.select_related("completion"))
+    )
 
-    assignment: Assignment
-    item: Item
-    completions: list[Completion]
-    judgement: Any | None
-    canonical_ids: list[int]  # completion ids by position: [A, B, ...]
+
+class TaskView:
+    """What a task screen needs: the item, its completions in this annotator's order.
+
+    Each part is read on first use: a valid pairwise submit needs none of them."""
+
+    def __init__(self, assignment: Assignment) -> None:
+        self.assignment = assignment
+        self.item = assignment.item
 
     @property
     def kind(self) -> str:
         return self.item.kind
+
+    @cached_property
+    def canonical_ids(self) -> list[int]:
+        """Completion ids by position: [A, B, ...]."""
+        return list(self._by_id)
+
+    @cached_property
+    def completions(self) -> list[Completion]:
+        # Canonical order (A, B, ...) when no shuffle was recorded, e.g. rows made elsewhere.
+        order = [cid for cid in self.assignment.display_order if cid in self._by_id]
+        return [self._by_id[cid] for cid in order or self._by_id]
+
+    @cached_property
+    def judgement(self) -> Any | None:
+        return _judgement_for(self.assignment)
+
+    @cached_property
+    def _by_id(self) -> dict[int, Completion]:
+        prefetch_completions(self.item)
+        return {ic.completion_id: ic.completion for ic in self.item.item_completions.all()}
 
 
 def _judgement_for(assignment: Assignment) -> Any | None:
@@ -77,24 +118,29 @@ def _judgement_for(assignment: Assignment) -> Any | None:
     return model.objects.filter(assignment=assignment).first()
 
 
-def task_view(assignment: Assignment) -> TaskView:
+def canonical_a_id(assignment: Assignment) -> int:
+    """The completion id at position 0 (canonical A) of the assignment's item: annotated by
+    `assignment_for_user`, or taken from loaded completions, or one query."""
+    known = getattr(assignment, "a_completion_id", None)
+    if known is not None:
+        return known
     item = assignment.item
-    # Canonical order (A, B, ...) when no shuffle was recorded, e.g. rows made outside the queue.
-    completions = Completion.objects.filter(itemcompletion__item=item)
-    by_id = {c.pk: c for c in completions.order_by("itemcompletion__position")}
-    order = [cid for cid in assignment.display_order if cid in by_id] or list(by_id)
-    return TaskView(
-        assignment=assignment,
-        item=item,
-        completions=[by_id[cid] for cid in order],
-        judgement=_judgement_for(assignment),
-        canonical_ids=list(by_id),
-    )
+    if "item_completions" in getattr(item, "_prefetched_objects_cache", {}):
+        return item.item_completions.all()[0].completion_id
+    return item.item_completions.get(position=0).completion_id
+
+
+def task_view(assignment: Assignment) -> TaskView:
+    return TaskView(assignment)
 
 
 def assignment_for_user(assignment_id: int, user: AbstractBaseUser) -> Assignment | None:
+    """The user's assignment with its item, project and prompt, and `a_completion_id` (the
+    item's canonical A, which a pairwise submit needs) in the same query."""
+    first = ItemCompletion.objects.filter(item=OuterRef("item"), position=0)
     return (
         Assignment.objects.select_related("item__project", "item__prompt")
+        .annotate(a_completion_id=Subquery(first.values("completion_id")))
         .filter(pk=assignment_id, annotator=user)
         .first()
     )

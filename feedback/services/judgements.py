@@ -31,6 +31,7 @@ from feedback.models import (
     Strength,
     TaskKind,
 )
+from feedback.selectors import canonical_a_id
 
 from .queue import slots_taken
 from .validation import clean_labels, clean_text
@@ -56,7 +57,7 @@ def _clean_pairwise(assignment: Assignment, choice: str, strength: str, rational
     if decisive and strength not in Strength.values:
         raise ValidationError({"strength": "Say how much better: slightly, clearly or much."})
     order = assignment.display_order
-    a_id = assignment.item.item_completions.get(position=0).completion_id
+    a_id = canonical_a_id(assignment)
     return {
         "choice": choice,
         "strength": strength if decisive else "",
@@ -83,8 +84,17 @@ def _clean_ranking(assignment: Assignment, ranking: Sequence[Sequence[int]], rat
     }
 
 
-def _owned_assignment(assignment_id: int, annotator: AbstractBaseUser) -> Assignment:
-    assignment = Assignment.objects.select_related("item__project").filter(pk=assignment_id).first()
+def _owned_assignment(
+    assignment_id: int, annotator: AbstractBaseUser, loaded: Assignment | None = None
+) -> Assignment:
+    """`loaded`: the row as the caller already read it, with item__project (the task views do),
+    so a submit reads it once. The claim below is conditional, so a stale copy is harmless."""
+    if loaded is not None and loaded.pk == assignment_id:
+        assignment = loaded
+    else:
+        assignment = (
+            Assignment.objects.select_related("item__project").filter(pk=assignment_id).first()
+        )
     if assignment is None or assignment.annotator_id != annotator.pk:
         # Same answer for "missing" and "someone else's": ids reveal nothing.
         raise NotYourTask("This task is not assigned to you.")
@@ -119,12 +129,13 @@ def _submit(
     labels: Any,
     seconds_spent: float | None,
     origin: str = Origin.HUMAN,
+    loaded: Assignment | None = None,
 ) -> Model:
     model = JUDGEMENT_MODELS[kind]
     if origin not in Origin.values:
         raise ValidationError({"origin": f"Origin is one of {', '.join(Origin.values)}."})
     with transaction.atomic():
-        assignment = _owned_assignment(assignment_id, annotator)
+        assignment = _owned_assignment(assignment_id, annotator, loaded)
         if assignment.item.kind != kind:
             raise ValidationError(f"This is a {assignment.item.kind} task, not {kind}.")
         if assignment.status == AssignmentStatus.SUBMITTED:
@@ -136,8 +147,11 @@ def _submit(
         claimed = Assignment.objects.filter(
             pk=assignment.pk, status=AssignmentStatus.LEASED
         ).update(status=AssignmentStatus.SUBMITTED, finished_at=now)
-        if not claimed:  # a concurrent duplicate won the claim
-            return model.objects.get(assignment=assignment)
+        if not claimed:  # a concurrent duplicate won the claim, or a skip did
+            earlier = model.objects.filter(assignment=assignment).first()
+            if earlier is None:
+                raise TaskUnavailable("You skipped this task.", code="skipped")
+            return earlier
         Item.objects.filter(pk=assignment.item_id).update(submitted_count=F("submitted_count") + 1)
         return model.objects.create(
             assignment=assignment,
@@ -160,6 +174,7 @@ def demonstration_submit(
     labels: Any = None,
     seconds_spent: float | None = None,
     origin: str = Origin.HUMAN,
+    loaded: Assignment | None = None,
 ) -> Demonstration:
     return _submit(
         assignment_id=assignment_id,
@@ -169,6 +184,7 @@ def demonstration_submit(
         labels=labels,
         seconds_spent=seconds_spent,
         origin=origin,
+        loaded=loaded,
     )
 
 
@@ -182,6 +198,7 @@ def pairwise_submit(
     labels: Any = None,
     seconds_spent: float | None = None,
     origin: str = Origin.HUMAN,
+    loaded: Assignment | None = None,
 ) -> PairwiseJudgement:
     """`choice` is canonical: "a" means the item's first completion, whichever side it showed."""
     return _submit(
@@ -192,6 +209,7 @@ def pairwise_submit(
         labels=labels,
         seconds_spent=seconds_spent,
         origin=origin,
+        loaded=loaded,
     )
 
 
@@ -204,6 +222,7 @@ def ranking_submit(
     labels: Any = None,
     seconds_spent: float | None = None,
     origin: str = Origin.HUMAN,
+    loaded: Assignment | None = None,
 ) -> RankingJudgement:
     return _submit(
         assignment_id=assignment_id,
@@ -213,6 +232,7 @@ def ranking_submit(
         labels=labels,
         seconds_spent=seconds_spent,
         origin=origin,
+        loaded=loaded,
     )
 
 

@@ -26,6 +26,7 @@ from django.utils import timezone
 from feedback.errors import NotYourTask, TaskUnavailable
 from feedback.models import Assignment, AssignmentStatus, Item, Project, live_lease_q
 from feedback.roles import Role, has_role
+from feedback.selectors import member_or_open_q, prefetch_completions
 
 # How many candidates to lock before giving up; a failed try means a racing annotator filled the
 # slot between the candidate query's snapshot and our lock.
@@ -37,11 +38,10 @@ def ensure_can_annotate(project: Project, annotator: AbstractBaseUser) -> None:
         raise NotYourTask("Only annotators can take tasks.")
     if not project.is_active:
         raise TaskUnavailable("This project is closed.", code="closed")
-    if (
-        project.annotators.exists()
-        and not project.annotators.filter(pk=annotator.pk).exists()
-        and not has_role(annotator, Role.ADMIN)
-    ):
+    if has_role(annotator, Role.ADMIN):
+        return
+    # One query on every call, members list or not: this runs before each task is handed out.
+    if not Project.objects.filter(member_or_open_q(annotator), pk=project.pk).exists():
         raise NotYourTask("You are not an annotator on this project.")
 
 
@@ -95,22 +95,31 @@ def _open_gold(project: Project, annotator: AbstractBaseUser, kind: str | None) 
     return (gold.filter(kind=kind) if kind else gold).order_by("id")
 
 
+_RENEWED_FIELDS = ["status", "leased_at", "expires_at", "display_order", "finished_at"]
+
+
 def _lease(item: Item, annotator: AbstractBaseUser, project: Project, now) -> Assignment:
-    fields = {
-        "status": AssignmentStatus.LEASED,
-        "leased_at": now,
-        "expires_at": now + timedelta(seconds=project.lease_seconds),
-        "display_order": _display_order(item, annotator),
-        "finished_at": None,
-    }
+    # The completions are loaded once, with their text: the shuffle needs their ids and the
+    # task screen that follows shows them.
+    item.project = project
+    prefetch_completions(item)
+    assignment = Assignment(
+        item=item,
+        annotator=annotator,
+        status=AssignmentStatus.LEASED,
+        leased_at=now,
+        expires_at=now + timedelta(seconds=project.lease_seconds),
+        display_order=_display_order(item, annotator),
+        finished_at=None,
+    )
     # Only the annotator's own expired lease can already exist (the candidate query excludes
-    # finished rows); renewing it in place is one UPDATE, and the usual case one INSERT.
-    renewed = Assignment.objects.filter(item=item, annotator=annotator).update(**fields)
-    if renewed:
-        assignment = Assignment.objects.get(item=item, annotator=annotator)
-    else:
-        assignment = Assignment.objects.create(item=item, annotator=annotator, **fields)
-    assignment.item = item
+    # finished rows): an upsert renews it in place, one statement in either case.
+    Assignment.objects.bulk_create(
+        [assignment],
+        update_conflicts=True,
+        unique_fields=["item", "annotator"],
+        update_fields=_RENEWED_FIELDS,
+    )
     return assignment
 
 
@@ -122,7 +131,7 @@ def _lock_next(items: QuerySet, *, wait: bool) -> Item | None:
 
 def _display_order(item: Item, annotator: AbstractBaseUser) -> list[int]:
     """Sides and ranking order are shuffled per annotator, stably, to cancel position bias."""
-    ids = list(item.item_completions.values_list("completion_id", flat=True))
+    ids = [ic.completion_id for ic in item.item_completions.all()]  # prefetched, by position
     random.Random(f"{item.pk}:{annotator.pk}").shuffle(ids)
     return ids
 
@@ -140,14 +149,15 @@ def task_next_for_annotator(
             status=AssignmentStatus.LEASED,
             expires_at__gt=now,
         )
-        .select_related("item")
+        .select_related("item__prompt")
         .order_by("leased_at")
         .first()
     )
     if current is not None and (kind is None or current.item.kind == kind):
+        current.item.project = project
         return current
 
-    open_items = _open_items(project, annotator, kind)
+    open_items = _open_items(project, annotator, kind).select_related("prompt")
     tried: list[int] = []
     wait = not connection.features.has_select_for_update_skip_locked
     with transaction.atomic():
@@ -167,7 +177,7 @@ def task_next_for_annotator(
                 continue
             # Gold is only mixed into real work: it is served in place of a regular item.
             if _gold_turn(project, annotator):
-                gold = _open_gold(project, annotator, kind).first()
+                gold = _open_gold(project, annotator, kind).select_related("prompt").first()
                 if gold is not None:
                     return _lease(gold, annotator, project, now)
             return _lease(item, annotator, project, now)

@@ -10,7 +10,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -141,11 +141,10 @@ def markdown_preview(request: HttpRequest) -> HttpResponse:
 
 def _own_assignment(request: HttpRequest, assignment_id: int) -> Assignment:
     # Someone else's task id is a 404, indistinguishable from one that does not exist.
-    return get_object_or_404(
-        Assignment.objects.select_related("item__project", "item__prompt"),
-        pk=assignment_id,
-        annotator=request.user,
-    )
+    assignment = selectors.assignment_for_user(assignment_id, request.user)
+    if assignment is None:
+        raise Http404("No such task.")
+    return assignment
 
 
 def _form_for(view: selectors.TaskView, *, data=None, initial: bool = False) -> forms.Form:
@@ -193,7 +192,7 @@ def _save(request, view: selectors.TaskView, form: forms.Form, *, editing: bool)
     if view.kind == TaskKind.DEMONSTRATION:
         fields = {"text": form.cleaned_data["text"]}
     elif view.kind == TaskKind.PAIRWISE:
-        a_id = view.canonical_ids[0]
+        a_id = selectors.canonical_a_id(assignment)
         fields = {
             "choice": form.canonical_choice(assignment.display_order, a_id),
             "strength": form.cleaned_data["strength"],
@@ -218,6 +217,7 @@ def _save(request, view: selectors.TaskView, form: forms.Form, *, editing: bool)
         annotator=request.user,
         labels=labels,
         seconds_spent=_seconds(request, form, assignment),
+        loaded=assignment,
         **fields,
     )
 
