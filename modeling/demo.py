@@ -19,6 +19,7 @@ by evals.toytask.is_correct; it is the number that should rise from the base to 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from collections import Counter
@@ -104,9 +105,15 @@ SCALES: dict[str, DemoScale] = {
         sft={"learning_rate": 1e-3, "max_steps": 2, "batch_size": 8, "max_length": 96},
         reward={"learning_rate": 1e-3, "max_steps": 2, "batch_size": 8, "max_length": 96},
         dpo={"learning_rate": 1e-4, "max_steps": 2, "batch_size": 8, "max_length": 96},
-        ppo=None,
+        ppo={
+            "learning_rate": 1e-5,
+            "max_steps": 1,
+            "batch_size": 4,
+            "max_completion_length": 8,
+            "num_ppo_epochs": 1,
+        },
         max_new_tokens=8,
-        next_round_prompts=4,
+        next_round_prompts=16,  # every train prompt: tiny steps leave most pairs identical
         full_evals=False,
     ),
 }
@@ -129,7 +136,11 @@ class DemoReport:
     task_scores: dict[str, float] = field(default_factory=dict)  # policy role -> accuracy
     task_n: int = 0  # held-out prompts the task score is measured on
     next_round: dict[str, Any] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
+    # Stage -> CPU seconds of this process (every thread; jobs and evaluations run here): unlike
+    # wall time, it hardly depends on what else the machine is doing.
+    stage_cpu_seconds: dict[str, float] = field(default_factory=dict)
+    load_average: tuple[float, float, float] | None = None  # 1/5/15-minute, at the end
 
     def summary(self) -> str:
         lines = [f"Demo loop ({self.scale}) — project #{self.project_id} {PROJECT_NAME!r}"]
@@ -166,10 +177,23 @@ class DemoReport:
         lines.append(f"  (task score: exact match on {self.task_n} held-out toy prompts, greedy)")
         lines.append(f"  next round   {self.next_round}")
         lines.append("")
-        total = sum(self.stage_seconds.values())
-        stages = "  ".join(f"{name} {sec:.0f}s" for name, sec in self.stage_seconds.items())
-        lines.append(f"  seconds      {stages}  | total {total:.0f}s")
+        lines.extend(self.timing_table())
         return "\n".join(lines)
+
+    def timing_table(self) -> list[str]:
+        lines = [f"  {'stage':<14} {'wall s':>8} {'cpu s':>8}"]
+        for name, wall in self.stage_seconds.items():
+            lines.append(f"  {name:<14} {wall:>8.1f} {self.stage_cpu_seconds.get(name, 0):>8.1f}")
+        total_wall, total_cpu = (
+            sum(self.stage_seconds.values()),
+            sum(self.stage_cpu_seconds.values()),
+        )
+        lines.append(f"  {'total':<14} {total_wall:>8.1f} {total_cpu:>8.1f}")
+        if self.load_average is not None:
+            lines.append(
+                "  load average at the end: " + ", ".join(f"{v:.2f}" for v in self.load_average)
+            )
+        return lines
 
 
 @contextlib.contextmanager
@@ -192,13 +216,14 @@ class _Stages:
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         self.out(f"[demo] {name} ...")
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         try:
             yield
         finally:
-            seconds = time.monotonic() - started
+            seconds, cpu = time.monotonic() - started, time.process_time() - cpu_started
             self.report.stage_seconds[name] = round(seconds, 1)
-            self.out(f"[demo] {name} done in {seconds:.1f} s")
+            self.report.stage_cpu_seconds[name] = round(cpu, 1)
+            self.out(f"[demo] {name} done in {seconds:.1f} s ({cpu:.1f} CPU s)")
 
 
 def run_demo_loop(
@@ -252,8 +277,10 @@ def run_demo_loop(
             final = _train(report, "dpo", sft, snapshots["preference"], config.dpo)
         if config.ppo is not None:
             with stage("ppo"):
+                # From the DPO policy, scored by the reward model: the lineage stays one line
+                # (base -> sft -> dpo -> ppo) and the newest checkpoint is the final one.
                 final = _train(
-                    report, "ppo", sft, snapshots["prompts"], config.ppo, reward_model=reward
+                    report, "ppo", final, snapshots["prompts"], config.ppo, reward_model=reward
                 )
         with stage("evaluation"):
             # Trained checkpoints were evaluated when their jobs succeeded; the registered base
@@ -265,7 +292,8 @@ def run_demo_loop(
             report.task_n, scores = _task_scores(project, report.checkpoints, config)
             report.task_scores.update(scores)
         with stage("next round"):
-            report.next_round = _next_round(project, final, config)
+            report.next_round = _next_round(project, final, sft, config)
+    report.load_average = os.getloadavg()
     out(report.summary())
     return report
 
@@ -527,20 +555,24 @@ def _task_scores(
     return len(held_out), scores
 
 
-def _next_round(project: Project, newest: Checkpoint, config: DemoScale) -> dict[str, Any]:
-    """The newest checkpoint against its parent on train prompts it has not answered: round two."""
+def _next_round(
+    project: Project, newest: Checkpoint, reference: Checkpoint, config: DemoScale
+) -> dict[str, Any]:
+    """Round two: the newest checkpoint against the SFT policy that the preference stages started
+    from, on train prompts it has not answered. (Against its direct parent, most same-seed pairs
+    came out identical and were skipped: DPO and PPO stay close to where they start.)"""
     before = Item.objects.filter(project=project).count()
     outcome = services.comparisons_generate(
         checkpoint=newest,
         project=project,
-        reference=newest.parent,
+        reference=reference,
         n_prompts=config.next_round_prompts,
         batch=f"demo-loop-{newest.pk}",
         sampling=services.SamplingParams(max_new_tokens=config.max_new_tokens, temperature=1.0),
     )
     return {
         "checkpoint_id": newest.pk,
-        "reference_id": newest.parent_id,
+        "reference_id": reference.pk,
         "items": outcome.items,
         "skipped_identical": outcome.skipped_identical,
         "skipped_empty": outcome.skipped_empty,

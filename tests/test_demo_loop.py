@@ -74,12 +74,13 @@ def test_demo_loop_links_every_step_of_the_round(demo_report):
         assert again.content_hash == snapshot.content_hash == recorded["hash"]
 
     # Jobs: each succeeded and produced a checkpoint that loads, with the right lineage.
-    assert set(report.jobs) == {"sft", "reward", "dpo"}
+    assert set(report.jobs) == {"sft", "reward", "dpo", "ppo"}
     base = Checkpoint.objects.get(pk=report.base_checkpoint_id)
     parents = {
         "sft": base,
         "reward": base,
         "dpo": Checkpoint.objects.get(pk=report.jobs["sft"]["checkpoint_id"]),
+        "ppo": Checkpoint.objects.get(pk=report.jobs["dpo"]["checkpoint_id"]),
     }
     for kind, recorded in report.jobs.items():
         job = TrainingJob.objects.get(pk=recorded["id"])
@@ -89,6 +90,8 @@ def test_demo_loop_links_every_step_of_the_round(demo_report):
         assert checkpoint.parent == parents[kind]
         load = load_reward_model if checkpoint.kind == CheckpointKind.REWARD else load_causal_lm
         assert load(checkpoint.load_path()) is not None
+    ppo_job = TrainingJob.objects.get(pk=report.jobs["ppo"]["id"])
+    assert ppo_job.reward_model_id == report.checkpoints["reward"]
 
     # Evaluations: every trained checkpoint's default suites ran here and stored results.
     for kind in report.jobs:
@@ -99,13 +102,14 @@ def test_demo_loop_links_every_step_of_the_round(demo_report):
         assert len(report.evals[kind]) == runs.count()
 
     # Task scores for every policy, on the held-out prompts.
-    assert set(report.task_scores) == {"base", "sft", "dpo"}
+    assert set(report.task_scores) == {"base", "sft", "dpo", "ppo"}
     assert report.task_n == report.prompts["test"]
     assert all(0 <= score <= 1 for score in report.task_scores.values())
 
     # Next round: the newest checkpoint's replies against its parent's, as open pairwise items.
     newest = Checkpoint.objects.get(pk=report.next_round["checkpoint_id"])
-    assert newest.pk == report.checkpoints["dpo"]
+    assert newest.pk == report.checkpoints["ppo"]
+    assert report.next_round["reference_id"] == report.checkpoints["sft"]
     assert report.next_round["items"] > 0
     next_items = Item.objects.filter(
         project=project,
@@ -116,6 +120,8 @@ def test_demo_loop_links_every_step_of_the_round(demo_report):
     assert next_items.count() == report.next_round["items"]
 
     # The summary names every stage.
-    assert set(report.stage_seconds) >= {"snapshots", "sft", "reward", "dpo", "next round"}
-    assert "task score" in report.lines[-1]
+    stages = {"base model", "snapshots", "sft", "reward", "dpo", "ppo", "evaluation", "next round"}
+    assert set(report.stage_seconds) >= stages
+    assert set(report.stage_cpu_seconds) == set(report.stage_seconds)
+    assert "task score" in report.lines[-1] and "cpu s" in report.lines[-1]
     print(report.lines[-1])
