@@ -1,6 +1,369 @@
-"""API endpoints for evaluation runs, results and the arena leaderboard, with the same role
-rules as the dashboard."""
+"""API endpoints for evaluation runs, results and the arena leaderboard, with the same role rules
+as the dashboard: admins and reviewers read, only admins start runs (others get 403, anonymous
+callers 401).
 
-from ninja import Router
+    GET  /api/evals/suites                        suites, their tasks and what each metric means
+    GET  /api/evals/runs                          runs with their results (?checkpoint_id=,
+                                                  ?suite=, ?status=), newest first
+    POST /api/evals/runs                          start one suite on one checkpoint (admins)
+    GET  /api/evals/runs/{id}                     one run: results and the samples it stored
+    POST /api/evals/runs/{id}/rerun               the same inputs again, as a new run (admins)
+    GET  /api/evals/checkpoints/{id}/results      the latest succeeded value of every metric
+    GET  /api/projects/{id}/leaderboard           the arena: Bradley-Terry ratings, 95% CIs,
+                                                  ranks, vote counts, online Elo
 
-router = Router()
+A refused run (unknown suite or checkpoint, wrong kind of model, unknown params, ...) is a 4xx
+whose details name each field, and neither writes a row nor queues a message.
+"""
+
+import math
+from datetime import datetime
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import Field, Router, Schema, Status
+from ninja.pagination import LimitOffsetPagination, paginate
+
+from evals import selectors, services
+from evals.ml.lm_eval_adapter import shipped_lm_eval_task_names
+from evals.ml.tasks import shipped_tasks, task_kind
+from evals.models import EvalRun, RunStatus, Suite
+from evals.services.runs import SUITE_PARAMS
+from evals.services.suites import HELDOUT_PREFERENCES_TASK, HELDOUT_PROSE_TASK
+from feedback.api import ERRORS  # one error shape for the whole API
+from feedback.errors import PermissionDenied
+from feedback.models import DatasetSnapshot, Project
+from feedback.roles import Role, has_role
+from modeling.models import Checkpoint
+
+router = Router(tags=["evaluation"])
+
+VIEWING = (Role.ADMIN, Role.REVIEWER)
+MAX_SAMPLES = 500
+
+
+def _require(request: HttpRequest, *roles: Role) -> None:
+    if not has_role(request.user, *roles):
+        raise PermissionDenied("Your role does not allow this.")
+
+
+# --- schemas -----------------------------------------------------------------------------------
+
+
+class EvalResultOut(Schema):
+    metric: str
+    value: float
+    stderr: float | None
+    ci_low: float | None = Field(description="95% interval, lower end.")
+    ci_high: float | None = Field(description="95% interval, upper end.")
+    n: int | None = Field(description="Items the value rests on.")
+
+
+class EvalRunOut(Schema):
+    id: int
+    checkpoint_id: int
+    checkpoint: str
+    suite: str
+    task: str
+    params: dict[str, Any]
+    reference_id: int | None
+    judge_id: int | None
+    snapshot_id: int | None
+    status: str
+    host: str
+    error: str
+    summary: dict[str, Any]
+    created_by: str | None
+    triggered_by_job_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    results: list[EvalResultOut]
+
+    @staticmethod
+    def resolve_checkpoint(run: EvalRun) -> str:
+        return run.checkpoint.name
+
+    @staticmethod
+    def resolve_created_by(run: EvalRun) -> str | None:
+        return run.created_by.get_username() if run.created_by else None
+
+    @staticmethod
+    def resolve_results(run: EvalRun) -> list:
+        return list(run.results.all())
+
+
+class EvalSampleOut(Schema):
+    position: int
+    prompt: str
+    output: str
+    target: str
+    correct: bool | None
+    reference_output: str
+
+
+class EvalRunDetailOut(EvalRunOut):
+    definition: str = Field(description="What the suite's metrics mean.")
+    samples: list[EvalSampleOut] = Field(
+        description=f"What the model said (generative suites), the first {MAX_SAMPLES}."
+    )
+
+    @staticmethod
+    def resolve_definition(run: EvalRun) -> str:
+        return selectors.SUITE_DEFINITIONS.get(run.suite, "")
+
+    @staticmethod
+    def resolve_samples(run: EvalRun) -> list:
+        return selectors.run_samples(run, MAX_SAMPLES)
+
+
+class EvalRunIn(Schema):
+    checkpoint_id: int
+    suite: Suite
+    task: str = Field(
+        "",
+        max_length=200,
+        description="A shipped task, an lm-eval task, or empty for the suite's own data "
+        "(GET /api/evals/suites lists them).",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="limit, batch_size, max_new_tokens, task_path, include_path, num_fewshot "
+        "(by suite); unknown keys are refused.",
+    )
+    reference_id: int | None = Field(None, description="Win rate: the policy to beat.")
+    judge_id: int | None = Field(None, description="Win rate: the reward model that judges.")
+    snapshot_id: int | None = Field(None, description="Reward accuracy: a preference snapshot.")
+
+
+class EvalSuiteOut(Schema):
+    suite: str
+    label: str
+    tasks: list[str] = Field(description="Tasks it runs offline; lm_eval also takes any task.")
+    params: list[str]
+    definition: str
+
+
+class LatestResultOut(EvalResultOut):
+    suite: str
+    task: str
+    run_id: int
+    finished_at: datetime | None
+    lower_is_better: bool
+
+
+class CheckpointResultsOut(Schema):
+    checkpoint_id: int
+    checkpoint: str
+    kind: str
+    results: list[LatestResultOut]
+
+
+class LeaderboardRowOut(Schema):
+    model: str
+    checkpoint_id: int | None
+    rating: float | None = Field(description="400·θ + 1000, the reference at 1000.")
+    low: float | None = Field(description="Bootstrap 95% interval, lower end.")
+    high: float | None
+    rank: int = Field(description="1 + models whose lower bound is above this upper bound.")
+    votes: int
+    wins: int
+    losses: int
+    ties: int
+    elo: float | None = Field(description="Online Elo (K=4, in vote order), for comparison.")
+    is_reference: bool
+    finite: bool = Field(description="False when the maximum-likelihood rating is unbounded.")
+
+
+class LeaderboardOut(Schema):
+    project_id: int
+    reference: str | None
+    unknown_reference: str = Field(description="A reference asked for that has no votes.")
+    battles: int
+    rounds: int
+    definition: str
+    rows: list[LeaderboardRowOut]
+
+
+# --- suites and runs ---------------------------------------------------------------------------
+
+
+def _suite_tasks(suite: str) -> list[str]:
+    kinds = {task: task_kind(path) for task, path in shipped_tasks().items()}
+    if suite == Suite.PERPLEXITY:
+        return [HELDOUT_PROSE_TASK]
+    if suite == Suite.MULTIPLE_CHOICE:
+        return sorted(t for t, kind in kinds.items() if kind == "multiple_choice")
+    if suite in (Suite.GENERATIVE, Suite.WIN_RATE):
+        return sorted(t for t, kind in kinds.items() if kind == "generative")
+    if suite == Suite.REWARD_ACCURACY:
+        return [HELDOUT_PREFERENCES_TASK]
+    return shipped_lm_eval_task_names()
+
+
+@router.get("/evals/suites", response={200: list[EvalSuiteOut], **ERRORS})
+def list_suites(request):
+    _require(request, *VIEWING)
+    return [
+        EvalSuiteOut(
+            suite=suite.value,
+            label=suite.label,
+            tasks=_suite_tasks(suite),
+            params=sorted(SUITE_PARAMS[suite]),
+            definition=selectors.SUITE_DEFINITIONS[suite],
+        )
+        for suite in Suite
+    ]
+
+
+@router.get("/evals/runs", response={200: list[EvalRunOut], **ERRORS})
+@paginate(LimitOffsetPagination)
+def list_runs(
+    request,
+    checkpoint_id: int | None = None,
+    suite: Suite | None = None,
+    status: RunStatus | None = None,
+):
+    _require(request, *VIEWING)
+    services.eval_runs_mark_stale()  # as the run pages do: a dead worker's run reads `failed`
+    return selectors.eval_runs(checkpoint_id=checkpoint_id, suite=suite, status=status)
+
+
+def _run_detail(run_id: int) -> EvalRun:
+    try:
+        return selectors.run_detail(run_id)
+    except EvalRun.DoesNotExist:
+        raise Http404 from None
+
+
+@router.get("/evals/runs/{run_id}", response={200: EvalRunDetailOut, **ERRORS})
+def get_run(request, run_id: int):
+    _require(request, *VIEWING)
+    services.eval_runs_mark_stale()
+    return _run_detail(run_id)
+
+
+def _lookup(model, pk: int | None, field: str, errors: dict[str, str]):
+    if pk is None:
+        return None
+    found = model.objects.filter(pk=pk).first()
+    if found is None:
+        errors[field] = f"No {model._meta.verbose_name} #{pk}."
+    return found
+
+
+@router.post(
+    "/evals/runs",
+    response={202: EvalRunDetailOut, **ERRORS},
+    summary="Start an evaluation run; it is queued for a GPU worker when the request commits",
+)
+def start_run(request, body: EvalRunIn):
+    _require(request, Role.ADMIN)
+    missing: dict[str, str] = {}
+    checkpoint = _lookup(Checkpoint, body.checkpoint_id, "checkpoint_id", missing)
+    reference = _lookup(Checkpoint, body.reference_id, "reference_id", missing)
+    judge = _lookup(Checkpoint, body.judge_id, "judge_id", missing)
+    snapshot = _lookup(DatasetSnapshot, body.snapshot_id, "snapshot_id", missing)
+    if missing:
+        raise ValidationError(missing)
+    run = services.eval_run_request(
+        checkpoint=checkpoint,
+        suite=body.suite,
+        task=body.task,
+        params=body.params,
+        reference=reference,
+        judge=judge,
+        snapshot=snapshot,
+        requested_by=request.user,
+    )
+    return Status(202, _run_detail(run.pk))
+
+
+@router.post(
+    "/evals/runs/{run_id}/rerun",
+    response={202: EvalRunDetailOut, **ERRORS},
+    summary="Run again with the same inputs; the old run and its results stay as history",
+)
+def rerun(request, run_id: int):
+    _require(request, Role.ADMIN)
+    run = get_object_or_404(EvalRun, pk=run_id)
+    again = services.eval_run_rerun(run=run, requested_by=request.user)
+    return Status(202, _run_detail(again.pk))
+
+
+# --- results and the arena ---------------------------------------------------------------------
+
+
+@router.get(
+    "/evals/checkpoints/{checkpoint_id}/results",
+    response={200: CheckpointResultsOut, **ERRORS},
+    summary="The latest succeeded value of every (suite, task, metric) of one checkpoint",
+)
+def checkpoint_results(request, checkpoint_id: int):
+    _require(request, *VIEWING)
+    checkpoint = get_object_or_404(Checkpoint, pk=checkpoint_id)
+    results = [
+        LatestResultOut(
+            suite=column.suite,
+            task=column.task,
+            metric=column.metric,
+            value=cell.value,
+            stderr=cell.stderr,
+            ci_low=cell.low,
+            ci_high=cell.high,
+            n=cell.n,
+            run_id=cell.run_id,
+            finished_at=cell.finished_at,
+            lower_is_better=column.lower_is_better,
+        )
+        for column, cell in selectors.checkpoint_metrics(checkpoint)
+    ]
+    return CheckpointResultsOut(
+        checkpoint_id=checkpoint.pk,
+        checkpoint=checkpoint.name,
+        kind=checkpoint.kind,
+        results=results,
+    )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no infinity
+
+
+@router.get(
+    "/projects/{project_id}/leaderboard",
+    response={200: LeaderboardOut, **ERRORS},
+    summary="Arena leaderboard over the project's human votes, best first",
+)
+def leaderboard(
+    request,
+    project_id: int,
+    reference: str = "",
+    simulated: bool = False,
+):
+    """reference: the model rated 1000 (default: the first base checkpoint among the models);
+    simulated: count simulated annotators' votes too (dry runs of the loop)."""
+    _require(request, *VIEWING)
+    project = get_object_or_404(Project, pk=project_id)
+    board = selectors.arena_leaderboard(
+        project, reference=reference or None, include_simulated=simulated
+    )
+    rows = [
+        LeaderboardRowOut(
+            **{key: row[key] for key in ("model", "checkpoint_id", "rank", "votes", "wins")},
+            **{key: row[key] for key in ("losses", "ties", "is_reference", "finite")},
+            **{key: _finite(row[key]) for key in ("rating", "low", "high", "elo")},
+        )
+        for row in board.rows
+    ]
+    return LeaderboardOut(
+        project_id=project.pk,
+        reference=board.reference,
+        unknown_reference=board.unknown_reference,
+        battles=board.battles,
+        rounds=selectors.ARENA_ROUNDS,
+        definition=board.definition,
+        rows=rows,
+    )

@@ -1,6 +1,6 @@
 """Reads for the evaluation screens; each function is a fixed, small number of queries."""
 
-from .arena import Leaderboard, arena_battles, arena_leaderboard, arena_projects
+from .arena import ARENA_ROUNDS, Leaderboard, arena_battles, arena_leaderboard, arena_projects
 from .dashboard import (
     Dashboard,
     dashboard,
@@ -16,6 +16,7 @@ from .results import (
     checkpoint_metrics,
     checkpoint_runs,
     comparison,
+    eval_runs,
     latest_results,
     run_detail,
     run_samples,
@@ -23,6 +24,7 @@ from .results import (
 )
 
 __all__ = [
+    "ARENA_ROUNDS",
     "SUITE_DEFINITIONS",
     "Cell",
     "Column",
@@ -38,6 +40,7 @@ __all__ = [
     "dashboard",
     "dashboard_checkpoints",
     "dashboard_csv_rows",
+    "eval_runs",
     "latest_results",
     "run_detail",
     "run_samples",

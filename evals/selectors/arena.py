@@ -30,6 +30,7 @@ WINNER_FOR_CHOICE = {
     PairwiseChoice.BOTH_BAD: "tie (bothbad)",
 }
 MODEL_SOURCES = (CompletionSource.CHECKPOINT, CompletionSource.MODEL)
+ARENA_ROUNDS = 100  # bootstrap rounds behind the leaderboard's intervals (FastChat's default)
 
 
 def _side(position: int, field_name: str) -> Subquery:
@@ -119,7 +120,7 @@ def arena_leaderboard(
     project: Project,
     *,
     reference: str | None = None,
-    rounds: int = 100,
+    rounds: int = ARENA_ROUNDS,
     seed: int = 0,
     include_simulated: bool = False,
 ) -> Leaderboard:

@@ -195,6 +195,20 @@ def checkpoint_runs(checkpoint: Checkpoint, limit: int = 200) -> list[EvalRun]:
     )
 
 
+def eval_runs(
+    *, checkpoint_id: int | None = None, suite: str | None = None, status: str | None = None
+) -> QuerySet[EvalRun]:
+    """Runs with their checkpoint, requester and results, newest first, optionally filtered."""
+    runs = EvalRun.objects.select_related("checkpoint", "created_by").prefetch_related("results")
+    if checkpoint_id is not None:
+        runs = runs.filter(checkpoint_id=checkpoint_id)
+    if suite:
+        runs = runs.filter(suite=suite)
+    if status:
+        runs = runs.filter(status=status)
+    return runs
+
+
 def runs_recent(limit: int = 20) -> list[EvalRun]:
     return list(
         EvalRun.objects.select_related("checkpoint", "created_by").prefetch_related("results")[

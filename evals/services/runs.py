@@ -59,6 +59,8 @@ INT_PARAMS = {  # name: (lowest, highest)
     "num_fewshot": (0, 64),
 }
 LM_EVAL_TASK = re.compile(r"^[\w.\-]{1,200}$")
+MAX_PATH_LENGTH = 1000
+TASK_MAX_LENGTH = EvalRun._meta.get_field("task").max_length
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -90,6 +92,9 @@ def _clean_params(suite: str, params: Any) -> dict[str, Any]:
         elif not isinstance(value, str) or not Path(value).is_absolute():
             # The worker may run elsewhere: only an absolute path means the same on both hosts.
             raise ValidationError({name: f"{name} must be an absolute path on the GPU workers."})
+        elif len(value) > MAX_PATH_LENGTH or "\x00" in value:
+            # PostgreSQL stores no NUL; the API, unlike the form, does not refuse it first.
+            raise ValidationError({name: f"{name} must be a path of at most 1000 characters."})
         cleaned[name] = value
     return cleaned
 
@@ -99,7 +104,12 @@ def _clean_task(suite: str, task: str, params: dict[str, Any], snapshot) -> str:
     if params.get("task_path") and snapshot is not None:
         raise ValidationError({"task_path": "Score either a snapshot's test split or a file."})
     if params.get("task_path"):
-        return task or Path(params["task_path"]).stem
+        task = task or Path(params["task_path"]).stem
+        if len(task) > TASK_MAX_LENGTH or "\x00" in task:
+            raise ValidationError(
+                {"task": f"Name the task in at most {TASK_MAX_LENGTH} characters."}
+            )
+        return task
     if suite == Suite.PERPLEXITY:
         if task not in ("", HELDOUT_PROSE_TASK):
             raise ValidationError(
