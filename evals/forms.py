@@ -11,7 +11,9 @@ from feedback.models import DatasetSnapshot, Project, SnapshotKind, SnapshotStat
 from modeling.models import Checkpoint, CheckpointKind
 
 DATE = forms.DateInput(attrs={"type": "date"})
-PARAM_FIELDS = ("limit", "batch_size", "max_new_tokens", "num_fewshot", "task_path", "include_path")
+PARAM_FIELDS = (
+    "limit", "batch_size", "max_new_tokens", "stride", "num_fewshot", "task_path", "include_path"
+)  # fmt: skip
 
 
 class DashboardFilterForm(forms.Form):
@@ -79,6 +81,12 @@ class EvalRunForm(forms.Form):
     limit = forms.IntegerField(required=False, min_value=1, help_text="First n items only.")
     batch_size = forms.IntegerField(required=False, min_value=1)
     max_new_tokens = forms.IntegerField(required=False, min_value=1, help_text="Generative.")
+    stride = forms.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="Perplexity: the sliding window's step for token perplexity (empty: half the "
+        "model's length).",
+    )
     num_fewshot = forms.IntegerField(required=False, min_value=0, help_text="lm-eval.")
     include_path = forms.CharField(
         required=False, max_length=1000, help_text="lm-eval: a folder of task YAML files."

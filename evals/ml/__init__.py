@@ -12,7 +12,9 @@ Each metric follows a named reference definition (lm-evaluation-harness, Hugging
 RewardBench), stated in its docstring and, for the dashboard, in evals/ml/definitions.py.
 
 Names are imported on first use, as in modeling.ml: the web process reads the definitions and
-the arena maths without importing torch and transformers.
+the arena maths without importing torch and transformers. `perplexity` is also the name of its
+submodule, and importing evals.ml.perplexity makes the package attribute that module: import
+the function from evals.ml.perplexity.
 """
 
 import importlib

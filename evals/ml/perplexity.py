@@ -1,6 +1,6 @@
 """Perplexity of a causal LM on held-out texts: lm-eval's rolling windows and HF's sliding window.
 
-    from evals.ml import perplexity, strided_perplexity
+    from evals.ml.perplexity import perplexity, strided_perplexity
     perplexity(model, tokenizer, texts)          # word/byte perplexity, bits per byte
     strided_perplexity(model, tokenizer, texts, stride=256)   # token perplexity
 

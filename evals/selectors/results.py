@@ -17,6 +17,7 @@ from evals.ml.definitions import (
     MULTIPLE_CHOICE_DEFINITION,
     PERPLEXITY_DEFINITION,
     REWARD_ACCURACY_DEFINITION,
+    STRIDED_PERPLEXITY_DEFINITION,
     WIN_RATE_DEFINITION,
 )
 from evals.models import EvalResult, EvalRun, EvalSample, RunStatus, Suite
@@ -38,12 +39,20 @@ LM_EVAL_DEFINITION = (
 )
 INTERVAL_NOTE = " 95% interval: value ± 1.96 stderr, clipped to [0, 1]."
 SUITE_DEFINITIONS = {
-    Suite.PERPLEXITY: PERPLEXITY_DEFINITION,
+    Suite.PERPLEXITY: f"{PERPLEXITY_DEFINITION} token_perplexity: {STRIDED_PERPLEXITY_DEFINITION}",
     Suite.MULTIPLE_CHOICE: MULTIPLE_CHOICE_DEFINITION + INTERVAL_NOTE,
     Suite.GENERATIVE: GENERATIVE_DEFINITION,
     Suite.REWARD_ACCURACY: REWARD_ACCURACY_DEFINITION + INTERVAL_NOTE,
     Suite.WIN_RATE: WIN_RATE_DEFINITION,
     Suite.LM_EVAL: LM_EVAL_DEFINITION,
+}
+# A metric whose meaning differs from the rest of its suite's.
+METRIC_DEFINITIONS = {
+    (Suite.PERPLEXITY, "token_perplexity"): STRIDED_PERPLEXITY_DEFINITION,
+    **{
+        (Suite.PERPLEXITY, metric): PERPLEXITY_DEFINITION
+        for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte")
+    },
 }
 
 
@@ -75,7 +84,9 @@ class Column:
 
     @property
     def definition(self) -> str:
-        return SUITE_DEFINITIONS.get(self.suite, "")
+        return METRIC_DEFINITIONS.get((self.suite, self.metric)) or SUITE_DEFINITIONS.get(
+            self.suite, ""
+        )
 
     @property
     def lower_is_better(self) -> bool:

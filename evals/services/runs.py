@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 # Knobs a run may set, by suite; anything else is an error rather than silently ignored.
 COMMON_PARAMS = {"limit", "batch_size"}
 SUITE_PARAMS: dict[str, set[str]] = {
-    Suite.PERPLEXITY: COMMON_PARAMS | {"task_path"},
+    Suite.PERPLEXITY: COMMON_PARAMS | {"task_path", "stride"},
     Suite.MULTIPLE_CHOICE: COMMON_PARAMS | {"task_path"},
     Suite.GENERATIVE: COMMON_PARAMS | {"task_path", "max_new_tokens"},
     Suite.REWARD_ACCURACY: COMMON_PARAMS | {"task_path"},
@@ -57,6 +57,7 @@ INT_PARAMS = {  # name: (lowest, highest)
     "batch_size": (1, 1024),
     "max_new_tokens": (1, 4096),
     "num_fewshot": (0, 64),
+    "stride": (1, 1_000_000),  # at most the model's length, checked where the model is loaded
 }
 LM_EVAL_TASK = re.compile(r"^[\w.\-]{1,200}$")
 MAX_PATH_LENGTH = 1000

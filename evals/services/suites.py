@@ -155,19 +155,39 @@ def free_memory() -> None:
 
 
 def _perplexity(run: EvalRun) -> Outcome:
-    from evals.ml import load_text_set, perplexity
+    """lm-eval's rolling word/byte perplexity and bits per byte, and the Hugging Face sliding-
+    window token perplexity with params.stride (default: half the model's length, the guide's
+    example: each scored token sees at least half a window of context)."""
+    from evals.ml import load_text_set
+    from evals.ml.lm import resolve_max_length
+
+    # From the submodule: once evals.ml.perplexity is imported, the package attribute of that
+    # name is the module, so `from evals.ml import perplexity` would give the module.
+    from evals.ml.perplexity import perplexity, strided_perplexity
 
     texts = _read(load_text_set, task_file(run, default=HELDOUT_PROSE))[: _limit(run)]
     if not texts:
         raise EvalInputError("The text set is empty.")
     model, tokenizer = load_policy(run.checkpoint)
     result = perplexity(model, tokenizer, texts, batch_size=_batch_size(run))
+    max_length = resolve_max_length(model, tokenizer)
+    stride = run.params.get("stride") or max(1, max_length // 2)
+    if stride > max_length:
+        raise EvalInputError(f"stride {stride} is longer than the model's {max_length} tokens.")
+    try:
+        strided = strided_perplexity(
+            model, tokenizer, texts, stride=stride, batch_size=_batch_size(run)
+        )
+    except ValueError as exc:  # a text set of fewer than two tokens
+        raise EvalInputError(str(exc)) from exc
     n = result["n"]
     metrics = [
         Metric(name, result[name], n=n)
         for name in ("word_perplexity", "byte_perplexity", "bits_per_byte")
     ]
+    metrics.append(Metric("token_perplexity", strided["token_perplexity"], n=n))
     summary = {key: result[key] for key in ("loglikelihood", "words", "bytes", "tokens", "n")}
+    summary.update(stride=stride, strided_tokens=strided["tokens"])
     return Outcome(metrics, summary=summary)
 
 

@@ -145,6 +145,22 @@ def test_admin_launches_a_run_from_the_form(
     assert b"Queued" in page.content and b'hx-trigger="every 2s"' in page.content
 
 
+def test_the_perplexity_stride_is_set_on_the_form_and_refused_for_other_suites(
+    client, admin_user, lineage
+):
+    client.force_login(admin_user)
+    sft = lineage["sft"].pk
+    client.post("/evals/runs/new/", {"checkpoint": sft, "suite": Suite.PERPLEXITY, "stride": 128})
+    assert EvalRun.objects.get(status=RunStatus.QUEUED).params == {"stride": 128}
+    response = client.post(
+        "/evals/runs/new/",
+        {"checkpoint": sft, "suite": Suite.MULTIPLE_CHOICE, "task": "facts_mc", "stride": 128},
+    )
+    assert (
+        response.status_code == 422 and b"Unknown for multiple_choice: stride" in response.content
+    )
+
+
 def test_the_launch_form_shows_why_a_run_cannot_run(client, admin_user, lineage):
     client.force_login(admin_user)
     response = client.post(

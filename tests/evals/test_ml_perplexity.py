@@ -14,9 +14,15 @@ import re
 import pytest
 import torch
 
-from evals.ml import PERPLEXITY_DEFINITION, perplexity, rolling_loglikelihood, strided_perplexity
+from evals.ml import PERPLEXITY_DEFINITION
 from evals.ml.lm import length_batches
-from evals.ml.perplexity import get_rolling_token_windows, make_disjoint_window
+from evals.ml.perplexity import (
+    get_rolling_token_windows,
+    make_disjoint_window,
+    perplexity,
+    rolling_loglikelihood,
+    strided_perplexity,
+)
 from evals.ml.testing import tiny_lm, torch_threads
 
 MAX_LENGTH = 8

@@ -21,8 +21,9 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from config.celery import CeleryQueue, app
 from evals import selectors, services
+from evals.ml import load_text_set, strided_perplexity
 from evals.ml.tasks import load_gen_task, shipped_tasks
-from evals.ml.testing import tiny_model_dir
+from evals.ml.testing import tiny_lm, tiny_model_dir
 from evals.models import EvalResult, EvalRun, EvalSample, RunStatus, Suite
 from feedback.models import DatasetSnapshot, SnapshotKind, SnapshotStatus
 from modeling.models import Checkpoint, CheckpointKind, TrainingJob
@@ -157,12 +158,34 @@ def test_perplexity_run_stores_word_and_byte_perplexity(policy):
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.host == "test-worker" and run.started_at <= run.finished_at
     values = {r.metric: r for r in run.results.all()}
-    assert set(values) == {"word_perplexity", "byte_perplexity", "bits_per_byte"}
+    assert set(values) == {
+        "word_perplexity",
+        "byte_perplexity",
+        "bits_per_byte",
+        "token_perplexity",
+    }
     assert values["bits_per_byte"].value == pytest.approx(
         math.log2(values["byte_perplexity"].value)
     )
     assert all(r.n == 5 for r in values.values())
     assert run.summary["tokens"] > 0 and run.summary["n"] == 5
+    # token perplexity by the sliding window, half the model's 512 tokens by default
+    model, tokenizer = tiny_lm()
+    texts = load_text_set()[:5]
+    expected = strided_perplexity(model, tokenizer, texts, stride=256)
+    assert run.summary["stride"] == 256 and run.summary["strided_tokens"] == expected["tokens"]
+    assert values["token_perplexity"].value == pytest.approx(expected["token_perplexity"], rel=1e-6)
+
+
+def test_perplexity_stride_is_a_parameter_checked_against_the_model(policy):
+    run = run_now(queue(policy, Suite.PERPLEXITY, params={"limit": 3, "stride": 64}))
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.summary["stride"] == 64
+    run = run_now(queue(policy, Suite.PERPLEXITY, params={"limit": 3, "stride": 513}))
+    assert run.status == RunStatus.FAILED
+    assert run.error == "stride 513 is longer than the model's 512 tokens."
+    with pytest.raises(ValidationError, match="stride"):
+        queue(policy, Suite.PERPLEXITY, params={"stride": 0})
 
 
 def test_multiple_choice_run_stores_acc_with_stderr_and_interval(policy):
