@@ -61,6 +61,12 @@ class EvalRunForm(forms.Form):
     task_path = forms.CharField(
         required=False, max_length=1000, help_text="Or a task file on the GPU workers (absolute)."
     )
+    task_file = forms.FileField(
+        required=False,
+        label="Or upload a task file",
+        help_text='JSONL in the suite\'s format: text sets {"text"}, multiple choice, '
+        "generative, preference pairs (see evals/ml/tasks.py).",
+    )
     reference = forms.ModelChoiceField(
         Checkpoint.objects.filter(kind=CheckpointKind.POLICY).order_by("-created_at", "-id"),
         required=False,
@@ -91,6 +97,12 @@ class EvalRunForm(forms.Form):
     include_path = forms.CharField(
         required=False, max_length=1000, help_text="lm-eval: a folder of task YAML files."
     )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("task_file") and data.get("task_path"):
+            raise forms.ValidationError("Upload a task file or name a path, not both.")
+        return data
 
     def request_kwargs(self) -> dict[str, Any]:
         data = self.cleaned_data

@@ -110,10 +110,12 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @role_required(Role.ADMIN)
 def run_new(request: HttpRequest) -> HttpResponse:
-    form = EvalRunForm(request.POST or None, initial=request.GET.dict() or None)
+    form = EvalRunForm(
+        request.POST or None, request.FILES or None, initial=request.GET.dict() or None
+    )
     if request.method == "POST" and form.is_valid():
         try:
-            run = services.eval_run_request(requested_by=request.user, **form.request_kwargs())
+            run = _request_run(request, form)
         except ValidationError as exc:
             add_service_errors(form, exc)
         else:
@@ -164,6 +166,22 @@ def leaderboard(request: HttpRequest, project_id: int) -> HttpResponse:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _request_run(request: HttpRequest, form: EvalRunForm) -> EvalRun:
+    """Keep an uploaded task file (checked first), then ask for the run; a refused run takes
+    its upload with it."""
+    kwargs = form.request_kwargs()
+    uploaded = form.cleaned_data.get("task_file")
+    if uploaded is None:
+        return services.eval_run_request(requested_by=request.user, **kwargs)
+    path = services.eval_task_file_store(uploaded=uploaded, suite=kwargs["suite"])
+    kwargs["params"]["task_path"] = str(path)
+    try:
+        return services.eval_run_request(requested_by=request.user, **kwargs)
+    except ValidationError:
+        services.eval_task_file_discard(path)
+        raise
 
 
 def _recent_runs() -> dict:

@@ -8,6 +8,7 @@ from .runs import (
     schedule_default_evals,
 )
 from .suites import EvalInputError, lm_eval_metrics
+from .uploads import eval_task_file_discard, eval_task_file_store
 from .worker import eval_runs_fail_orphaned, eval_runs_mark_stale, run_eval
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "eval_run_rerun",
     "eval_runs_fail_orphaned",
     "eval_runs_mark_stale",
+    "eval_task_file_discard",
+    "eval_task_file_store",
     "lm_eval_metrics",
     "run_eval",
     "schedule_default_evals",

@@ -12,8 +12,10 @@ import io
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from evals.ml.definitions import MULTIPLE_CHOICE_DEFINITION, PERPLEXITY_DEFINITION
@@ -159,6 +161,80 @@ def test_the_perplexity_stride_is_set_on_the_form_and_refused_for_other_suites(
     assert (
         response.status_code == 422 and b"Unknown for multiple_choice: stride" in response.content
     )
+
+
+@pytest.fixture
+def uploads(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT / "eval_tasks"
+
+
+def upload(name: str, lines: list) -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, "".join(json.dumps(line) + "\n" for line in lines).encode())
+
+
+def test_an_uploaded_text_set_is_kept_where_the_workers_read_it(
+    client, admin_user, lineage, uploads
+):
+    client.force_login(admin_user)
+    lines = [{"text": "A dog has 4 legs."}, {"text": "<script>alert(1)</script>"}]
+    response = client.post(
+        "/evals/runs/new/",
+        {"checkpoint": lineage["sft"].pk, "suite": Suite.PERPLEXITY,
+         "task_file": upload("my prose.jsonl", lines)},
+    )  # fmt: skip
+    assert response.status_code == 302, response.content
+    run = EvalRun.objects.get(status=RunStatus.QUEUED)
+    path = Path(run.params["task_path"])
+    assert path.is_absolute() and path.parent.parent == uploads.resolve()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == lines
+    assert run.task == "my_prose"
+
+
+@pytest.mark.parametrize(
+    ("suite", "name", "lines", "reason"),
+    [
+        (Suite.MULTIPLE_CHOICE, "mc.jsonl", [{"question": "2+2?", "choices": ["4"]}],
+         "line 1: missing &#x27;answer&#x27;"),
+        (Suite.MULTIPLE_CHOICE, "mc.jsonl", [{"question": "2+2?", "choices": [], "answer": 0}],
+         "line 1: &#x27;choices&#x27; must be a non-empty list"),
+        (Suite.MULTIPLE_CHOICE, "mc.jsonl", [{"question": "2+2?", "choices": ["4"], "answer": 1}],
+         "line 1: answer index 1 is out of range for 1 choices"),
+        (Suite.PERPLEXITY, "prose.jsonl", [{"body": "no text"}],
+         "line 1: missing &#x27;text&#x27;"),
+        (Suite.PERPLEXITY, "prose.jsonl", [], "The submitted file is empty."),
+        (Suite.PERPLEXITY, "prose.jsonl", [["not", "an", "object"]], "line 1: expected a JSON"),
+        (Suite.PERPLEXITY, "prose.txt", [{"text": "x"}], "name ending in .jsonl"),
+        (Suite.LM_EVAL, "x.jsonl", [{"text": "x"}], "This suite reads no uploaded file."),
+    ],
+)  # fmt: skip
+def test_an_upload_the_run_could_not_read_is_refused_and_not_kept(
+    client, admin_user, lineage, uploads, suite, name, lines, reason
+):
+    client.force_login(admin_user)
+    response = client.post(
+        "/evals/runs/new/",
+        {"checkpoint": lineage["sft"].pk, "suite": suite, "task": "anything",
+         "task_file": upload(name, lines)},
+    )  # fmt: skip
+    assert response.status_code == 422
+    assert reason in response.content.decode()
+    assert not EvalRun.objects.filter(status=RunStatus.QUEUED).exists()
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_an_upload_for_a_run_refused_for_another_reason_is_not_kept(
+    client, admin_user, lineage, uploads
+):
+    client.force_login(admin_user)
+    pairs = [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}]
+    response = client.post(
+        "/evals/runs/new/",
+        {"checkpoint": lineage["sft"].pk, "suite": Suite.REWARD_ACCURACY,  # sft is a policy
+         "task_file": upload("pairs.jsonl", pairs)},
+    )  # fmt: skip
+    assert response.status_code == 422 and b"not a reward model" in response.content
+    assert uploads.is_dir() and not any(uploads.iterdir())
 
 
 def test_the_launch_form_shows_why_a_run_cannot_run(client, admin_user, lineage):

@@ -16,6 +16,7 @@ from datetime import timedelta
 import pytest
 from celery.contrib.testing.worker import start_worker
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -186,6 +187,17 @@ def test_perplexity_stride_is_a_parameter_checked_against_the_model(policy):
     assert run.error == "stride 513 is longer than the model's 512 tokens."
     with pytest.raises(ValidationError, match="stride"):
         queue(policy, Suite.PERPLEXITY, params={"stride": 0})
+
+
+def test_an_uploaded_text_set_is_what_the_run_scores(policy):
+    uploaded = SimpleUploadedFile(
+        "prose.jsonl", b'{"text": "A dog has 4 legs."}\n{"text": "Grass is green."}\n'
+    )
+    path = services.eval_task_file_store(uploaded=uploaded, suite=Suite.PERPLEXITY)
+    run = run_now(queue(policy, Suite.PERPLEXITY, params={"task_path": str(path)}))
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.task == "prose" and run.summary["n"] == 2
+    assert run.summary["bytes"] == len("A dog has 4 legs.") + len("Grass is green.")
 
 
 def test_multiple_choice_run_stores_acc_with_stderr_and_interval(policy):
