@@ -16,8 +16,10 @@ from itertools import combinations
 
 import krippendorff
 import numpy as np
-from scipy.stats import kendalltau
-from statsmodels.stats.inter_rater import fleiss_kappa as _fleiss_kappa
+
+# scipy.stats and statsmodels are imported where they are used: together they add over 100 MB
+# to every process that imports this module (snapshot builds and Celery workers do, through
+# feedback.services) and only the quality page needs them.
 
 LEVELS = ("nominal", "ordinal", "interval")
 
@@ -52,6 +54,8 @@ def krippendorff_alpha(
 
 def fleiss_kappa(table: np.ndarray) -> float | None:
     """Kappa for a units × categories count table with the same number of ratings per unit."""
+    from statsmodels.stats.inter_rater import fleiss_kappa as _fleiss_kappa
+
     counts = np.asarray(table, dtype=float)
     if counts.shape[0] < 2 or len(set(counts.sum(axis=1))) != 1 or counts.sum(axis=1)[0] < 2:
         return None
@@ -61,6 +65,8 @@ def fleiss_kappa(table: np.ndarray) -> float | None:
 
 def mean_kendall_tau(rank_vectors_by_item: Sequence[Sequence[Sequence[float]]]) -> float | None:
     """Mean tau-b over every pair of annotators who ranked the same item (ties allowed)."""
+    from scipy.stats import kendalltau
+
     taus = []
     for vectors in rank_vectors_by_item:
         for x, y in combinations(vectors, 2):

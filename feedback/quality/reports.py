@@ -13,7 +13,6 @@ from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import binomtest
 
 from feedback.models import (
     Assignment,
@@ -288,6 +287,8 @@ def _gold_accuracy(
 
 
 def _flags(row: AnnotatorRow, project_median: float | None) -> list[str]:
+    from scipy.stats import binomtest  # imported here: see the note in metrics.py
+
     flags = []
     if row.median_seconds is not None and row.judgements >= MIN_FOR_FLAGS:
         floor = max(TOO_FAST_SECONDS, TOO_FAST_SHARE_OF_MEDIAN * (project_median or 0))

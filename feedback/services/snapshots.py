@@ -56,6 +56,7 @@ import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -203,13 +204,21 @@ class _Build:
     dropped: Counter = field(default_factory=Counter)
     adjudicated_pairs: int = 0
 
+    @cached_property
+    def leaves_out_gold(self) -> bool:
+        """Whether there is gold to leave out: most projects have none, and then the export
+        reads exactly as it would without the filter (and without counting for it)."""
+        if self.policy["include_gold"]:
+            return False
+        return Item.objects.filter(project=self.project, is_gold=True).exists()
+
     def judgements(self, model: type[JudgementBase], **filters: Any) -> QuerySet:
         """The rows of `model` the snapshot reads: its project and origins, gold items and
         left-out annotators removed (and counted)."""
         considered = model.objects.filter(
             item__project=self.project, origin__in=_origins(self.policy), **filters
         )
-        if not self.policy["include_gold"]:
+        if self.leaves_out_gold:
             # Gold items are quality control: their answers, and the judgements made on them,
             # are what annotators are measured against, not training labels.
             self.dropped["gold_judgements"] += considered.filter(item__is_gold=True).count()
@@ -241,7 +250,7 @@ def _sft_rows(build: _Build) -> Iterator[tuple[str, dict]]:
 
 def _prompt_rows(build: _Build) -> Iterator[tuple[str, dict]]:
     prompts = Prompt.objects.filter(project=build.project)
-    if not build.policy["include_gold"]:
+    if build.leaves_out_gold:
         # A prompt is only a task here; one that carries a gold item is left out whole.
         build.dropped["gold_prompts"] += prompts.filter(items__is_gold=True).distinct().count()
         prompts = prompts.exclude(items__is_gold=True)
