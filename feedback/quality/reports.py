@@ -113,25 +113,16 @@ def _pairwise(project: Project) -> list[tuple]:
 
 
 def project_agreement(project: Project, *, seed: int = 0) -> list[AgreementRow]:
-    pairwise = _pairwise(project)
+    """Agreement per label kind; a kind the project does not collect, and has no judgements
+    of, gets no row (rather than a row of dashes)."""
     rows: list[AgreementRow] = []
-    nominal = [(item, who, CHOICE_CODES[choice]) for item, who, choice, _ in pairwise]
-    rows.append(
-        AgreementRow("Pairwise choice", "Krippendorff's α", "nominal",
-                     _alpha_estimate(nominal, "nominal", seed))
-    )  # fmt: skip
-    signed = [
-        (item, who, signed_preference(choice, strength))
-        for item, who, choice, strength in pairwise
-        if choice != "both_bad"
-    ]
-    rows.append(
-        AgreementRow("Preference with strength (−3…+3)", "Krippendorff's α", "ordinal",
-                     _alpha_estimate(signed, "ordinal", seed))
-    )  # fmt: skip
-    rows.append(AgreementRow("Pairwise choice", "Fleiss' κ", "nominal", _fleiss(pairwise, seed)))
-    rows.append(AgreementRow("Rankings", "Kendall's τ-b (mean over pairs)", "ordinal",
-                             _ranking_tau(project, seed)))  # fmt: skip
+    pairwise = _pairwise(project)
+    if pairwise or TaskKind.PAIRWISE in project.task_kinds:
+        rows += _pairwise_agreement(pairwise, seed)
+    rankings = _ranking_tau(project, seed)
+    if rankings.n_items or TaskKind.RANKING in project.task_kinds:
+        rows.append(AgreementRow("Rankings", "Kendall's τ-b (mean over pairs)", "ordinal",
+                                 rankings))  # fmt: skip
     for spec in project.label_schema:
         if spec["kind"] == "likert":
             values = _label_values(project, spec["name"])
@@ -141,6 +132,22 @@ def project_agreement(project: Project, *, seed: int = 0) -> list[AgreementRow]:
                                  _alpha_estimate(values, level, seed))
                 )  # fmt: skip
     return rows
+
+
+def _pairwise_agreement(pairwise: list[tuple], seed: int) -> list[AgreementRow]:
+    nominal = [(item, who, CHOICE_CODES[choice]) for item, who, choice, _ in pairwise]
+    signed = [
+        (item, who, signed_preference(choice, strength))
+        for item, who, choice, strength in pairwise
+        if choice != "both_bad"
+    ]
+    return [
+        AgreementRow("Pairwise choice", "Krippendorff's α", "nominal",
+                     _alpha_estimate(nominal, "nominal", seed)),
+        AgreementRow("Preference with strength (−3…+3)", "Krippendorff's α", "ordinal",
+                     _alpha_estimate(signed, "ordinal", seed)),
+        AgreementRow("Pairwise choice", "Fleiss' κ", "nominal", _fleiss(pairwise, seed)),
+    ]  # fmt: skip
 
 
 def _fleiss(pairwise, seed: int) -> Estimate:

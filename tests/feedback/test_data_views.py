@@ -243,6 +243,8 @@ def test_the_form_records_the_trust_options_and_the_page_shows_what_they_did(
     assert "judgements on gold items</td><td>1" in html
     assert "judgements by left-out annotators</td><td>1" in html
     assert "0 pairs took an adjudicated answer" in html
+    listing = client.get(f"/projects/{sloppy_on_gold.pk}/data/").content.decode()
+    assert "<td>sloppy</td>" in listing
 
 
 # --- in a browser ------------------------------------------------------------------------------

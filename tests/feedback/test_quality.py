@@ -269,6 +269,8 @@ def test_project_alpha_equals_the_library_on_the_same_matrix(roles):
     assert nominal.value == pytest.approx(expected, abs=1e-4)
     assert nominal.n_items == 6 and nominal.low <= nominal.value <= nominal.high
     assert rows[("Fleiss' κ", "nominal")].value is not None
+    # A pairwise-only project gets no (empty) ranking row.
+    assert ("Kendall's τ-b (mean over pairs)", "ordinal") not in rows
 
 
 def test_outliers_are_flagged(roles):
