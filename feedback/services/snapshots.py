@@ -35,7 +35,9 @@ Filters applied before aggregation, for every kind:
 - Annotator trust (SFT and preference; off by default): ``min_annotator_agreement`` (agreement
   with the leave-one-out consensus), ``min_gold_accuracy`` and ``exclude_flagged`` leave out
   every judgement of an annotator whose figure on the quality page falls short
-  (``feedback.quality.trust``). The figures are taken over the origins the snapshot includes.
+  (``feedback.quality.trust``). The figures are taken over the human (and, when included,
+  simulated) judgements; imported judgements are not anyone's work and are never left out by
+  annotator.
 
 ``DatasetSnapshot.stats`` (and the manifest) record the annotators left out with the reasons,
 those kept for lack of a figure, how many judgements / pairs each filter dropped, and the number
@@ -192,6 +194,11 @@ def _origins(policy: dict[str, Any]) -> list[str]:
     return origins
 
 
+# Whose work the trust filters judge. An imported judgement is the file's, not the work of the
+# user who imported it: it is neither measured nor left out by annotator.
+_MEASURED = (Origin.HUMAN, Origin.SIMULATED)
+
+
 @dataclass
 class _Build:
     """One build's inputs — the project, its cleaned policy, the annotators the trust filters
@@ -224,9 +231,9 @@ class _Build:
             self.dropped["gold_judgements"] += considered.filter(item__is_gold=True).count()
             considered = considered.filter(item__is_gold=False)
         if self.excluded:
-            left_out = considered.filter(annotator_id__in=self.excluded)
-            self.dropped["excluded_annotator_judgements"] += left_out.count()
-            considered = considered.exclude(annotator_id__in=self.excluded)
+            left_out = {"annotator_id__in": self.excluded, "origin__in": _MEASURED}
+            self.dropped["excluded_annotator_judgements"] += considered.filter(**left_out).count()
+            considered = considered.exclude(**left_out)
         return considered
 
 
@@ -731,7 +738,7 @@ def snapshot_build(snapshot: DatasetSnapshot) -> DatasetSnapshot:
         with _streaming_reads():
             trust = annotator_trust(
                 snapshot.project,
-                origins=_origins(policy),
+                origins=[o for o in _origins(policy) if o in _MEASURED],
                 min_agreement=policy.get("min_annotator_agreement"),
                 min_gold_accuracy=policy.get("min_gold_accuracy"),
                 exclude_flagged=policy.get("exclude_flagged", False),

@@ -576,3 +576,20 @@ def test_the_command_takes_the_same_policy_and_refuses_the_same_mistakes(crowd):
     assert snapshot.policy["min_annotator_agreement"] == 0.5 and snapshot.row_counts["train"] == 8
     assert "annotators left out: dissenter" in out.getvalue()
     assert "8 excluded_annotator_judgements" in out.getvalue()
+
+
+def test_imported_judgements_are_not_left_out_with_the_user_who_imported_them(crowd):
+    dissenter = PairwiseJudgement.objects.filter(annotator__username="dissenter").first().annotator
+    imported = make_item(crowd, texts=["imported chosen", "imported rejected"])
+    judge_as(imported, dissenter, "a")
+    PairwiseJudgement.objects.filter(item=imported).update(origin=Origin.IMPORTED)
+
+    snapshot = services.snapshot_create(
+        project=crowd,
+        kind="preference",
+        policy={"test_fraction": 0, "include_imported": True, "min_annotator_agreement": 0.5},
+    )
+
+    assert [a["username"] for a in snapshot.stats["excluded_annotators"]] == ["dissenter"]
+    assert snapshot.stats["dropped"]["excluded_annotator_judgements"] == 8
+    assert ("imported chosen", "imported rejected") in {texts(r) for r in rows(snapshot)}
