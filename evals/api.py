@@ -27,11 +27,8 @@ from ninja import Field, Router, Schema, Status
 from ninja.pagination import LimitOffsetPagination, paginate
 
 from evals import selectors, services
-from evals.ml.lm_eval_adapter import shipped_lm_eval_task_names
-from evals.ml.tasks import shipped_tasks, task_kind
 from evals.models import EvalRun, RunStatus, Suite
 from evals.services.runs import SUITE_PARAMS
-from evals.services.suites import HELDOUT_PREFERENCES_TASK, HELDOUT_PROSE_TASK
 from feedback.api import ERRORS  # one error shape for the whole API
 from feedback.errors import PermissionDenied
 from feedback.models import DatasetSnapshot, Project
@@ -190,19 +187,6 @@ class LeaderboardOut(Schema):
 # --- suites and runs ---------------------------------------------------------------------------
 
 
-def _suite_tasks(suite: str) -> list[str]:
-    kinds = {task: task_kind(path) for task, path in shipped_tasks().items()}
-    if suite == Suite.PERPLEXITY:
-        return [HELDOUT_PROSE_TASK]
-    if suite == Suite.MULTIPLE_CHOICE:
-        return sorted(t for t, kind in kinds.items() if kind == "multiple_choice")
-    if suite in (Suite.GENERATIVE, Suite.WIN_RATE):
-        return sorted(t for t, kind in kinds.items() if kind == "generative")
-    if suite == Suite.REWARD_ACCURACY:
-        return [HELDOUT_PREFERENCES_TASK]
-    return shipped_lm_eval_task_names()
-
-
 @router.get("/evals/suites", response={200: list[EvalSuiteOut], **ERRORS})
 def list_suites(request):
     _require(request, *VIEWING)
@@ -210,7 +194,7 @@ def list_suites(request):
         EvalSuiteOut(
             suite=suite.value,
             label=suite.label,
-            tasks=_suite_tasks(suite),
+            tasks=services.suite_tasks(suite),
             params=sorted(SUITE_PARAMS[suite]),
             definition=selectors.SUITE_DEFINITIONS[suite],
         )

@@ -6,6 +6,7 @@ from .runs import (
     eval_run_request,
     eval_run_rerun,
     schedule_default_evals,
+    suite_tasks,
 )
 from .suites import EvalInputError, lm_eval_metrics
 from .uploads import eval_task_file_discard, eval_task_file_store
@@ -24,4 +25,5 @@ __all__ = [
     "lm_eval_metrics",
     "run_eval",
     "schedule_default_evals",
+    "suite_tasks",
 ]

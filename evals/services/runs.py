@@ -22,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from evals.ml.lm_eval_adapter import shipped_lm_eval_task_names
 from evals.ml.tasks import shipped_tasks, task_kind
 from evals.models import (
     POLICY_SUITES,
@@ -69,6 +70,20 @@ TASK_MAX_LENGTH = EvalRun._meta.get_field("task").max_length
 
 def _shipped_of_kind(kind: str) -> list[str]:
     return [name for name, path in shipped_tasks().items() if task_kind(path) == kind]
+
+
+def suite_tasks(suite: str) -> list[str]:
+    """The named tasks a suite runs offline without a task file (lm_eval also takes any task
+    lm-eval knows; the shipped multiple-choice tasks are lm-eval tasks too)."""
+    if suite == Suite.PERPLEXITY:
+        return [HELDOUT_PROSE_TASK]
+    if suite == Suite.MULTIPLE_CHOICE:
+        return sorted(_shipped_of_kind("multiple_choice"))
+    if suite in (Suite.GENERATIVE, Suite.WIN_RATE):
+        return sorted(_shipped_of_kind("generative"))
+    if suite == Suite.REWARD_ACCURACY:
+        return [HELDOUT_PREFERENCES_TASK]
+    return shipped_lm_eval_task_names()
 
 
 def _clean_params(suite: str, params: Any) -> dict[str, Any]:
