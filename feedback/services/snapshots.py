@@ -732,9 +732,10 @@ def snapshot_build(snapshot: DatasetSnapshot) -> DatasetSnapshot:
     directory = root / relative
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    # Cleaned again: a snapshot requested before a policy key existed builds with its default.
-    policy = clean_policy(snapshot.kind, snapshot.policy)
     try:
+        # Cleaned again: a snapshot requested before a policy key existed builds with its
+        # default (and one whose policy is no longer valid fails, recorded, like any error).
+        policy = clean_policy(snapshot.kind, snapshot.policy)
         with _streaming_reads():
             trust = annotator_trust(
                 snapshot.project,

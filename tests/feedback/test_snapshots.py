@@ -593,3 +593,31 @@ def test_imported_judgements_are_not_left_out_with_the_user_who_imported_them(cr
     assert [a["username"] for a in snapshot.stats["excluded_annotators"]] == ["dissenter"]
     assert snapshot.stats["dropped"]["excluded_annotator_judgements"] == 8
     assert ("imported chosen", "imported rejected") in {texts(r) for r in rows(snapshot)}
+
+
+def test_a_snapshot_requested_before_the_new_options_builds_with_their_defaults(roles):
+    from feedback.models import DatasetSnapshot
+
+    project = ProjectFactory(overlap=1)
+    judge_pairwise(make_item(project), ["a"])
+    old_policy = {
+        "test_fraction": 0,
+        "aggregation": "majority",
+        "min_agreement": 0.5,
+        "keep_ties": False,
+        "include_imported": False,
+        "include_simulated": False,
+    }
+    requested = {"project": project, "kind": "preference"}
+    old = DatasetSnapshot.objects.create(name="old", policy=old_policy, **requested)
+    broken_policy = {**old_policy, "test_fraction": "0.1"}
+    broken = DatasetSnapshot.objects.create(name="broken", policy=broken_policy, **requested)
+
+    built = services.snapshot_build(old)
+    with pytest.raises(ValidationError):
+        services.snapshot_build(broken)
+
+    assert built.status == SnapshotStatus.READY and built.row_counts["train"] == 1
+    assert built.policy["include_gold"] is False and built.policy["min_item_agreement"] is None
+    broken.refresh_from_db()
+    assert broken.status == SnapshotStatus.FAILED and "test_fraction" in broken.error
