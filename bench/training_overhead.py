@@ -451,7 +451,9 @@ class ThroughputReporter:
 
 class PrecisionProbe:
     """Records, per mode (train/eval), the parameter dtype, whether autocast was on and in
-    which dtype, and the logits' dtype of the first forward of the model class."""
+    which dtype, and the dtype of the first decoder layer's output, at the first forward of
+    each. It wraps the decoder stack (LlamaModel), not the LM head class: TRL's SFT loss may
+    call the decoder and the head separately."""
 
     def __init__(self, model_class) -> None:
         import torch
@@ -461,18 +463,24 @@ class PrecisionProbe:
         probe = self
 
         def forward(model, *args, **kwargs):
-            output = original(model, *args, **kwargs)
             mode = "train" if model.training else "eval"
-            if mode not in probe.seen:
-                device = next(model.parameters()).device.type
-                probe.seen[mode] = {
-                    "device": device,
-                    "parameters": str(next(model.parameters()).dtype),
-                    "autocast": torch.is_autocast_enabled(device),
-                    "autocast_dtype": str(torch.get_autocast_dtype(device)),
-                    "logits": str(output.logits.dtype),
-                }
-            return output
+            if mode in probe.seen:
+                return original(model, *args, **kwargs)
+            device = next(model.parameters()).device.type
+            outputs = []
+            hook = model.layers[0].register_forward_hook(lambda m, i, o: outputs.append(o))
+            try:
+                result = original(model, *args, **kwargs)
+            finally:
+                hook.remove()
+            first = outputs[0][0] if isinstance(outputs[0], tuple) else outputs[0]
+            probe.seen[mode] = {
+                "device": device,
+                "parameters": str(next(model.parameters()).dtype),
+                "autocast": torch.is_autocast_enabled(device),
+                "layer_output": str(first.dtype),
+            }
+            return result
 
         model_class.forward = forward
 
@@ -505,7 +513,7 @@ def gpu(args) -> int:
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaModel
 
     from modeling.ml import build_tiny_model, parse_job_config, train
 
@@ -556,7 +564,7 @@ def gpu(args) -> int:
                 "assistant_only_loss": False,  # count every token, as pretraining-style MFU does
             },
         )
-        probe = PrecisionProbe(LlamaForCausalLM)
+        probe = PrecisionProbe(LlamaModel)
         reporter = ThroughputReporter()
         started = time.perf_counter()
         result = train(

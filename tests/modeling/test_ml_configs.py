@@ -85,3 +85,55 @@ def test_estimate_steps_follows_the_trainer_arithmetic():
     # GRPO: whole groups; 8 completions per update = 2 prompts of 4; the odd prompt is dropped.
     grpo = GRPOJobConfig(batch_size=8, num_generations=4, epochs=2)
     assert estimate_steps("grpo", grpo, 5) == 2 * 2
+
+
+# --- precision: the job config's choice as the trainers receive it ------------------------------
+
+
+def _on_gpu(monkeypatch, *, bf16: bool) -> None:
+    """This machine has no GPU: answer torch's two questions as an H100 (or a V100) would."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+
+
+@pytest.mark.parametrize(
+    "precision, bf16_gpu, expected",
+    [
+        ("auto", True, {"bf16": True, "fp16": False}),
+        ("auto", False, {"bf16": False, "fp16": False}),
+        ("bf16", True, {"bf16": True, "fp16": False}),
+        ("fp16", True, {"bf16": False, "fp16": True}),
+        ("fp32", True, {"bf16": False, "fp16": False}),
+    ],
+)
+def test_on_a_gpu_the_config_precision_becomes_the_trainer_mixed_precision(
+    monkeypatch, precision, bf16_gpu, expected
+):
+    from modeling.ml.training import device_args
+
+    _on_gpu(monkeypatch, bf16=bf16_gpu)
+    config = parse_job_config("sft", {"precision": precision, "gradient_checkpointing": True})
+
+    args = device_args(config)
+
+    assert {key: args[key] for key in ("bf16", "fp16")} == expected
+    assert args["activation_checkpointing"] is True
+    assert "use_cpu" not in args
+
+
+def test_on_cpu_training_is_fp32_and_mixed_precision_is_refused(monkeypatch):
+    import torch
+
+    from modeling.ml.training import device_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU host
+    assert device_args(parse_job_config("dpo", {})) == {
+        "use_cpu": True,
+        "bf16": False,
+        "fp16": False,
+        "activation_checkpointing": False,
+    }
+    with pytest.raises(ValueError, match="needs a GPU"):
+        device_args(parse_job_config("dpo", {"precision": "bf16"}))
