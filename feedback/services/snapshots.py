@@ -22,6 +22,8 @@ either aggregation, whatever its votes' agreement; its rows say ``aggregation: "
 (others say ``"majority"`` or ``"all"``). ``min_item_agreement`` (off by default) drops a pair
 whose most common answer — A, B, tie and both-bad being four answers — has a smaller share of
 its votes than that (``feedback.quality.reports.plurality_share``), in either aggregation.
+An adjudicated item is exported only while some of its judgements pass the filters below (its
+rows describe those votes); one whose every judgement is filtered out gives no row.
 
 Ties and both-bad never become chosen/rejected rows; with ``keep_ties`` they are kept as rows with
 ``outcome`` "tie" / "both_bad" (chosen and rejected then just name the two sides) so a trainer can
