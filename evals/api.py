@@ -127,8 +127,9 @@ class EvalRunIn(Schema):
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="limit, batch_size, max_new_tokens, stride, task_path, include_path, "
-        "num_fewshot (by suite: GET /api/evals/suites); unknown keys are refused.",
+        description="limit, batch_size, max_new_tokens, temperature, top_p, seed, stride, "
+        "task_path, include_path, num_fewshot (by suite: GET /api/evals/suites); unknown keys "
+        "are refused.",
     )
     reference_id: int | None = Field(None, description="Win rate: the policy to beat.")
     judge_id: int | None = Field(None, description="Win rate: the reward model that judges.")

@@ -12,7 +12,8 @@ from modeling.models import Checkpoint, CheckpointKind
 
 DATE = forms.DateInput(attrs={"type": "date"})
 PARAM_FIELDS = (
-    "limit", "batch_size", "max_new_tokens", "stride", "num_fewshot", "task_path", "include_path"
+    "limit", "batch_size", "max_new_tokens", "temperature", "top_p", "seed", "stride",
+    "num_fewshot", "task_path", "include_path",
 )  # fmt: skip
 
 
@@ -87,6 +88,11 @@ class EvalRunForm(forms.Form):
     limit = forms.IntegerField(required=False, min_value=1, help_text="First n items only.")
     batch_size = forms.IntegerField(required=False, min_value=1)
     max_new_tokens = forms.IntegerField(required=False, min_value=1, help_text="Generative.")
+    temperature = forms.FloatField(
+        required=False, help_text="Generative: sample at this temperature (empty: greedy)."
+    )
+    top_p = forms.FloatField(required=False, help_text="Generative, when sampling.")
+    seed = forms.IntegerField(required=False, min_value=0, help_text="Generative, when sampling.")
     stride = forms.IntegerField(
         required=False,
         min_value=1,

@@ -45,20 +45,24 @@ logger = logging.getLogger(__name__)
 
 # Knobs a run may set, by suite; anything else is an error rather than silently ignored.
 COMMON_PARAMS = {"limit", "batch_size"}
+# Generation is greedy unless a temperature is given; then it samples, seeded.
+SAMPLING_PARAMS = {"temperature", "top_p", "seed"}
 SUITE_PARAMS: dict[str, set[str]] = {
     Suite.PERPLEXITY: COMMON_PARAMS | {"task_path", "stride"},
     Suite.MULTIPLE_CHOICE: COMMON_PARAMS | {"task_path"},
-    Suite.GENERATIVE: COMMON_PARAMS | {"task_path", "max_new_tokens"},
+    Suite.GENERATIVE: COMMON_PARAMS | {"task_path", "max_new_tokens"} | SAMPLING_PARAMS,
     Suite.REWARD_ACCURACY: COMMON_PARAMS | {"task_path"},
-    Suite.WIN_RATE: COMMON_PARAMS | {"task_path", "max_new_tokens"},
+    Suite.WIN_RATE: COMMON_PARAMS | {"task_path", "max_new_tokens"} | SAMPLING_PARAMS,
     Suite.LM_EVAL: COMMON_PARAMS | {"include_path", "num_fewshot"},
 }
+FLOAT_PARAMS = {"temperature": (0.0, 10.0), "top_p": (0.0, 1.0)}  # low < value <= high
 INT_PARAMS = {  # name: (lowest, highest)
     "limit": (1, 1_000_000),
     "batch_size": (1, 1024),
     "max_new_tokens": (1, 4096),
     "num_fewshot": (0, 64),
-    "stride": (1, 1_000_000),  # at most the model's length, checked where the model is loaded
+    "stride": (1, 1_000_000),
+    "seed": (0, 2**31 - 1),  # at most the model's length, checked where the model is loaded
 }
 LM_EVAL_TASK = re.compile(r"^[\w.\-]{1,200}$")
 MAX_PATH_LENGTH = 1000
@@ -105,6 +109,13 @@ def _clean_params(suite: str, params: Any) -> dict[str, Any]:
             low, high = INT_PARAMS[name]
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValidationError({name: f"{name} is a whole number from {low} to {high}."})
+        elif name in FLOAT_PARAMS:
+            low, high = FLOAT_PARAMS[name]
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValidationError({name: f"{name} is a number."})
+            if not low < value <= high:
+                raise ValidationError({name: f"{name} must be above {low:g} and at most {high:g}."})
+            value = float(value)
         elif not isinstance(value, str) or not Path(value).is_absolute():
             # The worker may run elsewhere: only an absolute path means the same on both hosts.
             raise ValidationError({name: f"{name} must be an absolute path on the GPU workers."})

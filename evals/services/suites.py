@@ -217,6 +217,11 @@ def _generate(run: EvalRun, checkpoint: Checkpoint, task, limit: int | None) -> 
             batch_size=_batch_size(run),
             max_new_tokens=int(run.params.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
             limit=limit,
+            # Greedy, as lm-eval's generate_until, unless the run asks for a temperature.
+            do_sample="temperature" in run.params,
+            temperature=run.params.get("temperature", 1.0),
+            top_p=run.params.get("top_p", 1.0),
+            seed=run.params.get("seed", 0),
         )
     finally:
         del model

@@ -228,6 +228,32 @@ def test_generative_run_keeps_what_the_model_said(policy):
     assert exact.value == sum(s.correct for s in samples) / 3 and exact.n == 3
 
 
+def test_a_generative_run_samples_when_given_a_temperature_and_repeats_with_its_seed(policy):
+    def outputs(**sampling):
+        params = {"limit": 4, "max_new_tokens": 6, **sampling}
+        run = run_now(queue(policy, Suite.GENERATIVE, "toy_qa_gen", params=params))
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        return [s.output for s in run.samples.all()]
+
+    greedy = outputs()
+    sampled = outputs(temperature=1.5, seed=7)
+    assert sampled == outputs(temperature=1.5, seed=7)
+    assert sampled != greedy  # a random-weight model's greedy answer is one of many
+    assert outputs(temperature=1.5, top_p=1, seed=7) == sampled
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"temperature": 0}, {"temperature": -1}, {"temperature": "hot"}, {"top_p": 1.5},
+     {"seed": -1}, {"temperature": True}],
+)  # fmt: skip
+def test_sampling_settings_out_of_range_are_refused(policy, params):
+    with pytest.raises(ValidationError, match=next(iter(params))):
+        queue(policy, Suite.GENERATIVE, "toy_qa_gen", params=params)
+    with pytest.raises(ValidationError, match="Unknown for perplexity"):
+        queue(policy, Suite.PERPLEXITY, params=params)
+
+
 def test_reward_accuracy_on_a_preference_snapshot_test_split(reward, preference_snapshot):
     run = run_now(queue(reward, Suite.REWARD_ACCURACY, snapshot=preference_snapshot))
     assert run.status == RunStatus.SUCCEEDED, run.error
