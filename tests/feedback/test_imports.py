@@ -8,15 +8,20 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
+from django.db.models import Q
 
 from feedback import services
 from feedback.models import (
+    Assignment,
     Completion,
     Demonstration,
     DemonstrationStatus,
     Item,
+    ItemCompletion,
     Origin,
     PairwiseJudgement,
+    Project,
     Prompt,
     TaskKind,
 )
@@ -331,6 +336,98 @@ def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_pa
     with pytest.raises(RuntimeError):
         run(project, path, importer)
     assert counts() == (0, 0, 0)
+    assert foreign_keys_checked()
+
+
+def test_a_failure_while_reading_ahead_reaches_the_import_and_rolls_back(
+    project, importer, tmp_path, monkeypatch
+):
+    rows = [{"prompt": f"Q{n}?", "chosen": "a", "rejected": "b"} for n in range(2500)]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    real = services.imports.parsing.parse_row
+
+    def fail_on_row_2100(row, options):
+        if row["prompt"] == "Q2100?":
+            raise RuntimeError("reader broke")
+        return real(row, options)
+
+    monkeypatch.setattr(services.imports.parsing, "parse_row", fail_on_row_2100)
+    with pytest.raises(RuntimeError, match="reader broke"):
+        run(project, path, importer)
+    assert counts() == (0, 0, 0)
+
+
+def foreign_keys_checked() -> bool:
+    """Whether PostgreSQL checks foreign keys again, as outside an import (on other databases
+    the import never stops it)."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW session_replication_role")
+        return cursor.fetchone()[0] == "origin"
+
+
+def references_missing() -> dict[str, int]:
+    """Rows whose foreign keys point at nothing, by table: what the database's own checks
+    would have refused."""
+    projects, prompts = Project.objects.values("id"), Prompt.objects.values("id")
+    items, assignments = Item.objects.values("id"), Assignment.objects.values("id")
+    found = {
+        "prompts": Prompt.objects.exclude(project_id__in=projects),
+        "completions": Completion.objects.exclude(prompt_id__in=prompts),
+        "items": Item.objects.filter(~Q(prompt_id__in=prompts) | ~Q(project_id__in=projects)),
+        "item positions": ItemCompletion.objects.filter(
+            ~Q(item_id__in=items) | ~Q(completion_id__in=Completion.objects.values("id"))
+        ),
+        "assignments": Assignment.objects.exclude(item_id__in=items),
+        "judgements": PairwiseJudgement.objects.filter(
+            ~Q(assignment_id__in=assignments) | ~Q(item_id__in=items)
+        ),
+        "demonstrations": Demonstration.objects.filter(
+            ~Q(assignment_id__in=assignments) | ~Q(item_id__in=items)
+        ),
+    }
+    return {table: rows.count() for table, rows in found.items() if rows.exists()}
+
+
+MIXED = [
+    {"prompt": "Shared?", "chosen": "yes", "rejected": "no"},
+    {"prompt": "Shared?", "completions": ["1", "2", "3"]},
+    {"prompt": "Shared?", "completion": "demo"},
+    {"prompt": "Alone?"},
+]
+
+
+@pytest.mark.parametrize("triggers", ["off while writing", "on, row by row"])
+def test_every_reference_points_at_a_row_whichever_way_keys_are_checked(
+    project, importer, tmp_path, monkeypatch, triggers
+):
+    postgres, asked = services.imports.writing._Postgres, []
+    may = postgres._may_turn_off_triggers
+    if triggers == "on, row by row":
+        may = lambda self: False  # noqa: E731
+
+    def spy(self):
+        asked.append(may(self))
+        return asked[-1]
+
+    monkeypatch.setattr(postgres, "_may_turn_off_triggers", spy)
+    project.task_kinds = [TaskKind.PAIRWISE, TaskKind.DEMONSTRATION]
+    project.save()
+    # Batches of 2 rows: the shared prompt is created by one batch and found by the next.
+    monkeypatch.setattr(services.imports, "BATCH", 2)
+    first = run(project, write_jsonl(tmp_path / "a.jsonl", MIXED * 3), importer)
+    more = [{"prompt": "Shared?", "chosen": "maybe", "rejected": "never"}]
+    second = run(project, write_jsonl(tmp_path / "b.jsonl", more), importer)
+    assert first.ok and second.ok, (first.errors, second.errors)
+    assert first.created == {"prompts": 2, "completions": 5, "items": 5, "judgements": 2}
+    assert first.skipped_duplicates == 8
+    assert second.created == {"prompts": 0, "completions": 2, "items": 1, "judgements": 1}
+    assert Prompt.objects.count() == 2
+    assert references_missing() == {}
+    assert foreign_keys_checked()
+    if connection.vendor == "postgresql":  # the test database's role is a superuser
+        assert asked == [triggers == "off while writing"] * 2
 
 
 # --- management command ----------------------------------------------------------------------

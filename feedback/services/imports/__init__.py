@@ -53,7 +53,7 @@ from .parsing import (
     parsed_rows,
     required_kinds,
 )
-from .readers import BATCH, BadRow, check_limits, detect_format, read_rows
+from .readers import BATCH, BadRow, check_limits, detect_format, read_ahead, read_rows
 from .writing import BatchWriter, database
 
 __all__ = [
@@ -188,7 +188,7 @@ def import_file(
     report = ImportReport()
     validation = _Validation(project, options, report)
     with transaction.atomic():
-        with database() as db:
+        with database(project=project, user=user) as db:
             writer = BatchWriter(
                 project=project,
                 user=user,
@@ -215,16 +215,17 @@ def _write_while_valid(
     """Write the file a batch at a time until it proves invalid, then only read on (so that
     every error is listed). Returns the rows skipped as already imported."""
     skipped = written = 0
-    for rows_read, batch in validation.batches(path):
-        if validation.failed:
-            if progress:
-                progress("validating", rows_read)
-            continue
-        if batch:
-            skipped += writer.write(batch)
-            written += len(batch)
-            if progress:
-                progress("writing", written)
+    with read_ahead(validation.batches(path)) as batches:
+        for rows_read, batch in batches:
+            if validation.failed:
+                if progress:
+                    progress("validating", rows_read)
+                continue
+            if batch:
+                skipped += writer.write(batch)
+                written += len(batch)
+                if progress:
+                    progress("writing", written)
     return skipped
 
 

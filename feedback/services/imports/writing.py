@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from itertools import combinations
+from operator import call
 from typing import Any, Protocol
 
+import orjson
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import Model
@@ -78,8 +81,6 @@ class BatchWriter:
     def write(self, batch: list[ParsedRow]) -> int:
         """Write one batch; returns how many of its rows had been imported before."""
         now = timezone.now()
-        prompt_ids, existed = self._prompts(batch, now)
-
         plans = [_Plan(row, *plan) for row in batch for plan in item_plans(row, self.options)]
         keys = [plan.key for plan in plans]
         existing = self.db.existing_keys(self.project, keys) if keys else set()
@@ -89,6 +90,10 @@ class BatchWriter:
                 fresh.append(plan)
                 seen.add(plan.key)
         skipped = len({id(p.row) for p in plans} - {id(p.row) for p in fresh})
+        # Prompts are looked up only for rows that add something: a re-imported file, whose
+        # items all exist, costs one lookup per batch.
+        needing = [plan.row for plan in fresh] + [row for row in batch if row.shape == "prompts"]
+        prompt_ids, existed = self._prompts(needing, now)
         skipped += sum(1 for row in batch if row.shape == "prompts" and row.prompt_hash in existed)
         if not fresh:
             return skipped
@@ -123,12 +128,13 @@ class BatchWriter:
         self.created["judgements"] += _write_judgements(self, item_ids, fresh, now)
         return skipped
 
-    def _prompts(self, batch: list[ParsedRow], now: datetime) -> tuple[dict[str, int], set[str]]:
-        """{prompt hash: id} for every row of the batch, and the hashes that existed before."""
-        ids = self.db.prompt_ids(self.project, {row.prompt_hash for row in batch})
+    def _prompts(self, rows: list[ParsedRow], now: datetime) -> tuple[dict[str, int], set[str]]:
+        """{prompt hash: id} for each of these rows, and the hashes that existed before."""
+        hashes = {row.prompt_hash for row in rows}
+        ids = self.db.prompt_ids(self.project, hashes) if hashes else {}
         existed = set(ids)
         new: dict[str, ParsedRow] = {}
-        for row in batch:
+        for row in rows:
             if row.prompt_hash not in ids:
                 new.setdefault(row.prompt_hash, row)
         new_ids = self.insert(
@@ -266,37 +272,29 @@ class Database(Protocol):
         other fields get their defaults. Returns the new ids, in order, if asked."""
 
     def prompt_ids(self, project: Project, hashes: set[str]) -> dict[str, int]:
-        """{content hash: id} of the project's prompts with one of these hashes."""
+        """{content hash: id} of the project's prompts with one of these hashes, each locked
+        against deletion until the import commits."""
 
     def existing_keys(self, project: Project, keys: list[str]) -> set[str]:
         """Which of these import keys the project's items already have."""
 
 
 @contextlib.contextmanager
-def database() -> Iterator[Database]:
-    """The way rows go in on this database, for one import (inside its transaction)."""
+def database(*, project: Project, user: AbstractBaseUser) -> Iterator[Database]:
+    """The way rows go in on this database, for one import into `project` by `user` (inside
+    the import's transaction)."""
     if connection.vendor != "postgresql":
         yield _Orm()
         return
-    import orjson
     import psycopg
-    from psycopg.types.json import set_json_dumps
 
     connection.ensure_connection()
     # A cursor of psycopg's own: Django's has no copy(), and binds parameters client-side,
     # which means quoting every key of the lookups' arrays into the SQL text.
     with psycopg.Cursor(connection.connection) as cursor:
-        # jsonb values (messages, tags and the models' {} and [] defaults) for COPY: json.dumps
-        # costs more per row than the rest of a row's conversion.
-        set_json_dumps(orjson.dumps, context=cursor)
         postgres = _Postgres(cursor)
-        # Deferred, foreign keys would queue one pending check per row until commit (server
-        # memory growing with the file); checked per statement they are the same work, in step.
-        postgres.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        yield postgres
-        # Django makes every foreign key DEFERRABLE INITIALLY DEFERRED: back to that. (After an
-        # error we never get here; rolling back restores the mode.)
-        postgres.execute("SET CONSTRAINTS ALL DEFERRED")
+        with postgres.references_checked_in_bulk(project=project, user=user):
+            yield postgres
 
 
 class _Orm:
@@ -316,12 +314,65 @@ class _Orm:
         return set(items.values_list("import_key", flat=True))
 
 
+# Binary COPY (https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4): a
+# signature, then per row a 16-bit field count and each field as a 32-bit length and bytes.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
+_COPY_TRAILER = b"\xff\xff"
+_NULL = b"\xff\xff\xff\xff"
+_LENGTH = struct.Struct(">i").pack
+_FIELDS = struct.Struct(">h").pack
+_INT8 = struct.Struct(">iq").pack  # length 8, then the value
+_INT4 = struct.Struct(">ii").pack
+_INT2 = struct.Struct(">ih").pack
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # PostgreSQL's timestamps count from here
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return _LENGTH(len(data)) + data
+
+
+def _jsonb(value: Any) -> bytes:
+    data = orjson.dumps(value)
+    return _LENGTH(len(data) + 1) + b"\x01" + data  # version 1 of jsonb's binary format
+
+
+def _timestamp(value: datetime) -> bytes:
+    return _INT8(8, (value - _EPOCH) // timedelta(microseconds=1))
+
+
+# Encoders by type oid, for the types these tables use (an unknown type fails loudly).
+_ENCODERS: dict[int, Callable[[Any], bytes]] = {
+    20: lambda value: _INT8(8, value),  # bigint
+    23: lambda value: _INT4(4, value),  # integer
+    21: lambda value: _INT2(2, value),  # smallint
+    16: lambda value: b"\x00\x00\x00\x01" + (b"\x01" if value else b"\x00"),  # boolean
+    25: _text,  # text
+    1043: _text,  # varchar
+    3802: _jsonb,  # jsonb
+    1184: _timestamp,  # timestamptz
+    701: lambda value: struct.pack(">id", 8, value),  # double precision
+}
+
+
 @dataclass(frozen=True)
 class _CopyTarget:
     statement: str
-    types: list[int]  # PostgreSQL type oids, for binary COPY
-    tail: tuple  # values for the columns after the given ones: `same`, then defaults
+    encoders: list[Callable[[Any], bytes]]  # for the values a row gives
+    head: bytes  # the field count
+    tail: bytes  # the encoded `same` values and defaults that follow them
     sequence: str
+
+    def encode(self, rows: Iterable[tuple]) -> bytes:
+        """The whole COPY stream for these rows. Built by hand rather than by psycopg's
+        write_row, which looks up a dumper for every value, and which encodes the columns
+        every row shares once per row: here they are encoded once per batch."""
+        encoders, head, tail = self.encoders, self.head, self.tail
+        parts = [_COPY_HEADER]
+        for row in rows:
+            parts += (head, *map(call, encoders, row), tail)
+        parts.append(_COPY_TRAILER)
+        return b"".join(parts)
 
 
 class _Postgres:
@@ -332,21 +383,55 @@ class _Postgres:
         self.cursor = cursor
         self.tables: dict[str, tuple[dict[str, int], str]] = {}  # column types, pk sequence
 
+    @contextlib.contextmanager
+    def references_checked_in_bulk(self, *, project: Project, user: AbstractBaseUser):
+        """Foreign keys checked by construction instead of row by row, where allowed.
+
+        PostgreSQL checks each foreign key of each new row with a query of its own: 14 per
+        preference row, half the server's time in an import. Where this role may set
+        session_replication_role (a superuser, or `GRANT SET ON PARAMETER
+        session_replication_role`), those triggers are off while the rows go in, and what they
+        guarantee is kept another way: every reference points at a row this transaction
+        inserted (invisible to others until commit) or at a row it holds locked FOR KEY SHARE,
+        as the triggers would have locked it: the project and user here, existing prompts in
+        prompt_ids. Elsewhere the triggers stay on and run at the end of each COPY (deferred,
+        they would queue one pending check per row until commit: server memory growing with
+        the file).
+        """
+        lock = "SELECT 1 FROM {} WHERE id = %s FOR KEY SHARE"
+        for model, pk in ((Project, project.pk), (type(user), user.pk)):
+            self.execute(lock.format(connection.ops.quote_name(model._meta.db_table)), [pk])
+        if self._may_turn_off_triggers():
+            self.execute("SELECT set_config('session_replication_role', 'replica', true)")
+            yield
+            # Back on for the rest of the transaction, which may be a caller's.
+            self.execute("SELECT set_config('session_replication_role', 'origin', true)")
+        else:
+            self.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            yield
+            # Django makes every foreign key DEFERRABLE INITIALLY DEFERRED: back to that.
+            self.execute("SET CONSTRAINTS ALL DEFERRED")
+        # (After an error we never get here; rolling back restores both settings.)
+
+    def _may_turn_off_triggers(self) -> bool:
+        if connection.pg_version < 150000:  # no has_parameter_privilege before PostgreSQL 15
+            sql = "SELECT current_setting('is_superuser') = 'on'"
+        else:
+            sql = "SELECT has_parameter_privilege('session_replication_role', 'SET')"
+        return bool(self._fetch(sql, [])[0][0])
+
     def insert(self, model, columns, rows, *, same=None, returning_ids=False) -> list[int]:
         if not rows:
             return []
         target = self._target(model, tuple(columns), same or {}, returning_ids)
         with connection.wrap_database_errors:
-            ids = self._next_ids(target.sequence, len(rows)) if returning_ids else []
-            tail = target.tail
+            if returning_ids:
+                ids = self._next_ids(target.sequence, len(rows))
+                data = target.encode((pk, *row) for pk, row in zip(ids, rows, strict=True))
+            else:
+                ids, data = [], target.encode(rows)
             with self.cursor.copy(target.statement) as copy:
-                copy.set_types(target.types)
-                if returning_ids:
-                    for pk, row in zip(ids, rows, strict=True):
-                        copy.write_row((pk, *row, *tail))
-                else:
-                    for row in rows:
-                        copy.write_row(row + tail)
+                copy.write(data)
         return ids
 
     # Both lookups probe the project's unique index once per key, in a subquery per key that
@@ -359,7 +444,7 @@ class _Postgres:
         table = connection.ops.quote_name(Prompt._meta.db_table)
         sql = (
             f"SELECT key, (SELECT id FROM {table} "
-            "  WHERE project_id = (SELECT %s) AND content_hash = key) "
+            "  WHERE project_id = (SELECT %s) AND content_hash = key FOR KEY SHARE) "
             "FROM unnest(%b::text[]) AS key"
         )
         rows = self._fetch(sql, [project.pk, list(hashes)])
@@ -393,9 +478,9 @@ class _Postgres:
         fields = {f.attname: f for f in model._meta.concrete_fields}
         pk = model._meta.pk
         given = [pk.attname] if with_pk else []
-        given += [*columns, *same]
-        rest = [f for name, f in fields.items() if name not in given and f is not pk]
-        names = [fields[name].column for name in given] + [f.column for f in rest]
+        given += [*columns]
+        rest = [f for name, f in fields.items() if name not in given and name not in same]
+        rest = [f for f in rest if f is not pk]
         table = model._meta.db_table
         if table not in self.tables:
             types = self._fetch(
@@ -406,11 +491,19 @@ class _Postgres:
             [(sequence,)] = self._fetch("SELECT pg_get_serial_sequence(%s, %s)", [table, pk.column])
             self.tables[table] = (dict(types), sequence)
         types, sequence = self.tables[table]
+        given_columns = [fields[name].column for name in given]
+        tail = [(fields[name].column, value) for name, value in same.items()]
+        tail += [(f.column, f.get_default()) for f in rest]
+        names = given_columns + [column for column, _ in tail]
         quote = connection.ops.quote_name
         return _CopyTarget(
             statement=f"COPY {quote(table)} ({', '.join(map(quote, names))}) "
             "FROM STDIN (FORMAT BINARY)",
-            types=[types[name] for name in names],
-            tail=(*same.values(), *(f.get_default() for f in rest)),
+            encoders=[_ENCODERS[types[column]] for column in given_columns],
+            head=_FIELDS(len(names)),
+            tail=b"".join(
+                _NULL if value is None else _ENCODERS[types[column]](value)
+                for column, value in tail
+            ),
             sequence=sequence,
         )
