@@ -1,13 +1,18 @@
 """Import/export throughput of preference data: generate, import (twice), snapshot, read back.
 
 Run it on a throwaway PostgreSQL, which config/devservices.py starts (it exports
-TEST_DATABASE_URL and removes the server afterwards):
+TEST_DATABASE_URL and removes the server afterwards), one timing run at a time on a shared
+machine:
 
-    .venv/bin/python config/devservices.py test -- .venv/bin/python bench/import_export.py
+    flock /tmp/veredicto-bench.lock .venv/bin/python config/devservices.py test -- \\
+        .venv/bin/python bench/import_export.py                 # the figure: 1,000,000 rows
 
-    # a quicker run
-    .venv/bin/python config/devservices.py test -- \\
+    # a quicker run; compare its peak memory with the full run's to see that it is flat
+    flock /tmp/veredicto-bench.lock .venv/bin/python config/devservices.py test -- \\
         .venv/bin/python bench/import_export.py --rows 100000
+
+It needs about 5 GB of free disk per million rows (file, database, snapshot), all removed at the
+end, and takes about 5 minutes at a million rows on 2 cores.
 
 Steps, each in a fresh Python process so that its memory figures are its own:
 
@@ -24,21 +29,31 @@ Setup (untimed): `manage.py migrate`, an importing user and the project. Every s
 counts (N items, N judgements, 2N completions, N snapshot rows, nothing added by the re-import)
 and the bench exits 1 if a check fails.
 
-Columns:
+How to read it. The first line says how the database checks foreign keys during the import:
+"by construction" when the role may set session_replication_role (devservices' role is a
+superuser), so the per-row foreign-key triggers are off while rows go in (the import locks
+what they would have locked); "row by row" otherwise, which costs the server about twice the
+CPU (see feedback/services/imports/writing.py). Then one line per step:
 
 - seconds, rows/s: the step's work (interpreter start and Django setup excluded).
 - py cpu, pg cpu: CPU seconds of the step's process (all its threads) and of the PostgreSQL
   backend serving it. On 2 cores, wall time can't go below the larger of the two, nor below
-  half their sum; the load average is printed since other work on the machine adds to it.
+  half their sum. The import reads ahead in a thread, so its py and pg CPU overlap: its
+  seconds come close to the larger of the two on an idle machine. Other work on the machine
+  adds to the wall time, not to the CPU seconds: the load average is printed for that reason,
+  and CPU seconds are the figures to compare between runs on a busy machine.
 - RSS start: the process after its imports, before the work.
 - peak RSS: the largest resident set of the step's process and anything it started (wait4's
-  ru_maxrss). It counts pages of memory-mapped files, which datasets uses for Arrow data.
+  ru_maxrss). It counts pages of memory-mapped files, which datasets uses for Arrow data, so
+  it grows with the rows in the snapshot and load steps without being memory the step holds.
 - peak anon: the largest anonymous resident memory of the process (RssAnon, sampled 5 times a
-  second): what the step itself holds, mapped files left out.
+  second): what the step itself holds, mapped files left out. "Memory flat" means this column
+  (and pg anon) stays about the same from --rows 100000 to a million.
 - pg anon: the same for the PostgreSQL backend (its shared buffers left out).
 
-The goal (data issue): a million rows each way, import, re-import and snapshot, in under 60 s on
-a 2-core machine, with memory flat: peak memory that does not grow with --rows.
+The summary line gives each step's seconds, the largest peak RSS, and whether the goal was met.
+The goal (data issue): a million rows each way, import, re-import and snapshot, in under 60 s
+on a 2-core machine, with memory flat: peak memory that does not grow with --rows.
 """
 
 from __future__ import annotations
@@ -278,7 +293,10 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         version = cursor.fetchone()[0]
-    return {"project": project.pk, "user": user.pk, "postgres": version}
+        cursor.execute("SELECT has_parameter_privilege('session_replication_role', 'SET')")
+        by_construction = cursor.fetchone()[0]
+    keys = "by construction" if by_construction else "row by row"
+    return {"project": project.pk, "user": user.pk, "postgres": version, "keys": keys}
 
 
 def import_once(args: argparse.Namespace) -> dict[str, Any]:
@@ -422,12 +440,13 @@ def mib(value: float | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f}M"
 
 
-def report(args: argparse.Namespace, results: list[StepResult], postgres: str) -> int:
+def report(args: argparse.Namespace, results: list[StepResult], facts: dict[str, Any]) -> int:
     n = args.rows
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"\nbench/import_export.py: {n:,} preference rows; Python {platform.python_version()}, "
-        f"PostgreSQL {postgres}, {os.cpu_count()} CPUs, load average now {load}"
+        f"PostgreSQL {facts['postgres']}, {os.cpu_count()} CPUs, load average now {load}; "
+        f"foreign keys checked {facts['keys']}"
     )
     header = (
         f"{'step':<9} {'seconds':>7} {'rows/s':>8} {'py cpu':>6} {'pg cpu':>6} "
@@ -486,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{step}: {args.rows:,} rows")
         results.append(spawn(args, step, **(ids if step != "generate" else {})))
         log(f"{step}: {results[-1].result['seconds']:.1f} s")
-    status = report(args, results, facts["postgres"])
+    status = report(args, results, facts)
     shutil.rmtree(args.workdir, ignore_errors=True)
     return status
 

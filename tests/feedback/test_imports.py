@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import json
 from io import StringIO
 
@@ -217,6 +218,19 @@ def test_imported_preferences_can_seed_a_reward_model_snapshot(
 
 
 # --- idempotence and atomicity ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "completions",
+    [[], [("4", "")], [('say "hi"\\', "gpt-x"), ("caf\u00e9 \U0001f600 \n\t\x01", "\u2028")]],
+)
+def test_import_keys_stay_the_hash_of_json_dumps(completions):
+    """Stored keys must not change, or files imported before would import again."""
+    from feedback.services.imports.parsing import ParsedRow
+
+    row = ParsedRow("comparisons", "", [{"role": "user", "content": "x"}], completions=completions)
+    payload = [row.shape, row.prompt_hash, row.completions, row.demonstration]
+    assert row.key == hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
 def test_importing_the_same_file_twice_adds_nothing(project, importer, tmp_path):

@@ -130,6 +130,7 @@ class _Validation:
                 continue
             report.shapes[parsed.shape] = report.shapes.get(parsed.shape, 0) + 1
             self.missing |= required_kinds(parsed.shape, self.options) - self.collected
+            _ = parsed.key  # hashed where rows are read: in the reading thread, on imports
             yield parsed
 
     def batches(self, path: Path) -> Iterator[tuple[int, list[ParsedRow]]]:

