@@ -1,4 +1,4 @@
-"""The tiny model's corpus: simple English, and chats about the demo's verifiable toy tasks.
+"""The tiny model's pretraining corpus: simple English prose and chats about the toy tasks.
 
 The generated file is committed (modeling/corpus/tiny.jsonl) so every checkout builds the same
 model without a download. Regenerate it, byte for byte the same, with:
@@ -8,19 +8,35 @@ model without a download. Regenerate it, byte for byte the same, with:
 One document per line, either {"text": "..."} (prose) or {"messages": [...]} (a chat in the
 roles the chat template knows). The toy tasks are the ones the demo asks the model and can check
 automatically: small arithmetic, sorting a short list, reversing a word, facts from a small table.
+
+Like real pretraining data, the chats are of mixed quality, and that is the demo's story. Every
+toy question in them is answered, but only ANSWER_QUALITY["right"] of the time with the bare
+right answer; otherwise with a near miss ("22" for 12 + 9) or a hedge ("I am not sure."). The
+base model learns the tasks *and* those habits: greedy decoding often hedges or misses. SFT on
+the annotators' (right) demonstrations and the preference stages (right over wrong or hedged)
+select the good habit rather than teach new knowledge, which is why the demo's task score, the
+checker's verdict on held-out prompts, can rise from the base model to the tuned ones. Prose
+paragraphs also state the tasks' answers in plain text ("12 + 9 = 21."), and small-talk chats
+keep the chat format from being only about toy questions.
 """
 
 import json
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 CORPUS_PATH = Path(__file__).resolve().parent.parent / "corpus" / "tiny.jsonl"
+RESERVED_DEMO_PROMPTS = 1200  # the demo imports the first distinct ones of these (500 by default)
 
-# Sizes: ~300 KB in all, about half prose and half chat, which is enough for a few-million
-# parameter model to pick up the chat format and the task phrasings in a short CPU pretraining.
-N_PARAGRAPHS = 550
-N_CHATS = 1500
+# Sizes: ~80k tokens in all, which a few hundred CPU steps of the tiny model see several times.
+N_PARAGRAPHS = 400
+N_NOTEBOOKS = 400
+N_CHATS = 100
+N_TOY_CHATS = 2000
+# How a toy question in the corpus is answered (probabilities, summing to 1).
+ANSWER_QUALITY = {"right": 0.6, "near_miss": 0.2, "hedge": 0.2}
+HEDGES = ["I am not sure.", "I do not know.", "Let me think about it."]
 
 NOUNS = [
     "cat", "dog", "bird", "fish", "child", "teacher", "farmer", "baker", "river", "tree",
@@ -124,25 +140,139 @@ def fact(rng: random.Random) -> tuple[str, str]:
 TASKS = [arithmetic, sorting, reversing, fact]
 
 
+def task_key(question: str) -> tuple | None:
+    """What makes an arithmetic or sorting question the same question whatever its phrasing:
+    its operands, or its list. None for the closed tables (facts, reversed words), which
+    pretraining is meant to know."""
+    if match := re.search(r"(\d+) ([-+*]) (\d+)", question):
+        return ("arithmetic", *match.groups())
+    if question.startswith("Sort") and ":" in question:
+        return ("sorting", *re.findall(r"\d+", question.split(":", 1)[1]))
+    return None
+
+
+def reserved_keys() -> set[tuple]:
+    """Arithmetic and sorting questions that pretraining must not see: every prompt the demo loop
+    can import (evals.toytask.sample, seed 7), so that its task score on held-out prompts
+    measures what was learnt, not what was memorised. (The shipped evaluation tasks are generated
+    from this corpus the other way round: evals.ml.taskgen leaves out what the chats ask.)"""
+    from evals.toytask import sample  # here: evals.toytask imports this module
+
+    return {
+        key
+        for question, _ in sample(RESERVED_DEMO_PROMPTS, seed=7)
+        if (key := task_key(question)) is not None
+    }
+
+
+def fresh(task, rng: random.Random, reserved: set[tuple]) -> tuple[str, str]:
+    """A (question, answer) of `task` whose question is not reserved."""
+    while True:
+        question, answer = task(rng)
+        if task_key(question) not in reserved:
+            return question, answer
+
+
+# Plain-text statements of a task's answer, one per task, as a textbook or a notebook would
+# write them: what pretraining knows about the toy tasks.
+def arithmetic_statement(rng: random.Random, reserved: set[tuple]) -> str:
+    question, answer = fresh(arithmetic, rng, reserved)
+    expression = question.removeprefix("What is ").removeprefix("Compute ")
+    return f"{expression.rstrip('?. =')} = {answer}."
+
+
+def sorting_statement(rng: random.Random, reserved: set[tuple]) -> str:
+    question, ordered = fresh(sorting, rng, reserved)
+    shown = question.split(": ", 1)[1]
+    return rng.choice(
+        [
+            f"From smallest to largest, {shown} is {ordered}.",
+            f"Sorted, the list {shown} becomes {ordered}.",
+        ]
+    )
+
+
+def reversing_statement(rng: random.Random, reserved: set[tuple]) -> str:
+    word = rng.choice(NOUNS + ADJECTIVES)
+    return rng.choice(
+        [f"The word {word} backwards is {word[::-1]}.", f"Reversed, {word} reads {word[::-1]}."]
+    )
+
+
+def fact_statement(rng: random.Random, reserved: set[tuple]) -> str:
+    return rng.choice(FACTS)[3]
+
+
+STATEMENTS = [arithmetic_statement, sorting_statement, reversing_statement, fact_statement]
+
+
+def notebook(rng: random.Random, reserved: set[tuple]) -> str:
+    """A paragraph of toy-task statements: mostly of one kind, as pages of a notebook are."""
+    main = rng.choice(STATEMENTS)
+    return " ".join(
+        (main if rng.random() < 0.7 else rng.choice(STATEMENTS))(rng, reserved)
+        for _ in range(rng.randint(3, 6))
+    )
+
+
 def chat(rng: random.Random) -> list[dict[str, str]]:
-    """A chat of one or two toy-task turns, sometimes with a system prompt."""
+    """Small talk about the prose world, sometimes with a system prompt: never a toy question."""
     messages = []
     if rng.random() < 0.2:
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
     for _ in range(1 if rng.random() < 0.8 else 2):
-        question, answer = rng.choice(TASKS)(rng)
-        messages.append({"role": "user", "content": question})
-        messages.append({"role": "assistant", "content": answer})
+        thing = f"the {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
+        request = rng.choice(
+            [f"Describe {thing}.", f"Tell me about {thing}.", "Say something.", "Write a sentence."]
+        )
+        messages.append({"role": "user", "content": request})
+        messages.append({"role": "assistant", "content": sentence(rng)})
     return messages
 
 
-def documents(seed: int = 0) -> Iterator[dict]:
-    """All documents, prose and chats interleaved, in a fixed order for a given seed."""
+def toy_chat(rng: random.Random, reserved: set[tuple]) -> list[dict[str, str]]:
+    """A toy question answered as ANSWER_QUALITY says: right, a near miss, or a hedge."""
+    question, answer = fresh(rng.choice(TASKS), rng, reserved)
+    quality = rng.choices(list(ANSWER_QUALITY), weights=list(ANSWER_QUALITY.values()))[0]
+    if quality == "near_miss":
+        answer = near_miss(answer, rng)
+    elif quality == "hedge":
+        answer = rng.choice(HEDGES)
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def near_miss(answer: str, rng: random.Random) -> str:
+    """A plausible wrong answer: a number off by one or two, a list or word slightly garbled."""
+    if answer.isdigit():
+        return str(abs(int(answer) + rng.choice([-2, -1, 1, 2])))
+    if ", " in answer:
+        numbers = answer.split(", ")
+        i = rng.randrange(len(numbers) - 1)
+        numbers[i], numbers[i + 1] = numbers[i + 1], numbers[i]
+        return ", ".join(numbers)
+    if answer[0].isupper():  # a fact: another fact's answer of the same table
+        return rng.choice([fact[2] for fact in FACTS if fact[2] != answer])
+    return answer[::-1]  # a reversed word, not reversed
+
+
+def documents(seed: int = 0, reserved: set[tuple] | None = None) -> Iterator[dict]:
+    """All documents, prose, notebooks and chats interleaved, in a fixed order for a given seed."""
+    reserved = reserved_keys() if reserved is None else reserved
     rng = random.Random(seed)
-    kinds = ["text"] * N_PARAGRAPHS + ["messages"] * N_CHATS
+    kinds = (
+        ["text"] * N_PARAGRAPHS
+        + ["notebook"] * N_NOTEBOOKS
+        + ["messages"] * N_CHATS
+        + ["toy"] * N_TOY_CHATS
+    )
     rng.shuffle(kinds)
     for kind in kinds:
-        yield {"text": paragraph(rng)} if kind == "text" else {"messages": chat(rng)}
+        if kind == "messages":
+            yield {"messages": chat(rng)}
+        elif kind == "toy":
+            yield {"messages": toy_chat(rng, reserved)}
+        else:
+            yield {"text": paragraph(rng) if kind == "text" else notebook(rng, reserved)}
 
 
 def read_corpus(path: str | Path = CORPUS_PATH) -> list[dict]:
