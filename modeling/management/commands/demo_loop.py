@@ -18,7 +18,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
         parser.add_argument(
-            "--base-model", help="Model directory to start from (default: var/models/tiny-demo)."
+            "--base-model",
+            help="Model directory to start from (default: var/models/tiny-demo-<key>, built when "
+            "missing).",
         )
 
     def handle(self, *args, scale: str, base_model: str | None, **options) -> None:
