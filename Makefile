@@ -44,7 +44,8 @@ run: setup
 	$(SERVE)
 
 # One simulated round of the whole loop on the toy tasks (modeling/demo.py: SFT, reward model,
-# DPO, evaluations, next round's comparisons; jobs run in this process), then the app on it.
+# DPO, PPO, evaluations, next round's comparisons; jobs run in this process; it ends with a
+# per-stage wall/CPU time table), then the app on it.
 demo: setup
 	DEBUG=1 $(BIN)/python manage.py demo_loop --scale demo
 	$(SERVE)
