@@ -1,4 +1,5 @@
 import csv
+import gc
 import hashlib
 import json
 from io import StringIO
@@ -335,6 +336,7 @@ def test_empty_and_unknown_files_are_refused(project, importer, tmp_path):
 
 
 def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_path, monkeypatch):
+    monkeypatch.setattr(services.imports, "BATCH", 1000)
     rows = [{"prompt": f"Q{n}?", "chosen": "a", "rejected": "b"} for n in range(1500)]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     real = services.imports.writing._write_judgements
@@ -351,11 +353,13 @@ def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_pa
         run(project, path, importer)
     assert counts() == (0, 0, 0)
     assert foreign_keys_checked()
+    assert gc.isenabled()
 
 
 def test_a_failure_while_reading_ahead_reaches_the_import_and_rolls_back(
     project, importer, tmp_path, monkeypatch
 ):
+    monkeypatch.setattr(services.imports, "BATCH", 1000)  # two batches written first
     rows = [{"prompt": f"Q{n}?", "chosen": "a", "rejected": "b"} for n in range(2500)]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     real = services.imports.parsing.parse_row
