@@ -461,6 +461,19 @@ def postgres_facts() -> tuple[str, int | None]:
     return facts, postmaster
 
 
+def redis_pid() -> int | None:
+    """The local Redis server's pid (the app keeps sessions and rendered markdown there)."""
+    from django.conf import settings
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    try:
+        pid = int(Redis.from_url(settings.REDIS_URL).info("server")["process_id"])
+    except (RedisError, KeyError, ValueError):
+        return None
+    return pid if _proc_name(pid).startswith("redis") else None
+
+
 # --- CPU accounting -------------------------------------------------------------------------
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -517,16 +530,18 @@ class CpuSample:
     at: float
     gunicorn: float | None
     postgres: float | None
+    redis: float | None
     client: float
     machine: tuple[int, int]
 
     @classmethod
-    def take(cls, gunicorn_pid: int, postmaster_pid: int | None) -> CpuSample:
+    def take(cls, gunicorn_pid: int, postmaster_pid: int | None, redis: int | None) -> CpuSample:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return cls(
             at=time.perf_counter(),
             gunicorn=tree_cpu_seconds(gunicorn_pid),
             postgres=tree_cpu_seconds(postmaster_pid),
+            redis=tree_cpu_seconds(redis),
             client=usage.ru_utime + usage.ru_stime,
             machine=machine_ticks(),
         )
@@ -540,7 +555,7 @@ def cpu_report(before: CpuSample, after: CpuSample) -> str:
     busy = capacity * (after.machine[0] - before.machine[0])
     busy /= max(1, after.machine[1] - before.machine[1])
     parts, accounted = [], 0.0
-    for name in ("gunicorn", "postgres", "client"):
+    for name in ("gunicorn", "postgres", "redis", "client"):
         start, end = getattr(before, name), getattr(after, name)
         if start is None or end is None:
             parts.append(f"{name} n/a")
@@ -569,9 +584,16 @@ def server_cost(before: CpuSample, after: CpuSample, judgements: int) -> str:
         return "server CPU per judgement: n/a"
     app = 1000 * (after.gunicorn - before.gunicorn) / judgements
     db = 1000 * (after.postgres - before.postgres) / judgements
-    ceiling = (os.cpu_count() or 1) * 1000 / (app + db)
+    # Redis (sessions, rendered markdown) counts when it is local; n/a leaves it out.
+    cache = None
+    if before.redis is not None and after.redis is not None:
+        cache = 1000 * (after.redis - before.redis) / judgements
+    total = app + db + (cache or 0.0)
+    ceiling = (os.cpu_count() or 1) * 1000 / total
+    parts = f"gunicorn {app:.1f} + postgres {db:.1f}"
+    parts += f" + redis {cache:.1f}" if cache is not None else ", redis n/a"
     return (
-        f"server CPU per judgement: {app + db:.1f} ms (gunicorn {app:.1f} + postgres {db:.1f}); "
+        f"server CPU per judgement: {total:.1f} ms ({parts}); "
         f"{os.cpu_count()} cores cap this at ~{ceiling:.0f} judgements/s"
     )
 
@@ -1137,6 +1159,7 @@ async def drive(
     dataset: Dataset,
     server: Server,
     postmaster: int | None,
+    cache_server: int | None,
     session_jars: list[dict[str, str]] | None,
 ) -> Outcome | None:
     """Log everyone in, take first tasks (open loop), then the timed phase. None on setup errors."""
@@ -1163,7 +1186,7 @@ async def drive(
         annotator.stats = stats
         annotator.conn.connects = annotator.conn.retries = 0
 
-    before = CpuSample.take(server.proc.pid, postmaster)
+    before = CpuSample.take(server.proc.pid, postmaster, cache_server)
     result = None
     if cfg.open_loop:
         log(f"open loop: {cfg.rate:g} submits/s for {cfg.duration:g} s ({cfg.arrivals})")
@@ -1172,7 +1195,7 @@ async def drive(
     else:
         log(f"closed loop: {cfg.annotators} annotators, {cfg.tasks} judgements")
         wall = await closed_loop(cfg, annotators)
-    after = CpuSample.take(server.proc.pid, postmaster)
+    after = CpuSample.take(server.proc.pid, postmaster, cache_server)
     for annotator in annotators:
         annotator.conn.close()
     return Outcome(
@@ -1282,6 +1305,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = create_dataset(cfg)
     jars = None if cfg.http_login else direct_session_cookies(dataset.user_ids)
     _, postmaster = postgres_facts()
+    cache_server = redis_pid()
     from django.db import connection
 
     connection.close()  # idle during the run; reopened for the checks
@@ -1291,7 +1315,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     server = start_gunicorn(cfg)
     try:
-        outcome = asyncio.run(drive(cfg, dataset, server, postmaster, jars))
+        outcome = asyncio.run(drive(cfg, dataset, server, postmaster, cache_server, jars))
     finally:
         server.stop()
     return 1 if outcome is None else report(cfg, dataset, outcome)

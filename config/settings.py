@@ -145,6 +145,18 @@ REDIS_URL = env.str("REDIS_URL", "redis://127.0.0.1:6379/0")
 if TESTING and env.str("TEST_REDIS_URL", ""):
     REDIS_URL = env.str("TEST_REDIS_URL")
 
+# Redis is also the cache, shared by every web process: sessions are read from it and written
+# through to the database (cached_db: a Redis flush costs one query per session, nothing else),
+# and rendered markdown is kept there so each completion is rendered once, not once per process.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "veredicto",
+    }
+}
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -1,0 +1,46 @@
+"""Query budgets of the annotation loop's hot requests, so that a refactor cannot quietly add
+round trips to every judgement (bench/annotation_load.py measures what they cost)."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from feedback import services
+from feedback.models import Assignment, PairwiseJudgement, TaskKind
+from tests.factories import make_item
+
+HX = {"HX-Request": "true"}
+
+# One htmx submit = user + roles + the assignment (with its item, project, prompt and canonical
+# A) + savepoint, claim, count, insert, release (the judgement) + membership + current lease +
+# savepoint, candidate lock, slot recount, completions, lease upsert, release (the next task).
+# The session comes from the cache. Savepoints stand in for BEGIN/COMMIT inside the test's
+# transaction. Raise this only with a reason in the commit message.
+SUBMIT_QUERIES = 16
+
+
+@pytest.mark.django_db
+def test_htmx_submit_and_next_task_stay_within_query_budget(
+    client, annotator, pairwise_item, django_assert_max_num_queries
+):
+    second = make_item(pairwise_item.project, TaskKind.PAIRWISE)
+    assignment = services.task_next_for_annotator(
+        project=pairwise_item.project, annotator=annotator
+    )
+    client.force_login(annotator)
+    client.get(reverse("task", args=[assignment.pk]))  # session and CSRF cookie, as a browser
+
+    with django_assert_max_num_queries(SUBMIT_QUERIES):
+        response = client.post(
+            reverse("submit", args=[assignment.pk]),
+            {"side": "left", "strength": "clear", "seconds_spent": "4"},
+            headers=HX,
+        )
+
+    assert response.status_code == 200
+    nxt = Assignment.objects.get(annotator=annotator, item=second)
+    assert response["HX-Push-Url"] == reverse("task", args=[nxt.pk])
+    assert PairwiseJudgement.objects.filter(assignment=assignment).count() == 1
+    # The next task's screen is complete: both completions, rendered.
+    assert response.content.decode().count('class="pane"') == 2
