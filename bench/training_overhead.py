@@ -25,7 +25,7 @@ Each repeat runs, per kind, one platform job and one bare run, alternating which
             the worker claims the row, loads the snapshot and the model, trains with the
             progress callback, heartbeat and throttled DB writes, saves, registers the
             checkpoint. Wall time: from just before job_launch to the row reading `succeeded`
-            (polled every 20 ms). CPU time: the worker's processes over the same interval.
+            (polled every 50 ms). CPU time: the worker's processes over the same interval.
   bare      a fresh `python bench/training_overhead.py --bare ...` process imports torch and
             TRL (untimed: a warm worker has them too), then times reading train.jsonl, building
             the trainer from the model directory, train(), save_model and the tokenizer.
@@ -38,7 +38,8 @@ marked failed before the worker picks them (or waited for when it already has), 
 measurement starts with an idle worker.
 
 Reading the output: one line per run, then per kind the median of the paired ratios
-platform/bare of wall time and of CPU time, and tokens/s of each side. Goal: wall ratio <= 1.05.
+platform/bare of wall time and of CPU time, the ratio of each side's best wall time, and the
+median tokens/s of each side. Goal: wall ratio <= 1.05.
 torch runs one thread on both sides (OMP_NUM_THREADS=1): on a shared 2-core machine the CPU
 ratio is the steadier figure; the wall ratio also measures the neighbours (the load average is
 printed before and after). The last line, SUMMARY, repeats the ratios.
@@ -74,7 +75,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-POLL_SECONDS = 0.02
+POLL_SECONDS = 0.05  # the bench's own polling must not load the 2 shared cores
 WORKER_NAME = "bench-gpu0@localhost"
 
 
@@ -392,7 +393,10 @@ def overhead(args) -> int:
                     r = pair[side]
                     notes = ""
                     if side == "platform":
-                        notes = f"queue->claim {r['queue_to_claim']:.2f} s"
+                        notes = (
+                            f"queue->claim {r['queue_to_claim']:.2f} s, "
+                            f"claim->done {r['claim_to_done']:.2f} s"
+                        )
                     loss = f"{r['loss']:.4f}" if r.get("loss") is not None else "-"
                     print(f"{kind:4} {repeat + 1:>3} {side:8} {r['wall']:8.2f} {r['cpu']:8.2f} "
                           f"{r['steps']:>6} {r['tokens']:>8} {r['tokens'] / r['wall']:8.0f} "
@@ -406,11 +410,13 @@ def overhead(args) -> int:
             cpu = statistics.median(p["cpu"] / b["cpu"] for p, b in pairs)
             tps_p = statistics.median(p["tokens"] / p["wall"] for p, _ in pairs)
             tps_b = statistics.median(b["tokens"] / b["wall"] for _, b in pairs)
+            # Best of n: the least disturbed run of each side, as other benches here report.
+            best = min(p["wall"] for p, _ in pairs) / min(b["wall"] for _, b in pairs)
             same = all(p["tokens"] == b["tokens"] and p["steps"] == b["steps"] for p, b in pairs)
-            print(f"{kind}: platform/bare wall {wall:.3f} (median of {len(pairs)}), cpu {cpu:.3f}; "
-                  f"tokens/s platform {tps_p:.0f}, bare {tps_b:.0f}; "
-                  f"same steps and tokens on both sides: {same}")  # fmt: skip
-            summary.append(f"{kind} wall {wall:.3f} cpu {cpu:.3f}")
+            print(f"{kind}: platform/bare wall {wall:.3f} (median of {len(pairs)} pairs; best of "
+                  f"each side {best:.3f}), cpu {cpu:.3f}; tokens/s platform {tps_p:.0f}, "
+                  f"bare {tps_b:.0f}; same steps and tokens on both sides: {same}")  # fmt: skip
+            summary.append(f"{kind} wall {wall:.3f} (best-of {best:.3f}) cpu {cpu:.3f}")
         print(f"SUMMARY ratio platform/bare (goal wall <= 1.05): {'; '.join(summary)}; "
               f"worker cold start {cold:.1f} s")  # fmt: skip
         return 0
