@@ -29,7 +29,7 @@ from ninja.pagination import LimitOffsetPagination, paginate
 from evals import selectors, services
 from evals.models import EvalRun, RunStatus, Suite
 from evals.services.runs import SUITE_PARAMS
-from feedback.api import ERRORS  # one error shape for the whole API
+from feedback.api import ERRORS, lookup  # one error shape for the whole API
 from feedback.errors import PermissionDenied
 from feedback.models import DatasetSnapshot, Project
 from feedback.roles import Role, has_role
@@ -230,15 +230,6 @@ def get_run(request, run_id: int):
     return _run_detail(run_id)
 
 
-def _lookup(model, pk: int | None, field: str, errors: dict[str, str]):
-    if pk is None:
-        return None
-    found = model.objects.filter(pk=pk).first()
-    if found is None:
-        errors[field] = f"No {model._meta.verbose_name} #{pk}."
-    return found
-
-
 @router.post(
     "/evals/runs",
     response={202: EvalRunDetailOut, **ERRORS},
@@ -247,10 +238,10 @@ def _lookup(model, pk: int | None, field: str, errors: dict[str, str]):
 def start_run(request, body: EvalRunIn):
     _require(request, Role.ADMIN)
     missing: dict[str, str] = {}
-    checkpoint = _lookup(Checkpoint, body.checkpoint_id, "checkpoint_id", missing)
-    reference = _lookup(Checkpoint, body.reference_id, "reference_id", missing)
-    judge = _lookup(Checkpoint, body.judge_id, "judge_id", missing)
-    snapshot = _lookup(DatasetSnapshot, body.snapshot_id, "snapshot_id", missing)
+    checkpoint = lookup(Checkpoint, body.checkpoint_id, "checkpoint_id", missing)
+    reference = lookup(Checkpoint, body.reference_id, "reference_id", missing)
+    judge = lookup(Checkpoint, body.judge_id, "judge_id", missing)
+    snapshot = lookup(DatasetSnapshot, body.snapshot_id, "snapshot_id", missing)
     if missing:
         raise ValidationError(missing)
     run = services.eval_run_request(

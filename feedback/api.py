@@ -205,6 +205,17 @@ class SnapshotOut(Schema):
 ERRORS = {401: Error, 403: Error, 404: Error, 409: Error, 422: Error}
 
 
+def lookup(model, pk: int | None, field: str, missing: dict[str, str], what: str = ""):
+    """The row with this id, or None; an unknown id is noted in ``missing`` under the field's
+    name, so that a request naming several rows is refused once, naming each one it lacks."""
+    if pk is None:
+        return None
+    found = model.objects.filter(pk=pk).first()
+    if found is None:
+        missing[field] = f"No {what or model._meta.verbose_name} #{pk}."
+    return found
+
+
 # --- projects and the queue --------------------------------------------------------------------
 
 

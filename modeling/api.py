@@ -23,7 +23,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 from ninja.pagination import LimitOffsetPagination, paginate
 
-from feedback.api import ERRORS  # one error shape for the whole API
+from feedback.api import ERRORS, lookup  # one error shape for the whole API
 from feedback.errors import PermissionDenied
 from feedback.models import DatasetSnapshot
 from feedback.roles import Role, has_role
@@ -164,15 +164,6 @@ def _job_or_404(job_id: int) -> TrainingJob:
     return get_object_or_404(_jobs(), pk=job_id)
 
 
-def _lookup(model, pk: int | None, field: str, what: str, errors: dict[str, str]):
-    if pk is None:
-        return None
-    found = model.objects.filter(pk=pk).first()
-    if found is None:
-        errors[field] = f"No {what} #{pk}."
-    return found
-
-
 @router.post(
     "/jobs",
     response={202: JobDetailOut, **ERRORS},
@@ -181,10 +172,10 @@ def _lookup(model, pk: int | None, field: str, what: str, errors: dict[str, str]
 def launch_job(request, body: JobIn):
     _require_admin(request)
     missing: dict[str, str] = {}
-    parent = _lookup(Checkpoint, body.parent_id, "parent_id", "checkpoint", missing)
-    snapshot = _lookup(DatasetSnapshot, body.snapshot_id, "snapshot_id", "snapshot", missing)
-    reward_model = _lookup(
-        Checkpoint, body.reward_model_id, "reward_model_id", "checkpoint", missing
+    parent = lookup(Checkpoint, body.parent_id, "parent_id", missing, "checkpoint")
+    snapshot = lookup(DatasetSnapshot, body.snapshot_id, "snapshot_id", missing, "snapshot")
+    reward_model = lookup(
+        Checkpoint, body.reward_model_id, "reward_model_id", missing, "checkpoint"
     )
     if missing:
         raise ValidationError(missing)
