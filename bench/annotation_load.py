@@ -82,6 +82,7 @@ class Config:
     keep_alive: int
     login: str  # "http", "session" or "auto"
     seed: int
+    min_items: int = 0  # --items: a bigger project than the run needs (queue scaling)
 
     @property
     def open_loop(self) -> bool:
@@ -93,7 +94,7 @@ class Config:
         needed = self.tasks
         if self.rate is not None:
             needed = max(needed, round(1.5 * (self.annotators + self.rate * self.duration)))
-        return -(-needed // self.overlap)
+        return max(self.min_items, -(-needed // self.overlap))
 
     @property
     def http_login(self) -> bool:
@@ -125,6 +126,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     parser.add_argument("--tasks", type=int, default=6000, help="judgements to submit")
     parser.add_argument("--overlap", type=int, default=3, help="judgements per item (k)")
+    parser.add_argument(
+        "--items",
+        type=int,
+        default=0,
+        help="at least this many items (default: what the run needs); to check that the "
+        "cost per judgement does not grow with the project",
+    )
     parser.add_argument("--flow", choices=["htmx", "plain"], default="htmx")
     parser.add_argument("--rate", type=float, help="open loop: submits per second")
     parser.add_argument("--duration", type=float, default=30.0, help="open loop: seconds")
@@ -167,6 +175,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         keep_alive=args.keep_alive,
         login=args.login,
         seed=args.seed,
+        min_items=args.items,
     )
 
 
