@@ -24,8 +24,8 @@ from feedback.services import review as review_services
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["name", "overlap", "lease_seconds", "is_active", "created_at"]
-    list_filter = ["is_active"]
+    list_display = ["name", "overlap", "lease_seconds", "is_active", "reveal_models", "created_at"]
+    list_filter = ["is_active", "reveal_models"]
     search_fields = ["name", "description"]
     filter_horizontal = ["annotators"]
 

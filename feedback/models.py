@@ -51,6 +51,13 @@ class Project(models.Model):
         default=0.0,
         help_text="Share of tasks that are gold items with known answers (0 to 0.5), unannounced.",
     )
+    # Off by default: in ordinary preference collection, knowing which model wrote which reply
+    # would colour an annotator's later votes. Arena projects turn it on, as Chatbot Arena does.
+    reveal_models = models.BooleanField(
+        default=False,
+        help_text="Arena battles: after each comparison vote, tell the annotator which model "
+        "wrote each side. Names are never shown before the vote.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -68,7 +75,11 @@ class Split(models.TextChoices):
 class Prompt(models.Model):
     """A conversation waiting for its next assistant turn: [{role, content}, ...]."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    # Indexed by prompt_unique_per_project, which starts with it: a second index on the column
+    # would only slow imports down.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="prompts", db_index=False
+    )
     system = models.TextField(blank=True)
     messages = models.JSONField()
     content_hash = models.CharField(max_length=64)
@@ -118,7 +129,10 @@ class Completion(models.Model):
 
 
 class Item(models.Model):
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    # Indexed by item_queue_order, which starts with it.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="items", db_index=False
+    )
     kind = models.CharField(max_length=16, choices=TaskKind.choices)
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="items")
     completions = models.ManyToManyField(
@@ -158,7 +172,10 @@ class Item(models.Model):
 class ItemCompletion(models.Model):
     """Position 0 is canonical side A, 1 is B; display order is randomised per annotator."""
 
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="item_completions")
+    # Indexed by itemcompletion_position, which starts with it.
+    item = models.ForeignKey(
+        Item, on_delete=models.CASCADE, related_name="item_completions", db_index=False
+    )
     completion = models.ForeignKey(Completion, on_delete=models.CASCADE)
     position = models.PositiveSmallIntegerField()
 
@@ -180,9 +197,15 @@ class AssignmentStatus(models.TextChoices):
 
 
 class Assignment(models.Model):
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
+    # item and annotator: each is the first column of an index below.
+    item = models.ForeignKey(
+        Item, on_delete=models.CASCADE, related_name="assignments", db_index=False
+    )
     annotator = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="assignments",
+        db_index=False,
     )
     status = models.CharField(
         max_length=12, choices=AssignmentStatus.choices, default=AssignmentStatus.LEASED

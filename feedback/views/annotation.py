@@ -92,8 +92,20 @@ def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
                 if request.htmx:  # a whole new page, not a fragment for #workspace
                     return HttpResponseClientRedirect(reverse("history"))
                 return redirect("history")
-            return _next_task(request, assignment.item.project)
+            revealed = _revealed(request, view)
+            return _next_task(request, assignment.item.project, revealed=revealed)
     return _render_task(request, view, form, status=422, resubmitted=True)
+
+
+def _revealed(request: HttpRequest, view: selectors.TaskView) -> list[str]:
+    """Arena projects: who wrote the left and the right reply, now that the vote is in. The
+    htmx flow shows it above the next task; the plain flow as a message after the redirect."""
+    if view.kind != TaskKind.PAIRWISE or not view.item.project.reveal_models:
+        return []
+    names = [c.model_name or c.get_source_display() for c in view.completions]
+    if not request.htmx:
+        messages.info(request, f"Your vote is in: left was {names[0]}, right was {names[1]}.")
+    return names
 
 
 @require_POST
@@ -230,7 +242,7 @@ def _add_errors(form: forms.Form, exc: ValidationError) -> None:
         form.add_error(field if field in form.fields else None, errors)
 
 
-def _next_task(request: HttpRequest, project: Project) -> HttpResponse:
+def _next_task(request: HttpRequest, project: Project, revealed: list[str] = ()) -> HttpResponse:
     if not request.htmx:
         return redirect("work", project_id=project.pk)
     try:
@@ -238,11 +250,11 @@ def _next_task(request: HttpRequest, project: Project) -> HttpResponse:
     except (TaskUnavailable, NotYourTask):
         assignment = None
     if assignment is None:
-        response = _render_queue_empty(request, project)
+        response = _render_queue_empty(request, project, revealed=revealed)
         response["HX-Push-Url"] = reverse("work", args=[project.pk])
         return response
     view = selectors.task_view(assignment)
-    response = _render_task(request, view, _form_for(view, initial=True))
+    response = _render_task(request, view, _form_for(view, initial=True), revealed=revealed)
     response["HX-Push-Url"] = reverse("task", args=[assignment.pk])
     return response
 
@@ -255,8 +267,10 @@ def _render_task(
     resubmitted: bool = False,
     skip_form: SkipForm | None = None,
     skip_error: str = "",
+    revealed: list[str] = (),
 ):
-    """`resubmitted`: the same task shown again with the annotator's answers and errors."""
+    """`resubmitted`: the same task shown again with the annotator's answers and errors.
+    `revealed`: the models behind the previous task's two sides (arena projects)."""
     project = view.item.project
     template = f"feedback/task_{view.kind}.html"
     if request.htmx:
@@ -276,10 +290,13 @@ def _render_task(
         and view.assignment.expires_at <= timezone.now(),
         "skip_form": skip_form or SkipForm(),
         "skip_error": skip_error,
+        "revealed": revealed,
     }
     return render(request, template, context, status=status)
 
 
-def _render_queue_empty(request: HttpRequest, project: Project) -> HttpResponse:
+def _render_queue_empty(
+    request: HttpRequest, project: Project, revealed: list[str] = ()
+) -> HttpResponse:
     template = "feedback/queue_empty.html" + ("#workspace" if request.htmx else "")
-    return render(request, template, {"project": project})
+    return render(request, template, {"project": project, "revealed": revealed})

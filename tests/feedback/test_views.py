@@ -16,6 +16,7 @@ from feedback import services
 from feedback.models import (
     Assignment,
     AssignmentStatus,
+    Completion,
     Demonstration,
     Item,
     JudgementRevision,
@@ -489,6 +490,61 @@ def test_htmx_submit_of_last_task_returns_no_tasks_partial(client, annotator, pa
     html = response.content.decode().strip()
     assert html.startswith('<div id="workspace"')
     assert "No tasks left" in html
+
+
+def _arena_item(project, *, reveal: bool):
+    project.reveal_models = reveal
+    project.save(update_fields=["reveal_models"])
+    texts = ["Reply written by the first model", "Reply written by the second model"]
+    item = make_item(project, TaskKind.PAIRWISE, texts=texts)
+    Completion.objects.filter(text=texts[0]).update(model_name="llama-sft-3")
+    Completion.objects.filter(text=texts[1]).update(model_name="llama-dpo-7")
+    return item
+
+
+@pytest.mark.parametrize("htmx", [True, False])
+def test_arena_project_reveals_the_models_after_the_vote_and_not_before(
+    client, annotator, project, htmx
+):
+    item = _arena_item(project, reveal=True)
+    make_item(project, TaskKind.PAIRWISE)  # a next task to land on
+    assignment = lease(annotator, item)
+    client.force_login(annotator)
+
+    before = client.get(task_url(assignment)).content.decode()
+    assert "llama-sft-3" not in before and "llama-dpo-7" not in before
+
+    response = client.post(
+        submit_url(assignment),
+        {"side": "left", "strength": "clear"},
+        headers=HX if htmx else {},
+        follow=not htmx,
+    )
+
+    html = response.content.decode()
+    assignment.refresh_from_db()
+    left, right = (Completion.objects.get(pk=cid).model_name for cid in assignment.display_order)
+    if htmx:
+        assert f"Left was <strong>{left}</strong>, right was <strong>{right}</strong>" in html
+    else:  # the redirect's next page carries it as a message
+        assert f"Your vote is in: left was {left}, right was {right}." in html
+    # The next task's own models stay hidden.
+    assert "model-0" not in html and "model-1" not in html
+
+
+def test_ordinary_pairwise_project_never_reveals_the_models(client, annotator, project):
+    item = _arena_item(project, reveal=False)
+    assignment = lease(annotator, item)
+    client.force_login(annotator)
+
+    response = client.post(
+        submit_url(assignment), {"side": "right", "strength": "strong"}, headers=HX
+    )
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "llama-sft-3" not in html and "llama-dpo-7" not in html
+    assert "Your vote is in" not in html
 
 
 def test_invalid_submit_is_422_with_error_and_typed_text_kept(client, annotator, pairwise_item):
