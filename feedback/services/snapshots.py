@@ -65,11 +65,13 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db.models import QuerySet, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from feedback.models import (
@@ -179,8 +181,9 @@ def prompt_split(prompt_hash: str, declared: str, test_fraction: float) -> str:
     return Split.TEST if bucket < test_fraction else Split.TRAIN
 
 
-def conversation(system: str, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    return ([{"role": "system", "content": system}] if system else []) + list(messages)
+def conversation(system: str, messages: str) -> list[dict[str, str]]:
+    """The prompt as a conversation, from its system text and its messages' JSON text."""
+    return ([{"role": "system", "content": system}] if system else []) + orjson.loads(messages)
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -245,7 +248,7 @@ class _Build:
 def _sft_rows(build: _Build) -> Iterator[tuple[str, dict]]:
     policy = build.policy
     demos = build.judgements(Demonstration, status__in=policy["statuses"]).order_by("item_id", "id")
-    fields = ("id", "item_id", "text", *(f"item__prompt__{name}" for name in _PROMPT_FIELDS))
+    fields = ("id", "item_id", "text", *_prompt_fields("item__prompt__"))
     for demo_id, item_id, text, *prompt in demos.values_list(*fields).iterator(_CHUNK):
         prompt_id, content_hash, declared, system, messages = prompt
         split = prompt_split(content_hash, declared, policy["test_fraction"])
@@ -264,14 +267,18 @@ def _prompt_rows(build: _Build) -> Iterator[tuple[str, dict]]:
         build.dropped["gold_prompts"] += prompts.filter(items__is_gold=True).distinct().count()
         prompts = prompts.exclude(items__is_gold=True)
     for prompt_id, content_hash, declared, system, messages in (
-        prompts.order_by("id").values_list(*_PROMPT_FIELDS).iterator(_CHUNK)
+        prompts.order_by("id").values_list(*_prompt_fields()).iterator(_CHUNK)
     ):
         split = prompt_split(content_hash, declared, build.policy["test_fraction"])
         yield split, {"prompt": conversation(system, messages), "prompt_id": prompt_id}
 
 
-# Read as plain values: model instances cost more to build than the rest of a row.
-_PROMPT_FIELDS = ("id", "content_hash", "split", "system", "messages")
+def _prompt_fields(prefix: str = "") -> tuple:
+    """A prompt's values as the row streams read them: plain values, as model instances cost
+    more to build than the rest of a row, and the messages as their JSON text, which orjson
+    decodes in a fifth of the time Django's JSONField takes (with json)."""
+    names = (f"{prefix}{name}" for name in ("id", "content_hash", "split", "system"))
+    return (*names, Cast(f"{prefix}messages", output_field=TextField()))
 
 
 def _grouped(rows: Iterator[tuple]) -> Iterator[tuple[Any, list[tuple]]]:
@@ -311,7 +318,7 @@ def _judged_items(judgements) -> Iterator[tuple[int, list, tuple, dict[int, tupl
         yield item_id, votes, prompt, {cid: (position, text) for cid, position, text in texts}
 
 
-_ITEM_PROMPT = tuple(f"prompt__{name}" for name in _PROMPT_FIELDS)
+_ITEM_PROMPT = _prompt_fields("prompt__")
 
 
 class _Lookahead:
@@ -624,7 +631,9 @@ def _write_companions(
     if splits:
         datasets.DatasetDict(splits).save_to_disk(str(directory / "hf"))
         # One file to download; `tar xf hf.tar` gives the folder for datasets.load_from_disk.
-        with tarfile.open(directory / "hf.tar", "w") as archive:
+        # Copied a megabyte at a time: tarfile's default of 16 KiB costs seconds of Python per
+        # gigabyte.
+        with tarfile.open(directory / "hf.tar", "w", copybufsize=1 << 20) as archive:
             archive.add(directory / "hf", arcname="hf")
     del splits  # unmapped before the files go
     shutil.rmtree(arrow)

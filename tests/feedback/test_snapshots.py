@@ -621,3 +621,74 @@ def test_a_snapshot_requested_before_the_new_options_builds_with_their_defaults(
     assert built.policy["include_gold"] is False and built.policy["min_item_agreement"] is None
     broken.refresh_from_db()
     assert broken.status == SnapshotStatus.FAILED and "test_fraction" in broken.error
+
+
+def _import(project, tmp_path, admin_user, rows):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = services.import_file(
+        project=project, path=path, user=admin_user, options=services.ImportOptions()
+    )
+    assert report.ok, report.errors
+
+
+def test_exported_lines_are_sorted_json_of_the_text_as_written(roles, tmp_path, admin_user):
+    # Messages are read as JSON text and decoded with orjson: the lines (and so the content
+    # hash) must be what json.dumps(sort_keys=True, ensure_ascii=False) makes of the rows.
+    project = ProjectFactory(task_kinds=[TaskKind.PAIRWISE])
+    awkward = 'Quotes " and \\ back\\slash,\ttabs,\nnew lines, \x01 control, é, 漢字, 🙂 and \u2028'
+    _import(
+        project,
+        tmp_path,
+        admin_user,
+        [
+            {
+                "prompt": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": awkward},
+                ],
+                "chosen": f"chosen: {awkward}",
+                "rejected": "rejected",
+            }
+        ],
+    )
+
+    snapshot = services.snapshot_create(
+        project=project, kind="preference", policy={"test_fraction": 0, "include_imported": True}
+    )
+
+    # (split on "\n" alone: U+2028 is written as it is, and splitlines() would break there)
+    [line, end] = (snapshot.path() / "train.jsonl").read_bytes().decode().split("\n")
+    assert end == ""
+    row = json.loads(line)
+    assert line == json.dumps(row, ensure_ascii=False, sort_keys=True)
+    assert row["prompt"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": awkward},
+    ]
+    assert texts(row) == (f"chosen: {awkward}", "rejected")
+
+
+def test_a_large_import_refreshes_the_statistics_of_the_tables_it_filled(
+    roles, tmp_path, admin_user, monkeypatch
+):
+    # Without fresh statistics an export right after a big import plans for empty tables and
+    # costs the server five times the CPU. "Large" is lowered here to keep the test small.
+    from django.db import connection
+
+    from feedback.services.imports import writing
+
+    monkeypatch.setattr(writing, "_ANALYZE_AFTER", 3)
+    project = ProjectFactory(task_kinds=[TaskKind.PAIRWISE])
+    rows = [{"prompt": f"Question {i}?", "chosen": f"yes {i}", "rejected": "no"} for i in range(5)]
+
+    _import(project, tmp_path, admin_user, rows)
+
+    # ANALYZE inside the import's (still open) transaction counts its uncommitted rows, so
+    # only it can have made pg_class say so.
+    with connection.cursor() as cursor:
+        for model in (Item, PairwiseJudgement):
+            cursor.execute(
+                "SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [model._meta.db_table]
+            )
+            assert cursor.fetchone()[0] == model.objects.count() >= 5
