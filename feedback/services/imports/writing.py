@@ -316,9 +316,11 @@ class _Orm:
         return set(items.values_list("import_key", flat=True))
 
 
-# Rows an import adds to a table before it refreshes the table's statistics itself: about what
-# makes autovacuum analyze a table of 100,000 rows (50 rows + 10% of the table).
+# An import refreshes a table's statistics itself when it added at least this many rows, and
+# a tenth of what the statistics said the table held (autovacuum's own share,
+# autovacuum_analyze_scale_factor): a few rows more in a large table leave its plans as they were.
 _ANALYZE_AFTER = 10_000
+_ANALYZE_SHARE = 0.1
 
 # Binary COPY (https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4): a
 # signature, then per row a 16-bit field count and each field as a 32-bit length and bytes.
@@ -391,7 +393,7 @@ class _Postgres:
         self.inserted: Counter[str] = Counter()  # rows per table
 
     def analyze_filled(self) -> None:
-        """ANALYZE the tables this import added many rows to, before it commits.
+        """ANALYZE the tables this import added many rows to for their size, before it commits.
 
         Autovacuum takes a minute or more to notice a large import, and until it does, plans
         use the statistics of the tables before it: an export run right after importing a
@@ -402,7 +404,13 @@ class _Postgres:
         """
         quote = connection.ops.quote_name
         for table, rows in self.inserted.items():
-            if rows >= _ANALYZE_AFTER:
+            if rows < _ANALYZE_AFTER:
+                continue
+            # reltuples: what the last ANALYZE (or VACUUM) counted; -1 for never.
+            [(counted,)] = self._fetch(
+                "SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [table]
+            )
+            if rows >= _ANALYZE_SHARE * counted:
                 self.execute(f"ANALYZE {quote(table)}")
 
     @contextlib.contextmanager
