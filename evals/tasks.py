@@ -14,6 +14,7 @@ from django.db import InterfaceError, OperationalError
 
 from evals import services
 from evals.models import EvalRun
+from modeling.services.heartbeat import fail_left_running, worker_name
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +24,6 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 # Generous for the shipped suites on a big model; the hard limit kills a wedged process.
 EVAL_SOFT_TIME_LIMIT = 6 * 3600
 EVAL_HARD_TIME_LIMIT = EVAL_SOFT_TIME_LIMIT + 300
-
-# The worker's node name, recorded at start so that a restarted worker recognises the runs it
-# left `running` (request.hostname is not reliable for this outside the prefork pool).
-_worker_name = ""
 
 
 @shared_task(
@@ -43,26 +40,14 @@ def run_eval(self, run_id: int) -> str:
     if run is None:
         logger.warning("Eval run %s does not exist; dropping the message", run_id)
         return "missing"
-    host = _worker_name or self.request.hostname or ""
+    host = worker_name(self.request.hostname)
     return services.run_eval(run, host=host).status
 
 
 @worker_init.connect
 def fail_runs_left_running(sender, **kwargs) -> None:
-    """A worker starting under a name fails the evaluations its previous process left running."""
-    global _worker_name
-    hostname = getattr(sender, "hostname", "")
-    started = getattr(sender, "startup_time", None)
-    if not hostname or started is None:
-        return
-    _worker_name = hostname
-    try:
-        failed = services.eval_runs_fail_orphaned(host=hostname, started_before=started)
-    except Exception:
-        # The worker must start anyway; the heartbeat check catches those runs later.
-        logger.warning("Could not check for runs left running by %s", hostname, exc_info=True)
-        return
-    if failed:
-        logger.warning(
-            "%s: failed %d eval run(s) its previous process left running", hostname, failed
-        )
+    fail_left_running(
+        sender,
+        lambda host, started: services.eval_runs_fail_orphaned(host=host, started_before=started),
+        "evaluation runs",
+    )

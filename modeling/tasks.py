@@ -18,6 +18,7 @@ from django.db import InterfaceError, OperationalError
 from feedback.models import Project
 from modeling import services
 from modeling.models import Checkpoint, TrainingJob
+from modeling.services.heartbeat import fail_left_running, worker_name
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +27,6 @@ logger = logging.getLogger(__name__)
 # and written to the row.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 GENERATION_TIME_LIMIT = 2 * 3600
-
-# This process's worker node name (`-n gpu0@%h`), recorded at worker start. A job stores it as its
-# worker_host so that the restarted worker recognises its own orphans; `request.hostname` is not
-# reliable for this (outside the prefork fast path it is the bare machine name).
-_worker_name = ""
 
 
 @shared_task(
@@ -48,7 +44,7 @@ def train_job(self, job_id: int) -> str:
     if job is None:
         logger.warning("Training job %s does not exist; dropping the message", job_id)
         return "missing"
-    host = _worker_name or self.request.hostname or ""
+    host = worker_name(self.request.hostname)
     return services.run_training_job(job, worker_host=host).status
 
 
@@ -91,20 +87,8 @@ def generate_comparisons(
 
 @worker_init.connect
 def fail_jobs_left_running(sender, **kwargs) -> None:
-    """A worker starting under a name fails the jobs its previous process left running: that
-    process is gone, so waiting for the heartbeat window would only delay the news. Sent before
-    the worker consumes anything, so nothing it runs now can be mistaken for an orphan."""
-    global _worker_name
-    hostname = getattr(sender, "hostname", "")
-    started = getattr(sender, "startup_time", None)
-    if not hostname or started is None:
-        return
-    _worker_name = hostname
-    try:
-        failed = services.jobs_fail_orphaned(worker_host=hostname, started_before=started)
-    except Exception:
-        # The worker must start anyway; the heartbeat check will catch those jobs later.
-        logger.warning("Could not check for jobs left running by %s", hostname, exc_info=True)
-        return
-    if failed:
-        logger.warning("%s: failed %d job(s) its previous process left running", hostname, failed)
+    fail_left_running(
+        sender,
+        lambda host, started: services.jobs_fail_orphaned(worker_host=host, started_before=started),
+        "training jobs",
+    )
