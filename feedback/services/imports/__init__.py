@@ -199,6 +199,8 @@ def import_file(
                 db=db,
             )
             skipped = _write_while_valid(validation, path, writer, progress)
+            if not validation.failed:
+                db.analyze_filled()
         validation.finish()
         if not report.ok:
             transaction.set_rollback(True)

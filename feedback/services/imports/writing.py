@@ -279,6 +279,10 @@ class Database(Protocol):
     def existing_keys(self, project: Project, keys: list[str]) -> set[str]:
         """Which of these import keys the project's items already have."""
 
+    def analyze_filled(self) -> None:
+        """Refresh the planner's statistics of tables this import filled (call it only when
+        the rows are staying: a failed import is rolled back, and its statistics with it)."""
+
 
 @contextlib.contextmanager
 def database(*, project: Project, user: AbstractBaseUser) -> Iterator[Database]:
@@ -296,7 +300,6 @@ def database(*, project: Project, user: AbstractBaseUser) -> Iterator[Database]:
         postgres = _Postgres(cursor)
         with postgres.foreign_keys_by_construction(project=project, user=user):
             yield postgres
-        postgres.analyze_filled()
 
 
 class _Orm:
@@ -314,6 +317,9 @@ class _Orm:
     def existing_keys(self, project: Project, keys: list[str]) -> set[str]:
         items = Item.objects.filter(project=project, import_key__in=keys)
         return set(items.values_list("import_key", flat=True))
+
+    def analyze_filled(self) -> None:
+        pass  # SQLite and others: their statistics are not what slows the exports down
 
 
 # An import refreshes a table's statistics itself when it added at least this many rows, and
