@@ -33,12 +33,6 @@ from modeling.models import Checkpoint, CheckpointKind, JobKind, JobStatus, Trai
 router = Router(tags=["training"])
 
 
-def _jobs():
-    return TrainingJob.objects.select_related(
-        "parent", "snapshot", "reward_model", "checkpoint", "launched_by"
-    )
-
-
 def _require_admin(request: HttpRequest) -> None:
     if not has_role(request.user, Role.ADMIN):
         raise PermissionDenied("Only admins can use the training API.")
@@ -145,7 +139,7 @@ class JobIn(Schema):
 def list_jobs(request, status: JobStatus | None = None, kind: JobKind | None = None):
     _require_admin(request)
     services.job_mark_stale()  # as the job pages do: a dead worker's job reads `failed`
-    jobs = _jobs()
+    jobs = selectors.jobs_all()
     if status:
         jobs = jobs.filter(status=status)
     if kind:
@@ -161,7 +155,7 @@ def get_job(request, job_id: int):
 
 
 def _job_or_404(job_id: int) -> TrainingJob:
-    return get_object_or_404(_jobs(), pk=job_id)
+    return get_object_or_404(selectors.jobs_all(), pk=job_id)
 
 
 @router.post(

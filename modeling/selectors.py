@@ -21,10 +21,15 @@ from modeling.models import (
 LINEAGE_MAX_DEPTH = 100  # a guard against a parent cycle someone made in the Django admin
 
 
-def jobs_recent(limit: int = 100) -> QuerySet[TrainingJob]:
+def jobs_all() -> QuerySet[TrainingJob]:
+    """Every job with what its row shows (lineage, checkpoint, who launched it), newest first."""
     return TrainingJob.objects.select_related(
         "parent", "snapshot", "reward_model", "checkpoint", "launched_by"
-    )[:limit]
+    )
+
+
+def jobs_recent(limit: int = 100) -> QuerySet[TrainingJob]:
+    return jobs_all()[:limit]
 
 
 def job_detail(job_id: int) -> TrainingJob:
