@@ -2,6 +2,7 @@ import csv
 import gc
 import hashlib
 import json
+import threading
 from io import StringIO
 
 import datasets
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.db.models import Q
 
 from feedback import services
@@ -354,6 +355,7 @@ def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_pa
     assert counts() == (0, 0, 0)
     assert foreign_keys_checked()
     assert gc.isenabled()
+    assert not [t for t in threading.enumerate() if t.name.startswith("import-")]
 
 
 def test_a_failure_while_reading_ahead_reaches_the_import_and_rolls_back(
@@ -373,6 +375,34 @@ def test_a_failure_while_reading_ahead_reaches_the_import_and_rolls_back(
     with pytest.raises(RuntimeError, match="reader broke"):
         run(project, path, importer)
     assert counts() == (0, 0, 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_database_error_while_rows_go_in_rolls_back_and_reaches_the_import(
+    project, importer, tmp_path, monkeypatch
+):
+    """Rows reach PostgreSQL from a thread of their own (imports/postgres.py): an error there,
+    two batches after the first rows were sent, must stop the import with the database's own
+    message, roll every batch back, and leave no thread behind."""
+    monkeypatch.setattr(services.imports, "BATCH", 1000)
+    rows = [{"prompt": f"Q{n}?", "chosen": "a", "rejected": "b"} for n in range(3500)]
+    rows[2100]["chosen"] = "refused by the database"
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    with connection.cursor() as cursor:  # a real error from the server, rolled back with the test
+        cursor.execute(
+            "ALTER TABLE feedback_completion ADD CONSTRAINT refuse_one "
+            "CHECK (text <> 'refused by the database')"
+        )
+    with pytest.raises(IntegrityError, match="refuse_one"):
+        run(project, path, importer)
+    assert counts() == (0, 0, 0)
+    assert foreign_keys_checked()
+    assert gc.isenabled()
+    assert not [t for t in threading.enumerate() if t.name.startswith("import-")]
+    # The connection is usable again, and the same file without the bad row goes in.
+    rows[2100]["chosen"] = "fine"
+    report = run(project, write_jsonl(tmp_path / "q.jsonl", rows), importer)
+    assert report.ok and report.created["items"] == 3500
 
 
 def foreign_keys_checked() -> bool:
@@ -420,7 +450,7 @@ MIXED = [
 def test_every_reference_points_at_a_row_whichever_way_keys_are_checked(
     project, importer, tmp_path, monkeypatch, triggers
 ):
-    postgres, asked = services.imports.writing._Postgres, []
+    postgres, asked = services.imports.postgres.Postgres, []
     may = postgres._may_turn_off_triggers
     if triggers == "on, row by row":
         may = lambda self: False  # noqa: E731

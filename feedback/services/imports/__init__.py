@@ -230,6 +230,8 @@ def _write_while_valid(
                 written += len(batch)
                 if progress:
                     progress("writing", written)
+        if not validation.failed:
+            skipped += writer.flush()
     return skipped
 
 

@@ -5,26 +5,22 @@ prompts, completions, items and item positions, and for judged shapes (preferenc
 submitted assignment of the importing user with its imported judgement. A row whose items all
 exist already counts as a skipped duplicate, which is what makes a second import add nothing.
 
-On PostgreSQL rows go in with binary COPY: ids are drawn from the tables' sequences first, so a
-row's references are known before it is sent and every table takes one COPY per batch. Foreign
-keys are then checked at the end of each COPY rather than at commit, so the server never queues
-millions of pending checks. Other databases (SQLite) get the same rows through bulk_create.
+A batch's lookups are made before the previous batch is written, so that on PostgreSQL (see
+`postgres`) they reach the server while this thread encodes that batch: what they cannot see,
+the previous batch's own keys and new prompts, the writer remembers and adds. Other databases
+(SQLite) get the same rows through bulk_create, one statement after another.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import struct
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from itertools import combinations
-from operator import call
 from typing import Any, Protocol
 
-import orjson
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import Model
@@ -47,6 +43,7 @@ from feedback.models import (
 )
 
 from .parsing import ImportOptions, ParsedRow
+from .postgres import Postgres
 from .readers import BATCH
 
 _JUDGED = ("sft", "preference")  # shapes that arrive with their label
@@ -62,8 +59,23 @@ class _Plan:
     key: str
 
 
+@dataclass
+class _Prepared:
+    """A batch whose lookups are under way."""
+
+    rows: list[ParsedRow]
+    plans: list[_Plan]
+    found: Callable[[], tuple[set[str], dict[str, int]]]  # waits for the lookups
+
+
 class BatchWriter:
-    """Writes batches of valid rows into `project`; counts what it created in `created`."""
+    """Writes batches of valid rows into `project`; counts what it created in `created`.
+
+    `write` takes a batch and writes the one given before it, and `flush` the last one: a
+    batch's lookups run before the previous batch is written (they overlap its encoding), and
+    what they miss, the previous batch's own import keys and new prompts, is kept here until
+    the next batch. The invariant that makes it right: a lookup sees every batch but the one
+    written just after it."""
 
     def __init__(
         self,
@@ -78,24 +90,57 @@ class BatchWriter:
         self.db = db
         self.insert = db.insert
         self.created = {"prompts": 0, "completions": 0, "items": 0, "judgements": 0}
+        self._pending: _Prepared | None = None
+        # What the last batch written added, which the pending batch's lookups did not see.
+        self._last_keys: set[str] = set()
+        self._last_prompts: dict[str, int] = {}
 
     def write(self, batch: list[ParsedRow]) -> int:
-        """Write one batch; returns how many of its rows had been imported before."""
-        now = timezone.now()
+        """Start `batch` and write the batch before it; returns how many of that batch's rows
+        had been imported before."""
+        prepared = self._prepare(batch) if batch else None
+        skipped = self.flush()
+        self._pending = prepared
+        return skipped
+
+    def flush(self) -> int:
+        """Write the batch given last, if any; returns its rows imported before."""
+        pending, self._pending = self._pending, None
+        return self._write(pending) if pending else 0
+
+    def _prepare(self, batch: list[ParsedRow]) -> _Prepared:
         plans = [_Plan(row, *plan) for row in batch for plan in item_plans(row, self.options)]
-        keys = [plan.key for plan in plans]
-        existing = self.db.existing_keys(self.project, keys) if keys else set()
+        prompt_rows = [row for row in batch if row.shape == "prompts"]
+
+        def hashes_for(existing: set[str]) -> set[str]:
+            # Prompts are looked up only for rows that may add something: a re-imported file,
+            # whose items all exist, costs one lookup per batch.
+            hashes = {plan.row.prompt_hash for plan in plans if plan.key not in existing}
+            return hashes | {row.prompt_hash for row in prompt_rows}
+
+        found = self.db.lookup(self.project, [plan.key for plan in plans], hashes_for)
+        return _Prepared(batch, plans, found)
+
+    def _write(self, prepared: _Prepared) -> int:
+        now = timezone.now()
+        batch, plans = prepared.rows, prepared.plans
+        existing, prompt_ids = prepared.found()
+        last_keys, last_prompts = self._last_keys, self._last_prompts
         fresh, seen = [], set()
         for plan in plans:
-            if plan.key not in existing and plan.key not in seen:
+            key = plan.key
+            if key not in existing and key not in last_keys and key not in seen:
                 fresh.append(plan)
-                seen.add(plan.key)
+                seen.add(key)
         skipped = len({id(p.row) for p in plans} - {id(p.row) for p in fresh})
-        # Prompts are looked up only for rows that add something: a re-imported file, whose
-        # items all exist, costs one lookup per batch.
         needing = [plan.row for plan in fresh] + [row for row in batch if row.shape == "prompts"]
-        prompt_ids, existed = self._prompts(needing, now)
+        for row in needing:
+            if row.prompt_hash in last_prompts:
+                prompt_ids[row.prompt_hash] = last_prompts[row.prompt_hash]
+        existed = set(prompt_ids)
+        new_prompts = self._prompts(needing, prompt_ids, now)
         skipped += sum(1 for row in batch if row.shape == "prompts" and row.prompt_hash in existed)
+        self._last_keys, self._last_prompts = seen, new_prompts
         if not fresh:
             return skipped
 
@@ -129,11 +174,9 @@ class BatchWriter:
         self.created["judgements"] += _write_judgements(self, item_ids, fresh, now)
         return skipped
 
-    def _prompts(self, rows: list[ParsedRow], now: datetime) -> tuple[dict[str, int], set[str]]:
-        """{prompt hash: id} for each of these rows, and the hashes that existed before."""
-        hashes = {row.prompt_hash for row in rows}
-        ids = self.db.prompt_ids(self.project, hashes) if hashes else {}
-        existed = set(ids)
+    def _prompts(self, rows: list[ParsedRow], ids: dict[str, int], now: datetime) -> dict[str, int]:
+        """Insert the prompts of these rows that `ids` lacks and add them to it; returns
+        {hash: id} of those inserted."""
         new: dict[str, ParsedRow] = {}
         for row in rows:
             if row.prompt_hash not in ids:
@@ -148,9 +191,10 @@ class BatchWriter:
             same={"project_id": self.project.pk, "source": self.source, "created_at": now},
             returning_ids=True,
         )
-        ids.update(zip(new, new_ids, strict=True))
+        inserted = dict(zip(new, new_ids, strict=True))
+        ids.update(inserted)
         self.created["prompts"] += len(new)
-        return ids, existed
+        return inserted
 
     def _completions(self, fresh: list[_Plan], prompt_ids: dict[str, int], now: datetime) -> dict:
         """Insert the completions the new items use, each once; {(id(row), index): id}."""
@@ -270,14 +314,16 @@ class Database(Protocol):
         returning_ids: bool = False,
     ) -> list[int]:
         """Insert `rows` (values of `columns`, by attname) with `same` in every row; the model's
-        other fields get their defaults. Returns the new ids, in order, if asked."""
+        other fields get their defaults. Returns the new ids, in order, if asked. The rows may
+        reach the database later, but before anything submitted after them."""
 
-    def prompt_ids(self, project: Project, hashes: set[str]) -> dict[str, int]:
-        """{content hash: id} of the project's prompts with one of these hashes, each locked
-        against deletion until the import commits."""
-
-    def existing_keys(self, project: Project, keys: list[str]) -> set[str]:
-        """Which of these import keys the project's items already have."""
+    def lookup(
+        self, project: Project, keys: list[str], hashes_for: Callable[[set[str]], set[str]]
+    ) -> Callable[[], tuple[set[str], dict[str, int]]]:
+        """Start finding which of these import keys the project's items have, then
+        {content hash: id} of its prompts with one of the hashes `hashes_for(those keys)`,
+        each locked against deletion until the import commits. Returns a function that waits
+        for both. The lookups see the rows inserted before this call, and maybe some after."""
 
     def analyze_filled(self) -> None:
         """Refresh the planner's statistics of tables this import filled (call it only when
@@ -287,7 +333,8 @@ class Database(Protocol):
 @contextlib.contextmanager
 def database(*, project: Project, user: AbstractBaseUser) -> Iterator[Database]:
     """The way rows go in on this database, for one import into `project` by `user` (inside
-    the import's transaction)."""
+    the import's transaction). Leaving the block waits until every row is in, and raises the
+    first error any of them met."""
     if connection.vendor != "postgresql":
         yield _Orm()
         return
@@ -297,255 +344,31 @@ def database(*, project: Project, user: AbstractBaseUser) -> Iterator[Database]:
     # A cursor of psycopg's own: Django's has no copy(), and binds parameters client-side,
     # which means quoting every key of the lookups' arrays into the SQL text.
     with psycopg.Cursor(connection.connection) as cursor:
-        postgres = _Postgres(cursor)
-        with postgres.foreign_keys_by_construction(project=project, user=user):
-            yield postgres
+        postgres = Postgres(cursor)
+        stop = True
+        try:
+            with postgres.foreign_keys_by_construction(project=project, user=user):
+                yield postgres
+            stop = False
+        finally:
+            postgres.close(stop=stop)
 
 
 class _Orm:
-    """bulk_create and ORM lookups: any database Django supports."""
+    """bulk_create and ORM lookups, one after the other: any database Django supports."""
 
     def insert(self, model, columns, rows, *, same=None, returning_ids=False) -> list[int]:
         objects = [model(**dict(zip(columns, row, strict=True)), **(same or {})) for row in rows]
         model.objects.bulk_create(objects, batch_size=BATCH)
         return [obj.pk for obj in objects] if returning_ids else []
 
-    def prompt_ids(self, project: Project, hashes: set[str]) -> dict[str, int]:
-        prompts = Prompt.objects.filter(project=project, content_hash__in=hashes)
-        return dict(prompts.values_list("content_hash", "id"))
-
-    def existing_keys(self, project: Project, keys: list[str]) -> set[str]:
+    def lookup(self, project, keys, hashes_for):
         items = Item.objects.filter(project=project, import_key__in=keys)
-        return set(items.values_list("import_key", flat=True))
+        existing = set(items.values_list("import_key", flat=True)) if keys else set()
+        hashes = hashes_for(existing)
+        prompts = Prompt.objects.filter(project=project, content_hash__in=hashes)
+        ids = dict(prompts.values_list("content_hash", "id")) if hashes else {}
+        return lambda: (existing, ids)
 
     def analyze_filled(self) -> None:
         pass  # SQLite and others: their statistics are not what slows the exports down
-
-
-# An import refreshes a table's statistics itself when it added at least this many rows, and
-# a tenth of what the statistics said the table held (autovacuum's own share,
-# autovacuum_analyze_scale_factor): a few rows more in a large table leave its plans as they were.
-_ANALYZE_AFTER = 10_000
-_ANALYZE_SHARE = 0.1
-
-# Binary COPY (https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4): a
-# signature, then per row a 16-bit field count and each field as a 32-bit length and bytes.
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
-_COPY_TRAILER = b"\xff\xff"
-_NULL = b"\xff\xff\xff\xff"
-_LENGTH = struct.Struct(">i").pack
-_FIELDS = struct.Struct(">h").pack
-_INT8 = struct.Struct(">iq").pack  # length 8, then the value
-_INT4 = struct.Struct(">ii").pack
-_INT2 = struct.Struct(">ih").pack
-_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # PostgreSQL's timestamps count from here
-
-
-def _text(value: str) -> bytes:
-    data = value.encode()
-    return _LENGTH(len(data)) + data
-
-
-def _jsonb(value: Any) -> bytes:
-    data = orjson.dumps(value)
-    return _LENGTH(len(data) + 1) + b"\x01" + data  # version 1 of jsonb's binary format
-
-
-def _timestamp(value: datetime) -> bytes:
-    return _INT8(8, (value - _EPOCH) // timedelta(microseconds=1))
-
-
-# Encoders by type oid, for the types these tables use (an unknown type fails loudly).
-_ENCODERS: dict[int, Callable[[Any], bytes]] = {
-    20: lambda value: _INT8(8, value),  # bigint
-    23: lambda value: _INT4(4, value),  # integer
-    21: lambda value: _INT2(2, value),  # smallint
-    16: lambda value: b"\x00\x00\x00\x01" + (b"\x01" if value else b"\x00"),  # boolean
-    25: _text,  # text
-    1043: _text,  # varchar
-    3802: _jsonb,  # jsonb
-    1184: _timestamp,  # timestamptz
-    701: lambda value: struct.pack(">id", 8, value),  # double precision
-}
-
-
-@dataclass(frozen=True)
-class _CopyTarget:
-    statement: str
-    encoders: list[Callable[[Any], bytes]]  # for the values a row gives
-    head: bytes  # the field count
-    tail: bytes  # the encoded `same` values and defaults that follow them
-    sequence: str
-
-    def encode(self, rows: Iterable[tuple]) -> bytes:
-        """The whole COPY stream for these rows. Built by hand rather than by psycopg's
-        write_row, which looks up a dumper for every value, and which encodes the columns
-        every row shares once per row: here they are encoded once per batch."""
-        encoders, head, tail = self.encoders, self.head, self.tail
-        parts = [_COPY_HEADER]
-        for row in rows:
-            parts += (head, *map(call, encoders, row), tail)
-        parts.append(_COPY_TRAILER)
-        return b"".join(parts)
-
-
-class _Postgres:
-    """Binary COPY, ids drawn from the sequences beforehand; lookups with one binary array
-    parameter each (an IN list of a thousand placeholders costs more to build than to run)."""
-
-    def __init__(self, cursor) -> None:
-        self.cursor = cursor
-        self.tables: dict[str, tuple[dict[str, int], str]] = {}  # column types, pk sequence
-        self.inserted: Counter[str] = Counter()  # rows per table
-
-    def analyze_filled(self) -> None:
-        """ANALYZE the tables this import added many rows to for their size, before it commits.
-
-        Autovacuum takes a minute or more to notice a large import, and until it does, plans
-        use the statistics of the tables before it: an export run right after importing a
-        million rows then plans its joins for a few hundred (nested loops and hash batches
-        where sorted merges belong) and spends 5 times the server's CPU. ANALYZE inside the
-        transaction counts its own new rows, costs a few hundred milliseconds per table at a
-        million rows (it samples 30,000 rows), and is rolled back with the import.
-        """
-        quote = connection.ops.quote_name
-        for table, rows in self.inserted.items():
-            if rows < _ANALYZE_AFTER:
-                continue
-            # reltuples: what the last ANALYZE (or VACUUM) counted; -1 for never.
-            [(counted,)] = self._fetch(
-                "SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [table]
-            )
-            if rows >= _ANALYZE_SHARE * counted:
-                self.execute(f"ANALYZE {quote(table)}")
-
-    @contextlib.contextmanager
-    def foreign_keys_by_construction(self, *, project: Project, user: AbstractBaseUser):
-        """Foreign keys kept by construction instead of checked row by row, where allowed.
-
-        PostgreSQL checks each foreign key of each new row with a query of its own: 14 per
-        preference row, half the server's time in an import. Where this role may set
-        session_replication_role (a superuser, or `GRANT SET ON PARAMETER
-        session_replication_role`), those triggers are off while the rows go in, and what they
-        guarantee is kept another way: every reference points at a row this transaction
-        inserted (invisible to others until commit) or at a row it holds locked FOR KEY SHARE,
-        as the triggers would have locked it: the project and user here, existing prompts in
-        prompt_ids. Elsewhere the triggers stay on and run at the end of each COPY (deferred,
-        they would queue one pending check per row until commit: server memory growing with
-        the file).
-        """
-        quote = connection.ops.quote_name
-        for row in (project, user):
-            meta = row._meta
-            self.execute(
-                f"SELECT 1 FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s "
-                "FOR KEY SHARE",
-                [row.pk],
-            )
-        if self._may_turn_off_triggers():
-            self.execute("SELECT set_config('session_replication_role', 'replica', true)")
-            yield
-            # Back on for the rest of the transaction, which may be a caller's.
-            self.execute("SELECT set_config('session_replication_role', 'origin', true)")
-        else:
-            self.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            yield
-            # Django makes every foreign key DEFERRABLE INITIALLY DEFERRED: back to that.
-            self.execute("SET CONSTRAINTS ALL DEFERRED")
-        # (After an error we never get here; rolling back restores both settings.)
-
-    def _may_turn_off_triggers(self) -> bool:
-        if connection.pg_version < 150000:  # no has_parameter_privilege before PostgreSQL 15
-            sql = "SELECT current_setting('is_superuser') = 'on'"
-        else:
-            sql = "SELECT has_parameter_privilege('session_replication_role', 'SET')"
-        return bool(self._fetch(sql, [])[0][0])
-
-    def insert(self, model, columns, rows, *, same=None, returning_ids=False) -> list[int]:
-        if not rows:
-            return []
-        target = self._target(model, tuple(columns), same or {}, returning_ids)
-        with connection.wrap_database_errors:
-            if returning_ids:
-                ids = self._next_ids(target.sequence, len(rows))
-                data = target.encode((pk, *row) for pk, row in zip(ids, rows, strict=True))
-            else:
-                ids, data = [], target.encode(rows)
-            with self.cursor.copy(target.statement) as copy:
-                copy.write(data)
-        self.inserted[model._meta.db_table] += len(rows)
-        return ids
-
-    # Both lookups probe the project's unique index once per key, in a subquery per key that
-    # the planner cannot turn into a join, with the project's id hidden from it in a sub-select.
-    # Written as joins or `= ANY(keys)`, they let statistics taken before this import (which
-    # say the project has no rows, while this transaction is filling it) pick a plan that reads
-    # every row of the project for every batch: quadratic, and minutes at a million rows.
-
-    def prompt_ids(self, project: Project, hashes: set[str]) -> dict[str, int]:
-        table = connection.ops.quote_name(Prompt._meta.db_table)
-        sql = (
-            f"SELECT key, (SELECT id FROM {table} "
-            "  WHERE project_id = (SELECT %s) AND content_hash = key FOR KEY SHARE) "
-            "FROM unnest(%b::text[]) AS key"
-        )
-        rows = self._fetch(sql, [project.pk, list(hashes)])
-        return {key: pk for key, pk in rows if pk is not None}
-
-    def existing_keys(self, project: Project, keys: list[str]) -> set[str]:
-        table = connection.ops.quote_name(Item._meta.db_table)
-        # NOT (import_key = '') is the unique index's own condition, so that it may be used.
-        sql = (
-            f"SELECT key FROM unnest(%b::text[]) AS key WHERE (SELECT true FROM {table} "
-            "  WHERE project_id = (SELECT %s) AND import_key = key AND NOT (import_key = ''))"
-        )
-        return {key for (key,) in self._fetch(sql, [keys, project.pk])}
-
-    def execute(self, sql: str, params: list | None = None) -> None:
-        with connection.wrap_database_errors:
-            self.cursor.execute(sql, params)
-
-    def _fetch(self, sql: str, params: list) -> list[tuple]:
-        self.execute(sql, params)
-        return self.cursor.fetchall()
-
-    def _next_ids(self, sequence: str, n: int) -> list[int]:
-        self.cursor.execute(
-            "SELECT array(SELECT nextval(%s::regclass) FROM generate_series(1, %s))",
-            [sequence, n],
-        )
-        return self.cursor.fetchone()[0]
-
-    def _target(self, model, columns: tuple[str, ...], same: dict, with_pk: bool) -> _CopyTarget:
-        fields = {f.attname: f for f in model._meta.concrete_fields}
-        pk = model._meta.pk
-        given = [pk.attname] if with_pk else []
-        given += [*columns]
-        rest = [f for name, f in fields.items() if name not in given and name not in same]
-        rest = [f for f in rest if f is not pk]
-        table = model._meta.db_table
-        if table not in self.tables:
-            types = self._fetch(
-                "SELECT attname, atttypid FROM pg_attribute "
-                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-                [table],
-            )
-            [(sequence,)] = self._fetch("SELECT pg_get_serial_sequence(%s, %s)", [table, pk.column])
-            self.tables[table] = (dict(types), sequence)
-        types, sequence = self.tables[table]
-        given_columns = [fields[name].column for name in given]
-        tail = [(fields[name].column, value) for name, value in same.items()]
-        tail += [(f.column, f.get_default()) for f in rest]
-        names = given_columns + [column for column, _ in tail]
-        quote = connection.ops.quote_name
-        return _CopyTarget(
-            statement=f"COPY {quote(table)} ({', '.join(map(quote, names))}) "
-            "FROM STDIN (FORMAT BINARY)",
-            encoders=[_ENCODERS[types[column]] for column in given_columns],
-            head=_FIELDS(len(names)),
-            tail=b"".join(
-                _NULL if value is None else _ENCODERS[types[column]](value)
-                for column, value in tail
-            ),
-            sequence=sequence,
-        )
