@@ -21,10 +21,13 @@ padded position costs as much as a real one, so padding is the whole difference 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import weakref
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from evals.ml.causal_blocks import blocked_causal_attention
 
 # lm-eval's HFLM._DEFAULT_MAX_LENGTH, used when neither config nor tokenizer gives a length.
 DEFAULT_MAX_LENGTH = 2048
@@ -33,6 +36,10 @@ TOKENIZER_INFINITY = 1000000000000000019884624838656
 # Largest share of a batch's positions that may be padding before the batch is cut short: a
 # batch's width is its longest request, and every shorter one pays for the difference.
 MAX_PADDING = 0.1
+# Logits computed at once by scored_logprobs: 2**24 float32 values are 64 MB, whatever the vocab.
+HEAD_CHUNK_ELEMENTS = 2**24
+# Tokens in the probe that checks a model's logits are head(body(input)) (_body_and_head).
+PROBE_LENGTH = 8
 
 
 def eval_device_dtype() -> tuple[str, torch.dtype]:
@@ -113,7 +120,7 @@ def loglikelihood_tokens(
     """For each (context, continuation) token pair, sum of log p(continuation | context).
 
     HFLM._loglikelihood_tokens's numbers without its is_greedy flag, which no metric here uses.
-    log p(token) = logit(token) - logsumexp(logits), computed for the whole batch at once.
+    log p(token) = logit(token) - logsumexp(logits), at scored positions only (scored_logprobs).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -128,29 +135,76 @@ def loglikelihood_tokens(
         targets.append(list(continuation))
 
     model.eval()
-    device = model.device
     results = [0.0] * len(inputs)
-    for chunk in length_batches([len(row) for row in inputs], batch_size):
-        width = len(inputs[chunk[0]])
-        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        # target_ids[r, q]: the token position q predicts, where scored; mask: scored positions
-        target_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for row, i in enumerate(chunk):
-            n_in, n_cont = len(inputs[i]), len(targets[i])
-            input_ids[row, :n_in] = torch.tensor(inputs[i])
-            target_ids[row, n_in - n_cont : n_in] = torch.tensor(targets[i])
-            mask[row, n_in - n_cont : n_in] = True
-        first = int(mask.int().argmax(dim=1).min())  # no logits needed before this position
-        logits = _forward(model, input_ids.to(device), first)
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()  # bf16/fp16 logits lose digits in logsumexp
-        target_ids, mask = target_ids[:, first:].to(device), mask[:, first:].to(device)
-        token_ll = logits.gather(-1, target_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
-        sums = torch.where(mask, token_ll, 0).double().sum(dim=1).tolist()
-        for row, i in enumerate(chunk):
-            results[i] = sums[row]
+    with blocked_causal_attention(model):
+        for chunk in length_batches([len(row) for row in inputs], batch_size):
+            sums = _score_batch(model, [inputs[i] for i in chunk], [targets[i] for i in chunk])
+            for i, total in zip(chunk, sums, strict=True):
+                results[i] = total
     return results
+
+
+def _score_batch(model: PreTrainedModel, inputs: list[list[int]], targets: list[list[int]]):
+    """Summed log-probabilities of one batch: rows right-padded to the longest, no attention
+    mask, each row's continuation scored at its last len(target) positions."""
+    width = max(len(row) for row in inputs)
+    input_ids = torch.zeros((len(inputs), width), dtype=torch.long)
+    # target_ids[r, q]: the token position q predicts, where scored; mask: scored positions
+    target_ids = torch.zeros((len(inputs), width), dtype=torch.long)
+    mask = torch.zeros((len(inputs), width), dtype=torch.bool)
+    for row, (ids, target) in enumerate(zip(inputs, targets, strict=True)):
+        n_in, n_cont = len(ids), len(target)
+        input_ids[row, :n_in] = torch.tensor(ids)
+        target_ids[row, n_in - n_cont : n_in] = torch.tensor(target)
+        mask[row, n_in - n_cont : n_in] = True
+    device = model.device
+    token_ll = scored_logprobs(model, input_ids.to(device), target_ids, mask.to(device))
+    # token_ll is in row-major order, as mask.nonzero() lists the positions
+    rows = mask.nonzero()[:, 0].to(device)
+    sums = torch.zeros(len(inputs), dtype=torch.float64, device=device)
+    return sums.index_add_(0, rows, token_ll.double()).tolist()
+
+
+@torch.inference_mode()
+def scored_logprobs(
+    model: PreTrainedModel, input_ids: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """log p(target_ids[r, q] | input_ids[r, :q + 1]) at every position where mask is True, in
+    row-major order, float32 at least.
+
+    The output head runs only on scored positions: the decoder body gives hidden states, the
+    scored rows are gathered and go through the head a few thousand at a time, each chunk's
+    logit(target) - logsumexp in float32. So no [batch, width, vocab] tensor is ever made (with a
+    150k vocabulary that is 600 MB per 1k positions in float32, the bound on batch size on a
+    GPU), and contexts that are only read (multiple-choice prompts, the reach-back of a rolling
+    last window) cost no head and no softmax. Models whose logits are not plain
+    head(body(input)) (softcapping, logit scaling, no separable head) take the full-logits path,
+    which keeps logits from the first scored column on.
+    """
+    target_ids = target_ids.to(input_ids.device)
+    kwargs = _forward_kwargs(model)
+    split = _body_and_head(model)
+    if split is None:
+        first = int(mask.int().argmax(dim=1).min())  # no logits needed before this position
+        logits = _full_logits(model, input_ids, first, kwargs)
+        return _logprobs(logits[mask[:, first:]], target_ids[:, first:][mask[:, first:]])
+    body, head = split
+    hidden = body(input_ids=input_ids, **kwargs).last_hidden_state[mask]
+    targets = target_ids[mask]
+    rows = max(1, HEAD_CHUNK_ELEMENTS // model.config.get_text_config().vocab_size)
+    return torch.cat(
+        [
+            _logprobs(head(hidden[start : start + rows]), targets[start : start + rows])
+            for start in range(0, len(targets), rows)
+        ]
+    )
+
+
+def _logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logit(target) - logsumexp(logits) per row of [n, vocab] logits, in float32 at least."""
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()  # bf16/fp16 logits lose digits in logsumexp
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
 def length_batches(
@@ -180,12 +234,56 @@ def length_batches(
     return batches
 
 
-def _forward(model: PreTrainedModel, input_ids: torch.Tensor, first: int) -> torch.Tensor:
-    """Logits from position `first` on; no KV cache (nothing is generated)."""
-    accepted = inspect.signature(model.forward).parameters
-    kwargs = {"use_cache": False} if "use_cache" in accepted else {}
-    if first > 0 and "logits_to_keep" in accepted:
-        # The output head only where something is scored: multiple-choice contexts are long.
+def _forward_kwargs(model: PreTrainedModel) -> dict:
+    """No KV cache: nothing is generated."""
+    return {"use_cache": False} if "use_cache" in _parameters(model.forward) else {}
+
+
+def _full_logits(model: PreTrainedModel, input_ids: torch.Tensor, first: int, kwargs: dict):
+    """The model's own logits from position `first` on."""
+    if first > 0 and "logits_to_keep" in _parameters(model.forward):
         positions = torch.arange(first, input_ids.shape[1], device=input_ids.device)
         return model(input_ids=input_ids, logits_to_keep=positions, **kwargs).logits
     return model(input_ids=input_ids, **kwargs).logits[:, first:]
+
+
+def _parameters(fn) -> Mapping:
+    return inspect.signature(fn).parameters
+
+
+# model -> (decoder body, output head), or None where logits are not head(body(input))
+_SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _body_and_head(model: PreTrainedModel):
+    """The decoder body and output head of a causal LM, checked once per model on a short probe.
+
+    get_decoder() / get_output_embeddings() are transformers' own accessors (Llama's model /
+    lm_head, GPT-2's transformer / lm_head, ...). They say where the head is, not whether the
+    model does something after it (Gemma 2's softcapping, Cohere's and Granite's logit scales),
+    so the split is used only if it reproduces the model's logits exactly on a probe.
+    """
+    if model not in _SPLITS:
+        _SPLITS[model] = _probe_split(model)
+    return _SPLITS[model]
+
+
+@torch.inference_mode()
+def _probe_split(model: PreTrainedModel):
+    get_decoder = getattr(model, "get_decoder", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    body = get_decoder() if callable(get_decoder) else None
+    head = get_head() if callable(get_head) else None
+    if body is None or body is model or not isinstance(head, torch.nn.Module):
+        return None
+    vocab = model.config.get_text_config().vocab_size
+    probe = (torch.arange(PROBE_LENGTH, device=model.device) * 7 + 1)[None] % vocab
+    kwargs = _forward_kwargs(model)
+    try:
+        split = head(body(input_ids=probe, **kwargs).last_hidden_state)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return None
+    # The same operations on the same input give the same bits; a softcap or a scale does not.
+    if not torch.equal(split, model(input_ids=probe, **kwargs).logits):
+        return None
+    return body, head

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from evals.ml import PERPLEXITY_DEFINITION
-from evals.ml.lm import length_batches
+from evals.ml.causal_blocks import NAME as CAUSAL_BLOCKS
+from evals.ml.causal_blocks import QUERY_BLOCK, blocked_causal_attention, causal_blocks_attention
+from evals.ml.lm import _body_and_head, length_batches, loglikelihood_tokens
 from evals.ml.perplexity import (
     get_rolling_token_windows,
     make_disjoint_window,
@@ -268,3 +270,97 @@ def test_batches_hold_every_request_once_longest_first_with_little_padding(batch
 
 def test_one_long_window_does_not_pad_a_batch_of_short_ones():
     assert length_batches([512, 30, 29, 28], 8) == [[0], [1, 2, 3]]
+
+
+def scoring_requests(tokenizer, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Rolling windows of a long text (full windows and a last one whose reach-back is not
+    scored) and multiple-choice shaped requests (a long context, a few scored tokens)."""
+    tokens = tokenizer(" ".join(TEXTS * 4), add_special_tokens=False)["input_ids"]
+    requests = [
+        make_disjoint_window(window)
+        for window in get_rolling_token_windows(tokens, tokenizer.bos_token_id, max_length, 1)
+    ]
+    requests += [(tokens[:n], tokens[n : n + 3]) for n in (5, 70, 100, 150)]
+    return requests
+
+
+def full_logits_reference(model, requests, max_length: int) -> list[float]:
+    """Each request on its own through the model's own forward: full logits, log-softmax."""
+    totals = []
+    with torch.no_grad():
+        for context, continuation in requests:
+            ids = [*context, *continuation][-(max_length + 1) :]
+            logits = model(input_ids=torch.tensor([ids[:-1]])).logits[0, -len(continuation) :]
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            totals.append(math.fsum(logp[k, t].item() for k, t in enumerate(continuation)))
+    return totals
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_scoring_equals_the_full_logits_path_at_every_batch_size(lm64, batch_size):
+    """Windows longer than the attention's query blocks and contexts that are not scored: the
+    head on scored rows only and the block-causal attention give the model's own numbers."""
+    model, tokenizer = lm64
+    requests = scoring_requests(tokenizer, max_length=160)
+    assert max(len(c) + len(t) for c, t in requests) > 2 * QUERY_BLOCK
+    assert _body_and_head(model) is not None  # the split path is the one under test
+    expected = full_logits_reference(model, requests, max_length=160)
+    ours = loglikelihood_tokens(model, requests, max_length=160, batch_size=batch_size)
+    assert ours == pytest.approx(expected, rel=1e-7)
+    assert model.config._attn_implementation == "sdpa"  # restored after scoring
+
+
+def test_a_model_whose_logits_are_not_head_of_body_takes_the_full_logits_path(lm32):
+    """A logit scale applied after the head (as Cohere and Granite do) is seen by the probe."""
+    model, tokenizer = tiny_lm()
+
+    def scale_logits(module, args, output):
+        output.logits = output.logits * 2.0
+        return output
+
+    model.register_forward_hook(scale_logits)
+    assert _body_and_head(model) is None
+    requests = scoring_requests(tokenizer, max_length=100)
+    expected = full_logits_reference(model, requests, max_length=100)
+    for batch_size in (1, 8):
+        ours = loglikelihood_tokens(model, requests, max_length=100, batch_size=batch_size)
+        assert ours == pytest.approx(expected, rel=1e-6)
+    plain = loglikelihood_tokens(lm32[0], requests, max_length=100)
+    assert abs(math.fsum(ours) - math.fsum(plain)) > 1.0  # the scale does change the numbers
+
+
+def test_block_causal_attention_equals_sdpa_and_is_switched_back(lm32):
+    model, _ = lm32
+    ids = torch.arange(3 * QUERY_BLOCK + 5)[None] % 50 + 3
+    with torch.no_grad():
+        expected = model(input_ids=ids, use_cache=False).logits
+        with blocked_causal_attention(model):
+            assert model.config._attn_implementation == CAUSAL_BLOCKS
+            blocked = model(input_ids=ids, use_cache=False).logits
+            # a KV cache, i.e. queries that do not see exactly the keys, go to SDPA unchanged
+            cached = model(input_ids=ids).logits
+        assert model.config._attn_implementation == "sdpa"
+        with pytest.raises(RuntimeError), blocked_causal_attention(model):
+            raise RuntimeError("a failing batch")
+        assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(blocked, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [QUERY_BLOCK + 1, 3 * QUERY_BLOCK + 5])
+def test_block_causal_attention_is_causal_attention(length):
+    """The kernel on its own, with grouped key/value heads (each serves 2 query heads)."""
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 4, length, 16, generator=generator)
+    key, value = (torch.randn(2, 2, length, 16, generator=generator) for _ in range(2))
+    module = torch.nn.Module()
+    module.num_key_value_groups = 2
+    out, _ = causal_blocks_attention(module, query, key, value, None, scaling=0.25)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key.repeat_interleave(2, dim=1),
+        value.repeat_interleave(2, dim=1),
+        is_causal=True,
+        scale=0.25,
+    )
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-6)
