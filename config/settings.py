@@ -110,6 +110,8 @@ if TESTING:
     # Hashing dominates test time otherwise; production keeps Django's default PBKDF2.
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+# ModelBackend's sign-in; the signed-in user is loaded with their roles in one query.
+AUTHENTICATION_BACKENDS = ["feedback.auth.RoleLoadingBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

@@ -1,6 +1,6 @@
 """Roles are Django groups. Admin also covers superusers so `createsuperuser` just works."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from functools import wraps
 
@@ -19,12 +19,15 @@ def user_roles(user: AbstractBaseUser | AnonymousUser) -> frozenset[str]:
     if not user.is_authenticated:
         return frozenset()
     cached = getattr(user, "_veredicto_roles", None)
-    if cached is None:
-        cached = frozenset(user.groups.values_list("name", flat=True))
-        if user.is_superuser:
-            cached |= {Role.ADMIN}
-        user._veredicto_roles = cached
+    if cached is None:  # feedback.auth loads them with the user of a request
+        cached = remember_roles(user, user.groups.values_list("name", flat=True))
     return cached
+
+
+def remember_roles(user: AbstractBaseUser, group_names: Iterable[str]) -> frozenset[str]:
+    roles = frozenset(group_names) | ({Role.ADMIN} if user.is_superuser else set())
+    user._veredicto_roles = roles
+    return roles
 
 
 def has_role(user: AbstractBaseUser | AnonymousUser, *roles: Role) -> bool:

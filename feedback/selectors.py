@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -16,11 +16,11 @@ from django.db.models import (
     Prefetch,
     Q,
     QuerySet,
-    Subquery,
     prefetch_related_objects,
 )
 from django.utils import timezone
 
+from feedback import rows
 from feedback.models import (
     Assignment,
     AssignmentStatus,
@@ -30,6 +30,7 @@ from feedback.models import (
     ItemCompletion,
     PairwiseJudgement,
     Project,
+    Prompt,
     RankingJudgement,
     TaskKind,
 )
@@ -136,14 +137,34 @@ def task_view(assignment: Assignment) -> TaskView:
 
 def assignment_for_user(assignment_id: int, user: AbstractBaseUser) -> Assignment | None:
     """The user's assignment with its item, project and prompt, and `a_completion_id` (the
-    item's canonical A, which a pairwise submit needs) in the same query."""
-    first = ItemCompletion.objects.filter(item=OuterRef("item"), position=0)
-    return (
-        Assignment.objects.select_related("item__project", "item__prompt")
-        .annotate(a_completion_id=Subquery(first.values("completion_id")))
-        .filter(pk=assignment_id, annotator=user)
-        .first()
-    )
+    item's canonical A, which a pairwise submit needs): one query, written out because every
+    submit runs it (see feedback/rows.py)."""
+    found = rows.fetch(_assignment_sql(), [assignment_id, user.pk])
+    if not found:
+        return None
+    a, i, p, pr, (a_completion_id,) = rows.split(found[0], Assignment, Item, Project, Prompt)
+    assignment = rows.instance(Assignment, a)
+    item = rows.instance(Item, i)
+    item.project = rows.instance(Project, p)
+    item.prompt = rows.instance(Prompt, pr)
+    assignment.item = item
+    assignment.a_completion_id = a_completion_id
+    return assignment
+
+
+@cache
+def _assignment_sql() -> str:
+    return f"""
+        SELECT {rows.columns(Assignment, "a")}, {rows.columns(Item, "i")},
+               {rows.columns(Project, "p")}, {rows.columns(Prompt, "pr")},
+               (SELECT ic.completion_id FROM {ItemCompletion._meta.db_table} ic
+                WHERE ic.item_id = i.id AND ic.position = 0)
+        FROM {Assignment._meta.db_table} a
+        JOIN {Item._meta.db_table} i ON i.id = a.item_id
+        JOIN {Project._meta.db_table} p ON p.id = i.project_id
+        JOIN {Prompt._meta.db_table} pr ON pr.id = i.prompt_id
+        WHERE a.id = %s AND a.annotator_id = %s
+    """
 
 
 @dataclass(frozen=True)

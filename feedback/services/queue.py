@@ -9,22 +9,39 @@ How: the candidate item row is locked (`FOR UPDATE SKIP LOCKED` on PostgreSQL, s
 annotators fan out over different items instead of queueing on one), and its slots are counted
 again *after* the lock is held, in a new statement, so the count sees every committed lease. On
 SQLite, `transaction_mode=IMMEDIATE` serialises the whole read-check-insert instead.
+
+Handing out a task is every judgement's second half, so its three statements are written in SQL
+that PostgreSQL and SQLite both run (bench/annotation_load.py: building them with the ORM cost
+more CPU than everything else in the request): one reads the annotator's standing (member? a
+lease already?), one locks a candidate, and one counts the slots again and takes the lease only
+if one is still free (an INSERT ... SELECT ... WHERE, upserting the annotator's own expired
+lease).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import cache
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
+from feedback import rows
 from feedback.errors import NotYourTask, TaskUnavailable
-from feedback.models import Assignment, AssignmentStatus, Item, Project, live_lease_q
+from feedback.models import (
+    Assignment,
+    AssignmentStatus,
+    Completion,
+    Item,
+    ItemCompletion,
+    Project,
+    Prompt,
+    live_lease_q,
+)
 from feedback.roles import Role, has_role
 from feedback.selectors import member_or_open_q, prefetch_completions
 
@@ -32,17 +49,22 @@ from feedback.selectors import member_or_open_q, prefetch_completions
 # slot between the candidate query's snapshot and our lock.
 _MAX_CANDIDATES = 8
 
+LEASED, SUBMITTED = AssignmentStatus.LEASED.value, AssignmentStatus.SUBMITTED.value
+
 
 def ensure_can_annotate(project: Project, annotator: AbstractBaseUser) -> None:
+    _ensure_role_and_open(project, annotator)
+    if has_role(annotator, Role.ADMIN):
+        return
+    if not Project.objects.filter(member_or_open_q(annotator), pk=project.pk).exists():
+        raise NotYourTask("You are not an annotator on this project.")
+
+
+def _ensure_role_and_open(project: Project, annotator: AbstractBaseUser) -> None:
     if not has_role(annotator, Role.ANNOTATOR, Role.ADMIN):
         raise NotYourTask("Only annotators can take tasks.")
     if not project.is_active:
         raise TaskUnavailable("This project is closed.", code="closed")
-    if has_role(annotator, Role.ADMIN):
-        return
-    # One query on every call, members list or not: this runs before each task is handed out.
-    if not Project.objects.filter(member_or_open_q(annotator), pk=project.pk).exists():
-        raise NotYourTask("You are not an annotator on this project.")
 
 
 def slots_taken(item: Item, *, excluding: AbstractBaseUser | None = None) -> int:
@@ -52,30 +74,166 @@ def slots_taken(item: Item, *, excluding: AbstractBaseUser | None = None) -> int
     return taken.count()
 
 
-def _open_items(project: Project, annotator: AbstractBaseUser, kind: str | None) -> QuerySet:
-    # Items this person already finished or skipped are never offered again; an own expired
-    # lease is fine (the row is reused).
-    finished_by_me = Assignment.objects.filter(item=OuterRef("pk"), annotator=annotator).exclude(
-        status=AssignmentStatus.LEASED
+@cache
+def _sql() -> dict[str, str]:
+    """The queue's statements, with table names from the models. `{live}` is an assignment `a`
+    holding a slot: submitted, or leased and not expired at the time given as its parameter."""
+    names = {
+        "item": Item._meta.db_table,
+        "assignment": Assignment._meta.db_table,
+        "members": Project.annotators.through._meta.db_table,
+        "prompt": Prompt._meta.db_table,
+        "link": ItemCompletion._meta.db_table,
+        "completion": Completion._meta.db_table,
+    }
+    live = f"(a.status = '{SUBMITTED}' OR (a.status = '{LEASED}' AND a.expires_at > %s))"
+    return {
+        # params: admin?, project, user, project | annotator, project, now [, kind]
+        "standing": """
+            SELECT
+              (%s OR EXISTS (SELECT 1 FROM {members} m WHERE m.project_id = %s AND m.user_id = %s)
+                  OR NOT EXISTS (SELECT 1 FROM {members} m WHERE m.project_id = %s)),
+              (SELECT a.id FROM {assignment} a JOIN {item} i ON i.id = a.item_id
+                WHERE a.annotator_id = %s AND i.project_id = %s AND a.status = '{leased}'
+                  AND a.expires_at > %s {kind}
+                ORDER BY a.leased_at LIMIT 1)
+        """.format(**names, leased=LEASED, kind="{kind}"),
+        # params: project, is_gold, overlap, annotator, annotator, now, overlap [, kind]
+        # [, tried...]. The candidate's row is locked; it comes back with its prompt and its
+        # completions by position (one row each; one row without any for a demonstration).
+        "candidate": """
+            WITH candidate AS (
+              SELECT i.id FROM {item} i
+              WHERE i.project_id = %s AND i.is_gold = %s AND i.submitted_count < %s
+                AND NOT EXISTS (SELECT 1 FROM {assignment} a
+                                WHERE a.item_id = i.id AND a.annotator_id = %s
+                                  AND a.status <> '{leased}')
+                AND (SELECT COUNT(*) FROM {assignment} a
+                     WHERE a.item_id = i.id AND a.annotator_id <> %s AND {live}) < %s
+                {kind} {tried}
+              ORDER BY i.submitted_count DESC, i.id
+              LIMIT 1 {lock}
+            )
+            SELECT {item_columns}, {prompt_columns}, {link_columns}, {completion_columns}
+            FROM candidate
+            JOIN {item} i ON i.id = candidate.id
+            JOIN {prompt} pr ON pr.id = i.prompt_id
+            LEFT JOIN {link} ic ON ic.item_id = i.id
+            LEFT JOIN {completion} c ON c.id = ic.completion_id
+            ORDER BY ic.position
+        """.format(
+            **names,
+            leased=LEASED,
+            live=live,
+            kind="{kind}",
+            tried="{tried}",
+            lock="{lock}",
+            item_columns=rows.columns(Item, "i"),
+            prompt_columns=rows.columns(Prompt, "pr"),
+            link_columns=rows.columns(ItemCompletion, "ic"),
+            completion_columns=rows.columns(Completion, "c"),
+        ),
+        # params: item, annotator, leased_at, expires_at, display_order, item, annotator, now,
+        # overlap. Inserts nothing when the recount finds no free slot.
+        "lease": """
+            INSERT INTO {assignment}
+              (item_id, annotator_id, status, leased_at, expires_at, display_order, finished_at,
+               skip_reason)
+            SELECT %s, %s, '{leased}', %s, %s, %s, NULL, ''
+            WHERE (SELECT COUNT(*) FROM {assignment} a
+                   WHERE a.item_id = %s AND a.annotator_id <> %s AND {live}) < %s
+            ON CONFLICT (item_id, annotator_id) DO UPDATE SET
+              status = excluded.status, leased_at = excluded.leased_at,
+              expires_at = excluded.expires_at, display_order = excluded.display_order,
+              finished_at = NULL
+            RETURNING id
+        """.format(**names, leased=LEASED, live=live),
+    }
+
+
+def _standing(
+    project: Project, annotator: AbstractBaseUser, kind: str | None, now: datetime
+) -> tuple[bool, int | None]:
+    """(may this person annotate the project, the id of their live lease in it, if any)."""
+    sql = _sql()["standing"].format(kind="AND i.kind = %s" if kind else "")
+    params = [has_role(annotator, Role.ADMIN), project.pk, annotator.pk, project.pk]
+    params += [annotator.pk, project.pk, _db_time(now), *([kind] if kind else [])]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        allowed, current = cursor.fetchone()
+    return bool(allowed), current
+
+
+def _lock_candidate(
+    project: Project, annotator: AbstractBaseUser, kind: str | None, tried: list[int], now, *, wait
+) -> Item | None:
+    """The next open item, its row locked, with its prompt and completions loaded; None when
+    there is none (or, without `wait`, when every open one is locked by someone else now)."""
+    lock = ""
+    if connection.features.has_select_for_update_skip_locked:
+        lock = "FOR UPDATE OF i" + ("" if wait else " SKIP LOCKED")
+    sql = _sql()["candidate"].format(
+        kind="AND i.kind = %s" if kind else "",
+        tried=f"AND i.id NOT IN ({', '.join(['%s'] * len(tried))})" if tried else "",
+        lock=lock,
     )
-    others_slots = (
-        Assignment.objects.filter(live_lease_q(), item=OuterRef("pk"))
-        .exclude(annotator=annotator)
-        .order_by()
-        .values("item")
-        .annotate(n=Count("pk"))
-        .values("n")
+    params = [project.pk, False, project.overlap, annotator.pk, annotator.pk, _db_time(now)]
+    params += [project.overlap, *([kind] if kind else []), *tried]
+    found = rows.fetch(sql, params)
+    if not found:
+        return None
+    item_values, prompt_values, _, _, _ = rows.split(
+        found[0], Item, Prompt, ItemCompletion, Completion
     )
-    items = (
-        Item.objects.filter(project=project, is_gold=False, submitted_count__lt=project.overlap)
-        .exclude(Exists(finished_by_me))
-        .annotate(others_slots=Coalesce(Subquery(others_slots), 0))
-        .filter(others_slots__lt=project.overlap)
+    item = rows.instance(Item, item_values)
+    item.project = project
+    item.prompt = rows.instance(Prompt, prompt_values)
+    links = []
+    for row in found:
+        _, _, link_values, completion_values, _ = rows.split(
+            row, Item, Prompt, ItemCompletion, Completion
+        )
+        if link_values[0] is None:  # a demonstration: no completions
+            continue
+        link = rows.instance(ItemCompletion, link_values)
+        link.completion = rows.instance(Completion, completion_values)
+        links.append(link)
+    rows.set_prefetched(item, "item_completions", links)
+    return item
+
+
+def _take_slot(
+    item: Item, annotator: AbstractBaseUser, project: Project, now, *, overlap: int | None
+) -> Assignment | None:
+    """Lease `item` (its completions loaded, for the shuffle and the screen that follows) if,
+    counted in this new statement, fewer than `overlap` others hold a slot; None otherwise.
+    overlap=None: no limit (gold items)."""
+    assignment = Assignment(
+        item=item,
+        annotator=annotator,
+        status=LEASED,
+        leased_at=now,
+        expires_at=now + timedelta(seconds=project.lease_seconds),
+        display_order=_display_order(item, annotator),
+        finished_at=None,
     )
-    if kind:
-        items = items.filter(kind=kind)
-    # Finish items that are already partly judged first, so complete items accumulate.
-    return items.order_by("-submitted_count", "id")
+    limit = overlap if overlap is not None else 1 << 30
+    params = [item.pk, annotator.pk, _db_time(assignment.leased_at)]
+    params += [_db_time(assignment.expires_at)]
+    params += [connection.ops.adapt_json_value(assignment.display_order, None)]
+    params += [item.pk, annotator.pk, _db_time(now), limit]
+    with connection.cursor() as cursor:
+        cursor.execute(_sql()["lease"], params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    assignment.pk = row[0]
+    assignment._state.adding = False
+    return assignment
+
+
+def _db_time(value: datetime):
+    return connection.ops.adapt_datetimefield_value(value)
 
 
 def _gold_turn(project: Project, annotator: AbstractBaseUser) -> bool:
@@ -95,40 +253,6 @@ def _open_gold(project: Project, annotator: AbstractBaseUser, kind: str | None) 
     return (gold.filter(kind=kind) if kind else gold).order_by("id")
 
 
-_RENEWED_FIELDS = ["status", "leased_at", "expires_at", "display_order", "finished_at"]
-
-
-def _lease(item: Item, annotator: AbstractBaseUser, project: Project, now) -> Assignment:
-    # The completions are loaded once, with their text: the shuffle needs their ids and the
-    # task screen that follows shows them.
-    item.project = project
-    prefetch_completions(item)
-    assignment = Assignment(
-        item=item,
-        annotator=annotator,
-        status=AssignmentStatus.LEASED,
-        leased_at=now,
-        expires_at=now + timedelta(seconds=project.lease_seconds),
-        display_order=_display_order(item, annotator),
-        finished_at=None,
-    )
-    # Only the annotator's own expired lease can already exist (the candidate query excludes
-    # finished rows): an upsert renews it in place, one statement in either case.
-    Assignment.objects.bulk_create(
-        [assignment],
-        update_conflicts=True,
-        unique_fields=["item", "annotator"],
-        update_fields=_RENEWED_FIELDS,
-    )
-    return assignment
-
-
-def _lock_next(items: QuerySet, *, wait: bool) -> Item | None:
-    if connection.features.has_select_for_update_skip_locked:
-        items = items.select_for_update(skip_locked=not wait, of=("self",))
-    return items.first()
-
-
 def _display_order(item: Item, annotator: AbstractBaseUser) -> list[int]:
     """Sides and ranking order are shuffled per annotator, stably, to cancel position bias."""
     ids = [ic.completion_id for ic in item.item_completions.all()]  # prefetched, by position
@@ -136,33 +260,32 @@ def _display_order(item: Item, annotator: AbstractBaseUser) -> list[int]:
     return ids
 
 
+def _loaded(item: Item, project: Project) -> Item:
+    """The item with its completions, for the shuffle and the task screen."""
+    item.project = project
+    prefetch_completions(item)
+    return item
+
+
 def task_next_for_annotator(
     *, project: Project, annotator: AbstractBaseUser, kind: str | None = None
 ) -> Assignment | None:
     """The annotator's current lease in this project, or a new one; None when nothing is left."""
-    ensure_can_annotate(project, annotator)
+    _ensure_role_and_open(project, annotator)
     now = timezone.now()
-    current = (
-        Assignment.objects.filter(
-            item__project=project,
-            annotator=annotator,
-            status=AssignmentStatus.LEASED,
-            expires_at__gt=now,
-        )
-        .select_related("item__prompt")
-        .order_by("leased_at")
-        .first()
-    )
-    if current is not None and (kind is None or current.item.kind == kind):
+    allowed, current_id = _standing(project, annotator, kind, now)
+    if not allowed:
+        raise NotYourTask("You are not an annotator on this project.")
+    if current_id is not None:
+        current = Assignment.objects.select_related("item__prompt").get(pk=current_id)
         current.item.project = project
         return current
 
-    open_items = _open_items(project, annotator, kind).select_related("prompt")
     tried: list[int] = []
     wait = not connection.features.has_select_for_update_skip_locked
     with transaction.atomic():
         for _ in range(_MAX_CANDIDATES):
-            item = _lock_next(open_items.exclude(pk__in=tried), wait=wait)
+            item = _lock_candidate(project, annotator, kind, tried, now, wait=wait)
             if item is None:
                 if wait:
                     return None
@@ -171,14 +294,12 @@ def task_next_for_annotator(
                 wait = True
                 continue
             tried.append(item.pk)
-            # Counted after the row lock is held, in a new statement: sees every lease
-            # committed before it.
-            if slots_taken(item, excluding=annotator) >= project.overlap:
-                continue
             # Gold is only mixed into real work: it is served in place of a regular item.
             if _gold_turn(project, annotator):
                 gold = _open_gold(project, annotator, kind).select_related("prompt").first()
                 if gold is not None:
-                    return _lease(gold, annotator, project, now)
-            return _lease(item, annotator, project, now)
+                    return _take_slot(_loaded(gold, project), annotator, project, now, overlap=None)
+            assignment = _take_slot(item, annotator, project, now, overlap=project.overlap)
+            if assignment is not None:
+                return assignment
     return None

@@ -12,12 +12,13 @@ from tests.factories import make_item
 
 HX = {"HX-Request": "true"}
 
-# One htmx submit = user + roles + the assignment (with its item, project, prompt and canonical
-# A) + savepoint, claim, count, insert, release (the judgement) + membership + current lease +
-# savepoint, candidate lock, slot recount, completions, lease upsert, release (the next task).
-# The session comes from the cache. Savepoints stand in for BEGIN/COMMIT inside the test's
-# transaction. Raise this only with a reason in the commit message.
-SUBMIT_QUERIES = 16
+# One htmx submit = the user with their roles + the assignment (with its item, project, prompt
+# and canonical A) + savepoint, claim, count, insert, release (the judgement) + the annotator's
+# standing (member? a lease already?) + savepoint, candidate lock (with its prompt and
+# completions), slot recount with the lease upsert, release (the next task). The session comes
+# from the cache. Savepoints stand in for BEGIN/COMMIT inside the test's transaction. Raise
+# this only with a reason in the commit message.
+SUBMIT_QUERIES = 12
 
 
 @pytest.mark.django_db
