@@ -14,7 +14,6 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evals.ml.definitions import PERPLEXITY_DEFINITION, STRIDED_PERPLEXITY_DEFINITION
@@ -149,7 +148,6 @@ def _rolling(model, tokenizer, texts, batch_size, max_length) -> list[tuple[floa
     return [(total, len(tokens)) for total, tokens in zip(totals, encoded, strict=True)]
 
 
-@torch.inference_mode()
 def strided_perplexity(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -190,26 +188,12 @@ def strided_perplexity(
         if end == len(ids):
             break
 
-    model.eval()
-    total = 0.0
-    scored_tokens = 0
-    windows.sort(key=lambda w: w[0] - w[1])  # longest first, as everywhere else
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start : start + batch_size]
-        width = chunk[0][1] - chunk[0][0]
-        batch = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (begin, end, _) in enumerate(chunk):
-            batch[row, : end - begin] = torch.tensor(ids[begin:end])
-        logits = model(input_ids=batch.to(model.device)).logits
-        for row, (begin, end, first) in enumerate(chunk):
-            # logits at position q - 1 predict the token at q (positions relative to begin)
-            scored = logits[row, first - begin - 1 : end - begin - 1]
-            if scored.dtype not in (torch.float32, torch.float64):
-                scored = scored.float()
-            target = torch.tensor(ids[first:end], device=model.device)
-            token_ll = torch.log_softmax(scored, dim=-1).gather(1, target[:, None])
-            total += float(token_ll.double().sum())
-            scored_tokens += end - first
+    # A window's scored tokens are a continuation of the window's tokens before them.
+    requests = [(ids[begin:first], ids[first:end]) for begin, end, first in windows if first < end]
+    total = math.fsum(
+        loglikelihood_tokens(model, requests, max_length=max_length, batch_size=batch_size)
+    )
+    scored_tokens = sum(len(continuation) for _, continuation in requests)
     return {
         "token_perplexity": math.exp(-total / scored_tokens),
         "tokens": scored_tokens,

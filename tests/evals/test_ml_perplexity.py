@@ -364,3 +364,22 @@ def test_block_causal_attention_is_causal_attention(length):
         scale=0.25,
     )
     torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_strided_perplexity_with_a_last_window_of_one_token(lm64):
+    """stride == max_length and a stream of k * max_length + 1 tokens: the last window holds
+    only its own first token, which has no context in it, so it scores nothing."""
+    model, tokenizer = lm64
+    words = " ".join(TEXTS).split()
+    for n in range(len(words), 0, -1):
+        text = " ".join(words[:n])
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) % MAX_LENGTH == 1 and len(ids) > 2 * MAX_LENGTH:
+            break
+    assert len(ids) % MAX_LENGTH == 1
+    result = strided_perplexity(model, tokenizer, [text], stride=MAX_LENGTH, max_length=MAX_LENGTH)
+    contexts = [(p - p % MAX_LENGTH, p) for p in range(len(ids)) if p % MAX_LENGTH]
+    assert result["tokens"] == len(contexts) == len(ids) - len(ids) // MAX_LENGTH - 1
+    assert result["loglikelihood"] == pytest.approx(
+        math.fsum(token_logprobs(model, ids, contexts)), rel=1e-7
+    )
