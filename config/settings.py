@@ -152,7 +152,7 @@ if TESTING and env.str("TEST_REDIS_URL", ""):
 # and rendered markdown is kept there so each completion is rendered once, not once per process.
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "config.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "veredicto",
     }

@@ -1,4 +1,4 @@
-"""Celery wiring against the real Redis broker that `make test` starts (never eager mode)."""
+"""Celery and cache wiring against the real Redis that `make test` starts (never eager mode)."""
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -20,3 +20,13 @@ def test_a_real_worker_answers_through_redis():
     assert settings.CELERY_BROKER_URL.startswith("redis://")
     with start_worker(app, pool="solo", perform_ping_check=False, queues=[CeleryQueue.DEFAULT]):
         assert ping.delay().get(timeout=30) == "pong"
+
+
+def test_the_cache_reuses_one_redis_client_and_round_trips_through_redis():
+    from django.core.cache import cache
+
+    client = cache._cache.get_client()
+    assert cache._cache.get_client(write=True) is client
+    cache.set("wiring-check", {"a": 1}, 30)
+    assert cache.get("wiring-check") == {"a": 1}
+    assert client.exists(cache.make_and_validate_key("wiring-check")) == 1
