@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from feedback import selectors, services
+from feedback import markdown, selectors, services
 from feedback.errors import NotYourTask, TaskUnavailable
 from feedback.forms import (
     DemonstrationForm,
@@ -26,7 +26,6 @@ from feedback.forms import (
     SkipForm,
     labels_from_post,
 )
-from feedback.markdown import render_markdown
 from feedback.models import Assignment, AssignmentStatus, PairwiseChoice, Project, TaskKind
 from feedback.roles import Role, has_role, role_required
 
@@ -145,7 +144,7 @@ def progress(request: HttpRequest, project_id: int) -> HttpResponse:
 @require_POST
 def markdown_preview(request: HttpRequest) -> HttpResponse:
     text = request.POST.get("text", "")[: settings.VEREDICTO_MAX_TEXT_CHARS]
-    return HttpResponse(render_markdown(text))
+    return HttpResponse(markdown.render_markdown(text))
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -279,11 +278,17 @@ def _render_task(
         label_values = labels_from_post(project.label_schema, request.POST)
     else:
         label_values = view.judgement.labels if view.judgement else {}
+    # Everything the screen renders as markdown, in one cache round trip.
+    prompt = view.item.prompt
+    markdown.prefetch(
+        [project.guidelines, prompt.system, *(m["content"] for m in prompt.messages)]
+        + [c.text for c in view.completions]
+    )
     context = {
         "view": view,
         "form": form,
         "project": project,
-        "prompt": view.item.prompt,
+        "prompt": prompt,
         "label_values": label_values,
         "editing": view.assignment.status == AssignmentStatus.SUBMITTED,
         "lease_expired": view.assignment.status == AssignmentStatus.LEASED
