@@ -28,7 +28,9 @@ USERNAME_PREFIX = "simulated-"
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    noise: float = 0.1  # chance a judgement ignores the oracle and picks at random
+    # Chance a judgement ignores the oracle and picks at random (in a ranking: that one reply is
+    # graded at random).
+    noise: float = 0.1
     position_bias: float = 0.0  # chance of simply picking whatever is shown on the left
     seconds: float = 20.0  # median seconds per task (log-normal around it)
     demonstration_error_rate: float = 0.1  # chance a written answer is deliberately wrong
@@ -95,14 +97,27 @@ def _pairwise(assignment: Assignment, config: SimulationConfig, rng: random.Rand
     }
 
 
-def _ranking(assignment: Assignment, config: SimulationConfig, rng: random.Random) -> dict:
+def _ranking(assignment: Assignment, config: SimulationConfig, rng: random.Random) -> dict | None:
+    """Best-first groups: replies graded alike are tied (two wrong answers are equally wrong, so
+    the ranking claims no order between them). `noise` is here the chance that one reply is
+    misjudged (graded by a coin), so a ranking of many replies is not wholly random when one is;
+    with `position_bias` the ranking is the order shown. None (skip) when all are tied: a ranking
+    must order something."""
     view = task_view(assignment)
+    completions = list(view.completions)
+    if rng.random() < config.position_bias:
+        return {"ranking": [[c.pk] for c in completions]}
     question = _question(assignment)
-    scored = [
-        (_score(question, c.text, rng) + rng.gauss(0, config.noise), c.pk) for c in view.completions
-    ]
-    scored.sort(key=lambda pair: -pair[0])
-    return {"ranking": [[pk] for _, pk in scored]}
+    groups: dict[float, list[int]] = {}
+    for completion in completions:
+        if rng.random() < config.noise:
+            grade = float(rng.random() < 0.5)
+        else:
+            grade = _score(question, completion.text, rng)
+        groups.setdefault(grade, []).append(completion.pk)
+    if len(groups) == 1:
+        return None
+    return {"ranking": [groups[grade] for grade in sorted(groups, reverse=True)]}
 
 
 def _demonstration(assignment: Assignment, config: SimulationConfig, rng: random.Random) -> dict:
@@ -146,12 +161,19 @@ def simulate(
                 active.remove(user)
                 continue
             decide, submit = _DECIDE[TaskKind(assignment.item.kind)]
+            decision = decide(assignment, config, rng)
+            if decision is None:
+                services.assignment_skip(
+                    assignment_id=assignment.pk, annotator=user, reason="Nothing to tell apart."
+                )
+                done["skipped"] += 1
+                continue
             submit(
                 assignment_id=assignment.pk,
                 annotator=user,
                 seconds_spent=round(config.seconds * math.exp(rng.gauss(0, 0.4)), 1),
                 origin=Origin.SIMULATED,
-                **decide(assignment, config, rng),
+                **decision,
             )
             done[assignment.item.kind] += 1
             if max_tasks is not None and sum(done.values()) >= max_tasks:

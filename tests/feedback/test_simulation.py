@@ -52,6 +52,23 @@ def test_rankings_and_demonstrations_come_from_the_solver(roles):
     assert Demonstration.objects.get().text == "eert"
 
 
+def test_a_ranking_ties_replies_graded_alike_and_is_skipped_when_all_are(roles):
+    project = ProjectFactory(overlap=1)
+    toy_item(project, "What is 2 + 3?", ["6", "5", "I am not sure.", "7"], TaskKind.RANKING)
+    all_wrong = toy_item(project, "What is 4 + 4?", ["9", "7", "6"], TaskKind.RANKING)
+    done = simulate(project=project, annotators=1, config=SimulationConfig(noise=0))
+    assert done == {"ranking": 1, "skipped": 1}
+    judgement = RankingJudgement.objects.get()
+    texts = [
+        sorted(judgement.item.completions.get(pk=pk).text for pk in group)
+        for group in judgement.ranking
+    ]
+    assert texts == [["5"], ["6", "7", "I am not sure."]]
+    # Nothing to tell apart: skipped, so it gives no preference row.
+    assert not RankingJudgement.objects.filter(item=all_wrong).exists()
+    assert all_wrong.assignments.get().status == "skipped"
+
+
 def test_simulated_labels_stay_out_of_snapshots_unless_asked(roles, settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
     project = ProjectFactory(overlap=1)
