@@ -95,7 +95,12 @@ AttentionMaskInterface.register(NAME, sdpa_mask)
 
 @contextlib.contextmanager
 def blocked_causal_attention(model: PreTrainedModel) -> Iterator[None]:
-    """Within the block, a CPU model that uses SDPA uses causal_blocks_attention instead."""
+    """Within the block, a CPU model that uses SDPA uses causal_blocks_attention instead.
+
+    It switches the model's own config (set_attn_implementation) and switches it back on the
+    way out, error or not; a model shared by threads that run it at the same time would see
+    the switch too (eval workers run one job at a time).
+    """
     before = getattr(model.config, "_attn_implementation", None)
     # Models that do not take their attention from AttentionInterface cannot switch.
     switchable = getattr(model, "_can_set_attn_implementation", None)
