@@ -98,6 +98,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 if TESTING and env.str("TEST_DATABASE_URL", ""):
     DATABASES["default"] = dj_database_url.parse(env.str("TEST_DATABASE_URL"), conn_max_age=0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool(
+    "DB_PREPARED_STATEMENTS", True
+):
+    # Parameters bound by the server, and a statement run 5 times on a connection is prepared:
+    # the annotation loop repeats the same dozen statements, which PostgreSQL then neither parses
+    # nor plans again. Turn off behind a transaction-mode pooler such as PgBouncer < 1.21.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        server_side_binding=True, prepare_threshold=5
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
