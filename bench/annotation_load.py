@@ -389,7 +389,7 @@ def direct_session_cookies(user_ids: list[int]) -> list[dict[str, str]]:
     for user_id in user_ids:
         request = HttpRequest()
         request.session = engine.SessionStore()
-        login(request, users[user_id], backend="django.contrib.auth.backends.ModelBackend")
+        login(request, users[user_id], backend=settings.AUTHENTICATION_BACKENDS[0])
         request.session.save()
         jars.append(
             {
