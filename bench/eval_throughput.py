@@ -17,10 +17,11 @@ some fit one window and some span several (the model's full 512-token windows). 
 lm-eval's tokens per CPU second with total log-likelihood equal to 1e-7 relative.
 
 Reading it: both compute the same windows with the same model. Ours does less work per scored
-token in three ways. (1) Padding: ours sorts all windows by length and cuts a batch where
-padding would pass 10% (evals.ml.lm.length_batches); HFLM batches consecutive windows and sorts
-only within a batch, and a CPU spends as long on a padded position as on a real one. The "token
-positions computed" line counts both against the windows' own lengths. (2) The output head and
+token in three ways. (1) Padding: ours sorts all windows by length and cuts the batches where
+padding would cost more than a forward pass (evals.ml.lm.length_batches); HFLM batches
+consecutive windows and sorts only within a batch, and a CPU spends as long on a padded
+position as on a real one. The "token positions computed" line counts both against the
+windows' own lengths. (2) The output head and
 log-softmax run only on scored positions, not on the context that a document's last window
 reaches back for, and never make a [batch, width, vocab] tensor (evals.ml.lm.scored_logprobs;
 the head is ~9% of this tiny model's forward pass, far more with a real vocabulary). (3) On CPU,
@@ -84,9 +85,9 @@ def documents(n_paragraphs: int, seed: int) -> list[str]:
 
 def padded_tokens(tokenizer, docs, max_length: int, batch_size: int) -> tuple[int, int, int]:
     """Token positions the model computes, padding included: ours (all windows sorted by length,
-    batches cut where padding would pass 10%), lm-eval's (batches of consecutive windows, each
-    sorted within itself), and the windows' own lengths (no padding at all: the scored tokens
-    plus the context that last windows reach back for)."""
+    cut where padding would cost more than a pass of its own), lm-eval's (batches of
+    consecutive windows, each sorted within itself), and the windows' own lengths (no padding
+    at all: the scored tokens plus the context that last windows reach back for)."""
     from evals.ml.lm import length_batches, prefix_token_id
     from evals.ml.perplexity import get_rolling_token_windows, make_disjoint_window
 

@@ -8,8 +8,8 @@ continuation, following lm_eval/models/huggingface.py (HFLM._loglikelihood_token
   the model's length, and the last len(continuation) positions are scored;
 - requests are sorted longest first and batched, padded on the right without an attention mask
   (a causal model never attends to the padding after a real token, so padding cannot change a
-  result beyond floating-point noise); a batch also ends early when the next, shorter request
-  would make more than MAX_PADDING of its positions padding (length_batches);
+  result beyond floating-point noise); batches are cut where padding costs more than a forward
+  pass of its own (length_batches);
 - log-softmax in float32 at least (bf16 models on GPU are upcast), summed in float64.
 
 Unlike HFLM, the sort is over *all* requests at once: HFLM.loglikelihood_rolling sorts only
@@ -22,6 +22,7 @@ attention runs in query blocks (evals.ml.causal_blocks). bench/eval_throughput.p
 from __future__ import annotations
 
 import inspect
+import math
 import weakref
 from collections.abc import Mapping, Sequence
 
@@ -34,9 +35,11 @@ from evals.ml.causal_blocks import blocked_causal_attention
 DEFAULT_MAX_LENGTH = 2048
 # transformers' "no limit" model_max_length (int(1e30)), which lm-eval also treats as unset.
 TOKENIZER_INFINITY = 1000000000000000019884624838656
-# Largest share of a batch's positions that may be padding before the batch is cut short: a
-# batch's width is its longest request, and every shorter one pays for the difference.
-MAX_PADDING = 0.1
+# What one forward pass costs besides its positions, in positions: transformers' per-call work
+# (the mask, the rotary table, Python through every layer) is ~1.6 ms with the tiny model on one
+# CPU thread, where a position costs ~55 us. It sets how much padding a batch may carry before
+# it is worth a pass of its own (length_batches).
+FORWARD_COST = 32
 # Logits computed at once by scored_logprobs: 2**24 float32 values are 64 MB, whatever the vocab.
 HEAD_CHUNK_ELEMENTS = 2**24
 # Tokens in the probe that checks a model's logits are head(body(input)) (_body_and_head).
@@ -212,29 +215,33 @@ def _logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def length_batches(
-    lengths: Sequence[int], batch_size: int, max_padding: float = MAX_PADDING
+    lengths: Sequence[int], batch_size: int, forward_cost: int = FORWARD_COST
 ) -> list[list[int]]:
     """Indices into `lengths`, longest first, cut into batches of at most batch_size rows.
 
     Longest first (lm-eval's Collator order) over *all* rows: batches hold similar lengths, and
-    a batch too large for memory fails at once. A batch also closes before a row that would
-    make more than max_padding of its positions padding, so a few long windows never pad a
-    batch of short ones; with many rows of similar length (the usual case) batches stay full.
+    a batch too large for memory fails at once. Where to cut is chosen to compute the fewest
+    positions, counting each batch as wide as its longest row plus forward_cost positions for
+    the pass itself: the exact minimum, by dynamic programming over the sorted lengths (a batch
+    is a run of them; O(rows * batch_size)). So a few long windows never pad a batch of short
+    ones, and short rows are not run one by one either. Ties go to fewer, fuller batches.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    # cost[k]: least cost of rows order[k:]; end[k]: where the first batch of those ends. Larger
+    # first batches are tried first and kept on ties, so the widest batch is also the fullest.
+    cost = [math.inf] * n + [0]
+    end = [n] * (n + 1)
+    for k in range(n - 1, -1, -1):
+        for stop in range(min(n, k + batch_size), k, -1):
+            total = forward_cost + (stop - k) * lengths[order[k]] + cost[stop]
+            if total < cost[k]:
+                cost[k], end[k] = total, stop
     batches: list[list[int]] = []
-    batch: list[int] = []
-    real = 0  # positions of the batch that hold tokens
-    for i in order:
-        if batch:
-            padded = (len(batch) + 1) * lengths[batch[0]]
-            if len(batch) == batch_size or real + lengths[i] < padded * (1 - max_padding):
-                batches.append(batch)
-                batch, real = [], 0
-        batch.append(i)
-        real += lengths[i]
-    if batch:
-        batches.append(batch)
+    k = 0
+    while k < n:
+        batches.append(order[k : end[k]])
+        k = end[k]
     return batches
 
 

@@ -8,7 +8,9 @@ below), far above the 1e-7 the tests allow.
 """
 
 import importlib
+import itertools
 import math
+import random
 import re
 
 import pytest
@@ -255,17 +257,51 @@ def test_perplexity_of_nothing_is_an_error(lm32):
         perplexity(model, tokenizer, ["", ""])
 
 
+BENCH_LENGTHS = [512] * 5 + [465, 458, 427, 278, 276, 247, 244, 133, 124, 91, 81, 59, 44, 28, 28]
+
+
+def batches_cost(lengths, batches, forward_cost: int) -> int:
+    return sum(forward_cost + len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_batches_hold_every_request_once_longest_first_with_little_padding(batch_size):
-    lengths = [512] * 5 + [465, 458, 427, 278, 276, 247, 244, 133, 124, 91, 81, 59, 44, 28, 28]
-    batches = length_batches(lengths, batch_size, max_padding=0.1)
-    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
-    flat = [lengths[i] for batch in batches for i in batch]
-    assert flat == sorted(lengths, reverse=True)
-    for batch in batches:
-        assert 1 <= len(batch) <= batch_size
-        real = sum(lengths[i] for i in batch)
-        assert real >= 0.9 * lengths[batch[0]] * len(batch)  # padding within 10%
+def test_batches_hold_every_request_once_longest_first(batch_size):
+    batches = length_batches(BENCH_LENGTHS, batch_size)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(BENCH_LENGTHS)))
+    flat = [BENCH_LENGTHS[i] for batch in batches for i in batch]
+    assert flat == sorted(BENCH_LENGTHS, reverse=True)
+    assert all(1 <= len(batch) <= batch_size for batch in batches)
+    assert len(batches[0]) == min(batch_size, 5)  # the widest batch is also the fullest
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_batches_cost_the_least_of_every_way_to_cut_the_sorted_rows(seed):
+    """Against all 2**(n-1) ways to cut n sorted rows into runs of at most batch_size."""
+    rng = random.Random(seed)
+    lengths = [rng.choice([rng.randint(1, 40), rng.randint(1, 512)]) for _ in range(9)]
+    batch_size, forward_cost = rng.choice([2, 3, 8]), rng.choice([0, 32, 200])
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    least = math.inf
+    for cuts in itertools.product([False, True], repeat=len(order) - 1):
+        runs, run = [], [order[0]]
+        for i, cut in zip(order[1:], cuts, strict=True):
+            if cut:
+                runs.append(run)
+                run = []
+            run.append(i)
+        runs.append(run)
+        if all(len(r) <= batch_size for r in runs):
+            least = min(least, batches_cost(lengths, runs, forward_cost))
+    batches = length_batches(lengths, batch_size, forward_cost)
+    assert batches_cost(lengths, batches, forward_cost) == least
+
+
+def test_free_passes_mean_no_padding_and_dear_ones_full_batches():
+    no_padding = length_batches(BENCH_LENGTHS, 8, forward_cost=0)
+    assert all(len({BENCH_LENGTHS[i] for i in batch}) == 1 for batch in no_padding)
+    fewest = length_batches(BENCH_LENGTHS, 8, forward_cost=10**6)
+    # 3 passes, the middle one short: 278 * 4 + 133 * 8 positions beat 278 * 8 + 44 * 4
+    assert [len(batch) for batch in fewest] == [8, 4, 8]
 
 
 def test_one_long_window_does_not_pad_a_batch_of_short_ones():
