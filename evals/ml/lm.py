@@ -40,6 +40,10 @@ TOKENIZER_INFINITY = 1000000000000000019884624838656
 # CPU thread, where a position costs ~55 us. It sets how much padding a batch may carry before
 # it is worth a pass of its own (length_batches).
 FORWARD_COST = 32
+# The same on a GPU, where a small batch is nearly free and a pass is kernel launches: not
+# measured here (no GPU in the measuring session), set so that batches stay full unless
+# padding would be more than two 1k-token windows' worth.
+ACCELERATOR_FORWARD_COST = 2048
 # Logits computed at once by scored_logprobs: 2**24 float32 values are 64 MB, whatever the vocab.
 HEAD_CHUNK_ELEMENTS = 2**24
 # Tokens in the probe that checks a model's logits are head(body(input)) (_body_and_head).
@@ -140,8 +144,9 @@ def loglikelihood_tokens(
 
     model.eval()
     results = [0.0] * len(inputs)
+    forward_cost = FORWARD_COST if model.device.type == "cpu" else ACCELERATOR_FORWARD_COST
     with blocked_causal_attention(model):
-        for chunk in length_batches([len(row) for row in inputs], batch_size):
+        for chunk in length_batches([len(row) for row in inputs], batch_size, forward_cost):
             sums = _score_batch(model, [inputs[i] for i in chunk], [targets[i] for i in chunk])
             for i, total in zip(chunk, sums, strict=True):
                 results[i] = total
