@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+SQLITE_TESTS = tests/feedback/test_services.py tests/feedback/test_queue_concurrency.py \
+	tests/feedback/test_views.py tests/feedback/test_hostile_input.py tests/feedback/test_auth.py
 
 .PHONY: run demo setup test install chromium lint format clean
 
@@ -61,6 +63,12 @@ test: install chromium
 	# One torch thread: the suite runs workers and servers beside the tests on 2 cores, and
 	# OpenMP threads that fight over the cores are many times slower than one that does not.
 	OMP_NUM_THREADS=1 $(BIN)/python config/devservices.py test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	# `make run`'s default database is SQLite: the queue, its SQL and the annotation screens again
+	# on it (IMMEDIATE transactions instead of row locks).
+	$(BIN)/python config/devservices.py test -- env -u TEST_DATABASE_URL -u DATABASE_URL $(BIN)/python -m pytest -q \
+		$(SQLITE_TESTS)
+endif
 
 lint:
 	$(BIN)/ruff check .

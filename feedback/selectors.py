@@ -139,6 +139,8 @@ def assignment_for_user(assignment_id: int, user: AbstractBaseUser) -> Assignmen
     """The user's assignment with its item, project and prompt, and `a_completion_id` (the
     item's canonical A, which a pairwise submit needs): one query, written out because every
     submit runs it (see feedback/rows.py)."""
+    if not 0 < assignment_id < 2**63:  # an id from a URL: no row, and SQLite cannot bind it
+        return None
     found = rows.fetch(_assignment_sql(), [assignment_id, user.pk])
     if not found:
         return None
