@@ -39,6 +39,20 @@ def solve(question: str) -> str | None:
     return None
 
 
+def kind(question: str) -> str | None:
+    """Which of the four toy tasks a question is (None if none): scores are reported by kind."""
+    question = question.strip()
+    if question in _FACTS:
+        return "facts"
+    if _SORT.match(question):
+        return "sorting"
+    if _REVERSE.match(question):
+        return "reversing"
+    if _ARITHMETIC.search(question):
+        return "arithmetic"
+    return None
+
+
 def is_correct(question: str, reply: str) -> bool | None:
     """None when the question is not a toy question."""
     answer = solve(question)

@@ -1,13 +1,25 @@
 """The loop proves itself: one round of the whole feedback loop on the toy tasks, in one process.
 
-    python manage.py demo_loop [--scale demo|ci]      # `make demo` runs this, then the app
+    python manage.py demo_loop [--scale demo|ci] [--prompts N] [--seed S]   # `make demo`: this,
+                                                                             # then the app
 
-Base model (built if missing) -> toy prompts (20% held out) -> base samples become pairwise items,
-plus demonstration items -> simulated annotators work the queue -> sft / preference / prompts
-snapshots -> SFT from the base, a reward model, DPO from the SFT checkpoint (PPO too when the scale
-asks) -> every checkpoint evaluated -> the next round's comparisons from the newest checkpoint
-against its parent. Every step goes through the same services as the app (validation included);
-only the workers are replaced: training jobs are launched with `enqueue=False` and run here with
+Base model (built if missing) -> toy prompts (20% held out) -> a demonstration item per prompt,
+worked by simulated annotators -> sft snapshot -> SFT from the base -> for every prompt, replies
+sampled from the base and from the SFT policy, ranked together with the prompt's demonstration
+-> preference and prompts snapshots -> a reward model and DPO, both from the SFT checkpoint, and
+PPO from the DPO policy scored by that reward model -> every checkpoint evaluated -> the next
+round's comparisons from the newest checkpoint against the SFT policy.
+
+Why in that order (InstructGPT's): pairs of two base replies carried almost no signal, because
+the base model's sampled replies are rarely right (about 2% of them, with the first corpus): 3%
+of those pairs had exactly one right side, and annotators can only prefer where one is. Ranking
+the SFT policy's own samples with the demonstration gives nearly every prompt right-over-wrong
+pairs, and DPO then learns from pairs of the policy it starts from (on-policy), not of the base.
+The held-out prompts get labels too, which the snapshots keep out of training: the SFT model's
+held-out loss and the reward model's held-out accuracy are measured on them.
+
+Every step goes through the same services as the app (validation included); only the workers
+are replaced: training jobs are launched with `enqueue=False` and run here with
 run_training_job, and Celery runs eagerly for the duration, so the evaluations that a job's
 success schedules (and the base model's, scheduled here) run in this process too. No Redis or
 worker is needed.
@@ -21,11 +33,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,8 +48,10 @@ from django.db import transaction
 from evals.models import EvalRun, RunStatus
 from evals.services import schedule_default_evals
 from evals.toytask import is_correct, sample
+from evals.toytask import kind as toy_kind
 from feedback import services as feedback_services
 from feedback.models import (
+    Completion,
     CompletionSource,
     DatasetSnapshot,
     Demonstration,
@@ -46,7 +61,7 @@ from feedback.models import (
     Split,
     TaskKind,
 )
-from feedback.services.projects import prompt_hash
+from feedback.services.projects import MAX_RANKED, prompt_hash
 from feedback.simulation import SimulationConfig, simulate
 from modeling import services
 from modeling.models import Checkpoint, CheckpointKind, JobStatus
@@ -58,6 +73,9 @@ GUIDELINES = (
     "Toy questions with one right answer: arithmetic, sorting a list, reversing a word, facts. "
     "Prefer the reply that gives the right answer; write the answer alone as a demonstration."
 )
+
+# The trainers' metrics on the snapshots' held-out rows worth a line in the summary.
+HELD_OUT_METRICS = ("eval_loss", "eval_accuracy", "eval_rewards/accuracies", "eval_rewards/margins")
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,9 @@ class DemoScale:
     dpo: dict[str, Any]
     ppo: dict[str, Any] | None  # None: no PPO job
     test_fraction: float = 0.2
-    samples_per_prompt: int = 2  # base replies per train prompt, paired into one item
+    # Sampled replies per prompt, ranked with its demonstration (at most MAX_RANKED in all).
+    base_samples: int = 2
+    sft_samples: int = 3
     sample_temperature: float = 1.0
     max_new_tokens: int = 24  # toy answers are a few tokens
     overlap: int = 1
@@ -82,20 +102,26 @@ class DemoScale:
     # The base model's default suites too (trained checkpoints always get theirs, run when their
     # job succeeds, so their evaluation time counts in the sft/reward/dpo stages).
     full_evals: bool = True
+    seed: int = 0  # simulated annotators (this and +1), sampling and training jobs
 
 
 SCALES: dict[str, DemoScale] = {
     "demo": DemoScale(
-        # 400 train prompts (each a demonstration and two pairs) and 100 held out for the score.
+        # 400 train prompts and 100 held out for the score; each gets a demonstration and a
+        # ranking of it with up to 5 distinct sampled replies (about 5 preference rows).
         prompts=500,
         # About 2.5 minutes on 2 idle cores (0.25 s a step), several times that on a busy machine.
         pretrain_steps=600,
         # The base model learnt right answers, near misses and hedges (modeling/ml/corpus.py);
         # SFT on the demonstrations only has to make the right habit the likely one.
         sft={"learning_rate": 3e-4, "epochs": 3, "batch_size": 16, "max_length": 128},
+        # From the SFT checkpoint. Its held-out accuracy stays near 0.6 whatever the learning
+        # rate (5e-5 to 3e-4 gave 0.57-0.62): telling a right answer from a wrong one needs
+        # knowing it, which the tiny model often does not (arithmetic, sorting).
         reward={"learning_rate": 3e-4, "epochs": 2, "batch_size": 16, "max_length": 128},
-        # 5e-6 left DPO so close to SFT that all 100 same-seed next-round pairs were identical.
-        dpo={"learning_rate": 5e-5, "epochs": 2, "batch_size": 16, "max_length": 128, "beta": 0.1},
+        # One epoch: ~1,900 pairs, sharing their chosen reply 4 or 5 times over. (5e-6 left DPO
+        # so close to SFT that all 100 same-seed next-round pairs were identical.)
+        dpo={"learning_rate": 5e-5, "epochs": 1, "batch_size": 16, "max_length": 128, "beta": 0.1},
         # A short PPO run: 8 updates of 16 rollouts, answers being a few tokens long.
         ppo={
             "learning_rate": 1e-5,
@@ -142,6 +168,7 @@ class DemoReport:
     checkpoints: dict[str, int] = field(default_factory=dict)  # role (base, sft, ...) -> id
     evals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # role -> runs
     task_scores: dict[str, float] = field(default_factory=dict)  # policy role -> accuracy
+    task_kinds: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> kind -> "k/n"
     task_n: int = 0  # held-out prompts the task score is measured on
     next_round: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
@@ -167,6 +194,17 @@ class DemoReport:
                 f"  job          {kind:<10} #{job['id']} {job['status']:<9} "
                 f"-> checkpoint #{job['checkpoint_id']} {job['checkpoint'] or job['error']}"
             )
+            # Measured by the trainer on the snapshot's held-out rows (the test prompts' labels).
+            held_out = {
+                name.removeprefix("eval_"): value
+                for name, value in job["metrics"].items()
+                if name in HELD_OUT_METRICS
+            }
+            if held_out:
+                lines.append(
+                    f"  {'':<12} {'':<10} held out: "
+                    + ", ".join(f"{name} {value:.3f}" for name, value in held_out.items())
+                )
         lines.append("")
         lines.append(f"  {'checkpoint':<12} {'id':>4}  {'task score':>10}  evaluations")
         for role, checkpoint_id in self.checkpoints.items():
@@ -182,6 +220,9 @@ class DemoReport:
             lines.append(
                 f"  {role:<12} {checkpoint_id:>4}  {shown:>10}  {ok}/{len(runs)} ok  {headline}"
             )
+            if role in self.task_kinds:
+                kinds = ", ".join(f"{k} {v}" for k, v in self.task_kinds[role].items())
+                lines.append(f"  {'':<12} {'':>4}  {'':>10}  right by kind: {kinds}")
         lines.append(f"  (task score: exact match on {self.task_n} held-out toy prompts, greedy)")
         lines.append(f"  next round   {self.next_round}")
         lines.append("")
@@ -239,6 +280,8 @@ def run_demo_loop(
     scale: Literal["demo", "ci"] = "demo",
     out: Callable[[str], Any] = print,
     base_model_path: str | None = None,
+    prompts: int | None = None,
+    seed: int = 0,
 ) -> DemoReport:
     """Run one round of the loop (see the module docstring) and return what every step made.
 
@@ -247,8 +290,27 @@ def run_demo_loop(
     steps when missing.
     Re-running reuses the project, its prompts and the base checkpoint, and trains again on
     whatever the project then holds.
+    prompts: import this many toy prompts instead of the scale's (at most RESERVED_DEMO_PROMPTS,
+    the ones pretraining never saw); seed: of the simulated annotators, the sampling and the
+    training jobs (not of the base model or the prompts), to see how much a result owes to luck.
     """
     config = SCALES[scale]
+    if prompts is not None:
+        from modeling.ml.corpus import RESERVED_DEMO_PROMPTS
+
+        if not 10 <= prompts <= RESERVED_DEMO_PROMPTS:
+            raise ValueError(f"prompts must be between 10 and {RESERVED_DEMO_PROMPTS}")
+        config = replace(config, prompts=prompts)
+    if seed:
+        config = replace(
+            config,
+            seed=seed,
+            **{
+                stage: {**getattr(config, stage), "seed": seed}
+                for stage in ("sft", "reward", "dpo", "ppo")
+                if getattr(config, stage) is not None
+            },
+        )
     report = DemoReport(scale=scale)
     stage = _Stages(report, out)
     with _celery_in_process():
@@ -260,28 +322,33 @@ def run_demo_loop(
             project = _project(config)
             report.project_id = project.pk
             report.prompts = _import_prompts(project, config)
-        with stage("base samples"):
-            report.items_created.update(_round_one_items(project, base, config))
-        with stage("annotation"):
-            report.judgements.update(_simulate(project, config, seed=0))
-            # Each demonstration is also compared with a base reply: the preferences then always
-            # hold pairs with a right answer, even when the base model never gets one right.
-            report.items_created.update(_demonstration_pairs(project))
-            report.judgements.update(_simulate(project, config, seed=1))
+        with stage("demonstrations"):
+            report.items_created.update(_demonstration_items(project))
+            report.judgements.update(_simulate(project, config, seed=config.seed))
+            snapshots = {"sft": _snapshot(project, "sft")}
+        with stage("sft"):
+            sft = _train(report, "sft", base, snapshots["sft"], config.sft)
+        with stage("samples"):
+            # The base's replies and the SFT policy's, ranked together with the demonstration:
+            # the SFT samples make the pairs on-policy for DPO, the demonstration gives nearly
+            # every prompt a right answer to prefer (few samples are right), the base's replies
+            # (hedges among them) show the reward model what the habit to unlearn looks like.
+            replies = _sample(project, base, config.base_samples, config)
+            for prompt_id, texts in _sample(project, sft, config.sft_samples, config).items():
+                replies.setdefault(prompt_id, []).extend(texts)
+            report.items_created.update(_comparison_items(project, replies))
+        with stage("comparisons"):
+            report.judgements.update(_simulate(project, config, seed=config.seed + 1))
         with stage("snapshots"):
-            snapshots = {
-                kind: _snapshot(project, kind, config) for kind in ("sft", "preference", "prompts")
-            }
+            snapshots |= {kind: _snapshot(project, kind) for kind in ("preference", "prompts")}
             for kind, snap in snapshots.items():
                 report.snapshots[kind] = {
                     "id": snap.pk,
                     "hash": snap.content_hash,
                     "rows": dict(snap.row_counts),
                 }
-        with stage("sft"):
-            sft = _train(report, "sft", base, snapshots["sft"], config.sft)
         with stage("reward"):
-            reward = _train(report, "reward", base, snapshots["preference"], config.reward)
+            reward = _train(report, "reward", sft, snapshots["preference"], config.reward)
         with stage("dpo"):
             final = _train(report, "dpo", sft, snapshots["preference"], config.dpo)
         if config.ppo is not None:
@@ -298,8 +365,9 @@ def run_demo_loop(
                 schedule_default_evals(base)
             for role, checkpoint_id in report.checkpoints.items():
                 report.evals[role] = _eval_results(checkpoint_id)
-            report.task_n, scores = _task_scores(project, report.checkpoints, config)
-            report.task_scores.update(scores)
+            report.task_n, report.task_scores, report.task_kinds = _task_scores(
+                project, report.checkpoints, config
+            )
         with stage("next round"):
             report.next_round = _next_round(project, final, sft, config)
     report.load_average = os.getloadavg()
@@ -353,7 +421,7 @@ def _project(config: DemoScale) -> Project:
         return project
     return feedback_services.project_create(
         name=PROJECT_NAME,
-        task_kinds=[TaskKind.PAIRWISE, TaskKind.DEMONSTRATION],
+        task_kinds=[TaskKind.PAIRWISE, TaskKind.RANKING, TaskKind.DEMONSTRATION],
         overlap=config.overlap,
         guidelines=GUIDELINES,
         description="Made by `manage.py demo_loop`: one simulated round of the whole loop.",
@@ -392,83 +460,105 @@ def _conversation(prompt: Prompt) -> list[dict[str, str]]:
     return system + list(prompt.messages)
 
 
-def _round_one_items(project: Project, base: Checkpoint, config: DemoScale) -> Counter:
-    """A demonstration item for every train prompt without one, and a pairwise item of two base
-    replies for every train prompt the base has not answered yet."""
-    from modeling.ml import generate
-
+def _demonstration_items(project: Project) -> Counter:
+    """A demonstration item for every prompt without one. Held-out prompts get theirs too: the
+    snapshots keep a prompt imported as test out of training, and its labels measure the
+    trained models (the SFT model's held-out loss, the reward model's held-out accuracy)."""
     made: Counter = Counter()
-    train = Prompt.objects.filter(project=project, split=Split.TRAIN).order_by("id")
-    for prompt in train.exclude(items__kind=TaskKind.DEMONSTRATION):
+    for prompt in Prompt.objects.filter(project=project).exclude(
+        items__kind=TaskKind.DEMONSTRATION
+    ):
         feedback_services.item_create(project=project, kind=TaskKind.DEMONSTRATION, prompt=prompt)
         made[TaskKind.DEMONSTRATION.value] += 1
-    unanswered = list(
-        train.exclude(
-            completions__source=CompletionSource.CHECKPOINT,
-            completions__generation_params__checkpoint_id=base.pk,
-        )
-    )
-    if not unanswered:
-        return made
-    params = {
-        "n": config.samples_per_prompt,
-        "temperature": config.sample_temperature,
-        "max_new_tokens": config.max_new_tokens,
-        "seed": 0,
-    }
-    replies = generate(base.load_path(), [_conversation(p) for p in unanswered], **params)
-    for prompt, texts in zip(unanswered, replies, strict=True):
-        with transaction.atomic():
-            completions = [
-                feedback_services.completion_create(
-                    prompt=prompt,
-                    text=text.replace("\x00", "") or "(no reply)",
-                    model_name=base.display_name,
-                    source=CompletionSource.CHECKPOINT,
-                    generation_params={"checkpoint_id": base.pk, "sample": i, **params},
-                )
-                for i, text in enumerate(texts[:2])
-            ]
-            feedback_services.item_create(
-                project=project, kind=TaskKind.PAIRWISE, prompt=prompt, completions=completions
-            )
-        made[TaskKind.PAIRWISE.value] += 1
     return made
 
 
-def _demonstration_pairs(project: Project) -> Counter:
-    """Pairwise items: a submitted demonstration against the base's first reply to that prompt."""
-    made: Counter = Counter()
-    done = set(
-        Prompt.objects.filter(
-            project=project, completions__source=CompletionSource.HUMAN
-        ).values_list("pk", flat=True)
+def _sample(
+    project: Project, checkpoint: Checkpoint, n: int, config: DemoScale
+) -> dict[int, list[Completion]]:
+    """n sampled replies of `checkpoint` to every prompt it has not answered yet, stored as
+    completions (prompt id -> completions)."""
+    from modeling.ml import generate
+
+    unanswered = list(
+        Prompt.objects.filter(project=project)
+        .exclude(
+            completions__source=CompletionSource.CHECKPOINT,
+            completions__generation_params__checkpoint_id=checkpoint.pk,
+        )
+        .order_by("id")
     )
+    if not unanswered or n < 1:
+        return {}
+    params = {
+        "n": n,
+        "temperature": config.sample_temperature,
+        "max_new_tokens": config.max_new_tokens,
+        "seed": config.seed,
+    }
+    replies = generate(checkpoint.load_path(), [_conversation(p) for p in unanswered], **params)
+    stored = {}
+    with transaction.atomic():
+        for prompt, texts in zip(unanswered, replies, strict=True):
+            stored[prompt.pk] = [
+                feedback_services.completion_create(
+                    prompt=prompt,
+                    text=text.replace("\x00", "") or "(no reply)",
+                    model_name=checkpoint.display_name,
+                    source=CompletionSource.CHECKPOINT,
+                    generation_params={"checkpoint_id": checkpoint.pk, "sample": i, **params},
+                )
+                for i, text in enumerate(texts)
+            ]
+    return stored
+
+
+def _comparison_items(project: Project, replies: dict[int, list[Completion]]) -> Counter:
+    """For every prompt with new replies, one item comparing its demonstration with the distinct
+    replies (the same text twice is one candidate: nobody can tell copies apart): a ranking of up
+    to MAX_RANKED, a pairwise item when only two differ, nothing when all agree. Which replies
+    are right is never looked at here, only by the (simulated) annotators."""
+    made: Counter = Counter()
     demonstrations = (
-        Demonstration.objects.filter(item__project=project)
+        Demonstration.objects.filter(item__project=project, item__prompt_id__in=list(replies))
         .select_related("item__prompt", "annotator")
         .order_by("pk")
     )
+    written = {}
     for demonstration in demonstrations:
-        prompt = demonstration.item.prompt
-        if prompt.pk in done:
+        written.setdefault(demonstration.item.prompt_id, demonstration)
+    for prompt_id, completions in replies.items():
+        demonstration = written.get(prompt_id)
+        texts = {demonstration.text.strip()} if demonstration else set()
+        candidates = []
+        for completion in completions:
+            if completion.text.strip() not in texts:
+                texts.add(completion.text.strip())
+                candidates.append(completion)
+        candidates = candidates[: MAX_RANKED - (demonstration is not None)]
+        if len(candidates) + (demonstration is not None) < 2:
             continue
-        done.add(prompt.pk)
-        reply = prompt.completions.filter(source=CompletionSource.CHECKPOINT).order_by("pk").first()
-        if reply is None or reply.text.strip() == demonstration.text.strip():
-            continue
+        random.Random(prompt_id).shuffle(candidates)  # where the demonstration lands is chance
         with transaction.atomic():
-            written = feedback_services.completion_create(
-                prompt=prompt,
-                text=demonstration.text,
-                model_name="demonstration",
-                source=CompletionSource.HUMAN,
-                author=demonstration.annotator,
-            )
+            if demonstration is not None:
+                candidates.insert(
+                    random.Random(-prompt_id).randrange(len(candidates) + 1),
+                    feedback_services.completion_create(
+                        prompt=demonstration.item.prompt,
+                        text=demonstration.text,
+                        model_name="demonstration",
+                        source=CompletionSource.HUMAN,
+                        author=demonstration.annotator,
+                    ),
+                )
+            kind = TaskKind.PAIRWISE if len(candidates) == 2 else TaskKind.RANKING
             feedback_services.item_create(
-                project=project, kind=TaskKind.PAIRWISE, prompt=prompt, completions=[written, reply]
+                project=project,
+                kind=kind,
+                prompt=Prompt.objects.get(pk=prompt_id),
+                completions=candidates,
             )
-        made[TaskKind.PAIRWISE.value] += 1
+        made[kind.value] += 1
     return made
 
 
@@ -480,7 +570,7 @@ def _simulate(project: Project, config: DemoScale, *, seed: int) -> Counter:
     )
 
 
-def _snapshot(project: Project, kind: str, config: DemoScale) -> DatasetSnapshot:
+def _snapshot(project: Project, kind: str) -> DatasetSnapshot:
     snapshot = feedback_services.snapshot_create(
         project=project,
         kind=kind,
@@ -555,13 +645,15 @@ def _eval_results(checkpoint_id: int) -> list[dict[str, Any]]:
 
 def _task_scores(
     project: Project, checkpoints: dict[str, int], config: DemoScale
-) -> tuple[int, dict[str, float]]:
-    """Greedy exact-match accuracy of each policy on the held-out toy prompts."""
+) -> tuple[int, dict[str, float], dict[str, dict[str, str]]]:
+    """Greedy exact-match accuracy of each policy on the held-out toy prompts, overall and by
+    kind of question (role -> kind -> "right/asked")."""
     from modeling.ml import generate
 
     held_out = list(Prompt.objects.filter(project=project, split=Split.TEST).order_by("id"))
     questions = [p.messages[-1]["content"] for p in held_out]
-    scores = {}
+    asked = Counter(toy_kind(q) for q in questions)
+    scores, by_kind = {}, {}
     for role, checkpoint_id in checkpoints.items():
         checkpoint = Checkpoint.objects.get(pk=checkpoint_id)
         if checkpoint.kind != CheckpointKind.POLICY or not held_out:
@@ -573,9 +665,12 @@ def _task_scores(
             max_new_tokens=config.max_new_tokens,
             batch_size=16,
         )
-        right = sum(bool(is_correct(q, r[0])) for q, r in zip(questions, replies, strict=True))
-        scores[role] = right / len(held_out)
-    return len(held_out), scores
+        right = Counter(
+            toy_kind(q) for q, r in zip(questions, replies, strict=True) if is_correct(q, r[0])
+        )
+        scores[role] = right.total() / len(held_out)
+        by_kind[role] = {k: f"{right[k]}/{n}" for k, n in sorted(asked.items())}
+    return len(held_out), scores, by_kind
 
 
 def _next_round(

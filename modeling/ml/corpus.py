@@ -29,13 +29,21 @@ from pathlib import Path
 CORPUS_PATH = Path(__file__).resolve().parent.parent / "corpus" / "tiny.jsonl"
 RESERVED_DEMO_PROMPTS = 1200  # the demo imports the first distinct ones of these (500 by default)
 
-# Sizes: ~80k tokens in all, which a few hundred CPU steps of the tiny model see several times.
-N_PARAGRAPHS = 400
+# Sizes: ~70k tokens in all, which a few hundred CPU steps of the tiny model see several times.
+N_PARAGRAPHS = 200
 N_NOTEBOOKS = 400
 N_CHATS = 100
-N_TOY_CHATS = 2000
-# How a toy question in the corpus is answered (probabilities, summing to 1).
-ANSWER_QUALITY = {"right": 0.6, "near_miss": 0.2, "hedge": 0.2}
+N_TOY_CHATS = 3000
+# How a toy question in the corpus is answered (probabilities, summing to 1). Hedges are common
+# enough that the base model's greedy answer is often "I am not sure." where it knows better:
+# the habit the demonstrations and preferences are there to fix.
+ANSWER_QUALITY = {"right": 0.5, "near_miss": 0.2, "hedge": 0.3}
+# Toy chats by kind (relative weights). The closed tables (reversed words, facts) are what
+# pretraining is meant to know, and the tiny model needs many sightings to tie each of the 35
+# words to its own reversal: with equal weights (about 14 chats a word) it answered "Reverse the
+# word cat." with some reversed word, rarely "tac". Held-out arithmetic and sorting measure
+# generalisation, which more chats of theirs would hardly buy in a few CPU minutes.
+TOY_CHAT_WEIGHTS = {"arithmetic": 1, "sorting": 1, "reversing": 3, "fact": 2}
 HEDGES = ["I am not sure.", "I do not know.", "Let me think about it."]
 
 NOUNS = [
@@ -232,7 +240,8 @@ def chat(rng: random.Random) -> list[dict[str, str]]:
 
 def toy_chat(rng: random.Random, reserved: set[tuple]) -> list[dict[str, str]]:
     """A toy question answered as ANSWER_QUALITY says: right, a near miss, or a hedge."""
-    question, answer = fresh(rng.choice(TASKS), rng, reserved)
+    task = rng.choices(TASKS, weights=[TOY_CHAT_WEIGHTS[t.__name__] for t in TASKS])[0]
+    question, answer = fresh(task, rng, reserved)
     quality = rng.choices(list(ANSWER_QUALITY), weights=list(ANSWER_QUALITY.values()))[0]
     if quality == "near_miss":
         answer = near_miss(answer, rng)
