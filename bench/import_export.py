@@ -38,10 +38,11 @@ CPU (see feedback/services/imports/writing.py). Then one line per step:
 - seconds, rows/s: the step's work (interpreter start and Django setup excluded).
 - py cpu, pg cpu: CPU seconds of the step's process (all its threads) and of the PostgreSQL
   backend serving it. On 2 cores, wall time can't go below the larger of the two, nor below
-  half their sum. The import reads ahead in a thread, so its py and pg CPU overlap: its
-  seconds come close to the larger of the two on an idle machine. Other work on the machine
-  adds to the wall time, not to the CPU seconds: the load average is printed for that reason,
-  and CPU seconds are the figures to compare between runs on a busy machine.
+  half their sum. The import sends its rows to PostgreSQL from a thread of their own, so its
+  py and pg CPU overlap: its seconds come close to the larger of the two on an idle machine.
+  Other work on the machine adds to the wall time, not to the CPU seconds: the load average
+  is printed for that reason, and CPU seconds are the figures to compare between runs on a
+  busy machine.
 - RSS start: the process after its imports, before the work.
 - peak RSS: the largest resident set of the step's process and anything it started (wait4's
   ru_maxrss). It counts pages of memory-mapped files, which datasets uses for Arrow data, so

@@ -271,6 +271,32 @@ def test_same_prompt_with_new_completions_adds_items_to_the_existing_prompt(
     assert Item.objects.count() == 2
 
 
+def test_prompts_imported_before_are_found_by_rows_that_judge_them(
+    project, importer, tmp_path, monkeypatch
+):
+    """A project with prompts but no import keys: keys are known to be new, prompts are not."""
+    monkeypatch.setattr(services.imports, "BATCH", 2)
+    prompts = [{"prompt": f"P{n}?"} for n in range(5)]
+    run(project, write_jsonl(tmp_path / "prompts.jsonl", prompts), importer)
+    pairs = [{"prompt": f"P{n % 5}?", "chosen": f"c{n}", "rejected": "r"} for n in range(9)]
+    report = run(project, write_jsonl(tmp_path / "pairs.jsonl", pairs), importer)
+    assert report.ok, report.errors
+    assert report.created == {"prompts": 0, "completions": 18, "items": 9, "judgements": 9}
+    assert Prompt.objects.count() == 5
+    assert references_missing() == {}
+
+
+def test_the_filter_of_what_an_import_added_never_forgets_and_rarely_imagines():
+    from feedback.services.imports.writing import _Added
+
+    digest = lambda n: hashlib.sha256(str(n).encode()).hexdigest()  # noqa: E731
+    added = _Added()
+    added.add([digest(n) for n in range(50_000)])
+    assert added.among([digest(n) for n in range(50_000)]) == [digest(n) for n in range(50_000)]
+    assert len(added.among([digest(n) for n in range(50_000, 150_000)])) < 10
+    assert added.among([]) == []
+
+
 BAD_ROWS = [
     (b'{"prompt": "ok"}\n{"prompt": "broken\n', "row 2", "invalid JSON"),
     (b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', "row 2", "invalid UTF-8"),
@@ -358,7 +384,7 @@ def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_pa
     assert not [t for t in threading.enumerate() if t.name.startswith("import-")]
 
 
-def test_a_failure_while_reading_ahead_reaches_the_import_and_rolls_back(
+def test_a_failure_while_reading_reaches_the_import_and_rolls_back(
     project, importer, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(services.imports, "BATCH", 1000)  # two batches written first

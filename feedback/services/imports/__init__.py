@@ -54,7 +54,7 @@ from .parsing import (
     parsed_rows,
     required_kinds,
 )
-from .readers import BATCH, BadRow, check_limits, detect_format, read_ahead, read_rows
+from .readers import BATCH, BadRow, check_limits, detect_format, read_rows
 from .writing import BatchWriter, database
 
 __all__ = [
@@ -131,7 +131,6 @@ class _Validation:
                 continue
             report.shapes[parsed.shape] = report.shapes.get(parsed.shape, 0) + 1
             self.missing |= required_kinds(parsed.shape, self.options) - self.collected
-            _ = parsed.key  # hashed where rows are read: in the reading thread, on imports
             yield parsed
 
     def batches(self, path: Path) -> Iterator[tuple[int, list[ParsedRow]]]:
@@ -219,7 +218,7 @@ def _write_while_valid(
     """Write the file a batch at a time until it proves invalid, then only read on (so that
     every error is listed). Returns the rows skipped as already imported."""
     skipped = written = 0
-    with _no_cycle_collection(), read_ahead(validation.batches(path)) as batches:
+    with _no_cycle_collection(), contextlib.closing(validation.batches(path)) as batches:
         for rows_read, batch in batches:
             if validation.failed:
                 if progress:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import queue
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -22,7 +18,6 @@ from feedback.models import Split
 # statements, and 5000 rows (a few MB of Python objects) make that a tenth less server time
 # than 1000 did.
 BATCH = 5000
-T = TypeVar("T")
 _JSON_COLUMNS = ("messages", "completions", "chosen", "rejected", "tags", "prompt", "completion")
 
 
@@ -137,64 +132,3 @@ def _hf(path: Path) -> Iterator[tuple[int, dict | BadRow]]:
                 if split_name == "test":
                     row.setdefault("split", Split.TEST)
                 yield number, row
-
-
-# A thread waiting for the server takes the GIL back after at most this long (Python's default
-# is 5 ms) when the reading thread is busy: the server idles that long after every statement.
-_SWITCH_INTERVAL = 0.0005
-
-
-@contextlib.contextmanager
-def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[Iterator[T]]:
-    """`items`, computed by a thread of their own at most `depth` ahead of the consumer.
-
-    An import spends about as long in Python (reading, parsing, hashing) as waiting for the
-    database to write: reading the next batch while the last one is written uses both cores.
-    An exception raised while reading is raised to the consumer; leaving the block stops the
-    thread.
-    """
-    results: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def offer(done: bool, value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                results.put((done, value), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not offer(False, item):
-                    return
-        except BaseException as exc:  # handed to the consumer, which raises it
-            offer(True, exc)
-        else:
-            offer(True, None)
-        finally:
-            close = getattr(items, "close", None)
-            if close:
-                close()
-
-    def consume() -> Iterator[T]:
-        while True:
-            done, value = results.get()
-            if done:
-                if value is not None:
-                    raise value
-                return
-            yield value
-
-    thread = threading.Thread(target=produce, name="import-reader", daemon=True)
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(min(interval, _SWITCH_INTERVAL))
-    thread.start()
-    try:
-        yield consume()
-    finally:
-        stop.set()
-        thread.join()
-        sys.setswitchinterval(interval)

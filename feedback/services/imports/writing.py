@@ -94,6 +94,13 @@ class BatchWriter:
         # What the last batch written added, which the pending batch's lookups did not see.
         self._last_keys: set[str] = set()
         self._last_prompts: dict[str, int] = {}
+        # Into a project that had no import keys (or no prompts) before, a key (a prompt) can
+        # only exist if this import added it: only those the filter says it may have added
+        # are looked up. A row that another transaction adds meanwhile makes the COPY fail
+        # on the unique index, as it would were it added between a lookup and the COPY.
+        had_keys, had_prompts = db.imported_before(project)
+        self._keys_added = None if had_keys else _Added()
+        self._prompts_added = None if had_prompts else _Added()
 
     def write(self, batch: list[ParsedRow]) -> int:
         """Start `batch` and write the batch before it; returns how many of that batch's rows
@@ -111,14 +118,27 @@ class BatchWriter:
     def _prepare(self, batch: list[ParsedRow]) -> _Prepared:
         plans = [_Plan(row, *plan) for row in batch for plan in item_plans(row, self.options)]
         prompt_rows = [row for row in batch if row.shape == "prompts"]
+        keys = [plan.key for plan in plans]
+        if self._keys_added is not None:
+            keys = self._keys_added.among(keys)
+        maybe_prompts = None
+        if self._prompts_added is not None:
+            hashes = {plan.row.prompt_hash for plan in plans}
+            maybe_prompts = set(
+                self._prompts_added.among([*hashes, *(r.prompt_hash for r in prompt_rows)])
+            )
 
         def hashes_for(existing: set[str]) -> set[str]:
             # Prompts are looked up only for rows that may add something: a re-imported file,
             # whose items all exist, costs one lookup per batch.
             hashes = {plan.row.prompt_hash for plan in plans if plan.key not in existing}
-            return hashes | {row.prompt_hash for row in prompt_rows}
+            hashes |= {row.prompt_hash for row in prompt_rows}
+            return hashes if maybe_prompts is None else hashes & maybe_prompts
 
-        found = self.db.lookup(self.project, [plan.key for plan in plans], hashes_for)
+        if not keys and maybe_prompts == set():
+            found = _NOTHING_FOUND  # nothing this import may have added, nothing from before
+        else:
+            found = self.db.lookup(self.project, keys, hashes_for)
         return _Prepared(batch, plans, found)
 
     def _write(self, prepared: _Prepared) -> int:
@@ -141,6 +161,10 @@ class BatchWriter:
         new_prompts = self._prompts(needing, prompt_ids, now)
         skipped += sum(1 for row in batch if row.shape == "prompts" and row.prompt_hash in existed)
         self._last_keys, self._last_prompts = seen, new_prompts
+        if self._keys_added is not None:
+            self._keys_added.add(list(seen))
+        if self._prompts_added is not None:
+            self._prompts_added.add(list(new_prompts))
         if not fresh:
             return skipped
 
@@ -217,6 +241,47 @@ class BatchWriter:
             returning_ids=True,
         )
         return dict(zip(keys, ids, strict=True))
+
+
+def _nothing_found() -> tuple[set[str], dict[str, int]]:
+    return set(), {}
+
+
+_NOTHING_FOUND = _nothing_found
+
+
+class _Added:
+    """The hex digests (import keys, prompt hashes) an import has added, as a Bloom filter:
+    `among` may keep a digest that was not added (about 1 in 100,000 at a million added, 1 in
+    250 at the largest import allowed), never drops one that was. Its size is fixed, so
+    memory does not grow with the file. The digests are sha256 already: four 32-bit words of
+    each are its four positions."""
+
+    _BITS = 1 << 26  # 8 MB
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._np = np
+        self._bits = np.zeros(self._BITS // 8, dtype=np.uint8)
+
+    def _positions(self, digests: list[str]):
+        words = bytes.fromhex("".join(digest[:32] for digest in digests))
+        return self._np.frombuffer(words, dtype="<u4").reshape(-1, 4) & (self._BITS - 1)
+
+    def add(self, digests: list[str]) -> None:
+        if digests:
+            positions = self._positions(digests).ravel()
+            masks = self._np.left_shift(1, positions & 7).astype(self._np.uint8)
+            self._np.bitwise_or.at(self._bits, positions >> 3, masks)
+
+    def among(self, digests: list[str]) -> list[str]:
+        """Those of `digests` that may have been added."""
+        if not digests:
+            return []
+        positions = self._positions(digests)
+        hits = (self._bits[positions >> 3] >> (positions & 7).astype(self._np.uint8)) & 1
+        return [digest for digest, hit in zip(digests, hits.all(axis=1), strict=True) if hit]
 
 
 def item_plans(row: ParsedRow, options: ImportOptions) -> list[tuple[str, list[int], str]]:
@@ -325,6 +390,9 @@ class Database(Protocol):
         each locked against deletion until the import commits. Returns a function that waits
         for both. The lookups see the rows inserted before this call, and maybe some after."""
 
+    def imported_before(self, project: Project) -> tuple[bool, bool]:
+        """Whether the project has items with an import key, and whether it has prompts."""
+
     def analyze_filled(self) -> None:
         """Refresh the planner's statistics of tables this import filled (call it only when
         the rows are staying: a failed import is rolled back, and its statistics with it)."""
@@ -369,6 +437,10 @@ class _Orm:
         prompts = Prompt.objects.filter(project=project, content_hash__in=hashes)
         ids = dict(prompts.values_list("content_hash", "id")) if hashes else {}
         return lambda: (existing, ids)
+
+    def imported_before(self, project: Project) -> tuple[bool, bool]:
+        items = Item.objects.filter(project=project).exclude(import_key="")
+        return items.exists(), Prompt.objects.filter(project=project).exists()
 
     def analyze_filled(self) -> None:
         pass  # SQLite and others: their statistics are not what slows the exports down
