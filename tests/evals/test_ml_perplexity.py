@@ -419,3 +419,38 @@ def test_strided_perplexity_with_a_last_window_of_one_token(lm64):
     assert result["loglikelihood"] == pytest.approx(
         math.fsum(token_logprobs(model, ids, contexts)), rel=1e-7
     )
+
+
+def other_architecture(name: str):
+    """Tiny random models of other families, built from configs (nothing is downloaded)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    small = {"vocab_size": 100, "max_position_embeddings": 256, "hidden_size": 32}
+    small |= {"intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    if name == "gpt2":  # absolute positions, LayerNorm, Conv1D layers
+        config = tf.GPT2Config(vocab_size=100, n_positions=256, n_embd=32, n_layer=2, n_head=2)
+        return tf.GPT2LMHeadModel(config)
+    if name == "qwen2":  # grouped key/value heads: 2 query heads each
+        return tf.Qwen2ForCausalLM(tf.Qwen2Config(num_key_value_heads=2, **small))
+    if name == "mistral":  # a sliding window shorter than the requests: SDPA with a mask
+        config = tf.MistralConfig(num_key_value_heads=2, sliding_window=40, **small)
+        return tf.MistralForCausalLM(config)
+    # logits softcapped after the head: the probe must send it down the full-logits path
+    config = tf.Gemma2Config(
+        num_key_value_heads=1, head_dim=16, final_logit_softcapping=2.0, **small
+    )
+    return tf.Gemma2ForCausalLM(config)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "qwen2", "mistral", "gemma2"])
+def test_other_architectures_score_as_their_own_forward(name):
+    model = other_architecture(name).double().eval()
+    assert (_body_and_head(model) is None) == (name == "gemma2")
+    tokens = torch.randint(0, 100, (400,), generator=torch.Generator().manual_seed(1)).tolist()
+    requests = [(tokens[:n], tokens[n : n + 5]) for n in (3, 50, 120, 200)]
+    requests += [(tokens[:1], tokens[1:150]), (tokens[100:101], tokens[101:300])]
+    expected = full_logits_reference(model, requests, max_length=256)
+    for batch_size in (1, 3, 8):
+        ours = loglikelihood_tokens(model, requests, max_length=256, batch_size=batch_size)
+        assert ours == pytest.approx(expected, rel=1e-10)
