@@ -166,11 +166,10 @@ def _score_batch(model: PreTrainedModel, inputs: list[list[int]], targets: list[
         input_ids[row, :n_in] = torch.tensor(ids)
         target_ids[row, n_in - n_cont : n_in] = torch.tensor(target)
         mask[row, n_in - n_cont : n_in] = True
-    device = model.device
-    token_ll = scored_logprobs(model, input_ids.to(device), target_ids, mask.to(device))
+    token_ll = scored_logprobs(model, input_ids.to(model.device), target_ids, mask)
     # token_ll is in row-major order, as mask.nonzero() lists the positions
-    rows = mask.nonzero()[:, 0].to(device)
-    sums = torch.zeros(len(inputs), dtype=torch.float64, device=device)
+    rows = mask.nonzero()[:, 0].to(token_ll.device)
+    sums = torch.zeros(len(inputs), dtype=torch.float64, device=token_ll.device)
     return sums.index_add_(0, rows, token_ll.double()).tolist()
 
 
@@ -190,16 +189,18 @@ def scored_logprobs(
     head(body(input)) (softcapping, logit scaling, no separable head) take the full-logits path,
     which keeps logits from the first scored column on.
     """
-    target_ids = target_ids.to(input_ids.device)
     kwargs = _forward_kwargs(model)
     split = _body_and_head(model)
     if split is None:
         first = int(mask.int().argmax(dim=1).min())  # no logits needed before this position
         logits = _full_logits(model, input_ids, first, kwargs)
-        return _logprobs(logits[mask[:, first:]], target_ids[:, first:][mask[:, first:]])
+        # a model split over devices ends where its last layers are
+        scored = mask[:, first:].to(logits.device)
+        return _logprobs(logits[scored], target_ids[:, first:].to(logits.device)[scored])
     body, head = split
-    hidden = body(input_ids=input_ids, **kwargs).last_hidden_state[mask]
-    targets = target_ids[mask]
+    hidden = body(input_ids=input_ids, **kwargs).last_hidden_state
+    scored = mask.to(hidden.device)
+    hidden, targets = hidden[scored], target_ids.to(hidden.device)[scored]
     rows = max(1, HEAD_CHUNK_ELEMENTS // model.config.get_text_config().vocab_size)
     return torch.cat(
         [
@@ -216,6 +217,7 @@ def _logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     torch.logsumexp (max, subtract, exp, sum, log: a pass each)."""
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()  # bf16/fp16 logits lose digits in the softmax
+    targets = targets.to(logits.device)
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
