@@ -51,6 +51,9 @@ CPU (see feedback/services/imports/writing.py). Then one line per step:
   second): what the step itself holds, mapped files left out. "Memory flat" means this column
   (and pg anon) stays about the same from --rows 100000 to a million.
 - pg anon: the same for the PostgreSQL backend (its shared buffers left out).
+- pg wait: seconds the backend was ready to run but waited for a CPU (/proc/PID/schedstat):
+  other work on the machine. What is left of the step's seconds after pg cpu and pg wait is
+  the time the backend waited for Python: in the import, how well the two overlapped.
 
 The summary line gives each step's seconds, the largest peak RSS, and whether the goal was met.
 The goal (data issue): a million rows each way, import, re-import and snapshot, in under 60 s
@@ -205,6 +208,16 @@ class StepMonitor:
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
 
+    def _pg_waited(self) -> float:
+        """Seconds the backend has spent runnable but not running (0 if unreadable)."""
+        if self.backend is None:
+            return 0.0
+        try:
+            with open(f"/proc/{self.backend.pid}/schedstat") as handle:
+                return int(handle.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
     def _pg_cpu(self) -> float:
         if self.backend is None:
             return 0.0
@@ -222,6 +235,7 @@ class StepMonitor:
 
     def __enter__(self) -> StepMonitor:
         self.cpu, self.pg_cpu = time.process_time(), self._pg_cpu()
+        self.pg_wait = self._pg_waited()
         self.thread.start()
         return self
 
@@ -229,11 +243,13 @@ class StepMonitor:
         self.stopped.set()
         self.thread.join()
         self.cpu, self.pg_cpu = time.process_time() - self.cpu, self._pg_cpu() - self.pg_cpu
+        self.pg_wait = self._pg_waited() - self.pg_wait
 
     def result(self) -> dict[str, Any]:
         return {
             "py_cpu": self.cpu,
             "pg_cpu": self.pg_cpu if self.backend else None,
+            "pg_wait": self.pg_wait if self.backend else None,
             "anon": self.peak_anon,
             "pg_anon": self.peak_pg_anon or None,
         }
@@ -451,7 +467,7 @@ def report(args: argparse.Namespace, results: list[StepResult], facts: dict[str,
     )
     header = (
         f"{'step':<9} {'seconds':>7} {'rows/s':>8} {'py cpu':>6} {'pg cpu':>6} "
-        f"{'RSS start':>9} {'peak RSS':>9} {'peak anon':>9} {'pg anon':>8}  checks"
+        f"{'pg wait':>7} {'RSS start':>9} {'peak RSS':>9} {'peak anon':>9} {'pg anon':>8}  checks"
     )
     print(header)
     print("-" * len(header))
@@ -462,10 +478,12 @@ def report(args: argparse.Namespace, results: list[StepResult], facts: dict[str,
         failed += [f"{step.name}: {name}" for name, ok in checks.items() if not ok]
         verdict = "ok" if all(checks.values()) else "FAILED"
         pg_cpu = "-" if r["pg_cpu"] is None else f"{r['pg_cpu']:.1f}"
+        pg_wait = "-" if r.get("pg_wait") is None else f"{r['pg_wait']:.1f}"
         print(
             f"{step.name:<9} {r['seconds']:>7.1f} {n / r['seconds']:>8,.0f} {r['py_cpu']:>6.1f} "
-            f"{pg_cpu:>6} {mib(r['rss_start']):>9} {mib(step.peak_rss):>9} {mib(r['anon']):>9} "
-            f"{mib(r['pg_anon']):>8}  {verdict} ({', '.join(checks) or 'size ' + mib(r['bytes'])})"
+            f"{pg_cpu:>6} {pg_wait:>7} {mib(r['rss_start']):>9} {mib(step.peak_rss):>9} "
+            f"{mib(r['anon']):>9} {mib(r['pg_anon']):>8}  "
+            f"{verdict} ({', '.join(checks) or 'size ' + mib(r['bytes'])})"
         )
     by_name = {step.name: step for step in results}
     over = [name for name in GOAL_STEPS if by_name[name].result["seconds"] >= GOAL_SECONDS]
