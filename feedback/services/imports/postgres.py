@@ -20,6 +20,7 @@ result it needs, the end); the transaction is then rolled back as with any other
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import struct
 import sys
@@ -30,7 +31,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from operator import call
 from typing import Any, TypeVar
 
 import orjson
@@ -68,7 +68,6 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header ex
 _COPY_TRAILER = b"\xff\xff"
 _NULL = b"\xff\xff\xff\xff"
 _LENGTH = struct.Struct(">i").pack
-_FIELDS = struct.Struct(">h").pack
 _INT8 = struct.Struct(">iq").pack  # length 8, then the value
 _INT4 = struct.Struct(">ii").pack
 _INT2 = struct.Struct(">ih").pack
@@ -103,24 +102,78 @@ _ENCODERS: dict[int, Callable[[Any], bytes]] = {
 }
 
 
+# The values rows give, by type oid, for the generated row encoders: fixed-size ones as a
+# struct format character, variable-size ones as the expression of their bytes.
+_FIXED = {20: "q", 23: "i", 21: "h", 16: "?", 701: "d"}  # bigint, integer, smallint, bool, float8
+_VARIABLE = {25: "{}.encode()", 1043: "{}.encode()", 3802: "_dumps({})"}  # text, varchar, jsonb
+
+
+@functools.cache
+def _rows_encoder(types: tuple[int, ...], fields: int) -> Callable[[Iterable[tuple], bytes], bytes]:
+    """encode(rows, tail): the COPY stream of rows of values of these types, each followed by
+    `tail` (the encoded values every row shares), in a record of `fields` fields.
+
+    Generated for the types at hand so that a row costs one struct.pack per run of fields up
+    to the next variable-size value, instead of a call and a concatenation per value: it is
+    the importing thread's hottest loop. (Built by hand rather than by psycopg's write_row,
+    which looks up a dumper for every value, and encodes the shared columns once per row.)"""
+    names: dict[str, Any] = {"_dumps": orjson.dumps, "_EPOCH": _EPOCH}
+    names |= {"_MICROSECOND": timedelta(microseconds=1), "_HEADER": _COPY_HEADER}
+    names |= {"_TRAILER": _COPY_TRAILER}
+    values = [f"v{index}" for index in range(len(types))]
+    body: list[str] = []
+    pending = [">h", str(fields)]  # a struct format, then its arguments
+
+    def pack() -> None:
+        name = f"_pack{len(names)}"
+        names[name] = struct.Struct(pending[0]).pack
+        body.append(f"append({name}({', '.join(pending[1:])}))")
+        pending[:] = [">"]
+
+    for value, oid in zip(values, types, strict=True):
+        if oid in _FIXED:
+            code = _FIXED[oid]
+            pending[0] += "i" + code
+            pending += [str(struct.calcsize(">" + code)), value]
+        elif oid == 1184:  # timestamptz: microseconds since 2000-01-01
+            pending[0] += "iq"
+            pending += ["8", f"({value} - _EPOCH) // _MICROSECOND"]
+        else:
+            body.append(f"b{value} = {_VARIABLE[oid].format(value)}")
+            if oid == 3802:  # jsonb: a version byte (1), then the JSON text
+                pending[0] += "iB"
+                pending += [f"len(b{value}) + 1", "1"]
+            else:
+                pending[0] += "i"
+                pending.append(f"len(b{value})")
+            pack()
+            body.append(f"append(b{value})")
+    if len(pending) > 1:
+        pack()
+    source = (
+        "def encode(rows, tail):\n"
+        "    parts = [_HEADER]\n"
+        "    append = parts.append\n"
+        f"    for {', '.join(values)}, in rows:\n"
+        + "".join(f"        {line}\n" for line in body)
+        + "        append(tail)\n"
+        "    append(_TRAILER)\n"
+        "    return b''.join(parts)\n"
+    )
+    exec(source, names)
+    return names["encode"]
+
+
 @dataclass(frozen=True)
 class _CopyTarget:
     statement: str
-    encoders: list[Callable[[Any], bytes]]  # for the values a row gives
-    head: bytes  # the field count
-    tail: bytes  # the encoded `same` values and defaults that follow them
+    encode_rows: Callable[[Iterable[tuple], bytes], bytes]
+    tail: bytes  # the encoded `same` values and defaults that follow the values a row gives
     sequence: str
 
     def encode(self, rows: Iterable[tuple]) -> bytes:
-        """The whole COPY stream for these rows. Built by hand rather than by psycopg's
-        write_row, which looks up a dumper for every value, and which encodes the columns
-        every row shares once per row: here they are encoded once per batch."""
-        encoders, head, tail = self.encoders, self.head, self.tail
-        parts = [_COPY_HEADER]
-        for row in rows:
-            parts += (head, *map(call, encoders, row), tail)
-        parts.append(_COPY_TRAILER)
-        return b"".join(parts)
+        """The whole COPY stream for these rows."""
+        return self.encode_rows(rows, self.tail)
 
 
 class _Stopped(Exception):
@@ -408,8 +461,7 @@ class Postgres:
         return _CopyTarget(
             statement=f"COPY {quote(table)} ({', '.join(map(quote, names))}) "
             "FROM STDIN (FORMAT BINARY)",
-            encoders=[_ENCODERS[types[column]] for column in given_columns],
-            head=_FIELDS(len(names)),
+            encode_rows=_rows_encoder(tuple(types[column] for column in given_columns), len(names)),
             tail=b"".join(
                 _NULL if value is None else _ENCODERS[types[column]](value)
                 for column, value in tail
