@@ -54,7 +54,7 @@ _ANALYZE_SHARE = 0.1
 _IDS_LOW, _IDS_DRAWN = 2, 6
 
 # Statements the pipe holds before the importing thread waits (a batch makes 6 to 10).
-_PIPE_DEPTH = 16
+_PIPE_DEPTH = 10
 
 # How long the importing thread may keep the interpreter when the pipe wants it back, after each
 # wait on the server (Python's default is 5 ms): the server idles that long at every statement
