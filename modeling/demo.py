@@ -119,9 +119,18 @@ SCALES: dict[str, DemoScale] = {
         # rate (5e-5 to 3e-4 gave 0.57-0.62): telling a right answer from a wrong one needs
         # knowing it, which the tiny model often does not (arithmetic, sorting).
         reward={"learning_rate": 3e-4, "epochs": 2, "batch_size": 16, "max_length": 128},
-        # One epoch: ~1,900 pairs, sharing their chosen reply 4 or 5 times over. (5e-6 left DPO
-        # so close to SFT that all 100 same-seed next-round pairs were identical.)
-        dpo={"learning_rate": 5e-5, "epochs": 1, "batch_size": 16, "max_length": 128, "beta": 0.1},
+        # 120 updates, about one epoch of the ~1,900 pairs of 500 prompts (each chosen reply is
+        # in 4 or 5 of them). A fixed budget, not epochs: a full epoch of 1,200 prompts' 4,900
+        # pairs (305 updates) undid what SFT had taught (reversed words right 43 -> 34 of 64),
+        # 120 kept it (40 of 64). 5e-6 left DPO so close to SFT that all 100 same-seed
+        # next-round pairs were identical.
+        dpo={
+            "learning_rate": 5e-5,
+            "max_steps": 120,
+            "batch_size": 16,
+            "max_length": 128,
+            "beta": 0.1,
+        },
         # A short PPO run: 8 updates of 16 rollouts, answers being a few tokens long.
         ppo={
             "learning_rate": 1e-5,
