@@ -1,6 +1,6 @@
 import pytest
 
-from evals.toytask import is_correct, sample, solve
+from evals.toytask import is_correct, kind, sample, solve
 from modeling.ml.corpus import TASKS
 
 
@@ -43,3 +43,15 @@ def test_grading_is_lenient_about_form_but_not_content():
 def test_sample_is_reproducible():
     assert sample(20, seed=3) == sample(20, seed=3)
     assert all(solve(q) == a for q, a in sample(50))
+
+
+def test_every_generated_question_has_the_kind_of_its_generator():
+    import random
+
+    rng = random.Random(3)
+    names = {"arithmetic": "arithmetic", "sorting": "sorting", "reversing": "reversing"}
+    for _ in range(400):
+        task = rng.choice(TASKS)
+        question, _ = task(rng)
+        assert kind(question) == names.get(task.__name__, "facts"), question
+    assert kind("Explain recursion.") is None
