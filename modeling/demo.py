@@ -547,7 +547,9 @@ def _comparison_items(project: Project, replies: dict[int, list[Completion]]) ->
         candidates = candidates[: MAX_RANKED - (demonstration is not None)]
         if len(candidates) + (demonstration is not None) < 2:
             continue
-        random.Random(prompt_id).shuffle(candidates)  # where the demonstration lands is chance
+        # In no telling order (a position bias must not line up with the source): base and SFT
+        # replies mixed, the demonstration anywhere among them.
+        random.Random(prompt_id).shuffle(candidates)
         with transaction.atomic():
             if demonstration is not None:
                 candidates.insert(
