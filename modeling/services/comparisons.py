@@ -21,7 +21,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from feedback import services as feedback_services
-from feedback.models import Completion, CompletionSource, Project, Prompt, TaskKind
+from feedback.models import Completion, CompletionSource, Project, Prompt, Split, TaskKind
 from modeling.models import Checkpoint, CheckpointKind
 
 from .checkpoints import require_admin
@@ -108,8 +108,9 @@ def comparisons_request(
 
 
 def _pick_prompts(project: Project, checkpoint: Checkpoint, batch: str, n: int) -> list[Prompt]:
-    """Prompts this checkpoint has not yet answered in a comparison, oldest first; a resumed batch
-    counts the prompts it already covered."""
+    """Train prompts this checkpoint has not yet answered in a comparison, oldest first; a resumed
+    batch counts the prompts it already covered. Held-out prompts stay out: their labels could
+    only ever land in a snapshot's test split, and the next round is meant to be trained on."""
     answered = Completion.objects.filter(
         prompt__project=project,
         source=CompletionSource.CHECKPOINT,
@@ -120,7 +121,7 @@ def _pick_prompts(project: Project, checkpoint: Checkpoint, batch: str, n: int) 
     if remaining <= 0:
         return []
     return list(
-        Prompt.objects.filter(project=project)
+        Prompt.objects.filter(project=project, split=Split.TRAIN)
         .exclude(pk__in=answered.values("prompt_id"))
         .order_by("id")[:remaining]
     )

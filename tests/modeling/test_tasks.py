@@ -26,7 +26,7 @@ from django.db import connection
 from django.utils import timezone
 
 from config.celery import CeleryQueue, app
-from feedback.models import Completion, CompletionSource, Item, TaskKind
+from feedback.models import Completion, CompletionSource, Item, Prompt, Split, TaskKind
 from modeling import services
 from modeling.models import Checkpoint, JobStatus, TrainingJob
 from modeling.tasks import generate_comparisons, train_job
@@ -272,6 +272,9 @@ def test_generated_comparisons_become_pairwise_tasks_once(
         )
     ).result
     items_before = Item.objects.filter(kind=TaskKind.PAIRWISE).count()
+    # The oldest prompt is held out: the next round is trained on, so it must not get items.
+    held_out = labelled_project.prompts.order_by("id").first()
+    Prompt.objects.filter(pk=held_out.pk).update(split=Split.TEST)
     message = (sft.pk, labelled_project.pk, None, 3)
     options = {"batch": "b1", "max_new_tokens": 12, "temperature": 1.0, "seed": 1}
 
@@ -291,3 +294,5 @@ def test_generated_comparisons_become_pairwise_tasks_once(
         assert second.generation_params["checkpoint_id"] == base_checkpoint.pk
         assert first.generation_params["batch"] == "b1"
     assert Completion.objects.filter(generation_params__batch="b1").count() == 2 * len(new_items)
+    assert held_out.pk not in {item.prompt_id for item in new_items}
+    assert not Completion.objects.filter(prompt=held_out, generation_params__batch="b1").exists()
