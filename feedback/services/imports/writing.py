@@ -136,7 +136,7 @@ class BatchWriter:
             return hashes if maybe_prompts is None else hashes & maybe_prompts
 
         if not keys and maybe_prompts == set():
-            found = _NOTHING_FOUND  # nothing this import may have added, nothing from before
+            found = _nothing_found  # nothing this import may have added, nothing from before
         else:
             found = self.db.lookup(self.project, keys, hashes_for)
         return _Prepared(batch, plans, found)
@@ -247,13 +247,10 @@ def _nothing_found() -> tuple[set[str], dict[str, int]]:
     return set(), {}
 
 
-_NOTHING_FOUND = _nothing_found
-
-
 class _Added:
     """The hex digests (import keys, prompt hashes) an import has added, as a Bloom filter:
     `among` may keep a digest that was not added (about 1 in 100,000 at a million added, 1 in
-    250 at the largest import allowed), never drops one that was. Its size is fixed, so
+    230 at the largest import allowed), never drops one that was. Its size is fixed, so
     memory does not grow with the file. The digests are sha256 already: four 32-bit words of
     each are its four positions."""
 
