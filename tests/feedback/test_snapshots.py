@@ -676,7 +676,7 @@ def test_a_large_import_refreshes_the_statistics_of_the_tables_it_filled(
     # costs the server five times the CPU. "Large" is lowered here to keep the test small.
     from django.db import connection
 
-    from feedback.services.imports import writing
+    from feedback.services.imports import postgres as writing
 
     monkeypatch.setattr(writing, "_ANALYZE_AFTER", 3)
     project = ProjectFactory(task_kinds=[TaskKind.PAIRWISE])
