@@ -158,9 +158,7 @@ def _standing(
     sql = _sql()["standing"].format(kind="AND i.kind = %s" if kind else "")
     params = [has_role(annotator, Role.ADMIN), project.pk, annotator.pk, project.pk]
     params += [annotator.pk, project.pk, _db_time(now), *([kind] if kind else [])]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        allowed, current = cursor.fetchone()
+    ((allowed, current),) = rows.fetch(sql, params)
     return bool(allowed), current
 
 
@@ -182,17 +180,13 @@ def _lock_candidate(
     found = rows.fetch(sql, params)
     if not found:
         return None
-    item_values, prompt_values, _, _, _ = rows.split(
-        found[0], Item, Prompt, ItemCompletion, Completion
-    )
+    parts = [rows.split(row, Item, Prompt, ItemCompletion, Completion) for row in found]
+    item_values, prompt_values, *_ = parts[0]
     item = rows.instance(Item, item_values)
     item.project = project
     item.prompt = rows.instance(Prompt, prompt_values)
     links = []
-    for row in found:
-        _, _, link_values, completion_values, _ = rows.split(
-            row, Item, Prompt, ItemCompletion, Completion
-        )
+    for _, _, link_values, completion_values, _ in parts:
         if link_values[0] is None:  # a demonstration: no completions
             continue
         link = rows.instance(ItemCompletion, link_values)
@@ -222,12 +216,10 @@ def _take_slot(
     params += [_db_time(assignment.expires_at)]
     params += [connection.ops.adapt_json_value(assignment.display_order, None)]
     params += [item.pk, annotator.pk, _db_time(now), limit]
-    with connection.cursor() as cursor:
-        cursor.execute(_sql()["lease"], params)
-        row = cursor.fetchone()
-    if row is None:
+    taken = rows.fetch(_sql()["lease"], params)
+    if not taken:
         return None
-    assignment.pk = row[0]
+    assignment.pk = taken[0][0]
     assignment._state.adding = False
     return assignment
 
