@@ -45,7 +45,7 @@ run: setup
 	@DEBUG=1 $(BIN)/python manage.py register_model var/models/tiny --name tiny-base --if-missing
 	$(SERVE)
 
-# One simulated round of the whole loop on the toy tasks (modeling/demo.py: SFT, reward model,
+# One simulated round of the whole loop on the toy tasks (loop/demo.py: SFT, reward model,
 # DPO, PPO, evaluations, next round's comparisons; jobs run in this process; it ends with a
 # per-stage wall/CPU time table), then the app on it.
 demo: setup

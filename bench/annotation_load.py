@@ -295,6 +295,7 @@ def create_dataset(cfg: Config) -> Dataset:
     from django.contrib.auth.models import Group
     from django.db import transaction
 
+    from core.roles import Role
     from feedback import services
     from feedback.demo import GUIDELINES
     from feedback.models import (
@@ -305,7 +306,6 @@ def create_dataset(cfg: Config) -> Dataset:
         Prompt,
         TaskKind,
     )
-    from feedback.roles import Role
     from feedback.services.projects import prompt_hash
 
     rng = random.Random(cfg.seed)

@@ -64,8 +64,8 @@ sys.path.insert(0, str(REPO))
 def documents(n_paragraphs: int, seed: int) -> list[str]:
     """Held-out prose: corpus-grammar paragraphs not in the training corpus, grouped into
     documents of 1-24 paragraphs (about 45 tokens each)."""
-    from evals.ml.taskgen import corpus_seen
-    from modeling.ml.corpus import paragraph
+    from loop.corpus import paragraph
+    from loop.taskgen import corpus_seen
 
     rng = random.Random(seed)
     _, seen = corpus_seen()
@@ -122,7 +122,8 @@ def bench_perplexity(args) -> dict:
 
     from evals.ml import rolling_loglikelihood
     from evals.ml.lm import resolve_max_length
-    from modeling.ml import build_tiny_model, load_causal_lm, load_tokenizer
+    from loop.tiny import build_tiny_model
+    from modeling.ml import load_causal_lm, load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="eval-throughput-") as tmp:
         path = args.model

@@ -198,10 +198,10 @@ def labelled_snapshots(n_prompts: int):
     snapshots (nothing held out)."""
     from django.contrib.auth.models import Group, User
 
-    from evals.toytask import sample
+    from core.roles import Role
     from feedback import services
     from feedback.models import TaskKind
-    from feedback.roles import Role
+    from loop.toytask import sample
 
     for role in Role:
         Group.objects.get_or_create(name=role.value)
@@ -343,8 +343,8 @@ def overhead(args) -> int:
         log(f"load average {load_average()}; work dir {work}")
         env = app_env(work)
         setup_django(env)
+        from loop.tiny import build_tiny_model
         from modeling import services
-        from modeling.ml import build_tiny_model
 
         model = args.model
         if not model:
@@ -496,7 +496,7 @@ def gpu_dataset(directory: Path, tokenizer, rows: int, eval_rows: int, max_lengt
     max_length tokens (truncated there): tokens/s then measures full batches."""
     import random
 
-    from modeling.ml.corpus import paragraph
+    from loop.corpus import paragraph
 
     rng = random.Random(0)
     directory.mkdir(parents=True, exist_ok=True)
@@ -521,7 +521,8 @@ def gpu(args) -> int:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaModel
 
-    from modeling.ml import build_tiny_model, parse_job_config, train
+    from loop.tiny import build_tiny_model
+    from modeling.ml import parse_job_config, train
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: use --device cpu for a smoke test")

@@ -1,10 +1,12 @@
 """The Celery app. Workers: `celery -A config worker -Q default` (CPU) and, one per GPU,
-`celery -A config worker -Q gpu --concurrency 1 --prefetch-multiplier 1`."""
+`celery -A config worker -Q gpu --concurrency 1 --prefetch-multiplier 1`; one `celery -A config
+beat` per deployment for the scheduled sweep."""
 
 import os
 from enum import StrEnum
 
 from celery import Celery
+from django.conf import settings
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -23,8 +25,18 @@ app.conf.task_queues = [Queue(q.value) for q in CeleryQueue]
 app.conf.task_routes = {
     "modeling.tasks.*": {"queue": CeleryQueue.GPU.value},
     "evals.tasks.*": {"queue": CeleryQueue.GPU.value},
+    "loop.tasks.*": {"queue": CeleryQueue.GPU.value},
 }
 app.autodiscover_tasks()
+# Celery beat (`celery -A config beat`; `make run` starts it beside the worker) fails background
+# work whose worker died or overran, so no page view has to notice (jobs.tasks.sweep).
+app.conf.beat_schedule = {
+    "jobs-sweep": {
+        "task": "jobs.tasks.sweep",
+        "schedule": settings.VEREDICTO_JOB_SWEEP_SECONDS,
+        "options": {"queue": CeleryQueue.DEFAULT.value, "expires": 60},
+    },
+}
 
 
 @app.task(name="config.ping")

@@ -42,9 +42,14 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "ninja",
+    # The project's apps, lowest first: each depends only on those above it in this list
+    # (import-linter checks it; README "Code map").
+    "core",
+    "jobs",
     "feedback",
     "modeling",
     "evals",
+    "loop",
 ]
 
 MIDDLEWARE = [
@@ -73,7 +78,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "feedback.context_processors.roles",
+                "core.context_processors.roles",
             ],
         },
     },
@@ -120,9 +125,9 @@ if TESTING:
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # ModelBackend's sign-in; the signed-in user is loaded with their roles in one query.
-AUTHENTICATION_BACKENDS = ["feedback.auth.RoleLoadingBackend"]
+AUTHENTICATION_BACKENDS = ["core.auth.RoleLoadingBackend"]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "home"
+LOGIN_REDIRECT_URL = "feedback:home"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
@@ -188,12 +193,20 @@ VEREDICTO_MAX_TEXT_CHARS = env.int("VEREDICTO_MAX_TEXT_CHARS", 20_000)
 VEREDICTO_IMPORT_MAX_BYTES = env.int("VEREDICTO_IMPORT_MAX_BYTES", 4 * 1024**3)
 VEREDICTO_IMPORT_MAX_ROWS = env.int("VEREDICTO_IMPORT_MAX_ROWS", 5_000_000)
 
-# Training jobs. While a job trains, a background thread in its worker writes `heartbeat_at` every
-# HEARTBEAT seconds (progress writes count too). A running job silent for STALE seconds is marked
-# failed ("worker stopped responding") when a job page is read; a worker that starts fails the
-# jobs it left running at once. Keep STALE well above HEARTBEAT plus a slow database write.
+# Background work (training jobs, evaluation runs, comparison generation, imports, snapshots;
+# jobs.services). While a row runs, a thread in its worker writes `heartbeat_at` every HEARTBEAT
+# seconds (progress writes count too). Celery beat runs the sweep every SWEEP seconds: a running
+# row silent for STALE seconds is failed ("worker stopped responding"), as is one past its hard
+# time limit; a worker that starts fails the rows it left running at once. Keep STALE well above
+# HEARTBEAT plus a slow database write.
 VEREDICTO_JOB_HEARTBEAT_SECONDS = env.float("VEREDICTO_JOB_HEARTBEAT_SECONDS", 10.0)
 VEREDICTO_JOB_STALE_SECONDS = env.float("VEREDICTO_JOB_STALE_SECONDS", 60.0)
+VEREDICTO_JOB_SWEEP_SECONDS = env.float("VEREDICTO_JOB_SWEEP_SECONDS", 15.0)
+# Fault drills only: a worker pauses this long right after claiming a row, so that a test can
+# kill it mid-run (tests/jobs/test_worker_faults.py). Refused outside DEBUG/testing below.
+VEREDICTO_FAULT_DRILL_PAUSE_SECONDS = env.float("VEREDICTO_FAULT_DRILL_PAUSE_SECONDS", 0.0)
+if VEREDICTO_FAULT_DRILL_PAUSE_SECONDS and not (DEBUG or TESTING):
+    raise ImproperlyConfigured("VEREDICTO_FAULT_DRILL_PAUSE_SECONDS is for tests and DEBUG only.")
 # Progress (step, metrics, log tail) is written at most this often; cancel is polled as often.
 VEREDICTO_JOB_PROGRESS_SECONDS = env.float("VEREDICTO_JOB_PROGRESS_SECONDS", 1.0)
 # Default wall-clock limit of one training attempt (Celery soft limit; the hard one adds 5 min).

@@ -19,7 +19,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", healthz),
+    # Each app's pages under its own prefix (README "Code map"); labelling is the root.
+    path("account/", include("core.urls")),
+    path("train/", include("modeling.urls")),
+    path("evals/", include("evals.urls")),
+    path("loop/", include("loop.urls")),
     path("", include("feedback.urls")),
-    path("", include("modeling.urls")),
-    path("", include("evals.urls")),
 ]

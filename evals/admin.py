@@ -15,7 +15,7 @@ class EvalResultInline(admin.TabularInline):
 
 @admin.register(EvalRun)
 class EvalRunAdmin(admin.ModelAdmin):
-    list_display = ["id", "checkpoint", "suite", "task", "status", "host", "created_at"]
+    list_display = ["id", "checkpoint", "suite", "task", "status", "worker_host", "created_at"]
     list_filter = ["suite", "status"]
     search_fields = ["checkpoint__name", "task", "error"]
     raw_id_fields = [
@@ -30,7 +30,7 @@ class EvalRunAdmin(admin.ModelAdmin):
     # Runs are records of what happened: launch and re-run them from the dashboard instead.
     readonly_fields = [
         "checkpoint", "suite", "task", "params", "reference", "judge", "snapshot", "status",
-        "host", "heartbeat_at", "error", "summary", "created_by", "triggered_by_job",
+        "worker_host", "heartbeat_at", "error", "summary", "created_by", "triggered_by_job",
         "created_at", "started_at", "finished_at",
     ]  # fmt: skip
 

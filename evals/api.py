@@ -26,13 +26,13 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 from ninja.pagination import LimitOffsetPagination, paginate
 
+from core.api import ERRORS, lookup  # one error shape for the whole API
+from core.errors import PermissionDenied
+from core.roles import Role, has_role
 from evals import selectors, services
 from evals.models import EvalRun, RunStatus, Suite
 from evals.services.runs import SUITE_PARAMS
-from feedback.api import ERRORS, lookup  # one error shape for the whole API
-from feedback.errors import PermissionDenied
 from feedback.models import DatasetSnapshot, Project
-from feedback.roles import Role, has_role
 from modeling.models import Checkpoint
 
 router = Router(tags=["evaluation"])
@@ -212,7 +212,6 @@ def list_runs(
     status: RunStatus | None = None,
 ):
     _require(request, *VIEWING)
-    services.eval_runs_mark_stale()  # as the run pages do: a dead worker's run reads `failed`
     return selectors.eval_runs(checkpoint_id=checkpoint_id, suite=suite, status=status)
 
 
@@ -226,7 +225,6 @@ def _run_detail(run_id: int) -> EvalRun:
 @router.get("/evals/runs/{run_id}", response={200: EvalRunDetailOut, **ERRORS})
 def get_run(request, run_id: int):
     _require(request, *VIEWING)
-    services.eval_runs_mark_stale()
     return _run_detail(run_id)
 
 

@@ -7,7 +7,8 @@ from typing import Any
 from django import forms
 
 from evals.models import Suite
-from feedback.models import DatasetSnapshot, Project, SnapshotKind, SnapshotStatus
+from feedback.models import DatasetSnapshot, Project, SnapshotKind
+from jobs.models import Status
 from modeling.models import Checkpoint, CheckpointKind
 
 DATE = forms.DateInput(attrs={"type": "date"})
@@ -80,7 +81,7 @@ class EvalRunForm(forms.Form):
     )
     snapshot = forms.ModelChoiceField(
         DatasetSnapshot.objects.filter(
-            kind=SnapshotKind.PREFERENCE, status=SnapshotStatus.READY
+            kind=SnapshotKind.PREFERENCE, status=Status.SUCCEEDED
         ).select_related("project"),
         required=False,
         help_text="Reward accuracy: score its test split (empty: the shipped held-out pairs).",

@@ -16,6 +16,7 @@ from django.db import models
 from django.utils import timezone
 
 from feedback.models import DatasetSnapshot
+from jobs.models import ACTIVE_STATUSES, BackgroundWork, Status
 from modeling.models import Checkpoint, TrainingJob
 
 
@@ -35,17 +36,12 @@ POLICY_SUITES = frozenset(
 REWARD_SUITES = frozenset({Suite.REWARD_ACCURACY})
 
 
-class RunStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
+# Evaluation runs follow the lifecycle every kind of background work shares (jobs.models).
+RunStatus = Status
+ACTIVE_RUN_STATUSES = ACTIVE_STATUSES
 
 
-ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
-
-
-class EvalRun(models.Model):
+class EvalRun(BackgroundWork):
     # PROTECT, like the lineage: a checkpoint's evaluation history is not deleted in passing.
     checkpoint = models.ForeignKey(Checkpoint, on_delete=models.PROTECT, related_name="eval_runs")
     suite = models.CharField(max_length=20, choices=Suite.choices)
@@ -67,10 +63,6 @@ class EvalRun(models.Model):
         DatasetSnapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="eval_runs"
     )
 
-    status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED)
-    host = models.CharField(max_length=255, blank=True, help_text="Worker that ran it.")
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    error = models.TextField(blank=True)
     summary = models.JSONField(
         default=dict, blank=True, help_text="Counts behind the metrics (tokens, wins, …)."
     )
@@ -82,8 +74,9 @@ class EvalRun(models.Model):
         TrainingJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="eval_runs"
     )
     created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Generous for the shipped suites on a big model; the sweep fails a run past it.
+    time_limit_seconds = 6 * 3600
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -94,10 +87,6 @@ class EvalRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_suite_display()} {self.task} on {self.checkpoint} (#{self.pk})"
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE_RUN_STATUSES
 
     @property
     def seconds(self) -> float | None:

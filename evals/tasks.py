@@ -9,20 +9,19 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from celery.signals import worker_init
 from django.db import InterfaceError, OperationalError
 
 from evals import services
 from evals.models import EvalRun
-from modeling.services.heartbeat import fail_left_running, worker_name
+from jobs.tasks import worker_name
 
 logger = logging.getLogger(__name__)
 
 # Only a database that is briefly unreachable is worth retrying: before the claim nothing has
 # happened, after it the claim makes the retry a no-op. Evaluation errors are final.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
-# Generous for the shipped suites on a big model; the hard limit kills a wedged process.
-EVAL_SOFT_TIME_LIMIT = 6 * 3600
+# The hard limit kills a wedged process; the scheduled sweep then fails the run.
+EVAL_SOFT_TIME_LIMIT = EvalRun.time_limit_seconds
 EVAL_HARD_TIME_LIMIT = EVAL_SOFT_TIME_LIMIT + 300
 
 
@@ -41,13 +40,4 @@ def run_eval(self, run_id: int) -> str:
         logger.warning("Eval run %s does not exist; dropping the message", run_id)
         return "missing"
     host = worker_name(self.request.hostname)
-    return services.run_eval(run, host=host).status
-
-
-@worker_init.connect
-def fail_runs_left_running(sender, **kwargs) -> None:
-    fail_left_running(
-        sender,
-        lambda host, started: services.eval_runs_fail_orphaned(host=host, started_before=started),
-        "evaluation runs",
-    )
+    return services.run_eval(run, worker_host=host).status

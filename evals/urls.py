@@ -2,6 +2,8 @@ from django.urls import path
 
 from . import views
 
+app_name = "evals"  # mounted at /evals/
+
 urlpatterns = [
     path("dashboard/", views.dashboard, name="dashboard"),
     path("dashboard/evaluations.csv", views.dashboard_csv, name="dashboard-csv"),
@@ -14,8 +16,8 @@ urlpatterns = [
         views.checkpoint_defaults,
         name="eval-defaults",
     ),
-    path("evals/runs/new/", views.run_new, name="eval-run-new"),
-    path("evals/runs/<int:run_id>/", views.run_detail, name="eval-run"),
-    path("evals/runs/<int:run_id>/rerun/", views.run_rerun, name="eval-run-rerun"),
+    path("runs/new/", views.run_new, name="eval-run-new"),
+    path("runs/<int:run_id>/", views.run_detail, name="eval-run"),
+    path("runs/<int:run_id>/rerun/", views.run_rerun, name="eval-run-rerun"),
     path("projects/<int:project_id>/leaderboard/", views.leaderboard, name="leaderboard"),
 ]

@@ -15,6 +15,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from core.forms import add_service_errors
+from core.roles import Role, role_required
 from evals import selectors, services
 from evals.forms import CompareForm, DashboardFilterForm, EvalRunForm
 from evals.ml.lm_eval_adapter import shipped_lm_eval_task_names
@@ -22,8 +24,6 @@ from evals.ml.tasks import shipped_tasks
 from evals.models import EvalRun, Suite
 from evals.selectors import SUITE_DEFINITIONS
 from feedback.models import Project
-from feedback.roles import Role, role_required
-from modeling.forms import add_service_errors
 from modeling.models import Checkpoint
 
 VIEWING = (Role.REVIEWER, Role.ADMIN)
@@ -34,7 +34,6 @@ DASHBOARD_PARTIALS = {"dashboard-results", "metric-chart"}
 @require_GET
 @role_required(*VIEWING)
 def dashboard(request: HttpRequest) -> HttpResponse:
-    services.eval_runs_mark_stale()
     target = request.htmx.target if request.htmx else None
     if target == "eval-runs":  # the recent-runs poll needs nothing else
         return render(request, "evals/dashboard.html#eval-runs", _recent_runs())
@@ -80,7 +79,6 @@ def compare(request: HttpRequest) -> HttpResponse:
 @require_GET
 @role_required(*VIEWING)
 def checkpoint_evals(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
-    services.eval_runs_mark_stale()
     checkpoint = get_object_or_404(
         Checkpoint.objects.select_related("base_model", "parent", "job", "snapshot__project"),
         pk=checkpoint_id,
@@ -96,7 +94,6 @@ def checkpoint_evals(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
 @require_GET
 @role_required(*VIEWING)
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    services.eval_runs_mark_stale()
     try:
         run = selectors.run_detail(run_id)
     except EvalRun.DoesNotExist:
@@ -120,7 +117,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
             add_service_errors(form, exc)
         else:
             messages.success(request, f"Evaluation run #{run.pk} is queued for a GPU worker.")
-            return redirect("eval-run", run_id=run.pk)
+            return redirect("evals:eval-run", run_id=run.pk)
     status = 422 if form.is_bound else 200
     # Our shipped tasks, then the same multiple-choice tasks as lm-eval tasks (suite lm_eval).
     task_names = sorted(shipped_tasks()) + shipped_lm_eval_task_names()
@@ -136,9 +133,9 @@ def run_rerun(request: HttpRequest, run_id: int) -> HttpResponse:
         again = services.eval_run_rerun(run=run, requested_by=request.user)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
-        return redirect("eval-run", run_id=run.pk)
+        return redirect("evals:eval-run", run_id=run.pk)
     messages.success(request, f"Run #{again.pk} repeats run #{run.pk}; both stay in the history.")
-    return redirect("eval-run", run_id=again.pk)
+    return redirect("evals:eval-run", run_id=again.pk)
 
 
 @require_POST
@@ -150,7 +147,7 @@ def checkpoint_defaults(request: HttpRequest, checkpoint_id: int) -> HttpRespons
         messages.success(request, f"Queued {len(runs)} evaluation runs for a GPU worker.")
     else:
         messages.error(request, f"A {checkpoint.kind} model has no default evaluation.")
-    return redirect("eval-checkpoint", checkpoint_id=checkpoint.pk)
+    return redirect("evals:eval-checkpoint", checkpoint_id=checkpoint.pk)
 
 
 @require_GET

@@ -11,8 +11,10 @@ from ninja import Field, File, Form, Router, Schema
 from ninja.files import UploadedFile
 from ninja.pagination import LimitOffsetPagination, paginate
 
+from core.api import ERRORS
+from core.errors import PermissionDenied
+from core.roles import Role, has_role
 from feedback import selectors, services, tasks
-from feedback.errors import PermissionDenied
 from feedback.models import (
     Assignment,
     DataImport,
@@ -24,7 +26,6 @@ from feedback.models import (
     RankingJudgement,
     TaskKind,
 )
-from feedback.roles import Role, has_role
 from feedback.services.imports import ImportOptions
 from feedback.views.data import DOWNLOADS
 
@@ -48,16 +49,6 @@ def _project_for(request: HttpRequest, project_id: int) -> Project:
 class Message(Schema):
     role: str
     content: str
-
-
-class ErrorBody(Schema):
-    code: str
-    message: str
-    details: Any = None
-
-
-class Error(Schema):
-    error: ErrorBody
 
 
 class ProjectOut(Schema):
@@ -200,20 +191,6 @@ class SnapshotOut(Schema):
             **{f: getattr(snapshot, f) for f in SnapshotOut.model_fields if f != "files"},
             files=files,
         )
-
-
-ERRORS = {401: Error, 403: Error, 404: Error, 409: Error, 422: Error}
-
-
-def lookup(model, pk: int | None, field: str, missing: dict[str, str], what: str = ""):
-    """The row with this id, or None; an unknown id is noted in ``missing`` under the field's
-    name, so that a request naming several rows is refused once, naming each one it lacks."""
-    if pk is None:
-        return None
-    found = model.objects.filter(pk=pk).first()
-    if found is None:
-        missing[field] = f"No {what or model._meta.verbose_name} #{pk}."
-    return found
 
 
 # --- projects and the queue --------------------------------------------------------------------

@@ -14,6 +14,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from jobs.models import BackgroundWork, Status
+
 
 class TaskKind(models.TextChoices):
     DEMONSTRATION = "demonstration", "Write a demonstration"
@@ -342,28 +344,19 @@ class SnapshotKind(models.TextChoices):
     PROMPTS = "prompts", "Prompts only"
 
 
-class SnapshotStatus(models.TextChoices):
-    BUILDING = "building", "Building"
-    READY = "ready", "Ready"
-    FAILED = "failed", "Failed"
-
-
-class DatasetSnapshot(models.Model):
+class DatasetSnapshot(BackgroundWork):
     """An immutable export of a project's judgements under a named policy.
 
     Its files live in `directory` (relative to MEDIA_ROOT): `train.jsonl` and `test.jsonl` in the
     shapes TRL trainers load directly, plus Parquet copies and a `datasets.save_to_disk` folder.
     Training jobs only ever read snapshots, so every checkpoint can name the labels that made it.
+    Building one is background work (jobs.models): queued, running, then succeeded (ready).
     """
 
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="snapshots")
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=SnapshotKind.choices)
     policy = models.JSONField(default=dict, help_text="Filters and aggregation used.")
-    status = models.CharField(
-        max_length=12, choices=SnapshotStatus.choices, default=SnapshotStatus.BUILDING
-    )
-    error = models.TextField(blank=True)
     content_hash = models.CharField(max_length=64, blank=True, help_text="sha256 of the rows.")
     directory = models.CharField(max_length=500, blank=True)
     row_counts = models.JSONField(default=dict, blank=True, help_text='{"train": n, "test": m}')
@@ -375,35 +368,37 @@ class DatasetSnapshot(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_kind_display()}, {self.content_hash[:8] or 'building'})"
 
+    time_limit_seconds = 3600
+
     @property
     def is_ready(self) -> bool:
-        return self.status == SnapshotStatus.READY
+        return self.status == Status.SUCCEEDED
+
+    @property
+    def status_label(self) -> str:
+        """What the pages say: a built snapshot is "Ready" to train on."""
+        return "Ready" if self.is_ready else self.get_status_display()
 
     def path(self) -> Path:
         return Path(settings.MEDIA_ROOT) / self.directory
 
 
-class ImportStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
+# Imports follow the lifecycle every kind of background work shares (jobs.models).
+ImportStatus = Status
 
 
-class DataImport(models.Model):
+class DataImport(BackgroundWork):
     """One uploaded file on its way into a project; big files import in the background."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
     file = models.CharField(max_length=500, help_text="Path under MEDIA_ROOT.")
     original_name = models.CharField(max_length=300)
     options = models.JSONField(default=dict)
-    status = models.CharField(
-        max_length=12, choices=ImportStatus.choices, default=ImportStatus.QUEUED
-    )
     phase = models.CharField(max_length=20, blank=True, help_text="validating or writing")
     rows_done = models.PositiveIntegerField(default=0)
     rows_total = models.PositiveIntegerField(null=True, blank=True)
@@ -412,47 +407,21 @@ class DataImport(models.Model):
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now)
-    finished_at = models.DateTimeField(null=True, blank=True)
+
+    time_limit_seconds = 4 * 3600
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
 
     def __str__(self) -> str:
         return f"{self.original_name} into {self.project} ({self.status})"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (ImportStatus.SUCCEEDED, ImportStatus.FAILED)
 
     @property
     def created_summary(self) -> str:
         """'3 prompts, 6 completions, …' (templates cannot iterate a dict with an "items" key)."""
         created = (self.report or {}).get("created", {})
         return ", ".join(f"{count} {what}" for what, count in created.items())
-
-
-class ApiToken(models.Model):
-    """A personal API token. Only its sha256 is stored; the token is shown once, at creation."""
-
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
-    )
-    name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=12, help_text="First characters, to recognise it.")
-    key_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…) of {self.user}"
-
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None
 
 
 class ReviewDecision(models.TextChoices):

@@ -20,7 +20,8 @@ from django.db.models import (
 )
 from django.utils import timezone
 
-from feedback import rows
+from core import rows
+from core.roles import Role, has_role
 from feedback.models import (
     Assignment,
     AssignmentStatus,
@@ -34,7 +35,6 @@ from feedback.models import (
     RankingJudgement,
     TaskKind,
 )
-from feedback.roles import Role, has_role
 
 
 def member_or_open_q(user: AbstractBaseUser) -> Q:

@@ -1,23 +1,37 @@
-"""Background work for the annotation app: thin tasks that take an id and call a service."""
+"""Background work for the annotation app: thin tasks that take an id and call a service, which
+claims the row first (jobs.services), so a redelivered message does nothing."""
 
 from celery import shared_task
 
 from feedback import services
 from feedback.models import DataImport, DatasetSnapshot
+from jobs.tasks import worker_name
+
+# The hard limit kills a wedged process; the sweep then fails its row (jobs.services).
+HARD_LIMIT_GRACE_SECONDS = 300
 
 
-@shared_task(name="feedback.tasks.build_snapshot", acks_late=True, soft_time_limit=3600)
+@shared_task(
+    name="feedback.tasks.build_snapshot",
+    acks_late=True,
+    soft_time_limit=DatasetSnapshot.time_limit_seconds,
+    time_limit=DatasetSnapshot.time_limit_seconds + HARD_LIMIT_GRACE_SECONDS,
+)
 def build_snapshot(snapshot_id: int) -> str:
     snapshot = DatasetSnapshot.objects.filter(pk=snapshot_id).first()
     if snapshot is None:
         return "missing"
-    return services.snapshot_build(snapshot).status
+    return services.snapshot_build(snapshot, worker_host=worker_name()).status
 
 
-@shared_task(name="feedback.tasks.run_import", acks_late=True, soft_time_limit=4 * 3600)
+@shared_task(
+    name="feedback.tasks.run_import",
+    acks_late=True,
+    soft_time_limit=DataImport.time_limit_seconds,
+    time_limit=DataImport.time_limit_seconds + HARD_LIMIT_GRACE_SECONDS,
+)
 def run_import(import_id: int) -> str:
     data_import = DataImport.objects.filter(pk=import_id).first()
     if data_import is None:
         return "missing"
-    services.imports.data_import_run(data_import)
-    return "done"
+    return services.imports.data_import_run(data_import, worker_host=worker_name()).status

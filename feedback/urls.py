@@ -2,6 +2,10 @@ from django.urls import path
 
 from . import views
 
+# The labelling workspace is the site's root: every page not under /account/, /train/, /evals/,
+# /loop/, /api/ or /admin/ is this app's.
+app_name = "feedback"
+
 urlpatterns = [
     path("", views.home, name="home"),
     path("projects/<int:project_id>/work/", views.work, name="work"),
@@ -11,8 +15,6 @@ urlpatterns = [
     path("tasks/<int:assignment_id>/skip/", views.skip, name="skip"),
     path("history/", views.history, name="history"),
     path("markdown/preview/", views.markdown_preview, name="markdown-preview"),
-    path("account/tokens/", views.api_tokens, name="api-tokens"),
-    path("account/tokens/<int:token_id>/revoke/", views.api_token_revoke, name="api-token-revoke"),
 ]
 
 urlpatterns += [

@@ -23,10 +23,10 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 from ninja.pagination import LimitOffsetPagination, paginate
 
-from feedback.api import ERRORS, lookup  # one error shape for the whole API
-from feedback.errors import PermissionDenied
+from core.api import ERRORS, lookup  # one error shape for the whole API
+from core.errors import PermissionDenied
+from core.roles import Role, has_role
 from feedback.models import DatasetSnapshot
-from feedback.roles import Role, has_role
 from modeling import selectors, services
 from modeling.models import Checkpoint, CheckpointKind, JobKind, JobStatus, TrainingJob
 
@@ -138,7 +138,6 @@ class JobIn(Schema):
 @paginate(LimitOffsetPagination)
 def list_jobs(request, status: JobStatus | None = None, kind: JobKind | None = None):
     _require_admin(request)
-    services.job_mark_stale()  # as the job pages do: a dead worker's job reads `failed`
     jobs = selectors.jobs_all()
     if status:
         jobs = jobs.filter(status=status)
@@ -150,7 +149,6 @@ def list_jobs(request, status: JobStatus | None = None, kind: JobKind | None = N
 @router.get("/jobs/{job_id}", response={200: JobDetailOut, **ERRORS})
 def get_job(request, job_id: int):
     _require_admin(request)
-    services.job_mark_stale()
     return _job_or_404(job_id)
 
 

@@ -13,26 +13,13 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from feedback.models import DatasetSnapshot, Project, TaskKind
+from core.forms import add_service_errors
+from feedback.models import DatasetSnapshot
 from modeling import selectors, services
 from modeling.ml import CONFIG_CLASSES  # plain pydantic, imported lazily: no torch here
-from modeling.models import JOBS_NEEDING_REWARD_MODEL, Checkpoint, CheckpointKind
+from modeling.models import JOBS_NEEDING_REWARD_MODEL, Checkpoint
 
 CONFIG_PREFIX = "cfg_"
-
-
-def add_service_errors(form: forms.Form, exc: ValidationError) -> None:
-    """Put a service's ValidationError next to the inputs it names (config fields included)."""
-    if isinstance(exc, services.JobConfigInvalid):
-        for field, messages in exc.field_errors.items():
-            name = CONFIG_PREFIX + field.split(".")[0]
-            form.add_error(name if name in form.fields else None, messages)
-        return
-    if not hasattr(exc, "error_dict"):
-        form.add_error(None, exc)
-        return
-    for field, messages in exc.message_dict.items():
-        form.add_error(field if field in form.fields else None, messages)
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -138,7 +125,7 @@ class JobLaunchForm(forms.Form):
         try:
             self.cleaned_config = services.job_config_clean(self.kind, self.raw_config())
         except ValidationError as exc:
-            add_service_errors(self, exc)
+            add_service_errors(self, exc, field_prefix=CONFIG_PREFIX)
         return cleaned
 
     def config_bound_fields(self) -> list[forms.BoundField]:
@@ -155,52 +142,4 @@ class JobLaunchForm(forms.Form):
             "reward_model": self.cleaned_data.get("reward_model"),
             "config": self.cleaned_config,
             "time_limit_seconds": self.cleaned_data["time_limit_minutes"] * 60,
-        }
-
-
-def pairwise_projects():
-    # JSON `contains` is not available on SQLite; projects are few, so filter in Python.
-    ids = [p.pk for p in Project.objects.all() if TaskKind.PAIRWISE in p.task_kinds]
-    return Project.objects.filter(pk__in=ids)
-
-
-class ComparisonForm(forms.Form):
-    project = forms.ModelChoiceField(queryset=Project.objects.none(), empty_label=None)
-    reference = forms.ModelChoiceField(
-        queryset=Checkpoint.objects.none(),
-        required=False,
-        empty_label="Its parent",
-        label="Compare with",
-    )
-    n_prompts = forms.IntegerField(min_value=1, max_value=500, initial=20, label="Prompts")
-    max_new_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)
-    temperature = forms.FloatField(
-        min_value=0, max_value=5, initial=0.8, widget=forms.NumberInput(attrs={"step": "any"})
-    )
-    top_p = forms.FloatField(
-        min_value=0.01, max_value=1, initial=0.95, widget=forms.NumberInput(attrs={"step": "any"})
-    )
-    seed = forms.IntegerField(min_value=0, initial=0)
-
-    def __init__(self, *args, checkpoint: Checkpoint, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["project"].queryset = pairwise_projects()
-        self.fields["reference"].queryset = Checkpoint.objects.filter(
-            kind=CheckpointKind.POLICY
-        ).exclude(pk=checkpoint.pk)
-        if checkpoint.parent_id is None:
-            self.fields["reference"].empty_label = None
-
-    def request_kwargs(self) -> dict[str, Any]:
-        data = self.cleaned_data
-        return {
-            "project": data["project"],
-            "reference": data["reference"],
-            "n_prompts": data["n_prompts"],
-            "sampling": services.SamplingParams(
-                max_new_tokens=data["max_new_tokens"],
-                temperature=data["temperature"],
-                top_p=data["top_p"],
-                seed=data["seed"],
-            ),
         }

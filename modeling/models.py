@@ -19,6 +19,7 @@ from django.db import models
 from django.utils import timezone
 
 from feedback.models import DatasetSnapshot, SnapshotKind
+from jobs.models import BackgroundWork, Status
 
 
 class CheckpointKind(models.TextChoices):
@@ -54,15 +55,8 @@ SNAPSHOT_KIND_FOR_JOB = {
 JOBS_NEEDING_REWARD_MODEL = frozenset({JobKind.PPO, JobKind.RLOO, JobKind.GRPO})
 
 
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+# Training jobs follow the lifecycle every kind of background work shares (jobs.models).
+JobStatus = Status
 
 
 class Checkpoint(models.Model):
@@ -149,9 +143,8 @@ class Checkpoint(models.Model):
         return self.base_model or self
 
 
-class TrainingJob(models.Model):
+class TrainingJob(BackgroundWork):
     kind = models.CharField(max_length=8, choices=JobKind.choices)
-    status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
     parent = models.ForeignKey(
         Checkpoint,
         on_delete=models.PROTECT,
@@ -190,17 +183,12 @@ class TrainingJob(models.Model):
     )
     log_tail = models.TextField(blank=True)
 
-    worker_host = models.CharField(max_length=255, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
-    error = models.TextField(blank=True)
 
     launched_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -208,10 +196,6 @@ class TrainingJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} job #{self.pk}"
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE_STATUSES
 
     @property
     def can_rerun(self) -> bool:

@@ -8,7 +8,8 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet
 
-from feedback.models import Completion, CompletionSource, DatasetSnapshot, SnapshotStatus
+from feedback.models import Completion, CompletionSource, DatasetSnapshot
+from jobs.models import Status
 from modeling.ml import CONFIG_CLASSES, estimate_steps, parse_job_config  # no torch: pydantic
 from modeling.models import (
     SNAPSHOT_KIND_FOR_JOB,
@@ -58,7 +59,7 @@ def reward_model_choices() -> QuerySet[Checkpoint]:
 def snapshot_choices(kind: str) -> QuerySet[DatasetSnapshot]:
     """Ready snapshots of the kind a `kind` job trains on, newest first."""
     return DatasetSnapshot.objects.filter(
-        kind=SNAPSHOT_KIND_FOR_JOB[kind], status=SnapshotStatus.READY
+        kind=SNAPSHOT_KIND_FOR_JOB[kind], status=Status.SUCCEEDED
     ).select_related("project")
 
 

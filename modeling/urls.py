@@ -2,6 +2,8 @@ from django.urls import path
 
 from . import views
 
+app_name = "modeling"  # mounted at /train/
+
 urlpatterns = [
     path("jobs/", views.jobs, name="jobs"),
     path("jobs/new/<str:kind>/", views.job_new, name="job-new"),
@@ -10,9 +12,4 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
     path("jobs/<int:job_id>/rerun/", views.job_rerun, name="job-rerun"),
     path("checkpoints/<int:checkpoint_id>/", views.checkpoint, name="checkpoint"),
-    path(
-        "checkpoints/<int:checkpoint_id>/generate/",
-        views.checkpoint_generate,
-        name="checkpoint-generate",
-    ),
 ]

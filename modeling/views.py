@@ -1,8 +1,8 @@
 """Training screens (admins only): jobs and models, the launch form, a job's live progress and a
 checkpoint's lineage. Each view checks the method and role, calls one service, renders.
 
-Reading any job page first fails running jobs whose worker stopped beating (one indexed query),
-so a dead worker shows up as `failed` within the heartbeat window without any scheduler.
+A dead worker's job reads `failed` within the heartbeat window: the scheduled sweep
+(jobs.tasks.sweep) decides that, not these pages.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from feedback.roles import Role, role_required
+from core.forms import add_service_errors
+from core.roles import Role, role_required
 from modeling import selectors, services
-from modeling.forms import ComparisonForm, JobLaunchForm, add_service_errors
-from modeling.models import Checkpoint, JobKind, TrainingJob
+from modeling.forms import CONFIG_PREFIX, JobLaunchForm
+from modeling.models import JobKind, TrainingJob
 
 
 @require_GET
 @role_required(Role.ADMIN)
 def jobs(request: HttpRequest) -> HttpResponse:
-    services.job_mark_stale()
     recent = list(selectors.jobs_recent())
     context = {
         "jobs": recent,
@@ -44,10 +44,10 @@ def job_new(request: HttpRequest, kind: str) -> HttpResponse:
         try:
             job = services.job_launch(kind=kind, launched_by=request.user, **form.launch_kwargs())
         except ValidationError as exc:
-            add_service_errors(form, exc)
+            add_service_errors(form, exc, field_prefix=CONFIG_PREFIX)
         else:
             messages.success(request, f"Job #{job.pk} is queued for a GPU worker.")
-            return redirect("job", job_id=job.pk)
+            return redirect("modeling:job", job_id=job.pk)
     return _render_launch(request, form, status=422 if form.is_bound else 200)
 
 
@@ -63,7 +63,6 @@ def job_validate(request: HttpRequest, kind: str) -> HttpResponse:
 @require_GET
 @role_required(Role.ADMIN)
 def job(request: HttpRequest, job_id: int) -> HttpResponse:
-    services.job_mark_stale()
     try:
         job = selectors.job_detail(job_id)
     except TrainingJob.DoesNotExist:
@@ -84,7 +83,7 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     else:
         verb = "cancelled" if job.status == "cancelled" else "asked to stop at the next step"
         messages.success(request, f"Job #{job.pk} {verb}.")
-    return redirect("job", job_id=job.pk)
+    return redirect("modeling:job", job_id=job.pk)
 
 
 @require_POST
@@ -95,37 +94,24 @@ def job_rerun(request: HttpRequest, job_id: int) -> HttpResponse:
         rerun = services.job_rerun(job=job, launched_by=request.user)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
-        return redirect("job", job_id=job.pk)
+        return redirect("modeling:job", job_id=job.pk)
     messages.success(request, f"Attempt {rerun.attempt} of job #{job.pk} is queued.")
-    return redirect("job", job_id=rerun.pk)
+    return redirect("modeling:job", job_id=rerun.pk)
 
 
 @require_GET
 @role_required(Role.ADMIN)
 def checkpoint(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     checkpoint = get_object_or_404(selectors.checkpoints_all(), pk=checkpoint_id)
-    return _render_checkpoint(request, checkpoint, ComparisonForm(checkpoint=checkpoint))
-
-
-@require_POST
-@role_required(Role.ADMIN)
-def checkpoint_generate(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
-    checkpoint = get_object_or_404(selectors.checkpoints_all(), pk=checkpoint_id)
-    form = ComparisonForm(request.POST, checkpoint=checkpoint)
-    if form.is_valid():
-        kwargs = form.request_kwargs()
-        try:
-            services.comparisons_request(checkpoint=checkpoint, requested_by=request.user, **kwargs)
-        except ValidationError as exc:
-            add_service_errors(form, exc)
-        else:
-            messages.success(
-                request,
-                f"Generating replies to {kwargs['n_prompts']} prompts of "
-                f"{kwargs['project'].name} on a GPU worker; the comparisons appear below.",
-            )
-            return redirect("checkpoint", checkpoint_id=checkpoint.pk)
-    return _render_checkpoint(request, checkpoint, form, status=422)
+    context = {
+        "checkpoint": checkpoint,
+        "lineage": selectors.checkpoint_lineage(checkpoint),
+        "files": selectors.checkpoint_files(checkpoint),
+        "children": checkpoint.children.all(),
+        "jobs": checkpoint.jobs.all()[:20],
+        "comparisons": selectors.checkpoint_comparisons(checkpoint),
+    }
+    return render(request, "modeling/checkpoint_detail.html", context)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -159,18 +145,3 @@ def _render_launch(
     }
     template = "modeling/job_new.html" + ("#launch-form" if partial else "")
     return render(request, template, context, status=status)
-
-
-def _render_checkpoint(
-    request: HttpRequest, checkpoint: Checkpoint, form: ComparisonForm, status: int = 200
-) -> HttpResponse:
-    context = {
-        "checkpoint": checkpoint,
-        "lineage": selectors.checkpoint_lineage(checkpoint),
-        "files": selectors.checkpoint_files(checkpoint),
-        "children": checkpoint.children.all(),
-        "jobs": checkpoint.jobs.all()[:20],
-        "comparisons": selectors.checkpoint_comparisons(checkpoint),
-        "form": form,
-    }
-    return render(request, "modeling/checkpoint_detail.html", context, status=status)

@@ -3,8 +3,8 @@ import os
 import pytest
 from django.contrib.auth.models import Group
 
+from core.roles import Role
 from feedback.models import TaskKind
-from feedback.roles import Role
 from tests.factories import ProjectFactory, UserFactory, make_item
 
 
@@ -12,7 +12,7 @@ from tests.factories import ProjectFactory, UserFactory, make_item
 def tiny_model_dir(tmp_path_factory) -> str:
     """The embedded tiny model, pretrained for a handful of steps: real weights and tokenizer,
     built once per test session and shared by every test package."""
-    from modeling.ml import build_tiny_model
+    from loop.tiny import build_tiny_model
 
     path = tmp_path_factory.mktemp("models") / "tiny"
     build_tiny_model(str(path), pretrain_steps=3)

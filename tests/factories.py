@@ -6,9 +6,9 @@ import factory
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
+from core.roles import Role
 from feedback import services
 from feedback.models import Project, TaskKind
-from feedback.roles import Role
 
 
 class UserFactory(factory.django.DjangoModelFactory):

@@ -19,11 +19,11 @@ from feedback.models import (
     PairwiseJudgement,
     Project,
     RankingJudgement,
-    SnapshotStatus,
     Split,
     TaskKind,
 )
-from modeling.demo import PROJECT_NAME, SCALES, run_demo_loop, snapshot_policy
+from jobs.models import Status
+from loop.demo import PROJECT_NAME, SCALES, run_demo_loop, snapshot_policy
 from modeling.ml import load_causal_lm, load_reward_model
 from modeling.models import Checkpoint, CheckpointKind, JobStatus, TrainingJob
 
@@ -88,7 +88,7 @@ def test_demo_loop_links_every_step_of_the_round(demo_report):
     # Snapshots: ready, with training rows, and the same policy gives the same hash again.
     for kind, recorded in report.snapshots.items():
         snapshot = DatasetSnapshot.objects.get(pk=recorded["id"])
-        assert snapshot.status == SnapshotStatus.READY
+        assert snapshot.status == Status.SUCCEEDED
         assert snapshot.row_counts["train"] > 0
         again = feedback_services.snapshot_create(
             project=project, kind=kind, name=f"again {kind}", policy=snapshot_policy()

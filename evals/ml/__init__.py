@@ -6,7 +6,7 @@
     reward_accuracy / reward_win_rate                          evals/ml/reward.py
     bradley_terry / online_elo                                 evals/ml/arena.py
     run_lm_eval (optional lm-evaluation-harness)               evals/ml/lm_eval_adapter.py
-    shipped_tasks (task files in evals/tasks_data/)            evals/ml/taskgen.py writes them
+    shipped_tasks (task files in evals/tasks_data/)            loop/taskgen.py writes them
     loglikelihood_tokens (the scoring under all of them)       evals/ml/lm.py, causal_blocks.py
 
 Each metric follows a named reference definition (lm-evaluation-harness, Hugging Face, FastChat,

@@ -13,6 +13,7 @@ from typing import NamedTuple
 from django.db.models import F, QuerySet, Window
 from django.db.models.functions import RowNumber
 
+from core.templatetags.core_tags import metric as format_number
 from evals.ml.definitions import (
     MULTIPLE_CHOICE_DEFINITION,
     PERPLEXITY_DEFINITION,
@@ -22,7 +23,6 @@ from evals.ml.definitions import (
 )
 from evals.models import EvalResult, EvalRun, EvalSample, RunStatus, Suite
 from modeling.models import Checkpoint
-from modeling.templatetags.modeling_tags import metric as format_number
 
 # evals.ml words the generative and lm-eval suites in their docstrings; the dashboard needs them
 # as tooltips too.

@@ -10,7 +10,7 @@ from .runs import (
 )
 from .suites import EvalInputError, lm_eval_metrics
 from .uploads import eval_task_file_discard, eval_task_file_store
-from .worker import eval_runs_fail_orphaned, eval_runs_mark_stale, run_eval
+from .worker import run_eval
 
 __all__ = [
     "EvalInputError",
@@ -18,8 +18,6 @@ __all__ = [
     "eval_defaults_request",
     "eval_run_request",
     "eval_run_rerun",
-    "eval_runs_fail_orphaned",
-    "eval_runs_mark_stale",
     "eval_task_file_discard",
     "eval_task_file_store",
     "lm_eval_metrics",

@@ -22,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from core.roles import require_admin
 from evals.ml.lm_eval_adapter import shipped_lm_eval_task_names
 from evals.ml.tasks import shipped_tasks, task_kind
 from evals.models import (
@@ -31,9 +32,9 @@ from evals.models import (
     RunStatus,
     Suite,
 )
-from feedback.models import DatasetSnapshot, SnapshotKind, SnapshotStatus
+from feedback.models import DatasetSnapshot, SnapshotKind
+from jobs.models import Status
 from modeling.models import Checkpoint, CheckpointKind, TrainingJob
-from modeling.services.checkpoints import require_admin
 
 from .suites import (
     HELDOUT_PREFERENCES_TASK,
@@ -202,7 +203,7 @@ def _validate(
             errors["snapshot"] = "Only reward accuracy reads a dataset snapshot."
         elif snapshot.kind != SnapshotKind.PREFERENCE:
             errors["snapshot"] = f"{snapshot.name!r} is a {snapshot.kind} snapshot."
-        elif snapshot.status != SnapshotStatus.READY:
+        elif snapshot.status != Status.SUCCEEDED:
             errors["snapshot"] = f"Snapshot {snapshot.name!r} is {snapshot.status}, not ready."
         elif not snapshot.row_counts.get("test"):
             errors["snapshot"] = f"Snapshot {snapshot.name!r} has no test rows."
@@ -339,7 +340,7 @@ def default_suites(checkpoint: Checkpoint) -> list[dict[str, Any]]:
         if (
             snapshot is not None
             and snapshot.kind == SnapshotKind.PREFERENCE
-            and snapshot.status == SnapshotStatus.READY
+            and snapshot.status == Status.SUCCEEDED
             and snapshot.row_counts.get("test")
         ):
             specs.append({"suite": Suite.REWARD_ACCURACY, "snapshot": snapshot})

@@ -2,26 +2,21 @@
 
     run_eval(run)   # what evals.tasks.run_eval calls; tests call it directly
 
-The claim is a conditional UPDATE (queued → running), so a message delivered twice evaluates
-once. While it evaluates, a heartbeat thread keeps `heartbeat_at` fresh; pages that list runs
-fail the ones whose worker went silent (eval_runs_mark_stale), and a worker that restarts fails
-the ones it left running (eval_runs_fail_orphaned). Every write after the claim is guarded by
-status=running: once someone else has decided a run's fate, the worker leaves the row alone.
+Runs follow the shared lifecycle (jobs.services): the claim is a conditional UPDATE (queued →
+running), so a message delivered twice evaluates once; a heartbeat keeps `heartbeat_at` fresh,
+and the scheduled sweep fails a run whose worker went silent or restarted. Every write after
+the claim is guarded by status=running: once someone else has decided a run's fate, the worker
+leaves the row alone.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
-from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from evals.models import (
     EvalResult,
@@ -29,8 +24,7 @@ from evals.models import (
     EvalSample,
     RunStatus,
 )
-from modeling.services.heartbeat import RowHeartbeat
-from modeling.services.runner import failure_reason
+from jobs.services import Heartbeat, failure_reason, work_claim, work_finish
 
 from .suites import (
     EvalInputError,
@@ -43,25 +37,10 @@ logger = logging.getLogger(__name__)
 MAX_SAMPLE_CHARS = 20_000
 
 
-def default_host() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class Heartbeat(RowHeartbeat):
-    """Touches the running eval's `heartbeat_at`, so a run whose worker died is failed by
-    eval_runs_mark_stale instead of staying `running`."""
-
-    def __init__(self, run_id: int, interval: float):
-        rows = EvalRun.objects.filter(pk=run_id, status=RunStatus.RUNNING)
-        super().__init__(rows, interval=interval, name=f"heartbeat-eval-{run_id}")
-
-
 def _finish(run_id: int, status: str, *, error: str = "", summary=None) -> EvalRun:
-    """Write the outcome unless someone else already decided it (the stale check, say)."""
-    fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "error": error}
-    if summary is not None:
-        fields["summary"] = summary
-    EvalRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(**fields)
+    """Write the outcome unless someone else already decided it (the sweep, say)."""
+    fields: dict[str, Any] = {} if summary is None else {"summary": summary}
+    work_finish(EvalRun, pk=run_id, status=status, error=error, **fields)
     return EvalRun.objects.get(pk=run_id)
 
 
@@ -118,23 +97,15 @@ def _reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, EvalInputError) else failure_reason(exc)
 
 
-def run_eval(run: EvalRun, *, host: str = "") -> EvalRun:
+def run_eval(run: EvalRun, *, worker_host: str = "") -> EvalRun:
     """Claim and evaluate `run`; returns the row as it ended. Never raises for an evaluation
     failure: the reason is written to the row."""
-    now = timezone.now()
-    claimed = EvalRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
-        status=RunStatus.RUNNING,
-        host=(host or default_host())[:255],
-        started_at=now,
-        heartbeat_at=now,
-    )
-    if not claimed:
-        logger.info("Eval run %s was not queued any more (a repeated message?); skipping", run.pk)
+    if not work_claim(EvalRun, pk=run.pk, worker_host=worker_host):
         return EvalRun.objects.get(pk=run.pk)
     run = EvalRun.objects.select_related("checkpoint", "reference", "judge", "snapshot").get(
         pk=run.pk
     )
-    with Heartbeat(run.pk, settings.VEREDICTO_JOB_HEARTBEAT_SECONDS):
+    with Heartbeat(EvalRun, run.pk):
         try:
             outcome = evaluate(run)
         except SoftTimeLimitExceeded:
@@ -151,39 +122,3 @@ def run_eval(run: EvalRun, *, host: str = "") -> EvalRun:
     except Exception as exc:
         logger.exception("Storing the results of eval run %s failed", run.pk)
         return _finish(run.pk, RunStatus.FAILED, error=failure_reason(exc))
-
-
-# --- dead workers ------------------------------------------------------------------------------
-
-
-def _fail_running(runs, *, reason: str, now: datetime) -> int:
-    """Fail each running run, guarded by the heartbeat we read: a run that beat in between (or
-    finished) is left alone."""
-    failed = 0
-    for pk, beat in runs.filter(status=RunStatus.RUNNING).values_list("pk", "heartbeat_at"):
-        since = beat.isoformat(timespec="seconds") if beat else "the start"
-        failed += EvalRun.objects.filter(pk=pk, status=RunStatus.RUNNING, heartbeat_at=beat).update(
-            status=RunStatus.FAILED, finished_at=now, error=reason.format(since=since)
-        )
-    return failed
-
-
-def eval_runs_mark_stale(*, now: datetime | None = None) -> int:
-    """Running evaluations silent for longer than VEREDICTO_JOB_STALE_SECONDS (the GPU workers'
-    shared heartbeat window) are failed. One indexed query when nothing is stale."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.VEREDICTO_JOB_STALE_SECONDS)
-    stale = EvalRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff)
-    return _fail_running(
-        stale, reason="worker stopped responding (no heartbeat since {since})", now=now
-    )
-
-
-def eval_runs_fail_orphaned(*, host: str, started_before: datetime) -> int:
-    """A worker that (re)starts is running nothing yet: runs it left `running` died with it."""
-    orphans = EvalRun.objects.filter(host=host, started_at__lt=started_before)
-    return _fail_running(
-        orphans,
-        reason=f"worker {host} restarted during the evaluation (last heartbeat {{since}})",
-        now=timezone.now(),
-    )

@@ -10,9 +10,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
+from core.roles import Role
 from feedback import services
 from feedback.models import Project, TaskKind
-from feedback.roles import Role
 
 PROMPTS_FILE = Path(__file__).with_name("prompts.jsonl")
 DEMO_PROJECT = "Assistant replies (demo)"

@@ -16,7 +16,7 @@ from django.db.models import Model
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from feedback.errors import NotYourTask, TaskUnavailable
+from core.errors import NotYourTask, TaskUnavailable
 from feedback.models import (
     Assignment,
     AssignmentStatus,

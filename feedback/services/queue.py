@@ -30,8 +30,9 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
-from feedback import rows
-from feedback.errors import NotYourTask, TaskUnavailable
+from core import rows
+from core.errors import NotYourTask, TaskUnavailable
+from core.roles import Role, has_role
 from feedback.models import (
     Assignment,
     AssignmentStatus,
@@ -42,7 +43,6 @@ from feedback.models import (
     Prompt,
     live_lease_q,
 )
-from feedback.roles import Role, has_role
 from feedback.selectors import member_or_open_q, prefetch_completions
 
 # How many candidates to lock before giving up; a failed try means a racing annotator filled the

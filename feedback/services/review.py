@@ -17,7 +17,8 @@ from django.db.models import QuerySet
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from feedback.errors import TaskUnavailable
+from core.errors import TaskUnavailable
+from core.roles import Role, has_role
 from feedback.models import (
     Adjudication,
     Demonstration,
@@ -30,7 +31,6 @@ from feedback.models import (
     ReviewDecision,
     TaskKind,
 )
-from feedback.roles import Role, has_role
 
 from .validation import clean_text
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import shutil
 import tarfile
 from collections import Counter, defaultdict
@@ -88,12 +89,15 @@ from feedback.models import (
     Prompt,
     RankingJudgement,
     SnapshotKind,
-    SnapshotStatus,
     Split,
     Strength,
 )
 from feedback.quality.reports import plurality_share
 from feedback.quality.trust import TrustDecision, annotator_trust
+from jobs.models import Status
+from jobs.services import Heartbeat, work_claim, work_finish
+
+logger = logging.getLogger(__name__)
 
 STRENGTH_SCORE = {Strength.SLIGHT: 1, Strength.CLEAR: 2, Strength.STRONG: 3}
 # Which annotators to trust, by the quality page's figures (feedback.quality.trust); None is off.
@@ -726,7 +730,7 @@ def snapshot_request(
     created_by: AbstractBaseUser | None,
     policy: dict[str, Any] | None = None,
 ) -> DatasetSnapshot:
-    """Validate and record a snapshot in `building` state; `snapshot_build` fills it."""
+    """Validate and record a queued snapshot; `snapshot_build` fills it."""
     cleaned = clean_policy(kind, policy)
     name = (name or "").strip() or f"{project.name} {kind} {timezone.now():%Y-%m-%d %H:%M}"
     return DatasetSnapshot.objects.create(
@@ -734,57 +738,66 @@ def snapshot_request(
     )
 
 
-def snapshot_build(snapshot: DatasetSnapshot) -> DatasetSnapshot:
-    """Write the files, then mark ready with counts and hash; a failure is recorded, not raised
-    twice. Safe to call again on a snapshot left `building` by a dead worker."""
-    claimed = DatasetSnapshot.objects.filter(pk=snapshot.pk, status=SnapshotStatus.BUILDING)
-    if not claimed.exists():
+def snapshot_build(snapshot: DatasetSnapshot, *, worker_host: str = "") -> DatasetSnapshot:
+    """Claim a queued snapshot, write its files, then finish it with counts and hash; a failure
+    is recorded on the row, not raised. A second delivery finds nothing to claim, so two workers
+    never write the same folder."""
+    if not work_claim(DatasetSnapshot, pk=snapshot.pk, worker_host=worker_host):
         return DatasetSnapshot.objects.get(pk=snapshot.pk)
-    root = Path(settings.MEDIA_ROOT)
+    snapshot = DatasetSnapshot.objects.select_related("project").get(pk=snapshot.pk)
     relative = Path("snapshots") / str(snapshot.project_id) / str(snapshot.pk)
-    directory = root / relative
+    directory = Path(settings.MEDIA_ROOT) / relative
+    with Heartbeat(DatasetSnapshot, snapshot.pk):
+        try:
+            fields = _write_snapshot(snapshot, directory)
+        except Exception as exc:
+            logger.warning("Snapshot %s failed", snapshot.pk, exc_info=True)
+            shutil.rmtree(directory, ignore_errors=True)
+            work_finish(DatasetSnapshot, pk=snapshot.pk, status=Status.FAILED, error=_reason(exc))
+            return DatasetSnapshot.objects.get(pk=snapshot.pk)
+    if not work_finish(
+        DatasetSnapshot, pk=snapshot.pk, status=Status.SUCCEEDED, directory=str(relative), **fields
+    ):
+        # The sweep decided first (a worker thought dead): the files of a failed row go.
+        shutil.rmtree(directory, ignore_errors=True)
+    return DatasetSnapshot.objects.get(pk=snapshot.pk)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _write_snapshot(snapshot: DatasetSnapshot, directory: Path) -> dict[str, Any]:
+    """The files and manifest of one snapshot; returns the row's fields that describe them."""
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    try:
-        # Cleaned again: a snapshot requested before a policy key existed builds with its
-        # default (and one whose policy is no longer valid fails, recorded, like any error).
-        policy = clean_policy(snapshot.kind, snapshot.policy)
-        with _streaming_reads():
-            trust = annotator_trust(
-                snapshot.project,
-                origins=[o for o in _origins(policy) if o in _MEASURED],
-                min_agreement=policy.get("min_annotator_agreement"),
-                min_gold_accuracy=policy.get("min_gold_accuracy"),
-                exclude_flagged=policy.get("exclude_flagged", False),
-            )
-            build = _Build(snapshot.project, policy, frozenset(trust.excluded), snapshot.kind)
-            counts, content_hash, column_types = _write_rows(_ROWS[snapshot.kind](build), directory)
-        _write_companions(directory, counts, column_types)
-        stats = _stats(build, trust)
-        manifest = {
-            "name": snapshot.name,
-            "kind": snapshot.kind,
-            "project": snapshot.project.name,
-            "policy": policy,
-            "stats": stats,
-            "row_counts": counts,
-            "content_hash": content_hash,
-            "created_at": snapshot.created_at.isoformat(),
-        }
-        (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    except Exception as exc:
-        shutil.rmtree(directory, ignore_errors=True)
-        claimed.update(status=SnapshotStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
-        raise
-    claimed.update(
-        status=SnapshotStatus.READY,
-        directory=str(relative),
-        policy=policy,
-        stats=stats,
-        row_counts=counts,
-        content_hash=content_hash,
-    )
-    return DatasetSnapshot.objects.get(pk=snapshot.pk)
+    # Cleaned again: a snapshot requested before a policy key existed builds with its default
+    # (and one whose policy is no longer valid fails, recorded, like any error).
+    policy = clean_policy(snapshot.kind, snapshot.policy)
+    with _streaming_reads():
+        trust = annotator_trust(
+            snapshot.project,
+            origins=[o for o in _origins(policy) if o in _MEASURED],
+            min_agreement=policy.get("min_annotator_agreement"),
+            min_gold_accuracy=policy.get("min_gold_accuracy"),
+            exclude_flagged=policy.get("exclude_flagged", False),
+        )
+        build = _Build(snapshot.project, policy, frozenset(trust.excluded), snapshot.kind)
+        counts, content_hash, column_types = _write_rows(_ROWS[snapshot.kind](build), directory)
+    _write_companions(directory, counts, column_types)
+    stats = _stats(build, trust)
+    manifest = {
+        "name": snapshot.name,
+        "kind": snapshot.kind,
+        "project": snapshot.project.name,
+        "policy": policy,
+        "stats": stats,
+        "row_counts": counts,
+        "content_hash": content_hash,
+        "created_at": snapshot.created_at.isoformat(),
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return {"policy": policy, "stats": stats, "row_counts": counts, "content_hash": content_hash}
 
 
 def _stats(build: _Build, trust: TrustDecision) -> dict[str, Any]:

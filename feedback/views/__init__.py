@@ -1,4 +1,3 @@
-from .account import api_token_revoke, api_tokens
 from .annotation import history, home, markdown_preview, progress, skip, submit, task, work
 from .data import (
     data_page,
@@ -13,8 +12,6 @@ from .quality import adjudicate, disagreements, quality, review_demonstration, r
 
 __all__ = [
     "adjudicate",
-    "api_token_revoke",
-    "api_tokens",
     "data_page",
     "disagreements",
     "history",

@@ -17,8 +17,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from core.errors import NotYourTask, TaskUnavailable
+from core.roles import Role, has_role, role_required
 from feedback import markdown, selectors, services
-from feedback.errors import NotYourTask, TaskUnavailable
 from feedback.forms import (
     DemonstrationForm,
     PairwiseForm,
@@ -27,7 +28,6 @@ from feedback.forms import (
     labels_from_post,
 )
 from feedback.models import Assignment, AssignmentStatus, PairwiseChoice, Project, TaskKind
-from feedback.roles import Role, has_role, role_required
 
 ANNOTATING = (Role.ANNOTATOR, Role.ADMIN)
 
@@ -56,7 +56,7 @@ def work(request: HttpRequest, project_id: int) -> HttpResponse:
                       "reason": exc.messages[0]}, status=409)  # fmt: skip
     if assignment is None:
         return _render_queue_empty(request, project)
-    return redirect("task", assignment_id=assignment.pk)
+    return redirect("feedback:task", assignment_id=assignment.pk)
 
 
 @require_GET
@@ -64,7 +64,7 @@ def work(request: HttpRequest, project_id: int) -> HttpResponse:
 def task(request: HttpRequest, assignment_id: int) -> HttpResponse:
     assignment = _own_assignment(request, assignment_id)
     if assignment.status == AssignmentStatus.SKIPPED:
-        return redirect("work", project_id=assignment.item.project_id)
+        return redirect("feedback:work", project_id=assignment.item.project_id)
     view = selectors.task_view(assignment)
     return _render_task(request, view, _form_for(view, initial=True))
 
@@ -89,8 +89,8 @@ def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
             if editing:
                 messages.success(request, "Your changes are saved; the earlier version is kept.")
                 if request.htmx:  # a whole new page, not a fragment for #workspace
-                    return HttpResponseClientRedirect(reverse("history"))
-                return redirect("history")
+                    return HttpResponseClientRedirect(reverse("feedback:history"))
+                return redirect("feedback:history")
             revealed = _revealed(request, view)
             return _next_task(request, assignment.item.project, revealed=revealed)
     return _render_task(request, view, form, status=422, resubmitted=True)
@@ -243,18 +243,18 @@ def _add_errors(form: forms.Form, exc: ValidationError) -> None:
 
 def _next_task(request: HttpRequest, project: Project, revealed: list[str] = ()) -> HttpResponse:
     if not request.htmx:
-        return redirect("work", project_id=project.pk)
+        return redirect("feedback:work", project_id=project.pk)
     try:
         assignment = services.task_next_for_annotator(project=project, annotator=request.user)
     except (TaskUnavailable, NotYourTask):
         assignment = None
     if assignment is None:
         response = _render_queue_empty(request, project, revealed=revealed)
-        response["HX-Push-Url"] = reverse("work", args=[project.pk])
+        response["HX-Push-Url"] = reverse("feedback:work", args=[project.pk])
         return response
     view = selectors.task_view(assignment)
     response = _render_task(request, view, _form_for(view, initial=True), revealed=revealed)
-    response["HX-Push-Url"] = reverse("task", args=[assignment.pk])
+    response["HX-Push-Url"] = reverse("feedback:task", args=[assignment.pk])
     return response
 
 

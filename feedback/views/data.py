@@ -12,10 +12,10 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from core.roles import Role, role_required
 from feedback import services, tasks
 from feedback.forms import ImportForm, SnapshotForm
 from feedback.models import DataImport, DatasetSnapshot, Project
-from feedback.roles import Role, role_required
 
 _UPLOAD_SALT = "veredicto.upload"
 DOWNLOADS = {
@@ -117,7 +117,7 @@ def import_start(request: HttpRequest, project_id: int) -> HttpResponse:
             user=request.user,
         )
         transaction.on_commit(lambda: tasks.run_import.delay(data_import.pk))
-    return redirect("import-detail", import_id=data_import.pk)
+    return redirect("feedback:import-detail", import_id=data_import.pk)
 
 
 @require_GET
@@ -149,7 +149,7 @@ def snapshot_create(request: HttpRequest, project_id: int) -> HttpResponse:
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
-            return redirect("snapshot-detail", snapshot_id=snapshot.pk)
+            return redirect("feedback:snapshot-detail", snapshot_id=snapshot.pk)
     return render(
         request, "feedback/data.html", _data_context(project, snapshot_form=form), status=422
     )

@@ -5,11 +5,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from feedback.errors import TaskUnavailable
+from core.errors import TaskUnavailable
+from core.roles import Role, role_required
 from feedback.forms import RankingForm
 from feedback.models import Demonstration, Item, PairwiseChoice, Project, ReviewDecision, TaskKind
 from feedback.quality.reports import disagreement_items, plurality_share, project_quality
-from feedback.roles import Role, role_required
 from feedback.services import review as review_services
 
 REVIEWING = (Role.REVIEWER, Role.ADMIN)
@@ -54,8 +54,8 @@ def review_demonstration(request: HttpRequest, demonstration_id: int) -> HttpRes
         else:
             following = review_services.review_queue(reviewer=request.user).first()
             if following is None:
-                return redirect("review-queue")
-            return redirect("review-demonstration", demonstration_id=following.pk)
+                return redirect("feedback:review-queue")
+            return redirect("feedback:review-demonstration", demonstration_id=following.pk)
     context = {
         "demonstration": demonstration,
         "prompt": demonstration.item.prompt,
@@ -122,7 +122,7 @@ def adjudicate(request: HttpRequest, item_id: int) -> HttpResponse:
         except ValidationError as exc:
             error = "; ".join(exc.messages)
         else:
-            return redirect("disagreements", project_id=item.project_id)
+            return redirect("feedback:disagreements", project_id=item.project_id)
     context = {
         "item": item,
         "prompt": item.prompt,

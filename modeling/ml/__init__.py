@@ -24,7 +24,6 @@ _EXPORTS = {
     "ProgressReporter": "progress",
     "TrainResult": "training",
     "train": "training",
-    "build_tiny_model": "tiny",
     "generate": "generation",
     "load_causal_lm": "loading",
     "load_reward_model": "loading",

@@ -11,6 +11,8 @@ from typing import Protocol
 
 from transformers import TrainerCallback
 
+from jobs.metrics import finite_metrics
+
 
 class ProgressReporter(Protocol):
     def report(
@@ -55,7 +57,7 @@ class ProgressCallback(TrainerCallback):
         self._first_step = state.global_step + 1
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        self.metrics.update(numeric_metrics(logs or {}))
+        self.metrics.update(finite_metrics(logs or {}))
         step, total = state.global_step, state.max_steps
         if step == self._last_reported_step:
             return  # the end-of-training summary log repeats the last step
@@ -75,15 +77,6 @@ class ProgressCallback(TrainerCallback):
             control.should_training_stop = True
             if self.hard_stop:
                 raise TrainingCancelled(f"cancelled at step {step}")
-
-
-def numeric_metrics(logs: dict) -> dict[str, float]:
-    """The finite numbers of a log entry: NaN and inf are not valid JSON (nor PostgreSQL jsonb)."""
-    return {
-        key: float(value)
-        for key, value in logs.items()
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    }
 
 
 def log_line(step: int, total: int, metrics: dict[str, float]) -> str:

@@ -26,6 +26,7 @@ from datasets.exceptions import DatasetGenerationError
 from transformers import PrinterCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from jobs.metrics import finite_metrics
 from modeling.ml.configs import CONFIG_CLASSES, JobConfig, estimate_steps, parse_job_config
 from modeling.ml.loading import (
     is_lora_adapter,
@@ -34,7 +35,7 @@ from modeling.ml.loading import (
     load_tokenizer,
     write_model_card,
 )
-from modeling.ml.progress import ProgressCallback, ProgressReporter, numeric_metrics
+from modeling.ml.progress import ProgressCallback, ProgressReporter
 
 COLUMNS = {
     "sft": ["messages"],
@@ -153,7 +154,7 @@ def train(
             return TrainResult(str(output), steps, callback.metrics, train_tokens(trainer), True)
         metrics = dict(callback.metrics)
         if eval_rows is not None:
-            metrics.update(numeric_metrics(trainer.evaluate()))
+            metrics.update(finite_metrics(trainer.evaluate()))
 
         # -- save: the final model (or adapter) next to the tokenizer, then the card
         trainer.save_model(str(output))

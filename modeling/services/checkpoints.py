@@ -16,9 +16,9 @@ from math import prod
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 
-from feedback.roles import Role, has_role
+from core.roles import require_admin
 from modeling.models import Checkpoint, CheckpointKind, CheckpointSource
 
 # `org/name` or a bare `name`, as the hub spells repository ids.
@@ -34,12 +34,6 @@ class CheckpointFacts:
     size_bytes: int
     train_tokens: int | None
     base_model_name: str
-
-
-def require_admin(user: AbstractBaseUser | None, action: str) -> None:
-    """`None` is the operator at a shell (management commands); a user must hold the admin role."""
-    if user is not None and not has_role(user, Role.ADMIN):
-        raise PermissionDenied(f"Only admins can {action}.")
 
 
 def directory_size(path: Path) -> int:

@@ -7,8 +7,6 @@ transaction commits: a refused launch leaves no row and queues nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -19,7 +17,9 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from feedback.models import DatasetSnapshot, SnapshotStatus
+from core.roles import require_admin
+from feedback.models import DatasetSnapshot
+from jobs.models import Status
 
 # modeling.ml imports lazily: configs are plain pydantic, so web processes never load torch.
 from modeling.ml import CONFIG_CLASSES, parse_job_config
@@ -32,8 +32,6 @@ from modeling.models import (
     JobStatus,
     TrainingJob,
 )
-
-from .checkpoints import require_admin
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +108,7 @@ def _validate(
             f"A {kind} job trains on a {wanted} snapshot; "
             f"{snapshot.name!r} is a {snapshot.kind} snapshot."
         )
-    elif snapshot.status != SnapshotStatus.READY:
+    elif snapshot.status != Status.SUCCEEDED:
         errors["snapshot"] = f"Snapshot {snapshot.name!r} is {snapshot.status}, not ready."
     elif not (snapshot.path() / "train.jsonl").is_file():
         errors["snapshot"] = f"Snapshot {snapshot.name!r} has no train.jsonl on this host."
@@ -252,44 +250,3 @@ def job_cancel(*, job: TrainingJob, cancelled_by: AbstractBaseUser | None) -> Tr
         return jobs.get()
     job.refresh_from_db()
     raise ValidationError(f"Job #{job.pk} has already finished ({job.get_status_display()}).")
-
-
-def _fail_running(jobs, *, reason: Callable[[str], str], now: datetime) -> int:
-    """Fail each running job, guarded by the heartbeat we read: a job that beat in between (or
-    finished) is left alone."""
-    failed = 0
-    for pk, beat in jobs.filter(status=JobStatus.RUNNING).values_list("pk", "heartbeat_at"):
-        failed += TrainingJob.objects.filter(
-            pk=pk, status=JobStatus.RUNNING, heartbeat_at=beat
-        ).update(status=JobStatus.FAILED, finished_at=now, error=reason(_when(beat)))
-    if failed:
-        logger.warning("Marked %d training job(s) failed: %s", failed, reason("…"))
-    return failed
-
-
-def _when(moment: datetime | None) -> str:
-    return moment.isoformat(timespec="seconds") if moment else "the start"
-
-
-def job_mark_stale(*, now: datetime | None = None) -> int:
-    """Running jobs whose worker has been silent longer than VEREDICTO_JOB_STALE_SECONDS are
-    failed. One indexed query when nothing is stale, so job pages call it on every read."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.VEREDICTO_JOB_STALE_SECONDS)
-    stale = TrainingJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
-    return _fail_running(
-        stale, reason=lambda beat: f"worker stopped responding (no heartbeat since {beat})", now=now
-    )
-
-
-def jobs_fail_orphaned(*, worker_host: str, started_before: datetime) -> int:
-    """A worker that (re)starts cannot be running anything yet: jobs it left `running` died with
-    its previous process."""
-    orphans = TrainingJob.objects.filter(worker_host=worker_host, started_at__lt=started_before)
-    return _fail_running(
-        orphans,
-        reason=lambda beat: (
-            f"worker {worker_host} restarted while the job was running (last heartbeat {beat})"
-        ),
-        now=timezone.now(),
-    )

@@ -5,10 +5,11 @@
 The claim is a conditional UPDATE (queued → running), so a message delivered twice trains once.
 While training, `JobReporter` (the trainer's ProgressReporter) writes step, metrics, a thinned
 metric history and the log tail to the row at most every VEREDICTO_JOB_PROGRESS_SECONDS, and
-answers `should_stop()` from the row's `cancel_requested`; a `Heartbeat` thread touches
-`heartbeat_at` on its own so that one long step never looks like a dead worker. Every write after
-the claim is guarded by `status=running`: once anyone else has decided the job's fate (the stale
-check, say), the worker stops and leaves the row alone.
+answers `should_stop()` from the row's `cancel_requested`; the lifecycle's heartbeat
+(jobs.services) touches `heartbeat_at` on its own so that one long step never looks like a dead
+worker. Every write after the claim is guarded by `status=running`: once anyone else has decided
+the job's fate (the scheduled sweep, say), the worker stops and leaves the row alone. A new
+checkpoint is announced with modeling.signals.checkpoint_registered.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import time
 import traceback
 from collections import deque
@@ -26,10 +26,11 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from jobs.metrics import finite_metrics
+from jobs.services import Heartbeat, failure_reason, work_claim, work_finish
 from modeling.models import (
     Checkpoint,
     CheckpointKind,
@@ -38,9 +39,9 @@ from modeling.models import (
     JobStatus,
     TrainingJob,
 )
+from modeling.signals import checkpoint_registered
 
 from .checkpoints import TRAINER_CHECKPOINT_PREFIX, checkpoint_describe, unique_checkpoint_name
-from .heartbeat import RowHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -55,34 +56,6 @@ def models_dir() -> Path:
 
 def job_output_dir(job: TrainingJob) -> Path:
     return models_dir() / f"{job.pk}-{job.attempt}"
-
-
-def default_worker_host() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """JSON columns refuse NaN and infinities (PostgreSQL rejects them); a diverged loss is
-    dropped from the point rather than failing the write."""
-    return {
-        str(key): float(value)
-        for key, value in metrics.items()
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    }
-
-
-def failure_reason(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(exc.messages)
-    return f"{type(exc).__name__}: {exc}"
-
-
-class Heartbeat(RowHeartbeat):
-    """Touches the running job's `heartbeat_at` every VEREDICTO_JOB_HEARTBEAT_SECONDS."""
-
-    def __init__(self, job_id: int, interval: float):
-        rows = TrainingJob.objects.filter(pk=job_id, status=JobStatus.RUNNING)
-        super().__init__(rows, interval=interval, name=f"heartbeat-job-{job_id}")
 
 
 class JobReporter:
@@ -247,9 +220,7 @@ def _register_output(job: TrainingJob, result) -> Checkpoint:
 
 def _finish(job_id: int, status: str, reporter: JobReporter, error: str = "") -> TrainingJob:
     """Write the outcome unless someone else already decided it."""
-    TrainingJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-        status=status, finished_at=timezone.now(), error=error, **reporter.progress_fields()
-    )
+    work_finish(TrainingJob, pk=job_id, status=status, error=error, **reporter.progress_fields())
     return TrainingJob.objects.get(pk=job_id)
 
 
@@ -270,19 +241,18 @@ def _succeed(job_id: int, result, reporter: JobReporter) -> TrainingJob:
     reporter.log(
         f"Registered checkpoint {checkpoint.name} (#{checkpoint.pk}) at {result.output_dir}"
     )
-    transaction.on_commit(lambda: _schedule_evals(checkpoint, job))
+    transaction.on_commit(lambda: _announce(checkpoint, job))
     return _finish(job_id, JobStatus.SUCCEEDED, reporter)
 
 
-def _schedule_evals(checkpoint: Checkpoint, job: TrainingJob) -> None:
-    """Every new checkpoint gets the default evaluation suites. The training already succeeded:
-    a problem here is logged, never turned into a failed job."""
-    from evals.services import schedule_default_evals
-
-    try:
-        schedule_default_evals(checkpoint, triggered_by_job=job)
-    except Exception:
-        logger.exception("Could not schedule evaluations for checkpoint %s", checkpoint.pk)
+def _announce(checkpoint: Checkpoint, job: TrainingJob) -> None:
+    """Tell whoever listens (evals schedules its default suites). The training already
+    succeeded: a listener's problem is logged, never turned into a failed job."""
+    for receiver, result in checkpoint_registered.send_robust(
+        sender=Checkpoint, checkpoint=checkpoint, job=job
+    ):
+        if isinstance(result, Exception):
+            logger.error("%s failed for checkpoint %s", receiver, checkpoint.pk, exc_info=result)
 
 
 def run_training_job(job: TrainingJob, *, worker_host: str = "") -> TrainingJob:
@@ -290,16 +260,10 @@ def run_training_job(job: TrainingJob, *, worker_host: str = "") -> TrainingJob:
     the reason is written to the row."""
     from modeling.ml import parse_job_config, train
 
-    now = timezone.now()
-    claimed = TrainingJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING,
-        worker_host=(worker_host or default_worker_host())[:255],
-        started_at=now,
-        heartbeat_at=now,
-        output_dir=str(job_output_dir(job)),
+    claimed = work_claim(
+        TrainingJob, pk=job.pk, worker_host=worker_host, output_dir=str(job_output_dir(job))
     )
     if not claimed:
-        logger.info("Job %s was not queued any more (a repeated message?); skipping", job.pk)
         return TrainingJob.objects.get(pk=job.pk)
     job = TrainingJob.objects.select_related(
         "parent", "snapshot", "reward_model", "previous_attempt"
@@ -310,7 +274,7 @@ def run_training_job(job: TrainingJob, *, worker_host: str = "") -> TrainingJob:
         deadline=time.monotonic() + job.time_limit_seconds,
     )
     output_dir = Path(job.output_dir)
-    with Heartbeat(job.pk, settings.VEREDICTO_JOB_HEARTBEAT_SECONDS):
+    with Heartbeat(TrainingJob, job.pk):
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
             resumed = prepare_resume(job, output_dir)

@@ -13,7 +13,8 @@ from celery.contrib.testing.worker import start_worker
 
 from config.celery import CeleryQueue, app
 from evals.models import EvalRun, RunStatus
-from feedback.models import DatasetSnapshot, Demonstration, Origin, SnapshotStatus, TaskKind
+from feedback.models import DatasetSnapshot, Demonstration, Origin, TaskKind
+from jobs.models import Status
 from modeling import services
 from modeling.models import JobStatus, TrainingJob
 from tests.factories import ProjectFactory
@@ -81,10 +82,10 @@ def test_admin_imports_snapshots_trains_and_sees_the_checkpoint_on_the_dashboard
     page.click("button:has-text('Build snapshot')")
     page.wait_for_selector("#snapshot-status >> text=Ready", timeout=60_000)
     snapshot = DatasetSnapshot.objects.get(name="sums v1")
-    assert snapshot.status == SnapshotStatus.READY and snapshot.row_counts["train"] == 12
+    assert snapshot.status == Status.SUCCEEDED and snapshot.row_counts["train"] == 12
 
     # Launch: the form validates as it is edited (htmx) and estimates the steps.
-    page.goto("/jobs/new/sft/")
+    page.goto("/train/jobs/new/sft/")
     assert page.input_value("select[name=parent]") == str(base.pk)
     assert page.input_value("select[name=snapshot]") == str(snapshot.pk)
     for name, value in (("cfg_batch_size", "2"), ("cfg_max_steps", str(STEPS))):
@@ -122,8 +123,10 @@ def test_admin_imports_snapshots_trains_and_sees_the_checkpoint_on_the_dashboard
     )
     runs = EvalRun.objects.filter(checkpoint=checkpoint)
     assert {run.status for run in runs} == {RunStatus.SUCCEEDED}, [run.error for run in runs]
-    page.goto("/dashboard/")
-    row = page.locator("tr", has=page.locator(f"a[href='/dashboard/checkpoints/{checkpoint.pk}/']"))
+    page.goto("/evals/dashboard/")
+    row = page.locator(
+        "tr", has=page.locator(f"a[href='/evals/dashboard/checkpoints/{checkpoint.pk}/']")
+    )
     assert row.locator("td.num").count() >= 1
     assert any(cell.strip() not in ("", "–") for cell in row.locator("td.num").all_inner_texts())
     page.wait_for_function(

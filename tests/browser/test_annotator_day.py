@@ -2,6 +2,7 @@
 
 import pytest
 
+from core.roles import Role
 from feedback import services
 from feedback.models import (
     Assignment,
@@ -11,7 +12,6 @@ from feedback.models import (
     RankingJudgement,
     TaskKind,
 )
-from feedback.roles import Role
 from tests.factories import ProjectFactory, UserFactory
 from tests.playwright_support import login, shot
 

@@ -3,9 +3,9 @@ and the annotator then reads that comment in their history."""
 
 import pytest
 
+from core.roles import Role
 from feedback import services
 from feedback.models import Demonstration, DemonstrationStatus, Review, TaskKind
-from feedback.roles import Role
 from tests.factories import ProjectFactory, UserFactory
 from tests.playwright_support import login, shot
 

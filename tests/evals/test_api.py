@@ -8,7 +8,8 @@ import pytest
 
 from evals import selectors
 from evals.models import EvalResult, EvalRun, EvalSample, RunStatus, Suite
-from feedback.models import DatasetSnapshot, SnapshotKind, SnapshotStatus
+from feedback.models import DatasetSnapshot, SnapshotKind
+from jobs.models import Status
 from modeling.models import Checkpoint, CheckpointKind
 from tests.evals.test_arena import TRUTH, cast, synthetic_votes
 from tests.factories import ProjectFactory
@@ -200,7 +201,7 @@ def test_a_run_that_cannot_run_is_refused_and_nothing_is_queued(
 def test_a_snapshot_that_is_not_ready_is_refused(api, admin_user, reward):
     snapshot = DatasetSnapshot.objects.create(
         project=ProjectFactory(), name="prefs", kind=SnapshotKind.PREFERENCE,
-        status=SnapshotStatus.BUILDING,
+        status=Status.QUEUED,
     )  # fmt: skip
     response = api(
         "post", "/evals/runs", admin_user,

@@ -259,7 +259,7 @@ def test_leaderboard_page_has_the_table_and_chart_data_with_local_chartjs(client
     cast(arena, synthetic_votes(TRUTH, 300, seed=1))
     Checkpoint.objects.create(name="dpo", kind=CheckpointKind.POLICY, storage_path="/m/dpo")
     client.force_login(reviewer)
-    page = client.get(f"/projects/{arena.pk}/leaderboard/?reference=sft").content.decode()
+    page = client.get(f"/evals/projects/{arena.pk}/leaderboard/?reference=sft").content.decode()
     data = json.loads(
         re.search(r'<script id="leaderboard-data" type="application/json">(.*?)</script>', page)[1]
     )
@@ -269,7 +269,7 @@ def test_leaderboard_page_has_the_table_and_chart_data_with_local_chartjs(client
     assert '<script src="/static/vendor/chartjs/chart.umd.min.js"' in page
     assert "cdn" not in page.lower()
     dpo = Checkpoint.objects.get(name="dpo")
-    assert f'href="/dashboard/checkpoints/{dpo.pk}/">dpo</a>' in page  # registered: linked
+    assert f'href="/evals/dashboard/checkpoints/{dpo.pk}/">dpo</a>' in page  # registered: linked
     assert '<span class="badge">reference</span>' in page
     assert 'data-eval-chart="leaderboard"' in page
 
@@ -280,18 +280,18 @@ def test_model_names_on_the_leaderboard_are_escaped(client, reviewer, arena):
         [("<img src=x onerror=alert(1)>", "y", "a"), ("y", "<img src=x onerror=alert(1)>", "a")],
     )
     client.force_login(reviewer)
-    page = client.get(f"/projects/{arena.pk}/leaderboard/").content.decode()
+    page = client.get(f"/evals/projects/{arena.pk}/leaderboard/").content.decode()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 
 
 def test_annotators_cannot_see_the_leaderboard(client, annotator, arena):
     client.force_login(annotator)
-    assert client.get(f"/projects/{arena.pk}/leaderboard/").status_code == 403
+    assert client.get(f"/evals/projects/{arena.pk}/leaderboard/").status_code == 403
 
 
 def test_the_dashboard_links_each_arena_with_its_vote_count(client, reviewer, arena):
     cast(arena, [("x", "y", "a"), ("y", "x", "b")])
     client.force_login(reviewer)
-    page = client.get("/dashboard/").content.decode()
-    assert f'<a href="/projects/{arena.pk}/leaderboard/">Arena</a>' in page
+    page = client.get("/evals/dashboard/").content.decode()
+    assert f'<a href="/evals/projects/{arena.pk}/leaderboard/">Arena</a>' in page
     assert "2 human votes" in page

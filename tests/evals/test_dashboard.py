@@ -20,7 +20,8 @@ from django.utils import timezone
 
 from evals.ml.definitions import MULTIPLE_CHOICE_DEFINITION, PERPLEXITY_DEFINITION
 from evals.models import EvalResult, EvalRun, EvalSample, RunStatus, Suite
-from feedback.models import DatasetSnapshot, SnapshotKind, SnapshotStatus
+from feedback.models import DatasetSnapshot, SnapshotKind
+from jobs.models import Status
 from modeling.models import Checkpoint, CheckpointKind, TrainingJob
 from tests.factories import ProjectFactory
 
@@ -67,7 +68,7 @@ def snapshot(db):
         project=ProjectFactory(name="Maths"),
         name="maths prefs",
         kind=SnapshotKind.PREFERENCE,
-        status=SnapshotStatus.READY,
+        status=Status.SUCCEEDED,
     )
 
 
@@ -102,12 +103,12 @@ def table_rows(content: bytes) -> list[str]:
 def pages(lineage) -> list[str]:
     run = EvalRun.objects.first()
     return [
-        "/dashboard/",
-        "/dashboard/evaluations.csv",
-        f"/dashboard/compare/?a={lineage['base'].pk}&b={lineage['sft'].pk}",
-        f"/dashboard/checkpoints/{lineage['sft'].pk}/",
+        "/evals/dashboard/",
+        "/evals/dashboard/evaluations.csv",
+        f"/evals/dashboard/compare/?a={lineage['base'].pk}&b={lineage['sft'].pk}",
+        f"/evals/dashboard/checkpoints/{lineage['sft'].pk}/",
         f"/evals/runs/{run.pk}/",
-        f"/projects/{lineage['sft'].snapshot.project_id}/leaderboard/",
+        f"/evals/projects/{lineage['sft'].snapshot.project_id}/leaderboard/",
     ]
 
 
@@ -122,7 +123,7 @@ def test_reviewers_see_every_page_but_cannot_launch(client, reviewer, lineage):
     client.force_login(reviewer)
     for url in pages(lineage):
         assert client.get(url).status_code == 200, url
-    assert b"Run an evaluation" not in client.get("/dashboard/").content
+    assert b"Run an evaluation" not in client.get("/evals/dashboard/").content
     assert client.get("/evals/runs/new/").status_code == 403
     post = {"checkpoint": lineage["sft"].pk, "suite": Suite.PERPLEXITY}
     assert client.post("/evals/runs/new/", post).status_code == 403
@@ -250,16 +251,16 @@ def test_the_launch_form_shows_why_a_run_cannot_run(client, admin_user, lineage)
 def test_admins_queue_the_default_suites_of_a_registered_model(
     client, admin_user, reviewer, lineage
 ):
-    url = f"/dashboard/checkpoints/{lineage['base'].pk}/defaults/"
+    url = f"/evals/dashboard/checkpoints/{lineage['base'].pk}/defaults/"
     client.force_login(reviewer)
     assert client.post(url).status_code == 403
     client.force_login(admin_user)
     assert (
         b"Run the default suites"
-        in client.get(f"/dashboard/checkpoints/{lineage['base'].pk}/").content
+        in client.get(f"/evals/dashboard/checkpoints/{lineage['base'].pk}/").content
     )
     response = client.post(url)
-    assert response["Location"] == f"/dashboard/checkpoints/{lineage['base'].pk}/"
+    assert response["Location"] == f"/evals/dashboard/checkpoints/{lineage['base'].pk}/"
     queued = EvalRun.objects.filter(checkpoint=lineage["base"], status=RunStatus.QUEUED)
     assert queued.count() == 5 and {run.created_by for run in queued} == {admin_user}
 
@@ -281,7 +282,7 @@ def test_dashboard_shows_latest_results_with_intervals_lineage_and_definitions(
     client, reviewer, lineage
 ):
     client.force_login(reviewer)
-    page = client.get("/dashboard/").content.decode()
+    page = client.get("/evals/dashboard/").content.decode()
     # the newest succeeded run of sft's facts_mc (0.8), not the older 0.2 or the failed 0.01
     assert 'title="95% CI 0.72 – 0.88 · stderr 0.04 · n = 20' in page
     assert ">0.8<small>0.72 – 0.88</small>" in page
@@ -297,29 +298,29 @@ def test_dashboard_shows_latest_results_with_intervals_lineage_and_definitions(
 def test_only_admins_get_a_link_to_the_job_and_its_loss_chart(
     client, reviewer, admin_user, lineage
 ):
-    job_link = f'href="/jobs/{lineage["sft"].job_id}/"'
+    job_link = f'href="/train/jobs/{lineage["sft"].job_id}/"'
     client.force_login(reviewer)
-    assert job_link not in client.get("/dashboard/").content.decode()
+    assert job_link not in client.get("/evals/dashboard/").content.decode()
     client.force_login(admin_user)
-    assert job_link in client.get("/dashboard/").content.decode()
+    assert job_link in client.get("/evals/dashboard/").content.decode()
 
 
 def test_filters_by_project_kind_and_date(client, reviewer, lineage):
     client.force_login(reviewer)
     project = lineage["sft"].snapshot.project
     # a project's checkpoints: those trained on its snapshots, and their parents and bases
-    assert sorted(table_rows(client.get(f"/dashboard/?project={project.pk}").content)) == [
+    assert sorted(table_rows(client.get(f"/evals/dashboard/?project={project.pk}").content)) == [
         "base",
         "base-sft-1",
     ]
-    assert table_rows(client.get("/dashboard/?kind=reward").content) == ["other-rm"]
+    assert table_rows(client.get("/evals/dashboard/?kind=reward").content) == ["other-rm"]
     Checkpoint.objects.filter(pk=lineage["base"].pk).update(
         created_at=timezone.now() - dt.timedelta(days=30)
     )
     since = (timezone.now() - dt.timedelta(days=1)).date().isoformat()
-    assert "base" not in table_rows(client.get(f"/dashboard/?created_from={since}").content)
+    assert "base" not in table_rows(client.get(f"/evals/dashboard/?created_from={since}").content)
     # an invalid date is reported and ignored
-    response = client.get("/dashboard/?created_from=yesterday")
+    response = client.get("/evals/dashboard/?created_from=yesterday")
     assert response.status_code == 200 and b"Enter a valid date." in response.content
     assert len(table_rows(response.content)) == 3
 
@@ -327,39 +328,39 @@ def test_filters_by_project_kind_and_date(client, reviewer, lineage):
 def test_sorts_by_any_metric_column_with_missing_values_last(client, reviewer, lineage):
     client.force_login(reviewer)
     key = "multiple_choice/facts_mc/acc"
-    assert table_rows(client.get(f"/dashboard/?sort={key}").content) == [
+    assert table_rows(client.get(f"/evals/dashboard/?sort={key}").content) == [
         "base",
         "base-sft-1",
         "other-rm",
     ]
-    assert table_rows(client.get(f"/dashboard/?sort=-{key}").content) == [
+    assert table_rows(client.get(f"/evals/dashboard/?sort=-{key}").content) == [
         "base-sft-1",
         "base",
         "other-rm",
     ]
-    assert table_rows(client.get("/dashboard/?sort=name").content) == [
+    assert table_rows(client.get("/evals/dashboard/?sort=name").content) == [
         "base",
         "base-sft-1",
         "other-rm",
     ]
-    assert table_rows(client.get("/dashboard/?sort=lineage").content) == [
+    assert table_rows(client.get("/evals/dashboard/?sort=lineage").content) == [
         "base",
         "base-sft-1",
         "other-rm",
     ]
     # an unknown column falls back to newest first
-    assert table_rows(client.get("/dashboard/?sort=nonsense").content)[0] == "other-rm"
+    assert table_rows(client.get("/evals/dashboard/?sort=nonsense").content)[0] == "other-rm"
 
 
 def test_htmx_requests_get_only_their_partial(client, reviewer, lineage):
     client.force_login(reviewer)
-    results = client.get("/dashboard/?kind=policy", HTTP_HX_TARGET="dashboard-results", **HX)
+    results = client.get("/evals/dashboard/?kind=policy", HTTP_HX_TARGET="dashboard-results", **HX)
     content = results.content.decode().strip()
     assert content.startswith('<div id="dashboard-results">') and "<html" not in content
     assert table_rows(results.content) == ["base-sft-1", "base"]
     chart = (
         client.get(
-            "/dashboard/?metric=perplexity/heldout_prose/word_perplexity",
+            "/evals/dashboard/?metric=perplexity/heldout_prose/word_perplexity",
             HTTP_HX_TARGET="metric-chart",
             **HX,
         )
@@ -369,13 +370,15 @@ def test_htmx_requests_get_only_their_partial(client, reviewer, lineage):
     assert chart.startswith('<div id="metric-chart"') and "eval-table" not in chart
     assert '"key": "perplexity/heldout_prose/word_perplexity"' in chart
     assert '"lowerIsBetter": true' in chart
-    runs = client.get("/dashboard/", HTTP_HX_TARGET="eval-runs", **HX).content.decode().strip()
+    runs = (
+        client.get("/evals/dashboard/", HTTP_HX_TARGET="eval-runs", **HX).content.decode().strip()
+    )
     assert runs.startswith('<div id="eval-runs"') and "eval-table" not in runs
 
 
 def test_the_chart_series_follows_checkpoints_in_order_with_intervals(client, reviewer, lineage):
     client.force_login(reviewer)
-    page = client.get("/dashboard/?metric=multiple_choice/facts_mc/acc").content.decode()
+    page = client.get("/evals/dashboard/?metric=multiple_choice/facts_mc/acc").content.decode()
     series = re.search(r'<script id="metric-series" type="application/json">(.*?)</script>', page)
     assert series is not None
     data = json.loads(series.group(1))
@@ -390,7 +393,7 @@ def test_the_chart_series_follows_checkpoints_in_order_with_intervals(client, re
 
 def test_csv_export_has_one_line_per_checkpoint_and_metric(client, reviewer, lineage):
     client.force_login(reviewer)
-    response = client.get("/dashboard/evaluations.csv?kind=policy&sort=name")
+    response = client.get("/evals/dashboard/evaluations.csv?kind=policy&sort=name")
     assert response["Content-Type"].startswith("text/csv")
     assert "attachment" in response["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
@@ -419,7 +422,9 @@ def test_csv_export_has_one_line_per_checkpoint_and_metric(client, reviewer, lin
 def test_csv_export_defuses_spreadsheet_formulas_in_names(client, reviewer, db):
     record(checkpoint("=HYPERLINK(1)"), Suite.PERPLEXITY, "heldout_prose", {"bits_per_byte": -1.5})
     client.force_login(reviewer)
-    rows = list(csv.reader(io.StringIO(client.get("/dashboard/evaluations.csv").content.decode())))
+    rows = list(
+        csv.reader(io.StringIO(client.get("/evals/dashboard/evaluations.csv").content.decode()))
+    )
     assert rows[1][0] == "'=HYPERLINK(1)"
     assert rows[1][12] == "-1.5"  # numbers stay numbers
 
@@ -435,7 +440,7 @@ def test_compare_shows_metric_deltas_and_answers_to_the_same_prompts(client, rev
     record(sft, Suite.GENERATIVE, "toy_qa_gen", {"exact_match": 0.5},
            samples=[("3 + 3 = ?", "6", True), ("2 + 2 = ?", "4", True)])  # fmt: skip
     client.force_login(reviewer)
-    page = client.get(f"/dashboard/compare/?a={base.pk}&b={sft.pk}").content.decode()
+    page = client.get(f"/evals/dashboard/compare/?a={base.pk}&b={sft.pk}").content.decode()
     assert "+0.4" in page  # facts_mc acc: 0.8 − 0.4
     assert '<span class="badge">base-sft-1</span>' in page  # intervals 0.72–0.88 vs 0.30–0.50
     assert "+0.5" in page  # exact_match
@@ -447,13 +452,13 @@ def test_compare_shows_metric_deltas_and_answers_to_the_same_prompts(client, rev
 
 def test_compare_without_both_checkpoints_shows_the_form(client, reviewer, lineage):
     client.force_login(reviewer)
-    response = client.get("/dashboard/compare/?a=999999")
+    response = client.get("/evals/dashboard/compare/?a=999999")
     assert response.status_code == 200 and b"Select a valid choice" in response.content
 
 
 def test_checkpoint_page_lists_latest_results_and_the_whole_history(client, reviewer, lineage):
     client.force_login(reviewer)
-    page = client.get(f"/dashboard/checkpoints/{lineage['sft'].pk}/").content.decode()
+    page = client.get(f"/evals/dashboard/checkpoints/{lineage['sft'].pk}/").content.decode()
     assert page.count('href="/evals/runs/') >= 4  # every run, failed one included
     assert "0.72 – 0.88" in page and "Failed" in page
 
@@ -534,7 +539,7 @@ def test_dashboard_with_200_checkpoints_and_50_metrics_is_fast_and_not_n_plus_1(
     client.force_login(reviewer)
     # One request first, as any running server has had: it compiles the templates (a one-off
     # ~0.3 s); the page itself is what is measured.
-    response = client.get("/dashboard/")
+    response = client.get("/evals/dashboard/")
     assert len(table_rows(response.content)) == 200
     assert response.content.decode().count('class="num metric-head"') == 50
     # The page, sorting by a metric (the htmx swap of the table) and the CSV export: each a
@@ -542,12 +547,12 @@ def test_dashboard_with_200_checkpoints_and_50_metrics_is_fast_and_not_n_plus_1(
     # checkpoints, latest results, arena, recent runs and their results), and the best of three
     # under a second, so that other work on a shared 2-core test machine does not decide it.
     for url, headers in [
-        ("/dashboard/", {}),
+        ("/evals/dashboard/", {}),
         (
-            "/dashboard/?sort=-multiple_choice/task_03/metric_2",
+            "/evals/dashboard/?sort=-multiple_choice/task_03/metric_2",
             {"HTTP_HX_TARGET": "dashboard-results", **HX},
         ),
-        ("/dashboard/evaluations.csv", {}),
+        ("/evals/dashboard/evaluations.csv", {}),
     ]:
         timings = []
         for _ in range(3):

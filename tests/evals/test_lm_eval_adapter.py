@@ -11,8 +11,8 @@ import pytest
 from evals import selectors, services
 from evals.ml import evaluate_mc, load_mc_task, shipped_lm_eval_task_names, shipped_tasks
 from evals.ml.lm_eval_adapter import write_shipped_lm_eval_tasks
-from evals.ml.testing import tiny_lm, tiny_model_dir
 from evals.models import EvalRun, RunStatus, Suite
+from loop.testing import tiny_lm, tiny_model_dir
 from modeling.models import Checkpoint
 
 LIMIT = 8
@@ -44,7 +44,7 @@ def test_an_lm_eval_task_runs_offline_and_is_stored_beside_our_suites(policy):
         params={"limit": LIMIT, "batch_size": 4},
     )
     for run in (ours, theirs):
-        run = services.run_eval(run, host="test-worker")
+        run = services.run_eval(run, worker_host="test-worker")
         assert run.status == RunStatus.SUCCEEDED, run.error
 
     theirs.refresh_from_db()
@@ -77,7 +77,7 @@ def test_an_lm_eval_task_runs_offline_and_is_stored_beside_our_suites(policy):
 
 def test_an_unknown_lm_eval_task_fails_the_run_with_the_reason(policy):
     run = services.runs._create(checkpoint=policy, suite=Suite.LM_EVAL, task="no_such_task_xyz")
-    run = services.run_eval(run, host="test-worker")
+    run = services.run_eval(run, worker_host="test-worker")
     assert run.status == RunStatus.FAILED
     assert "no_such_task_xyz" in run.error
 

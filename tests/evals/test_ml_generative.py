@@ -6,7 +6,7 @@ import pytest
 
 from evals.ml import evaluate_generative, load_gen_task, shipped_tasks
 from evals.ml.generative import cut_at_stop, score_output
-from evals.ml.testing import tiny_lm, torch_threads
+from loop.testing import tiny_lm, torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")

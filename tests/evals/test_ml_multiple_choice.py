@@ -12,7 +12,7 @@ from evals.ml import LmEvalNotInstalled, evaluate_mc, load_mc_task, run_lm_eval,
 from evals.ml import multiple_choice as mc_module
 from evals.ml.lm import encode_pair, loglikelihood_tokens
 from evals.ml.multiple_choice import mc_prompt
-from evals.ml.testing import tiny_lm, tiny_model_dir, torch_threads
+from loop.testing import tiny_lm, tiny_model_dir, torch_threads
 
 ITEMS = [
     {"question": "The capital of France is", "choices": ["Paris", "Rome", "Madrid"], "answer": 0},

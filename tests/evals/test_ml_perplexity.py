@@ -27,7 +27,7 @@ from evals.ml.perplexity import (
     rolling_loglikelihood,
     strided_perplexity,
 )
-from evals.ml.testing import tiny_lm, torch_threads
+from loop.testing import tiny_lm, torch_threads
 
 MAX_LENGTH = 8
 TEXTS = [

@@ -6,7 +6,7 @@ from statsmodels.stats.proportion import proportion_confint
 from evals.ml import load_preference_pairs, reward_accuracy, reward_win_rate
 from evals.ml.reward import reward_scores
 from evals.ml.stats import mean_stderr, wilson_interval
-from evals.ml.testing import tiny_reward_model, torch_threads
+from loop.testing import tiny_reward_model, torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,9 +11,9 @@ from evals.ml import (
     load_text_set,
     shipped_tasks,
     task_kind,
-    taskgen,
 )
-from modeling.ml.corpus import read_corpus
+from loop import taskgen
+from loop.corpus import read_corpus
 
 MC_CONFIG = {"config": {"name": "toy", "kind": "multiple_choice", "template": "Q: {question}"}}
 GOOD = {"question": "2 + 2?", "choices": ["4", "5"], "answer": 0}

@@ -2,7 +2,7 @@
 bad inputs failing the run with their reason, claims, history, dead workers, and one run through
 a real Celery worker on the test Redis.
 
-The tiny model is evals.ml.testing's: built once per test process by modeling.ml.build_tiny_model
+The tiny model is loop.testing's: built once per test process by modeling.ml.build_tiny_model
 (seeded, no pretraining steps: about 5 s instead of 18 s for a few steps, and every suite needs
 exact arithmetic on real weights and a real tokenizer, not a good model).
 """
@@ -24,9 +24,11 @@ from config.celery import CeleryQueue, app
 from evals import selectors, services
 from evals.ml import load_text_set, strided_perplexity
 from evals.ml.tasks import load_gen_task, shipped_tasks
-from evals.ml.testing import tiny_lm, tiny_model_dir
 from evals.models import EvalResult, EvalRun, EvalSample, RunStatus, Suite
-from feedback.models import DatasetSnapshot, SnapshotKind, SnapshotStatus
+from feedback.models import DatasetSnapshot, SnapshotKind
+from jobs.models import Status
+from jobs.services import work_fail_orphaned, work_sweep
+from loop.testing import tiny_lm, tiny_model_dir
 from modeling.models import Checkpoint, CheckpointKind, TrainingJob
 from tests.factories import ProjectFactory
 from tests.modeling.helpers import purge_gpu_queue, wait_for
@@ -71,7 +73,7 @@ def preference_snapshot(db, settings):
         project=project,
         name="prefs round 1",
         kind=SnapshotKind.PREFERENCE,
-        status=SnapshotStatus.READY,
+        status=Status.SUCCEEDED,
         directory="snapshots/prefs",
         row_counts={"train": 0, "test": len(PREFERENCE_ROWS)},
     )
@@ -105,7 +107,7 @@ def queue(checkpoint: Checkpoint, suite: str, task: str = "", **fields) -> EvalR
 
 
 def run_now(run: EvalRun) -> EvalRun:
-    return services.run_eval(run, host="test-worker")
+    return services.run_eval(run, worker_host="test-worker")
 
 
 # --- what a new checkpoint gets ----------------------------------------------------------------
@@ -157,7 +159,7 @@ def test_a_value_model_gets_no_default_evaluation(db):
 def test_perplexity_run_stores_word_and_byte_perplexity(policy):
     run = run_now(queue(policy, Suite.PERPLEXITY, params={"limit": 5}))
     assert run.status == RunStatus.SUCCEEDED, run.error
-    assert run.host == "test-worker" and run.started_at <= run.finished_at
+    assert run.worker_host == "test-worker" and run.started_at <= run.finished_at
     values = {r.metric: r for r in run.results.all()}
     assert set(values) == {
         "word_perplexity",
@@ -464,7 +466,7 @@ def test_a_run_whose_worker_went_silent_is_failed(policy):
         status=RunStatus.RUNNING, heartbeat_at=now - timedelta(seconds=60)
     )
     EvalRun.objects.filter(pk=alive.pk).update(status=RunStatus.RUNNING, heartbeat_at=now)
-    assert services.eval_runs_mark_stale(now=now) == 1
+    assert work_sweep(now=now) == {"evals.EvalRun": 1}
     silent.refresh_from_db()
     alive.refresh_from_db()
     assert silent.status == RunStatus.FAILED and "worker stopped responding" in silent.error
@@ -475,9 +477,11 @@ def test_a_restarted_worker_fails_the_runs_it_left_running(policy):
     started = timezone.now()
     orphan = queue(policy, Suite.PERPLEXITY)
     EvalRun.objects.filter(pk=orphan.pk).update(
-        status=RunStatus.RUNNING, host="gpu0@box", started_at=started - timedelta(minutes=5)
+        status=RunStatus.RUNNING, worker_host="gpu0@box", started_at=started - timedelta(minutes=5)
     )
-    assert services.eval_runs_fail_orphaned(host="gpu0@box", started_before=started) == 1
+    assert work_fail_orphaned(worker_host="gpu0@box", started_before=started) == {
+        "evals.EvalRun": 1
+    }
     orphan.refresh_from_db()
     assert orphan.status == RunStatus.FAILED and "gpu0@box restarted" in orphan.error
 
@@ -517,6 +521,6 @@ def test_a_requested_run_is_evaluated_by_a_real_worker(gpu_worker, roles, admin_
     )
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, run.error
-    assert run.host  # the worker's name
+    assert run.worker_host  # the worker's name
     assert EvalSample.objects.filter(run=run).count() == 2
     assert run.results.get(metric="exact_match").n == 2

@@ -1,7 +1,7 @@
 import pytest
 
-from evals.toytask import is_correct, kind, sample, solve
-from modeling.ml.corpus import TASKS
+from loop.corpus import TASKS
+from loop.toytask import is_correct, kind, sample, solve
 
 
 @pytest.mark.parametrize(

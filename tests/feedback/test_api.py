@@ -15,9 +15,10 @@ from schemathesis.checks import not_a_server_error
 
 from config.celery import CeleryQueue, app
 from config.wsgi import application
+from core.models import ApiToken
+from core.tokens import token_create
 from feedback import services
-from feedback.models import ApiToken, PairwiseJudgement, TaskKind
-from feedback.services.tokens import token_create
+from feedback.models import PairwiseJudgement, TaskKind
 from tests.factories import ProjectFactory, make_item
 
 pytestmark = pytest.mark.django_db
@@ -187,8 +188,10 @@ def test_import_then_snapshot_then_download_over_the_api(api, admin_user, settin
             content_type="application/json",
         )  # fmt: skip
         assert snapshot.status_code == 202
-        ready = _poll(api, f"/snapshots/{snapshot.json()['id']}", admin_user, "status", "building")
-    assert ready["status"] == "ready" and ready["row_counts"] == {"train": 8, "test": 0}
+        ready = _poll(
+            api, f"/snapshots/{snapshot.json()['id']}", admin_user, "status", "queued", "running"
+        )
+    assert ready["status"] == "succeeded" and ready["row_counts"] == {"train": 8, "test": 0}
     assert "train.jsonl" in ready["files"]
     download = api("get", f"/snapshots/{ready['id']}/files/train.jsonl", admin_user)
     assert len(b"".join(download.streaming_content).splitlines()) == 8

@@ -4,8 +4,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 
-from feedback.auth import RoleLoadingBackend
-from feedback.roles import Role, user_roles
+from core.auth import RoleLoadingBackend
+from core.roles import Role, user_roles
 from tests.factories import UserFactory
 
 
@@ -38,6 +38,6 @@ def test_inactive_unknown_or_malformed_ids_give_nobody(roles, annotator):
 @pytest.mark.django_db
 def test_a_role_taken_away_applies_on_the_next_request(client, annotator):
     client.force_login(annotator)
-    assert client.get(reverse("history")).status_code == 200
+    assert client.get(reverse("feedback:history")).status_code == 200
     annotator.groups.clear()
-    assert client.get(reverse("history")).status_code == 403
+    assert client.get(reverse("feedback:history")).status_code == 403

@@ -77,8 +77,8 @@ def test_admin_previews_imports_and_snapshots_with_a_real_worker(client, admin_u
     )  # fmt: skip
     snapshot = DatasetSnapshot.objects.get()
     assert response["Location"] == f"/snapshots/{snapshot.pk}/"
-    snapshot = wait_for(lambda: DatasetSnapshot.objects.get(), lambda s: s.status != "building")
-    assert snapshot.status == "ready" and snapshot.row_counts == {"train": 12, "test": 0}
+    snapshot = wait_for(lambda: DatasetSnapshot.objects.get(), lambda s: not s.is_active)
+    assert snapshot.status == "succeeded" and snapshot.row_counts == {"train": 12, "test": 0}
     detail = client.get(f"/snapshots/{snapshot.pk}/").content.decode()
     assert snapshot.content_hash in detail
     download = client.get(f"/snapshots/{snapshot.pk}/files/train.jsonl")

@@ -11,8 +11,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from core.errors import NotYourTask
 from feedback import services
-from feedback.errors import NotYourTask
 from feedback.models import (
     Assignment,
     AssignmentStatus,

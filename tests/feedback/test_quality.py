@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
+from core.errors import TaskUnavailable
+from core.roles import Role
 from feedback import services
-from feedback.errors import TaskUnavailable
 from feedback.models import (
     Adjudication,
     Assignment,
@@ -17,7 +18,6 @@ from feedback.models import (
     TaskKind,
 )
 from feedback.quality.reports import annotator_rows, disagreement_items, project_agreement
-from feedback.roles import Role
 from feedback.services import review as review_services
 from tests.factories import ProjectFactory, UserFactory, annotator, make_item
 

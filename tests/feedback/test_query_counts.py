@@ -30,18 +30,20 @@ def test_htmx_submit_and_next_task_stay_within_query_budget(
         project=pairwise_item.project, annotator=annotator
     )
     client.force_login(annotator)
-    client.get(reverse("task", args=[assignment.pk]))  # session and CSRF cookie, as a browser
+    client.get(
+        reverse("feedback:task", args=[assignment.pk])
+    )  # session and CSRF cookie, as a browser
 
     with django_assert_max_num_queries(SUBMIT_QUERIES):
         response = client.post(
-            reverse("submit", args=[assignment.pk]),
+            reverse("feedback:submit", args=[assignment.pk]),
             {"side": "left", "strength": "clear", "seconds_spent": "4"},
             headers=HX,
         )
 
     assert response.status_code == 200
     nxt = Assignment.objects.get(annotator=annotator, item=second)
-    assert response["HX-Push-Url"] == reverse("task", args=[nxt.pk])
+    assert response["HX-Push-Url"] == reverse("feedback:task", args=[nxt.pk])
     assert PairwiseJudgement.objects.filter(assignment=assignment).count() == 1
     # The next task's screen is complete: both completions, rendered.
     assert response.content.decode().count('class="pane"') == 2

@@ -4,8 +4,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from core.errors import NotYourTask, TaskUnavailable
 from feedback import services
-from feedback.errors import NotYourTask, TaskUnavailable
 from feedback.models import (
     Assignment,
     AssignmentStatus,

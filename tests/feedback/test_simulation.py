@@ -6,7 +6,7 @@ from django.core.management.base import CommandError
 
 from feedback import services
 from feedback.models import Demonstration, Origin, PairwiseJudgement, RankingJudgement, TaskKind
-from feedback.simulation import SimulationConfig, simulate
+from loop.simulation import SimulationConfig, simulate
 from tests.factories import ProjectFactory
 
 pytestmark = pytest.mark.django_db

@@ -11,11 +11,11 @@ from feedback.models import (
     Item,
     Origin,
     PairwiseJudgement,
-    SnapshotStatus,
     Split,
     TaskKind,
 )
 from feedback.services import review as review_services
+from jobs.models import Status
 from tests.factories import ProjectFactory, annotator, make_item
 
 pytestmark = pytest.mark.django_db
@@ -83,7 +83,7 @@ def test_sft_rows_are_conversations_ending_with_the_demonstration(roles, everyth
 
     snapshot = services.snapshot_create(project=project, kind="sft", policy=everything_in_train)
 
-    assert snapshot.status == SnapshotStatus.READY
+    assert snapshot.status == Status.SUCCEEDED
     assert snapshot.row_counts == {"train": 1, "test": 0}
     [row] = rows(snapshot)
     assert row["messages"] == [
@@ -617,10 +617,10 @@ def test_a_snapshot_requested_before_the_new_options_builds_with_their_defaults(
     with pytest.raises(ValidationError):
         services.snapshot_build(broken)
 
-    assert built.status == SnapshotStatus.READY and built.row_counts["train"] == 1
+    assert built.status == Status.SUCCEEDED and built.row_counts["train"] == 1
     assert built.policy["include_gold"] is False and built.policy["min_item_agreement"] is None
     broken.refresh_from_db()
-    assert broken.status == SnapshotStatus.FAILED and "test_fraction" in broken.error
+    assert broken.status == Status.FAILED and "test_fraction" in broken.error
 
 
 def _import(project, tmp_path, admin_user, rows):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from feedback.services.tokens import token_create
+from core.tokens import token_create
 from modeling.models import Checkpoint, JobStatus, TrainingJob
 from tests.modeling.helpers import queued_tasks, wait_until_finished
 

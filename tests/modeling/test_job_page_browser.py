@@ -33,7 +33,7 @@ def test_job_page_follows_a_running_job_until_it_ends(
         launched_by=admin_user,
     )
     login(page, admin_user.username)
-    page.goto(f"/jobs/{job.pk}/")
+    page.goto(f"/train/jobs/{job.pk}/")
 
     page.wait_for_function(f"({CHART_POINTS})() >= 2", timeout=60_000)  # the chart grew
     page.wait_for_selector("#job-progress .job-status.succeeded", timeout=120_000)
@@ -43,6 +43,6 @@ def test_job_page_follows_a_running_job_until_it_ends(
     assert page.get_attribute("#job-progress", "hx-trigger") is None  # polling stopped
     assert page.inner_text("#job-progress .job-headline").count("40") >= 1
     assert page.evaluate(CHART_POINTS) >= 2
-    assert page.is_visible(f"a[href='/checkpoints/{job.result.pk}/']")
+    assert page.is_visible(f"a[href='/train/checkpoints/{job.result.pk}/']")
     if os.environ.get("VEREDICTO_SCREENSHOTS"):
         page.screenshot(path=os.environ["VEREDICTO_SCREENSHOTS"] + "/job.png", full_page=True)

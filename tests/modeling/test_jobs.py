@@ -13,7 +13,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from feedback.models import SnapshotStatus
+from jobs.models import Status
+from jobs.services import work_sweep
 from modeling import selectors, services
 from modeling.ml import load_causal_lm
 from modeling.models import Checkpoint, CheckpointKind, CheckpointSource, JobStatus, TrainingJob
@@ -110,7 +111,7 @@ def test_sft_data_cannot_train_dpo(admin_user, base_checkpoint, make_snapshot):
 
 def test_snapshot_that_is_not_ready_is_refused(admin_user, base_checkpoint, make_snapshot):
     snapshot = make_snapshot("sft")
-    snapshot.status = SnapshotStatus.BUILDING
+    snapshot.status = Status.QUEUED
     snapshot.save()
     with pytest.raises(ValidationError) as exc:
         launch(kind="sft", parent=base_checkpoint, snapshot=snapshot, launched_by=admin_user)
@@ -231,7 +232,7 @@ def test_stale_running_job_fails_with_the_time_of_its_last_heartbeat(queued_job,
         heartbeat_at=now,
     )
 
-    assert services.job_mark_stale(now=now) == 1
+    assert work_sweep(now=now) == {"modeling.TrainingJob": 1}
 
     queued_job.refresh_from_db()
     assert queued_job.status == JobStatus.FAILED
@@ -241,7 +242,7 @@ def test_stale_running_job_fails_with_the_time_of_its_last_heartbeat(queued_job,
     assert queued_job.finished_at == now
     fresh.refresh_from_db()
     assert fresh.status == JobStatus.RUNNING
-    assert services.job_mark_stale(now=now) == 0
+    assert work_sweep(now=now) == {}
 
 
 def test_rerun_makes_one_new_attempt_of_a_failed_job(queued_job, admin_user):

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainerControl
 
-from modeling.ml.progress import ProgressCallback, TrainingCancelled, numeric_metrics
+from jobs.metrics import finite_metrics
+from modeling.ml.progress import ProgressCallback, TrainingCancelled
 
 
 class RecordingReporter:
@@ -75,4 +76,4 @@ def test_hard_stop_raises_for_loops_that_ignore_the_control_flag():
 
 def test_metrics_keep_finite_numbers_only():
     logs = {"loss": 1, "nan": math.nan, "inf": math.inf, "flag": True, "name": "x", "lr": 1e-5}
-    assert numeric_metrics(logs) == {"loss": 1.0, "lr": 1e-5}
+    assert finite_metrics(logs) == {"loss": 1.0, "lr": 1e-5}

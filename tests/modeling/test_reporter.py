@@ -10,9 +10,10 @@ import time
 import pytest
 from django.utils import timezone
 
+from jobs.services import Heartbeat
 from modeling import services
 from modeling.models import JobStatus, TrainingJob
-from modeling.services.runner import HISTORY_POINTS, Heartbeat, JobReporter
+from modeling.services.runner import HISTORY_POINTS, JobReporter
 from tests.modeling.helpers import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -113,7 +114,7 @@ def test_the_time_limit_stops_training(running_job):
 @pytest.mark.django_db(transaction=True)  # the heartbeat thread reads committed rows only
 def test_the_heartbeat_thread_beats_while_a_step_is_slow_and_stops_after(running_job):
     first = row(running_job).heartbeat_at
-    with Heartbeat(running_job.pk, interval=0.1) as heartbeat:
+    with Heartbeat(TrainingJob, running_job.pk, interval=0.1) as heartbeat:
         # One slow training step, no progress reports: the thread beats regardless.
         wait_for(lambda: row(running_job).heartbeat_at > first, timeout=10, what="a beat")
     beat = row(running_job).heartbeat_at

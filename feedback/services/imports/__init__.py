@@ -41,9 +41,9 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
-from django.utils import timezone
 
 from feedback.models import DataImport, ImportStatus, Project
+from jobs.services import Heartbeat, work_claim, work_finish
 
 from .parsing import (
     PAIRINGS,
@@ -328,39 +328,45 @@ def data_import_create(
     )
 
 
-def data_import_run(data_import: DataImport) -> None:
-    """Run a queued import once (a redelivered message finds nothing to claim)."""
-    claimed = DataImport.objects.filter(pk=data_import.pk, status=ImportStatus.QUEUED).update(
-        status=ImportStatus.RUNNING, phase="validating"
-    )
-    if not claimed:
-        return
-    rows = DataImport.objects.filter(pk=data_import.pk)
-    try:
-        with _published_progress(data_import) as progress:
-            report = import_file(
-                project=data_import.project,
-                path=Path(settings.MEDIA_ROOT) / data_import.file,
-                user=data_import.created_by,
-                options=ImportOptions(**data_import.options),
-                progress=progress,
-            )
-    except ValidationError as exc:
-        report = ImportReport()
-        for message in exc.messages:
-            report.add_error(0, message)
-    except Exception as exc:
-        report = ImportReport()
-        report.add_error(0, f"the import stopped: {type(exc).__name__}: {exc}")
-    status = ImportStatus.SUCCEEDED if report.ok else ImportStatus.FAILED
-    rows.update(
-        status=status,
+def data_import_run(data_import: DataImport, *, worker_host: str = "") -> DataImport:
+    """Run a queued import once: a redelivered message finds nothing to claim."""
+    if not work_claim(DataImport, pk=data_import.pk, worker_host=worker_host, phase="validating"):
+        return DataImport.objects.get(pk=data_import.pk)
+    data_import = DataImport.objects.select_related("project", "created_by").get(pk=data_import.pk)
+    with Heartbeat(DataImport, data_import.pk):
+        try:
+            with _published_progress(data_import) as progress:
+                report = import_file(
+                    project=data_import.project,
+                    path=Path(settings.MEDIA_ROOT) / data_import.file,
+                    user=data_import.created_by,
+                    options=ImportOptions(**data_import.options),
+                    progress=progress,
+                )
+        except ValidationError as exc:
+            report = ImportReport()
+            for message in exc.messages:
+                report.add_error(0, message)
+        except Exception as exc:
+            report = ImportReport()
+            report.add_error(0, f"the import stopped: {type(exc).__name__}: {exc}")
+    work_finish(
+        DataImport,
+        pk=data_import.pk,
+        status=ImportStatus.SUCCEEDED if report.ok else ImportStatus.FAILED,
+        error="" if report.ok else _failure_summary(report),
         phase="",
         rows_total=report.rows,
         rows_done=report.rows,
         report=report.as_dict(),
-        finished_at=timezone.now(),
     )
+    return DataImport.objects.get(pk=data_import.pk)
+
+
+def _failure_summary(report: ImportReport) -> str:
+    first = report.errors[0] if report.errors else {"row": 0, "message": ""}
+    where = f"row {first['row']}: " if first["row"] else ""
+    return f"{report.error_count} error(s), nothing imported. First: {where}{first['message']}"
 
 
 @contextlib.contextmanager

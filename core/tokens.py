@@ -1,0 +1,54 @@
+"""Personal API tokens: created and revoked by their owner, stored only as a hash."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from core.models import ApiToken
+from core.text import clean_text
+
+TOKEN_PREFIX = "vdt_"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+    """Returns the row and the token itself, which is never retrievable again."""
+    name = clean_text(name, field="name").strip()[:100]
+    if user.api_tokens.filter(name=name, revoked_at__isnull=True).exists():
+        raise ValidationError({"name": "You already have an active token with this name."})
+    key = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(user=user, name=name, prefix=key[:10], key_hash=_digest(key))
+    return token, key
+
+
+def token_revoke(*, user: AbstractBaseUser, token_id: int) -> None:
+    revoked = ApiToken.objects.filter(pk=token_id, user=user, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    if not revoked:
+        raise ValidationError("No such active token.")
+
+
+def token_authenticate(key: str) -> AbstractBaseUser | None:
+    if not key or not key.startswith(TOKEN_PREFIX):
+        return None
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(key_hash=_digest(key), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if token is None:
+        return None
+    # Coarse last-use stamp: one write per token per minute at most.
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user

@@ -1,0 +1,10 @@
+"""The lifecycle tests run every kind of background work, with the training tests' fixtures."""
+
+from tests.modeling.conftest import (  # noqa: F401  (fixtures, found by name)
+    base_checkpoint,
+    empty_gpu_queue,
+    fast_jobs,
+    gpu_worker,
+    labelled_project,
+    make_snapshot,
+)
