@@ -32,7 +32,7 @@ def test_the_contract_catches_an_import_against_the_direction(tmp_path):
     config = tmp_path / "importlinter.ini"
     config.write_text(
         "[importlinter]\n"
-        f"root_packages =\n    " + "\n    ".join(settings["root_packages"]) + "\n"
+        "root_packages =\n    " + "\n    ".join(settings["root_packages"]) + "\n"
         "[importlinter:contract:upside-down]\n"
         "name = upside down\ntype = layers\n"
         "layers =\n    " + "\n    ".join(upside_down) + "\n"

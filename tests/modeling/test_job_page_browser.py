@@ -3,14 +3,12 @@ through htmx polling, and the polling stops when the job ends."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from modeling import services
 from modeling.models import JobStatus
 from tests.modeling.helpers import wait_until_finished
-from tests.playwright_support import login
+from tests.playwright_support import login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -44,5 +42,4 @@ def test_job_page_follows_a_running_job_until_it_ends(
     assert page.inner_text("#job-progress .job-headline").count("40") >= 1
     assert page.evaluate(CHART_POINTS) >= 2
     assert page.is_visible(f"a[href='/train/checkpoints/{job.result.pk}/']")
-    if os.environ.get("VEREDICTO_SCREENSHOTS"):
-        page.screenshot(path=os.environ["VEREDICTO_SCREENSHOTS"] + "/job.png", full_page=True)
+    shot(page, "job", full_page=True)
