@@ -30,14 +30,16 @@ setup: install
 	DEBUG=1 $(BIN)/python manage.py migrate --noinput
 	@DEBUG=1 $(BIN)/python manage.py seed_demo
 
-# What they both end with: Redis, a Celery worker and the app, until Ctrl-C.
+# What they both end with: Redis, a Celery worker, Celery beat (the sweep that fails background
+# work whose worker died) and the app, until Ctrl-C.
 define SERVE
 @echo ""
 @echo "  Veredicto is starting at http://$(HOST):$(PORT)/  (Ctrl-C stops everything)"
 @echo ""
 @DEBUG=1 $(BIN)/python config/devservices.py run -- \
 	web=$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT) ::: \
-	worker=$(BIN)/celery -A config worker -Q default,gpu --concurrency 1 --prefetch-multiplier 1 -l INFO
+	worker=$(BIN)/celery -A config worker -Q default,gpu --concurrency 1 --prefetch-multiplier 1 -l INFO ::: \
+	beat=$(BIN)/celery -A config beat -s var/celerybeat-schedule --pidfile= -l INFO
 endef
 
 run: setup

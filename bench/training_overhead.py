@@ -333,7 +333,7 @@ def job_config(kind: str, steps: int, args) -> dict:
     raw = {"max_steps": steps, "batch_size": args.batch_size, "seed": 0}
     raw["learning_rate"] = 1e-4 if kind == "sft" else 1e-5
     raw["max_length"] = 256  # toy conversations are far shorter; the tiny model has 512
-    return job_config_clean(kind, raw)
+    return job_config_clean(kind=kind, raw=raw)
 
 
 def overhead(args) -> int:

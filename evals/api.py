@@ -113,7 +113,7 @@ class EvalRunDetailOut(EvalRunOut):
 
     @staticmethod
     def resolve_samples(run: EvalRun) -> list:
-        return selectors.run_samples(run, MAX_SAMPLES)
+        return selectors.run_samples(run=run, limit=MAX_SAMPLES)
 
 
 class EvalRunIn(Schema):
@@ -217,7 +217,7 @@ def list_runs(
 
 def _run_detail(run_id: int) -> EvalRun:
     try:
-        return selectors.run_detail(run_id)
+        return selectors.run_detail(run_id=run_id)
     except EvalRun.DoesNotExist:
         raise Http404 from None
 
@@ -292,7 +292,7 @@ def checkpoint_results(request, checkpoint_id: int):
             finished_at=cell.finished_at,
             lower_is_better=column.lower_is_better,
         )
-        for column, cell in selectors.checkpoint_metrics(checkpoint)
+        for column, cell in selectors.checkpoint_metrics(checkpoint=checkpoint)
     ]
     return CheckpointResultsOut(
         checkpoint_id=checkpoint.pk,
@@ -322,7 +322,7 @@ def leaderboard(
     _require(request, *VIEWING)
     project = get_object_or_404(Project, pk=project_id)
     board = selectors.arena_leaderboard(
-        project, reference=reference or None, include_simulated=simulated
+        project=project, reference=reference or None, include_simulated=simulated
     )
     rows = [
         LeaderboardRowOut(

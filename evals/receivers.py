@@ -11,4 +11,4 @@ def evaluate_new_checkpoint(
 ) -> None:
     """Every trained checkpoint gets the default suites (a repeated announcement for the same
     job queues nothing new: schedule_default_evals is idempotent per job)."""
-    schedule_default_evals(checkpoint, triggered_by_job=job)
+    schedule_default_evals(checkpoint=checkpoint, triggered_by_job=job)

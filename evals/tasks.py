@@ -40,4 +40,4 @@ def run_eval(self, run_id: int) -> str:
         logger.warning("Eval run %s does not exist; dropping the message", run_id)
         return "missing"
     host = worker_name(self.request.hostname)
-    return services.run_eval(run, worker_host=host).status
+    return services.run_eval(run=run, worker_host=host).status

@@ -85,8 +85,8 @@ def checkpoint_evals(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     )
     context = {
         "checkpoint": checkpoint,
-        "metrics": selectors.checkpoint_metrics(checkpoint),
-        "runs": selectors.checkpoint_runs(checkpoint),
+        "metrics": selectors.checkpoint_metrics(checkpoint=checkpoint),
+        "runs": selectors.checkpoint_runs(checkpoint=checkpoint),
     }
     return render(request, "evals/checkpoint.html", context)
 
@@ -95,12 +95,16 @@ def checkpoint_evals(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
 @role_required(*VIEWING)
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     try:
-        run = selectors.run_detail(run_id)
+        run = selectors.run_detail(run_id=run_id)
     except EvalRun.DoesNotExist:
         raise Http404("No such evaluation run.") from None
     polling = request.htmx and request.htmx.target == "run-status"
     template = "evals/run_detail.html" + ("#run-status" if polling else "")
-    context = {"run": run, "samples": selectors.run_samples(run), "definition": _definition(run)}
+    context = {
+        "run": run,
+        "samples": selectors.run_samples(run=run),
+        "definition": _definition(run),
+    }
     return render(request, template, context)
 
 
@@ -155,7 +159,7 @@ def checkpoint_defaults(request: HttpRequest, checkpoint_id: int) -> HttpRespons
 def leaderboard(request: HttpRequest, project_id: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=project_id)
     board = selectors.arena_leaderboard(
-        project,
+        project=project,
         reference=request.GET.get("reference") or None,
         include_simulated=request.GET.get("simulated") == "1",
     )

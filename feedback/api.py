@@ -40,7 +40,7 @@ def _require(request: HttpRequest, *roles: Role) -> None:
 def _project_for(request: HttpRequest, project_id: int) -> Project:
     if has_role(request.user, Role.ADMIN, Role.REVIEWER):
         return get_object_or_404(Project, pk=project_id)
-    return get_object_or_404(selectors.projects_for_annotator(request.user), pk=project_id)
+    return get_object_or_404(selectors.projects_for_annotator(user=request.user), pk=project_id)
 
 
 # --- schemas -----------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ class SnapshotOut(Schema):
 def list_projects(request):
     if has_role(request.user, Role.ADMIN, Role.REVIEWER):
         return Project.objects.order_by("name")
-    return selectors.projects_for_annotator(request.user)
+    return selectors.projects_for_annotator(user=request.user)
 
 
 @router.get("/projects/{project_id}", response={200: ProjectOut, **ERRORS}, tags=["projects"])
@@ -227,7 +227,7 @@ def next_task(
 
 
 def _assignment_out(assignment: Assignment) -> AssignmentOut:
-    view = selectors.task_view(assignment)
+    view = selectors.task_view(assignment=assignment)
     return AssignmentOut(
         id=assignment.pk,
         status=assignment.status,
@@ -238,7 +238,7 @@ def _assignment_out(assignment: Assignment) -> AssignmentOut:
 
 def _own_assignment(request, assignment_id: int) -> Assignment:
     _require(request, Role.ANNOTATOR, Role.ADMIN)
-    assignment = selectors.assignment_for_user(assignment_id, request.user)
+    assignment = selectors.assignment_for_user(assignment_id=assignment_id, user=request.user)
     if assignment is None:
         raise Http404
     return assignment

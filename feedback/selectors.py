@@ -44,7 +44,7 @@ def member_or_open_q(user: AbstractBaseUser) -> Q:
     return Exists(member) | ~Exists(has_members)
 
 
-def projects_for_annotator(user: AbstractBaseUser) -> QuerySet[Project]:
+def projects_for_annotator(*, user: AbstractBaseUser) -> QuerySet[Project]:
     """Active projects the user may work on, with their own and overall progress."""
     projects = Project.objects.filter(is_active=True)
     if not has_role(user, Role.ADMIN):
@@ -62,7 +62,7 @@ def projects_for_annotator(user: AbstractBaseUser) -> QuerySet[Project]:
     ).order_by("name")
 
 
-def project_completed_items(project: Project) -> int:
+def project_completed_items(*, project: Project) -> int:
     return project.items.filter(submitted_count__gte=project.overlap).count()
 
 
@@ -131,11 +131,11 @@ def canonical_a_id(assignment: Assignment) -> int:
     return item.item_completions.get(position=0).completion_id
 
 
-def task_view(assignment: Assignment) -> TaskView:
+def task_view(*, assignment: Assignment) -> TaskView:
     return TaskView(assignment)
 
 
-def assignment_for_user(assignment_id: int, user: AbstractBaseUser) -> Assignment | None:
+def assignment_for_user(*, assignment_id: int, user: AbstractBaseUser) -> Assignment | None:
     """The user's assignment with its item, project and prompt, and `a_completion_id` (the
     item's canonical A, which a pairwise submit needs): one query, written out because every
     submit runs it (see feedback/rows.py)."""
@@ -176,7 +176,7 @@ class HistoryRow:
     summary: str
 
 
-def history_for_annotator(user: AbstractBaseUser, *, limit: int = 100) -> list[HistoryRow]:
+def history_for_annotator(*, user: AbstractBaseUser, limit: int = 100) -> list[HistoryRow]:
     """The user's recent submitted judgements, newest first, with a one-line summary each."""
     assignments = list(
         Assignment.objects.filter(annotator=user, status=AssignmentStatus.SUBMITTED)
@@ -251,14 +251,14 @@ class ProjectProgress:
     stuck_count: int
 
 
-def eligible_annotators(project: Project) -> QuerySet:
+def eligible_annotators(*, project: Project) -> QuerySet:
     """Who the queue would serve: the project's member list, or every active annotator."""
     if project.annotators.exists():
         return project.annotators.all()
     return get_user_model().objects.filter(groups__name=Role.ANNOTATOR, is_active=True)
 
 
-def project_progress(project: Project) -> ProjectProgress:
+def project_progress(*, project: Project) -> ProjectProgress:
     """Admin view of a project. Items "stuck": every eligible annotator who has not judged it
     skipped it, so it will never fill without intervention."""
     items = project.items.aggregate(

@@ -21,7 +21,7 @@ def build_snapshot(snapshot_id: int) -> str:
     snapshot = DatasetSnapshot.objects.filter(pk=snapshot_id).first()
     if snapshot is None:
         return "missing"
-    return services.snapshot_build(snapshot, worker_host=worker_name()).status
+    return services.snapshot_build(snapshot=snapshot, worker_host=worker_name()).status
 
 
 @shared_task(
@@ -34,4 +34,6 @@ def run_import(import_id: int) -> str:
     data_import = DataImport.objects.filter(pk=import_id).first()
     if data_import is None:
         return "missing"
-    return services.imports.data_import_run(data_import, worker_host=worker_name()).status
+    return services.imports.data_import_run(
+        data_import=data_import, worker_host=worker_name()
+    ).status

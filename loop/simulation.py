@@ -71,7 +71,7 @@ def _score(question: str, text: str, rng: random.Random) -> float:
 
 
 def _pairwise(assignment: Assignment, config: SimulationConfig, rng: random.Random) -> dict:
-    view = task_view(assignment)
+    view = task_view(assignment=assignment)
     left, right = view.completions
     a_id = view.item.item_completions.get(position=0).completion_id
     question = _question(assignment)
@@ -103,7 +103,7 @@ def _ranking(assignment: Assignment, config: SimulationConfig, rng: random.Rando
     misjudged (graded by a coin), so a ranking of many replies is not wholly random when one is;
     with `position_bias` the ranking is the order shown. None (skip) when all are tied: a ranking
     must order something."""
-    view = task_view(assignment)
+    view = task_view(assignment=assignment)
     completions = list(view.completions)
     if rng.random() < config.position_bias:
         return {"ranking": [[c.pk] for c in completions]}

@@ -20,7 +20,9 @@ class CheckpointRegisterForm(forms.ModelForm):
         cleaned = super().clean()
         if cleaned.get("storage_path"):
             try:
-                services.checkpoint_source_check(cleaned["storage_path"], hub=cleaned.get("hub"))
+                services.checkpoint_source_check(
+                    storage_path=cleaned["storage_path"], hub=cleaned.get("hub")
+                )
             except ValidationError as exc:
                 self.add_error("storage_path", exc.message_dict["storage_path"])
         return cleaned

@@ -236,6 +236,6 @@ def get_checkpoint(request, checkpoint_id: int):
             snapshot_id=step.snapshot.pk if step.snapshot else None,
             snapshot_name=step.snapshot.name if step.snapshot else None,
         )
-        for step in selectors.checkpoint_lineage(checkpoint)
+        for step in selectors.checkpoint_lineage(checkpoint=checkpoint)
     ]
     return CheckpointDetailOut(**CheckpointOut.from_orm(checkpoint).dict(), lineage=lineage)

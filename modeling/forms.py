@@ -99,8 +99,8 @@ class JobLaunchForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.kind = kind
         self.cleaned_config: dict[str, Any] | None = None
-        self.fields["parent"].queryset = selectors.parent_choices(kind)
-        self.fields["snapshot"].queryset = selectors.snapshot_choices(kind)
+        self.fields["parent"].queryset = selectors.parent_choices(kind=kind)
+        self.fields["snapshot"].queryset = selectors.snapshot_choices(kind=kind)
         self.fields["time_limit_minutes"].initial = settings.VEREDICTO_JOB_TIME_LIMIT_SECONDS // 60
         if kind in JOBS_NEEDING_REWARD_MODEL:
             self.fields["reward_model"].queryset = selectors.reward_model_choices()
@@ -123,7 +123,7 @@ class JobLaunchForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         try:
-            self.cleaned_config = services.job_config_clean(self.kind, self.raw_config())
+            self.cleaned_config = services.job_config_clean(kind=self.kind, raw=self.raw_config())
         except ValidationError as exc:
             add_service_errors(self, exc, field_prefix=CONFIG_PREFIX)
         return cleaned

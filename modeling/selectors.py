@@ -29,11 +29,11 @@ def jobs_all() -> QuerySet[TrainingJob]:
     )
 
 
-def jobs_recent(limit: int = 100) -> QuerySet[TrainingJob]:
+def jobs_recent(*, limit: int = 100) -> QuerySet[TrainingJob]:
     return jobs_all()[:limit]
 
 
-def job_detail(job_id: int) -> TrainingJob:
+def job_detail(*, job_id: int) -> TrainingJob:
     return TrainingJob.objects.select_related(
         "parent", "snapshot", "reward_model", "checkpoint", "launched_by", "previous_attempt"
     ).get(pk=job_id)
@@ -43,7 +43,7 @@ def checkpoints_all() -> QuerySet[Checkpoint]:
     return Checkpoint.objects.select_related("parent", "job", "snapshot")
 
 
-def parent_choices(kind: str) -> QuerySet[Checkpoint]:
+def parent_choices(*, kind: str) -> QuerySet[Checkpoint]:
     """Checkpoints a job of `kind` may start from: policies; a reward job may also continue a
     reward model."""
     kinds = [CheckpointKind.POLICY]
@@ -56,14 +56,14 @@ def reward_model_choices() -> QuerySet[Checkpoint]:
     return Checkpoint.objects.filter(kind=CheckpointKind.REWARD).order_by("-created_at", "-id")
 
 
-def snapshot_choices(kind: str) -> QuerySet[DatasetSnapshot]:
+def snapshot_choices(*, kind: str) -> QuerySet[DatasetSnapshot]:
     """Ready snapshots of the kind a `kind` job trains on, newest first."""
     return DatasetSnapshot.objects.filter(
         kind=SNAPSHOT_KIND_FOR_JOB[kind], status=Status.SUCCEEDED
     ).select_related("project")
 
 
-def checkpoint_find(reference: str) -> Checkpoint:
+def checkpoint_find(*, reference: str) -> Checkpoint:
     """By id or by name (management commands take either)."""
     query = Q(name=reference)
     if reference.isdigit():
@@ -71,11 +71,11 @@ def checkpoint_find(reference: str) -> Checkpoint:
     return Checkpoint.objects.get(query)
 
 
-def config_defaults(kind: str) -> dict[str, Any]:
+def config_defaults(*, kind: str) -> dict[str, Any]:
     return CONFIG_CLASSES[kind]().model_dump(mode="json")
 
 
-def steps_estimate(kind: str, config: dict[str, Any], snapshot: DatasetSnapshot) -> int | None:
+def steps_estimate(*, kind: str, config: dict[str, Any], snapshot: DatasetSnapshot) -> int | None:
     """Optimizer steps the job will take on the snapshot's training rows; None if the config
     does not parse."""
     try:
@@ -94,7 +94,7 @@ class LineageStep:
     snapshot: DatasetSnapshot | None
 
 
-def checkpoint_lineage(checkpoint: Checkpoint) -> list[LineageStep]:
+def checkpoint_lineage(*, checkpoint: Checkpoint) -> list[LineageStep]:
     """Base model first, `checkpoint` last: base → parent → … → checkpoint, each with its job and
     dataset snapshot."""
     chain: list[LineageStep] = []
@@ -118,7 +118,7 @@ class FileEntry:
     is_dir: bool
 
 
-def checkpoint_files(checkpoint: Checkpoint) -> list[FileEntry]:
+def checkpoint_files(*, checkpoint: Checkpoint) -> list[FileEntry]:
     """The top level of a local checkpoint's directory (empty for hub ids or a missing dir)."""
     path = checkpoint.directory()
     if path is None or not path.is_dir():
@@ -134,7 +134,7 @@ def _tree_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def checkpoint_comparisons(checkpoint: Checkpoint) -> list[dict[str, Any]]:
+def checkpoint_comparisons(*, checkpoint: Checkpoint) -> list[dict[str, Any]]:
     """Per project: how many replies of this checkpoint were turned into comparison items."""
     return list(
         Completion.objects.filter(

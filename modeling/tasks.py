@@ -42,4 +42,4 @@ def train_job(self, job_id: int) -> str:
         logger.warning("Training job %s does not exist; dropping the message", job_id)
         return "missing"
     host = worker_name(self.request.hostname)
-    return services.run_training_job(job, worker_host=host).status
+    return services.run_training_job(job=job, worker_host=host).status

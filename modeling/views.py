@@ -64,7 +64,7 @@ def job_validate(request: HttpRequest, kind: str) -> HttpResponse:
 @role_required(Role.ADMIN)
 def job(request: HttpRequest, job_id: int) -> HttpResponse:
     try:
-        job = selectors.job_detail(job_id)
+        job = selectors.job_detail(job_id=job_id)
     except TrainingJob.DoesNotExist:
         raise Http404("No such job.") from None
     polling = request.htmx and request.htmx.target == "job-progress"
@@ -105,11 +105,11 @@ def checkpoint(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     checkpoint = get_object_or_404(selectors.checkpoints_all(), pk=checkpoint_id)
     context = {
         "checkpoint": checkpoint,
-        "lineage": selectors.checkpoint_lineage(checkpoint),
-        "files": selectors.checkpoint_files(checkpoint),
+        "lineage": selectors.checkpoint_lineage(checkpoint=checkpoint),
+        "files": selectors.checkpoint_files(checkpoint=checkpoint),
         "children": checkpoint.children.all(),
         "jobs": checkpoint.jobs.all()[:20],
-        "comparisons": selectors.checkpoint_comparisons(checkpoint),
+        "comparisons": selectors.checkpoint_comparisons(checkpoint=checkpoint),
     }
     return render(request, "modeling/checkpoint_detail.html", context)
 
@@ -131,10 +131,10 @@ def _render_launch(
         config = form.cleaned_config
     else:
         snapshot = form.fields["snapshot"].queryset.first()
-        config = selectors.config_defaults(form.kind)
+        config = selectors.config_defaults(kind=form.kind)
     estimate = None
     if snapshot is not None and config is not None:
-        estimate = selectors.steps_estimate(form.kind, config, snapshot)
+        estimate = selectors.steps_estimate(kind=form.kind, config=config, snapshot=snapshot)
     context = {
         "form": form,
         "kind": form.kind,

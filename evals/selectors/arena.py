@@ -64,7 +64,7 @@ def _battle_judgements(*, include_simulated: bool = False) -> QuerySet[PairwiseJ
 
 
 def arena_battles(
-    project: Project, *, include_simulated: bool = False
+    *, project: Project, include_simulated: bool = False
 ) -> list[tuple[str, str, str]]:
     """(model_a, model_b, winner) per vote in the order they were cast, winner in FastChat's
     labels: "model_a", "model_b", "tie" or "tie (bothbad)"."""
@@ -117,8 +117,8 @@ def _default_reference(checkpoints: list[Checkpoint], models: list[str]) -> str 
 
 
 def arena_leaderboard(
-    project: Project,
     *,
+    project: Project,
     reference: str | None = None,
     rounds: int = ARENA_ROUNDS,
     seed: int = 0,

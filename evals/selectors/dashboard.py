@@ -139,7 +139,9 @@ def dashboard(
     checkpoints = list(queryset[: MAX_DASHBOARD_CHECKPOINTS + 1])
     truncated = len(checkpoints) > MAX_DASHBOARD_CHECKPOINTS
     checkpoints = checkpoints[:MAX_DASHBOARD_CHECKPOINTS]
-    columns, rows = results_table(checkpoints, latest_results([c.pk for c in checkpoints]))
+    columns, rows = results_table(
+        checkpoints=checkpoints, results=latest_results(checkpoints=[c.pk for c in checkpoints])
+    )
     applied = _sort(rows, columns, sort or DEFAULT_SORT)
     return Dashboard(columns=columns, rows=rows, sort=applied, truncated=truncated)
 

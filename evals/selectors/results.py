@@ -134,7 +134,7 @@ class Row:
     cells: list[Cell | None]
 
 
-def latest_results(checkpoints: QuerySet[Checkpoint] | Iterable[int]) -> list[tuple]:
+def latest_results(*, checkpoints: QuerySet[Checkpoint] | Iterable[int]) -> list[tuple]:
     """(checkpoint id, suite, task, metric, value, stderr, low, high, n, run id, finished at) of
     the newest succeeded run per (checkpoint, suite, task, metric), in one query. Older runs are
     history: they stay in the database and on the run pages."""
@@ -171,7 +171,7 @@ def latest_results(checkpoints: QuerySet[Checkpoint] | Iterable[int]) -> list[tu
 
 
 def results_table(
-    checkpoints: list[Checkpoint], results: list[tuple]
+    *, checkpoints: list[Checkpoint], results: list[tuple]
 ) -> tuple[list[Column], list[Row]]:
     columns: dict[tuple[str, str, str], Column] = {}
     by_checkpoint: dict[int, dict[tuple[str, str, str], Cell]] = defaultdict(dict)
@@ -192,12 +192,14 @@ def results_table(
 # --- one checkpoint, one run -----------------------------------------------------------------
 
 
-def checkpoint_metrics(checkpoint: Checkpoint) -> list[tuple[Column, Cell]]:
-    columns, rows = results_table([checkpoint], latest_results([checkpoint.pk]))
+def checkpoint_metrics(*, checkpoint: Checkpoint) -> list[tuple[Column, Cell]]:
+    columns, rows = results_table(
+        checkpoints=[checkpoint], results=latest_results(checkpoints=[checkpoint.pk])
+    )
     return [(column, cell) for column, cell in zip(columns, rows[0].cells, strict=True) if cell]
 
 
-def checkpoint_runs(checkpoint: Checkpoint, limit: int = 200) -> list[EvalRun]:
+def checkpoint_runs(*, checkpoint: Checkpoint, limit: int = 200) -> list[EvalRun]:
     """Every run of the checkpoint, newest first, with its results: the history."""
     return list(
         EvalRun.objects.filter(checkpoint=checkpoint)
@@ -220,7 +222,7 @@ def eval_runs(
     return runs
 
 
-def runs_recent(limit: int = 20) -> list[EvalRun]:
+def runs_recent(*, limit: int = 20) -> list[EvalRun]:
     return list(
         EvalRun.objects.select_related("checkpoint", "created_by").prefetch_related("results")[
             :limit
@@ -228,13 +230,13 @@ def runs_recent(limit: int = 20) -> list[EvalRun]:
     )
 
 
-def run_detail(run_id: int) -> EvalRun:
+def run_detail(*, run_id: int) -> EvalRun:
     return EvalRun.objects.select_related(
         "checkpoint", "reference", "judge", "snapshot__project", "created_by", "triggered_by_job"
     ).get(pk=run_id)
 
 
-def run_samples(run: EvalRun, limit: int = 500) -> list[EvalSample]:
+def run_samples(*, run: EvalRun, limit: int = 500) -> list[EvalSample]:
     return list(run.samples.all()[:limit])
 
 
@@ -304,7 +306,9 @@ class Comparison:
 def comparison(a: Checkpoint, b: Checkpoint, *, samples_per_task: int = 50) -> Comparison:
     """Metric deltas (b − a) of the latest succeeded results, and the two checkpoints' answers
     to the same prompts of every generative task both were evaluated on."""
-    columns, rows = results_table([a, b], latest_results([a.pk, b.pk]))
+    columns, rows = results_table(
+        checkpoints=[a, b], results=latest_results(checkpoints=[a.pk, b.pk])
+    )
     deltas = [MetricDelta(c, rows[0].cells[i], rows[1].cells[i]) for i, c in enumerate(columns)]
 
     latest: dict[tuple[int, str, str], int] = {}

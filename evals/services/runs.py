@@ -350,7 +350,7 @@ def default_suites(checkpoint: Checkpoint) -> list[dict[str, Any]]:
 
 @transaction.atomic
 def schedule_default_evals(
-    checkpoint: Checkpoint, *, triggered_by_job: TrainingJob | None = None
+    *, checkpoint: Checkpoint, triggered_by_job: TrainingJob | None = None
 ) -> list[EvalRun]:
     """Queue the default suites for `checkpoint` (see default_suites) and return their runs.
 

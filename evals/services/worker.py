@@ -97,7 +97,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, EvalInputError) else failure_reason(exc)
 
 
-def run_eval(run: EvalRun, *, worker_host: str = "") -> EvalRun:
+def run_eval(*, run: EvalRun, worker_host: str = "") -> EvalRun:
     """Claim and evaluate `run`; returns the row as it ended. Never raises for an evaluation
     failure: the reason is written to the row."""
     if not work_claim(EvalRun, pk=run.pk, worker_host=worker_host):

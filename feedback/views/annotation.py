@@ -35,7 +35,7 @@ ANNOTATING = (Role.ANNOTATOR, Role.ADMIN)
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
     projects = (
-        selectors.projects_for_annotator(request.user)
+        selectors.projects_for_annotator(user=request.user)
         if has_role(request.user, *ANNOTATING)
         else []
     )
@@ -65,7 +65,7 @@ def task(request: HttpRequest, assignment_id: int) -> HttpResponse:
     assignment = _own_assignment(request, assignment_id)
     if assignment.status == AssignmentStatus.SKIPPED:
         return redirect("feedback:work", project_id=assignment.item.project_id)
-    view = selectors.task_view(assignment)
+    view = selectors.task_view(assignment=assignment)
     return _render_task(request, view, _form_for(view, initial=True))
 
 
@@ -73,7 +73,7 @@ def task(request: HttpRequest, assignment_id: int) -> HttpResponse:
 @role_required(*ANNOTATING)
 def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
     assignment = _own_assignment(request, assignment_id)
-    view = selectors.task_view(assignment)
+    view = selectors.task_view(assignment=assignment)
     already_submitted = assignment.status == AssignmentStatus.SUBMITTED
     if already_submitted and request.POST.get("edit") != "1":
         # A double click or a retried request: the first one counted, move on.
@@ -118,7 +118,7 @@ def skip(request: HttpRequest, assignment_id: int) -> HttpResponse:
         reason = skip_form.cleaned_data["reason"]
         services.assignment_skip(assignment_id=assignment.pk, annotator=request.user, reason=reason)
     except ValidationError as exc:
-        view = selectors.task_view(assignment)
+        view = selectors.task_view(assignment=assignment)
         return _render_task(
             request, view, _form_for(view, initial=True), status=422, skip_form=skip_form,
             skip_error=exc.messages[0],
@@ -129,7 +129,7 @@ def skip(request: HttpRequest, assignment_id: int) -> HttpResponse:
 @require_GET
 @role_required(*ANNOTATING)
 def history(request: HttpRequest) -> HttpResponse:
-    rows = selectors.history_for_annotator(request.user)
+    rows = selectors.history_for_annotator(user=request.user)
     return render(request, "feedback/history.html", {"rows": rows})
 
 
@@ -137,7 +137,7 @@ def history(request: HttpRequest) -> HttpResponse:
 @role_required(Role.ADMIN)
 def progress(request: HttpRequest, project_id: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=project_id)
-    stats = selectors.project_progress(project)
+    stats = selectors.project_progress(project=project)
     return render(request, "feedback/progress.html", {"project": project, "stats": stats})
 
 
@@ -152,7 +152,7 @@ def markdown_preview(request: HttpRequest) -> HttpResponse:
 
 def _own_assignment(request: HttpRequest, assignment_id: int) -> Assignment:
     # Someone else's task id is a 404, indistinguishable from one that does not exist.
-    assignment = selectors.assignment_for_user(assignment_id, request.user)
+    assignment = selectors.assignment_for_user(assignment_id=assignment_id, user=request.user)
     if assignment is None:
         raise Http404("No such task.")
     return assignment
@@ -252,7 +252,7 @@ def _next_task(request: HttpRequest, project: Project, revealed: list[str] = ())
         response = _render_queue_empty(request, project, revealed=revealed)
         response["HX-Push-Url"] = reverse("feedback:work", args=[project.pk])
         return response
-    view = selectors.task_view(assignment)
+    view = selectors.task_view(assignment=assignment)
     response = _render_task(request, view, _form_for(view, initial=True), revealed=revealed)
     response["HX-Push-Url"] = reverse("feedback:task", args=[assignment.pk])
     return response

@@ -62,7 +62,7 @@ def safetensors_parameter_count(path: Path) -> int | None:
     return total
 
 
-def checkpoint_describe(path: Path) -> CheckpointFacts:
+def checkpoint_describe(*, path: Path) -> CheckpointFacts:
     """What a local checkpoint directory holds; ValidationError if transformers cannot load it."""
     if not path.is_dir():
         raise ValidationError({"storage_path": f"{path} is not a directory."})
@@ -91,7 +91,7 @@ def checkpoint_describe(path: Path) -> CheckpointFacts:
     )
 
 
-def checkpoint_source_check(storage_path: str, *, hub: bool) -> tuple[str, CheckpointFacts | None]:
+def checkpoint_source_check(*, storage_path: str, hub: bool) -> tuple[str, CheckpointFacts | None]:
     """The normalised storage path (absolute for directories) and, for a directory, its facts."""
     storage_path = (storage_path or "").strip()
     if hub:
@@ -159,7 +159,7 @@ def checkpoint_register(
     )
 
 
-def unique_checkpoint_name(stem: str) -> str:
+def unique_checkpoint_name(*, stem: str) -> str:
     name, n = stem[:190], 1
     while Checkpoint.objects.filter(name=name).exists():
         n += 1

@@ -57,7 +57,7 @@ class JobConfigInvalid(ValidationError):
         )
 
 
-def job_config_clean(kind: str, raw: Any) -> dict[str, Any]:
+def job_config_clean(*, kind: str, raw: Any) -> dict[str, Any]:
     """The config as modeling.ml parses it (defaults filled), as JSON. Unknown keys are errors."""
     if not isinstance(raw, dict):
         raise JobConfigInvalid({"": ["The config must be a JSON object."]})
@@ -125,7 +125,7 @@ def _validate(
         errors["time_limit_seconds"] = "The time limit is between a minute and 30 days."
     cleaned = None
     try:
-        cleaned = job_config_clean(kind, config if config is not None else {})
+        cleaned = job_config_clean(kind=kind, raw=config if config is not None else {})
     except ValidationError as exc:
         errors.update(exc.message_dict)
     if errors:

@@ -255,7 +255,7 @@ def _announce(checkpoint: Checkpoint, job: TrainingJob) -> None:
             logger.error("%s failed for checkpoint %s", receiver, checkpoint.pk, exc_info=result)
 
 
-def run_training_job(job: TrainingJob, *, worker_host: str = "") -> TrainingJob:
+def run_training_job(*, job: TrainingJob, worker_host: str = "") -> TrainingJob:
     """Claim and train `job`; returns the row as it ended. Never raises for a training failure:
     the reason is written to the row."""
     from modeling.ml import parse_job_config, train

@@ -236,7 +236,7 @@ def test_leaderboard_json_has_ratings_intervals_ranks_and_vote_counts(api, revie
     rows = {row["model"]: row for row in body["rows"]}
     assert [row["model"] for row in body["rows"]] == ["dpo", "sft", "base", "broken"]
     assert rows["base"]["rating"] == pytest.approx(1000.0) and rows["base"]["is_reference"]
-    expected = selectors.arena_leaderboard(project, reference="base").rows
+    expected = selectors.arena_leaderboard(project=project, reference="base").rows
     for row in expected:
         mine = rows[row["model"]]
         for key in ("rating", "low", "high", "rank", "votes", "wins", "losses", "ties", "elo"):

@@ -127,7 +127,7 @@ def test_every_choice_maps_to_fastchat_winner_labels_through_the_real_services(a
             choice=choice,
             strength="clear" if choice in ("a", "b") else "",
         )
-    assert sorted(selectors.arena_battles(arena)) == sorted(
+    assert sorted(selectors.arena_battles(project=arena)) == sorted(
         [
             ("new", "old", "model_a"),
             ("new", "old", "model_b"),
@@ -147,8 +147,8 @@ def test_only_human_votes_on_two_different_named_models_count(arena):
     cast(arena, [("x", "y", "tie")], origin=Origin.SIMULATED)
     other = ProjectFactory()
     cast(other, [("x", "y", "b")])  # another project
-    assert selectors.arena_battles(arena) == [("x", "y", "model_a")]
-    assert selectors.arena_battles(arena, include_simulated=True) == [
+    assert selectors.arena_battles(project=arena) == [("x", "y", "model_a")]
+    assert selectors.arena_battles(project=arena, include_simulated=True) == [
         ("x", "y", "model_a"),
         ("x", "y", "tie"),
     ]
@@ -158,7 +158,7 @@ def test_only_human_votes_on_two_different_named_models_count(arena):
 
 def test_votes_come_in_the_order_they_were_cast(arena):
     cast(arena, [("x", "y", "a"), ("y", "z", "b"), ("z", "x", "tie")])
-    assert selectors.arena_battles(arena) == [
+    assert selectors.arena_battles(project=arena) == [
         ("x", "y", "model_a"),
         ("y", "z", "model_b"),
         ("z", "x", "tie"),
@@ -171,7 +171,7 @@ def test_votes_come_in_the_order_they_were_cast(arena):
 def test_leaderboard_recovers_known_strengths_with_sane_intervals(arena):
     # decisive votes only: ties drawn at a fixed rate (not from the model) pull ratings together
     cast(arena, synthetic_votes(TRUTH, 1200, seed=7, tie_rate=0.0))
-    board = selectors.arena_leaderboard(arena, reference="base")
+    board = selectors.arena_leaderboard(project=arena, reference="base")
     rows = {row["model"]: row for row in board.rows}
     assert [row["model"] for row in board.rows] == ["dpo", "sft", "base", "broken"]
     assert board.battles == 1200 and sum(row["votes"] for row in board.rows) == 2 * 1200
@@ -199,15 +199,15 @@ def test_leaderboard_recovers_known_strengths_with_sane_intervals(arena):
 
 def test_the_bootstrap_is_seeded(arena):
     cast(arena, synthetic_votes(TRUTH, 200, seed=3))
-    first = selectors.arena_leaderboard(arena, reference="base")
-    again = selectors.arena_leaderboard(arena, reference="base")
+    first = selectors.arena_leaderboard(project=arena, reference="base")
+    again = selectors.arena_leaderboard(project=arena, reference="base")
     assert first.rows == again.rows
 
 
 def test_a_tie_or_both_bad_is_half_a_win_for_each_side(arena):
     cast(arena, [("x", "y", "a")] * 5 + [("x", "y", "b")] * 5 + [("x", "y", "tie")] * 3)
     cast(arena, [("x", "z", "a"), ("x", "z", "b")] + [("x", "z", "both_bad")] * 4)
-    board = selectors.arena_leaderboard(arena, reference="x")
+    board = selectors.arena_leaderboard(project=arena, reference="x")
     for row in board.rows:
         assert row["rating"] == pytest.approx(1000, abs=0.01)
     assert {row["model"]: row["ties"] for row in board.rows} == {"x": 7, "y": 3, "z": 4}
@@ -215,9 +215,10 @@ def test_a_tie_or_both_bad_is_half_a_win_for_each_side(arena):
 
 def test_choosing_another_reference_shifts_every_rating_by_the_same_amount(arena):
     cast(arena, synthetic_votes(TRUTH, 400, seed=11))
-    by_base = {r["model"]: r["rating"] for r in selectors.arena_leaderboard(arena).rows}
+    by_base = {r["model"]: r["rating"] for r in selectors.arena_leaderboard(project=arena).rows}
     by_dpo = {
-        r["model"]: r["rating"] for r in selectors.arena_leaderboard(arena, reference="dpo").rows
+        r["model"]: r["rating"]
+        for r in selectors.arena_leaderboard(project=arena, reference="dpo").rows
     }
     assert by_dpo["dpo"] == pytest.approx(1000)
     shift = by_base["dpo"] - 1000
@@ -233,22 +234,22 @@ def test_the_default_reference_is_the_first_base_checkpoint(arena):
     base = Checkpoint.objects.create(name="base", kind=CheckpointKind.POLICY, storage_path="/m/b",
                                      created_at=now)  # fmt: skip
     Checkpoint.objects.filter(name="sft").update(parent=base)  # a trained model: not a base
-    board = selectors.arena_leaderboard(arena)
+    board = selectors.arena_leaderboard(project=arena)
     assert board.reference == "base"
     # models that are not registered checkpoints: the first by name
     other = ProjectFactory()
     cast(other, [("m2", "m1", "a"), ("m1", "m2", "a")])
-    assert selectors.arena_leaderboard(other).reference == "m1"
+    assert selectors.arena_leaderboard(project=other).reference == "m1"
 
 
 def test_an_unknown_reference_falls_back_to_the_default(arena):
     cast(arena, [("x", "y", "a"), ("y", "x", "a")])
-    board = selectors.arena_leaderboard(arena, reference="nobody")
+    board = selectors.arena_leaderboard(project=arena, reference="nobody")
     assert board.unknown_reference == "nobody" and board.reference == "x"
 
 
 def test_no_votes_gives_an_empty_leaderboard(arena):
-    board = selectors.arena_leaderboard(arena)
+    board = selectors.arena_leaderboard(project=arena)
     assert board.rows == [] and board.battles == 0
 
 

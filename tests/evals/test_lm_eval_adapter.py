@@ -44,7 +44,7 @@ def test_an_lm_eval_task_runs_offline_and_is_stored_beside_our_suites(policy):
         params={"limit": LIMIT, "batch_size": 4},
     )
     for run in (ours, theirs):
-        run = services.run_eval(run, worker_host="test-worker")
+        run = services.run_eval(run=run, worker_host="test-worker")
         assert run.status == RunStatus.SUCCEEDED, run.error
 
     theirs.refresh_from_db()
@@ -69,7 +69,7 @@ def test_an_lm_eval_task_runs_offline_and_is_stored_beside_our_suites(policy):
     # Both suites' numbers are in the checkpoint's latest results, side by side.
     columns = {
         (suite, task, metric)
-        for _, suite, task, metric, *_ in selectors.latest_results([policy.pk])
+        for _, suite, task, metric, *_ in selectors.latest_results(checkpoints=[policy.pk])
     }
     assert ("multiple_choice", "facts_mc", "acc") in columns
     assert ("lm_eval", "veredicto_facts_mc", "acc") in columns
@@ -77,7 +77,7 @@ def test_an_lm_eval_task_runs_offline_and_is_stored_beside_our_suites(policy):
 
 def test_an_unknown_lm_eval_task_fails_the_run_with_the_reason(policy):
     run = services.runs._create(checkpoint=policy, suite=Suite.LM_EVAL, task="no_such_task_xyz")
-    run = services.run_eval(run, worker_host="test-worker")
+    run = services.run_eval(run=run, worker_host="test-worker")
     assert run.status == RunStatus.FAILED
     assert "no_such_task_xyz" in run.error
 

@@ -107,7 +107,7 @@ def queue(checkpoint: Checkpoint, suite: str, task: str = "", **fields) -> EvalR
 
 
 def run_now(run: EvalRun) -> EvalRun:
-    return services.run_eval(run, worker_host="test-worker")
+    return services.run_eval(run=run, worker_host="test-worker")
 
 
 # --- what a new checkpoint gets ----------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_a_policy_gets_perplexity_every_shipped_mc_task_and_the_generative_task(
     trained, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks() as messages:
-        runs = services.schedule_default_evals(trained, triggered_by_job=trained.job)
+        runs = services.schedule_default_evals(checkpoint=trained, triggered_by_job=trained.job)
     expected = {(Suite.PERPLEXITY, "heldout_prose"), (Suite.GENERATIVE, "toy_qa_gen")}
     expected |= {(Suite.MULTIPLE_CHOICE, n) for n in ("arithmetic_mc", "facts_mc", "word_order_mc")}
     assert {(run.suite, run.task) for run in runs} == expected
@@ -129,12 +129,12 @@ def test_a_policy_gets_perplexity_every_shipped_mc_task_and_the_generative_task(
 
 
 def test_scheduling_again_for_the_same_job_queues_nothing_new(trained):
-    first = services.schedule_default_evals(trained, triggered_by_job=trained.job)
-    again = services.schedule_default_evals(trained, triggered_by_job=trained.job)
+    first = services.schedule_default_evals(checkpoint=trained, triggered_by_job=trained.job)
+    again = services.schedule_default_evals(checkpoint=trained, triggered_by_job=trained.job)
     assert [run.pk for run in again] == [run.pk for run in first]
     assert EvalRun.objects.count() == len(first)
     # Without a job (an admin asking for the defaults again) a fresh set is queued.
-    assert len(services.schedule_default_evals(trained)) == len(first)
+    assert len(services.schedule_default_evals(checkpoint=trained)) == len(first)
     assert EvalRun.objects.count() == 2 * len(first)
 
 
@@ -142,7 +142,7 @@ def test_a_reward_model_gets_accuracy_on_shipped_pairs_and_on_its_snapshot_test_
     preference_snapshot,
 ):
     rm = make_checkpoint("rm-1", CheckpointKind.REWARD, snapshot=preference_snapshot)
-    runs = services.schedule_default_evals(rm)
+    runs = services.schedule_default_evals(checkpoint=rm)
     assert {(run.suite, run.task, run.snapshot_id) for run in runs} == {
         (Suite.REWARD_ACCURACY, "heldout_preferences", None),
         (Suite.REWARD_ACCURACY, "snapshot-test", preference_snapshot.pk),
@@ -150,7 +150,9 @@ def test_a_reward_model_gets_accuracy_on_shipped_pairs_and_on_its_snapshot_test_
 
 
 def test_a_value_model_gets_no_default_evaluation(db):
-    assert services.schedule_default_evals(make_checkpoint("v", CheckpointKind.VALUE)) == []
+    assert (
+        services.schedule_default_evals(checkpoint=make_checkpoint("v", CheckpointKind.VALUE)) == []
+    )
 
 
 # --- each suite on the tiny model --------------------------------------------------------------
@@ -452,7 +454,9 @@ def test_running_again_adds_a_run_and_the_latest_success_is_what_counts(policy, 
     failed = queue(policy, Suite.MULTIPLE_CHOICE, "facts_mc", params=SMALL)
     EvalRun.objects.filter(pk=failed.pk).update(status=RunStatus.FAILED)
 
-    latest = {(row[1], row[2], row[3]): row for row in selectors.latest_results([policy.pk])}
+    latest = {
+        (row[1], row[2], row[3]): row for row in selectors.latest_results(checkpoints=[policy.pk])
+    }
     acc = latest[(Suite.MULTIPLE_CHOICE, "facts_mc", "acc")]
     assert acc[4] == 0.123 and acc[9] == again.pk  # the newest succeeded run, not the failed one
     assert EvalResult.objects.filter(run=first).count() == 2  # history is kept, not overwritten

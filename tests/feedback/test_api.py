@@ -235,7 +235,7 @@ def test_snapshot_thresholds_are_validated_and_the_filters_reported(api, admin_u
     created = create({"min_gold_accuracy": 0.5, "test_fraction": 0})
     assert created.status_code == 202
     assert created.json()["policy"]["min_gold_accuracy"] == 0.5
-    services.snapshot_build(DatasetSnapshot.objects.get(pk=created.json()["id"]))
+    services.snapshot_build(snapshot=DatasetSnapshot.objects.get(pk=created.json()["id"]))
     body = api("get", f"/snapshots/{created.json()['id']}", admin_user).json()
     assert body["stats"]["excluded_annotators"] == [
         {"username": "sloppy", "reasons": ["gold accuracy 0 below 0.5"]}

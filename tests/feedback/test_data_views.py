@@ -234,7 +234,7 @@ def test_the_form_records_the_trust_options_and_the_page_shows_what_they_did(
         "min_gold_accuracy": 0.5, "exclude_flagged": True, "min_annotator_agreement": None,
         "min_item_agreement": None, "include_gold": False}  # fmt: skip
 
-    services.snapshot_build(snapshot)  # what the worker does
+    services.snapshot_build(snapshot=snapshot)  # what the worker does
     html = client.get(f"/snapshots/{snapshot.pk}/").content.decode()
 
     assert "Min gold accuracy</th><td>0.5" in html

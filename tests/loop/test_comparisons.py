@@ -29,7 +29,7 @@ def trained(admin_user, base_checkpoint, make_snapshot):
         launched_by=admin_user,
         enqueue=False,
     )
-    return services.run_training_job(job).result
+    return services.run_training_job(job=job).result
 
 
 def test_generated_comparisons_become_pairwise_tasks_once(

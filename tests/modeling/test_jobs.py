@@ -194,7 +194,7 @@ def test_cancelling_a_queued_job_is_immediate_and_its_message_then_trains_nothin
     assert queued_job.status == JobStatus.CANCELLED
     assert queued_job.finished_at is not None
 
-    ran = services.run_training_job(queued_job)  # the message arriving late
+    ran = services.run_training_job(job=queued_job)  # the message arriving late
 
     assert ran.status == JobStatus.CANCELLED
     assert ran.started_at is None
@@ -362,7 +362,7 @@ def test_lineage_reads_from_the_base_to_the_checkpoint(base_checkpoint, make_sna
         base_model=base_checkpoint,
         parent=sft,
     )
-    chain = selectors.checkpoint_lineage(dpo)
+    chain = selectors.checkpoint_lineage(checkpoint=dpo)
     assert [step.checkpoint for step in chain] == [base_checkpoint, sft, dpo]
     assert chain[0].job is None
     assert chain[1].job == queued_job and chain[1].snapshot == queued_job.snapshot

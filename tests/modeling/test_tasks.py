@@ -110,7 +110,7 @@ def test_two_workers_racing_for_one_job_train_it_once(
     def worker(name: str) -> None:
         try:
             start.wait()
-            outcomes.append(services.run_training_job(job, worker_host=name).worker_host)
+            outcomes.append(services.run_training_job(job=job, worker_host=name).worker_host)
         finally:
             connection.close()
 

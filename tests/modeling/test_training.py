@@ -64,7 +64,7 @@ def test_each_kind_trains_a_checkpoint_that_reloads_with_lineage(
         enqueue=False,
     )
 
-    job = services.run_training_job(job)
+    job = services.run_training_job(job=job)
 
     assert job.status == JobStatus.SUCCEEDED, job.error + "\n" + job.log_tail
     assert job.step == job.total_steps == config["max_steps"]
@@ -81,7 +81,7 @@ def test_each_kind_trains_a_checkpoint_that_reloads_with_lineage(
     assert checkpoint.parameter_count > 1_000_000
     assert checkpoint.size_bytes > 1_000_000
     assert checkpoint.created_by == admin_user
-    assert [step.checkpoint for step in selectors.checkpoint_lineage(checkpoint)] == [
+    assert [step.checkpoint for step in selectors.checkpoint_lineage(checkpoint=checkpoint)] == [
         base_checkpoint,
         checkpoint,
     ]
@@ -99,7 +99,7 @@ def test_lora_job_registers_an_adapter_on_its_base(admin_user, base_checkpoint, 
         launched_by=admin_user,
         enqueue=False,
     )
-    job = services.run_training_job(job)
+    job = services.run_training_job(job=job)
     assert job.status == JobStatus.SUCCEEDED, job.error
     checkpoint = job.result
     assert checkpoint.is_adapter
@@ -119,7 +119,7 @@ def test_a_failing_trainer_fails_the_job_with_its_reason(
         launched_by=admin_user,
         enqueue=False,
     )
-    job = services.run_training_job(job)
+    job = services.run_training_job(job=job)
     assert job.status == JobStatus.FAILED
     assert job.error  # the exception's own words
     assert "Traceback" in job.log_tail
@@ -149,12 +149,12 @@ def test_a_rerun_resumes_from_the_last_trainer_checkpoint_of_the_cancelled_attem
 
     with monkeypatch.context() as patch:
         patch.setattr(services.runner, "JobReporter", CancelAfterFirstStep)
-        first = services.run_training_job(job)
+        first = services.run_training_job(job=job)
     assert first.status == JobStatus.CANCELLED, first.error
     assert first.step == 1
     assert first.result is None
 
-    rerun = services.run_training_job(services.job_rerun(job=first, launched_by=admin_user))
+    rerun = services.run_training_job(job=services.job_rerun(job=first, launched_by=admin_user))
 
     assert rerun.status == JobStatus.SUCCEEDED, rerun.error
     assert rerun.attempt == 2
@@ -193,7 +193,7 @@ def test_a_succeeded_job_schedules_the_default_evaluations_of_its_checkpoint(
         enqueue=False,
     )
     with django_capture_on_commit_callbacks(execute=True):
-        job = services.run_training_job(job)
+        job = services.run_training_job(job=job)
     assert job.status == JobStatus.SUCCEEDED, job.error
     runs = EvalRun.objects.filter(checkpoint=job.result, triggered_by_job=job)
     assert {run.suite for run in runs} >= {"perplexity", "multiple_choice", "generative"}

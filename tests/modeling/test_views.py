@@ -188,7 +188,7 @@ def test_htmx_revalidation_returns_only_the_form_with_errors_and_estimate(
 def test_unknown_settings_from_other_clients_are_named(admin_user, base_checkpoint, make_snapshot):
     # The form only offers known settings; the service still names a stray one clearly.
     with pytest.raises(services.JobConfigInvalid) as exc:
-        services.job_config_clean("sft", {"lr": 1})
+        services.job_config_clean(kind="sft", raw={"lr": 1})
     assert exc.value.field_errors["lr"][0].startswith("unknown setting for sft (allowed: ")
 
 

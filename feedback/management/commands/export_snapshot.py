@@ -11,7 +11,7 @@ from feedback.services import snapshot_create
 class Command(BaseCommand):
     help = (
         "Build a dataset snapshot now, with the same policy options as the data page and the API "
-        "(feedback/services/snapshots.py documents them), and print where its files are."
+        "(feedback/services/snapshots/ documents them), and print where its files are."
     )
 
     def add_arguments(self, parser):

@@ -328,7 +328,7 @@ def data_import_create(
     )
 
 
-def data_import_run(data_import: DataImport, *, worker_host: str = "") -> DataImport:
+def data_import_run(*, data_import: DataImport, worker_host: str = "") -> DataImport:
     """Run a queued import once: a redelivered message finds nothing to claim."""
     if not work_claim(DataImport, pk=data_import.pk, worker_host=worker_host, phase="validating"):
         return DataImport.objects.get(pk=data_import.pk)

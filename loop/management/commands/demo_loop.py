@@ -1,4 +1,4 @@
-"""One simulated round of the whole loop on the toy tasks, in this process (loop/demo.py).
+"""One simulated round of the whole loop on the toy tasks, in this process (loop/demo/).
 
     python manage.py demo_loop [--scale demo|ci] [--base-model DIR] [--prompts N] [--seed S]
 

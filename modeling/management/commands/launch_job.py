@@ -55,7 +55,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Queued job #{job.pk} ({job.kind}) for a gpu worker.")
             return
         self.stdout.write(f"Running job #{job.pk} ({job.kind}) here…")
-        job = services.run_training_job(job)
+        job = services.run_training_job(job=job)
         if job.status != "succeeded":
             raise CommandError(f"Job #{job.pk} {job.status}: {job.error}")
         self.stdout.write(
@@ -67,7 +67,7 @@ def _checkpoint(reference: str | None, option: str) -> Checkpoint | None:
     if not reference:
         return None
     try:
-        return selectors.checkpoint_find(reference)
+        return selectors.checkpoint_find(reference=reference)
     except Checkpoint.DoesNotExist:
         raise CommandError(f"{option}: no checkpoint with id or name {reference!r}.") from None
 

@@ -38,7 +38,7 @@ class Command(BaseCommand):
         base = None
         if options["base"]:
             try:
-                base = selectors.checkpoint_find(options["base"])
+                base = selectors.checkpoint_find(reference=options["base"])
             except Checkpoint.DoesNotExist:
                 raise CommandError(f"--base: no checkpoint {options['base']!r}.") from None
         try:
