@@ -84,6 +84,11 @@ class EvalRunOut(Schema):
         return run.checkpoint.name
 
     @staticmethod
+    def resolve_host(run: EvalRun) -> str:
+        # The API's name since the first version; the column is the shared lifecycle's.
+        return run.worker_host
+
+    @staticmethod
     def resolve_created_by(run: EvalRun) -> str | None:
         return run.created_by.get_username() if run.created_by else None
 

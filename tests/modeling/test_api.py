@@ -12,6 +12,7 @@ import time
 import pytest
 
 from core.tokens import token_create
+from jobs.services import work_sweep
 from modeling.models import Checkpoint, JobStatus, TrainingJob
 from tests.modeling.helpers import queued_tasks, wait_until_finished
 
@@ -231,14 +232,16 @@ def test_job_list_filters_by_status_and_kind_and_pages(
     assert_error(api("get", "/jobs?status=sleeping", admin_user), 422, "invalid_request")
 
 
-def test_a_job_whose_worker_went_silent_reads_failed(
+def test_a_job_whose_worker_went_silent_reads_failed_after_the_sweep(
     api, admin_user, base_checkpoint, make_snapshot, settings
 ):
     job = _queued_job(admin_user, base_checkpoint, make_snapshot("sft"))
     TrainingJob.objects.filter(pk=job.pk).update(
         status=JobStatus.RUNNING, heartbeat_at=job.created_at.replace(year=2000)
     )
+    assert api("get", f"/jobs/{job.pk}", admin_user).json()["status"] == "running"
 
+    work_sweep()  # Celery beat's schedule, not the read, decides
     body = api("get", f"/jobs/{job.pk}", admin_user).json()
 
     assert body["status"] == "failed"

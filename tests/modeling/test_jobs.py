@@ -115,7 +115,7 @@ def test_snapshot_that_is_not_ready_is_refused(admin_user, base_checkpoint, make
     snapshot.save()
     with pytest.raises(ValidationError) as exc:
         launch(kind="sft", parent=base_checkpoint, snapshot=snapshot, launched_by=admin_user)
-    assert "is building, not ready" in exc.value.message_dict["snapshot"][0]
+    assert "is queued, not ready" in exc.value.message_dict["snapshot"][0]
 
 
 def test_online_kinds_need_a_reward_model_and_others_refuse_one(

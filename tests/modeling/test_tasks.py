@@ -103,7 +103,7 @@ def test_two_workers_racing_for_one_job_train_it_once(
         launched_by=admin_user,
         enqueue=False,
     )
-    caplog.set_level(logging.INFO, logger="modeling.services.runner")
+    caplog.set_level(logging.INFO, logger="jobs.services")
     start = threading.Barrier(2)
     outcomes: list[str] = []
 
