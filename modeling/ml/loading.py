@@ -175,3 +175,23 @@ def write_model_card(
 def read_model_card(path: str | Path) -> dict | None:
     card = Path(path, MODEL_CARD)
     return json.loads(card.read_text()) if card.is_file() else None
+
+
+def tokenizer_mismatch(
+    policy: PreTrainedTokenizerBase, reward: PreTrainedTokenizerBase
+) -> str | None:
+    """Why a reward model cannot read the policy's token ids, or None if it can.
+
+    PPO hands the reward model the policy's token ids as they are: with another vocabulary (or
+    other ids for BOS, EOS, pad) they spell other text, and the scores are silently meaningless.
+    """
+    if policy.get_vocab() != reward.get_vocab():
+        return (
+            f"their vocabularies differ ({len(policy)} and {len(reward)} tokens, "
+            f"{len(policy.get_vocab().items() ^ reward.get_vocab().items())} entries not shared)"
+        )
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(policy, name) != getattr(reward, name):
+            label = name.removesuffix("_token_id").upper()
+            return f"their {label} ids differ ({getattr(policy, name)} and {getattr(reward, name)})"
+    return None

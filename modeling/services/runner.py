@@ -99,6 +99,7 @@ class JobReporter:
         self._stride = 1
         self._reports = 0
         self.lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self.lines.extend(job.log_tail.splitlines())  # launch's notes (a loss fallback, say)
         self._last_write = -math.inf  # the first report is written at once
         self._last_poll = -math.inf
         self.cancelled = False  # cancel_requested was seen
