@@ -90,7 +90,7 @@ def sample(
             top_p=top_p if sampling else None,
             top_k=0 if sampling else None,  # unset, transformers would apply top_k=50
             max_new_tokens=max_new_tokens,
-            eos_token_id=stops,
+            eos_token_id=stops or None,
             pad_token_id=pad_id,
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]

@@ -231,6 +231,15 @@ def test_sampling_stops_at_the_end_of_turn_token(family_dirs):
     assert lengths == [1]  # stopped after one token rather than 20
 
 
+def test_generative_eval_answers_end_at_the_end_of_turn_token(family_dirs):
+    path = family_dirs("gemma2")
+    tokenizer = load_tokenizer(path)
+    model = forcing(load_causal_lm(path), tokenizer.convert_tokens_to_ids("<end_of_turn>"))
+    task = load_gen_task(shipped_tasks()["toy_qa_gen"])
+    out = evaluate_generative(model, tokenizer, task, limit=1, max_new_tokens=4)
+    assert out["samples"][0]["output"] == ""
+
+
 def test_clean_text_keeps_tabs_and_newlines_and_drops_other_controls_and_replacement_chars():
     raw = "a\x00b\x1b[1m\tc\r\nd\re\x85f\x7f\u200bg\ufffd"
     assert clean_text(raw) == "ab[1m\tc\nd\nef\u200bg"
