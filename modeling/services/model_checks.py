@@ -47,9 +47,17 @@ def sft_loss_fallback_note(
     row = _first_row(snapshot)
     if tokenizer is None or not row or "messages" not in row:
         return None
+    from jinja2 import TemplateError
+
     from modeling.ml.chat_templates import sft_loss_fallback
 
-    return sft_loss_fallback(tokenizer, row["messages"])
+    try:
+        return sft_loss_fallback(tokenizer, row["messages"])
+    except (TemplateError, ValueError, KeyError, TypeError) as exc:
+        # A row the template cannot render (an unknown role, say) is a data error the worker
+        # reports in the template's own words; it says nothing about the loss mask.
+        logger.info("SFT loss mask not checked at launch: %s", exc)
+        return None
 
 
 def reward_tokenizer_error(*, parent: Checkpoint, reward_model: Checkpoint) -> str | None:
