@@ -2,7 +2,8 @@
 
 Offline use needs nothing special here: huggingface_hub reads HF_HUB_OFFLINE=1 at import and every
 from_pretrained below then resolves hub ids from the local cache only (local_files_only).
-LoRA adapters are merged on load so callers always get a plain transformers model.
+LoRA adapters are merged on load so callers always get a plain transformers model, and
+tokenizers always have a pad token distinct from EOS (choose_pad_token).
 """
 
 import json
@@ -44,10 +45,14 @@ def load_tokenizer(path: str | Path, **kwargs) -> PreTrainedTokenizerBase:
         if not is_lora_adapter(path):
             raise
         tokenizer = AutoTokenizer.from_pretrained(adapter_base(path), **kwargs)
-    choice = choose_pad_token(tokenizer, embedding_rows=embedding_rows(path))
-    if choice is not None:
+    if needs_pad_token(tokenizer):  # the config is read only then
+        choice = choose_pad_token(tokenizer, embedding_rows=embedding_rows(path))
         tokenizer.add_special_tokens({"pad_token": choice.token})
     return tokenizer
+
+
+def needs_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id
 
 
 # Tokens real tokenizers ship and never emit, in the order we would pad with them: Llama 3.1's
@@ -82,9 +87,9 @@ def choose_pad_token(
     added only where the embedding has a spare row for it (Qwen-style padded embeddings), because
     resizing the embedding would change the model. ValueError when neither is possible.
     """
-    eos = tokenizer.eos_token_id
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != eos:
+    if not needs_pad_token(tokenizer):
         return None
+    eos = tokenizer.eos_token_id
     vocab = tokenizer.get_vocab()
     taken = {eos, tokenizer.bos_token_id}
     for token in PAD_CANDIDATES:

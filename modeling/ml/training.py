@@ -9,7 +9,9 @@ resuming) -> save (model or LoRA adapter, tokenizer, veredicto.json) -> cleanup 
 
 Datasets are TRL's conversational shapes, one JSON object per line in dataset_dir/train.jsonl
 (and optionally test.jsonl, evaluated after training for sft, reward and dpo):
-    sft           {"messages": [{"role": ..., "content": ...}, ...]}
+    sft           {"messages": [{"role": ..., "content": ...}, ...]} (split into prompt and last
+                  reply for completion_only_loss, the fallback of templates without
+                  {% generation %} markers: modeling/ml/chat_templates.py)
     reward, dpo   {"prompt": [messages], "chosen": [assistant message], "rejected": [...]}
     ppo/rloo/grpo {"prompt": [messages]}
 Other columns (the export's metadata) are dropped before TRL sees them.
@@ -81,9 +83,10 @@ def train(
     On success output_dir holds a transformers checkpoint (or, with LoRA, a PEFT adapter), the
     tokenizer and veredicto.json; intermediate checkpoints are deleted. When the reporter asks to
     stop, training ends after the current step and nothing final is written: the checkpoints
-    already saved (config.save_steps) stay, and a later call with resume=True continues from the
-    last of them. Without a checkpoint, resume=True starts from scratch (PPO always does: TRL's
-    experimental PPOTrainer cannot restore its value model and rollout state).
+    already saved (config.save_steps, every 200 steps by default) stay, and a later call with
+    resume=True continues from the last of them. Without a checkpoint, resume=True starts from
+    scratch (PPO always does: TRL's experimental PPOTrainer cannot restore its value model and
+    rollout state).
     """
     # -- setup: config, data, checkpoints, base model
     if kind not in CONFIG_CLASSES:
