@@ -212,6 +212,21 @@ def test_ppo_reward_tokenizer_must_match_the_policy(family_dirs):
     )
 
 
+def test_grpo_scores_with_a_reward_model_of_another_family(family_run, family_dirs, tmp_path):
+    """GRPO renders each rollout with the reward model's own tokenizer and template, which is
+    why launch refuses a mismatched reward tokenizer for PPO only."""
+    raw, n_rows = FAMILY_RUNS["grpo"]
+    result = train(
+        "grpo",
+        parse_job_config("grpo", raw),
+        model_path=family_dirs("llama3"),
+        dataset_dir=str(write_dataset(tmp_path / "data", "grpo", n_rows)),
+        output_dir=str(tmp_path / "out"),
+        reward_model_path=family_run("qwen2_5", "reward")[0].output_dir,
+    )
+    assert result.steps == 2 and "reward" in result.metrics
+
+
 def test_sampling_stops_at_the_end_of_turn_token(family_dirs):
     """Gemma ends a reply with <end_of_turn>, not with its EOS; generation_config lists both."""
     path = family_dirs("gemma2")
