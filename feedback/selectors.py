@@ -289,7 +289,7 @@ def project_progress(*, project: Project) -> ProjectProgress:
         )
         for row in counts.order_by("-done", "annotator__username")
     ]
-    eligible = eligible_annotators(project)
+    eligible = eligible_annotators(project=project)
     eligible_count = eligible.count()
     skipped_items = (
         project.items.annotate(

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from evals.ml.lm import resolve_max_length, tok_encode
 from evals.ml.stats import mean_stderr
 from evals.ml.tasks import GenTask
+from modeling.ml.generation import stop_token_ids, until_stop
 
 __all__ = ["cut_at_stop", "evaluate_generative", "score_output"]
 
@@ -87,7 +88,9 @@ def evaluate_generative(
     room = max(1, resolve_max_length(model, tokenizer) - max_new_tokens)
     encoded = [tok_encode(tokenizer, prompt)[-room:] for prompt in prompts]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    eos_id = tokenizer.eos_token_id
+    # EOS and the end-of-turn ids the model's generation_config adds (Gemma's <end_of_turn>):
+    # without them a chat model's answer runs on past its end.
+    stops = stop_token_ids(model, tokenizer)
 
     model.eval()
     set_seed(seed)
@@ -111,13 +114,11 @@ def evaluate_generative(
             top_k=None,  # transformers' default top_k=50 would silently narrow sampling
             stop_strings=task.stop or None,
             tokenizer=tokenizer if task.stop else None,
-            eos_token_id=eos_id,
+            eos_token_id=stops or None,
             pad_token_id=pad_id,
         )
         for row, i in enumerate(chunk):
-            new = generated[row, width:].tolist()
-            if eos_id is not None and eos_id in new:
-                new = new[: new.index(eos_id)]
+            new = until_stop(generated[row, width:].tolist(), stops)
             text = tokenizer.decode(new, skip_special_tokens=True)
             outputs[i] = cut_at_stop(text, task.stop)
 

@@ -130,7 +130,7 @@ def arena_leaderboard(
     counts, and online Elo (FastChat's K=4, in vote order) for comparison."""
     from evals.ml.arena import bradley_terry, online_elo  # numpy/scipy, no torch
 
-    battles = arena_battles(project, include_simulated=include_simulated)
+    battles = arena_battles(project=project, include_simulated=include_simulated)
     models = sorted({m for a, b, _ in battles for m in (a, b)})
     checkpoints = list(Checkpoint.objects.filter(name__in=models))
     unknown = ""

@@ -31,8 +31,14 @@ class JobConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Trades compute for memory on GPU; always off on CPU, where memory is not the limit.
     gradient_checkpointing: bool = False
-    # Write a resumable trainer checkpoint every N steps (None: no checkpoints, no resume).
-    save_steps: PositiveInt | None = None
+    # Write a resumable trainer checkpoint every N optimizer steps, so that re-running a failed or
+    # cancelled job resumes from the last one (None: none written, a re-run starts over). On by
+    # default because a long job is exactly the one that must not start over; 200 steps is a few
+    # minutes of a real run, and a short run (the demo's) finishes before its first save.
+    save_steps: PositiveInt | None = 200
+    # Checkpoints kept: each holds the optimizer state (about three times the model in fp32), and
+    # resuming needs only the last; the one before it covers a crash while the last is written.
+    save_total_limit: PositiveInt = 2
     # Passed to transformers as is: "none", "tensorboard", "wandb", ... (installed separately).
     report_to: str | list[str] = "none"
 
@@ -54,6 +60,15 @@ class SFTJobConfig(JobConfig):
     # Train on the assistant's tokens only (the template's {% generation %} markers), not on
     # the user's: the model should learn to answer, not to write prompts.
     assistant_only_loss: bool = True
+    # The fallback where the template marks no assistant tokens (launch sets it, and says so on
+    # the job): each conversation split into prompt and last reply, the loss on the reply only.
+    completion_only_loss: bool = False
+
+    @model_validator(mode="after")
+    def _one_loss_mask(self):
+        if self.assistant_only_loss and self.completion_only_loss:
+            raise ValueError("assistant_only_loss and completion_only_loss exclude each other")
+        return self
 
 
 class RewardJobConfig(JobConfig):

@@ -4,6 +4,8 @@ from modeling.ml import generate
 generate("var/models/tiny", [[{"role": "user", "content": "What is 2 + 3?"}]], n=4)
 """
 
+import unicodedata
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
@@ -63,6 +65,7 @@ def sample(
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
+    stops = stop_token_ids(model, tokenizer)
     texts = [
         tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
         for p in prompts
@@ -87,15 +90,49 @@ def sample(
             top_p=top_p if sampling else None,
             top_k=0 if sampling else None,  # unset, transformers would apply top_k=50
             max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stops or None,
             pad_token_id=pad_id,
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
-        completions += [until_eos(ids.tolist(), tokenizer.eos_token_id) for ids in new_tokens]
-    decoded = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        completions += [until_stop(ids.tolist(), stops) for ids in new_tokens]
+    decoded = [
+        clean_text(text) for text in tokenizer.batch_decode(completions, skip_special_tokens=True)
+    ]
     return [decoded[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
-def until_eos(ids: list[int], eos_id: int) -> list[int]:
-    """The tokens before the first EOS; finished rows of a batch are padded after it."""
-    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """EOS and every other id the model's generation_config stops at.
+
+    Chat models end a reply with an end-of-turn token that is often not the tokenizer's EOS
+    (Gemma's <end_of_turn>, Llama 3 base's <|eot_id|>); their generation_config lists it.
+    """
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if configured is None:
+        configured = []
+    elif isinstance(configured, int):
+        configured = [configured]
+    ids = [tokenizer.eos_token_id, *configured]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def until_stop(ids: list[int], stops: list[int]) -> list[int]:
+    """The tokens before the first stop token; finished rows of a batch are padded after it."""
+    for i, token in enumerate(ids):
+        if token in stops:
+            return ids[:i]
+    return ids
+
+
+# Kept although they are control characters: they are how text is laid out.
+_LAYOUT = {"\t", "\n"}
+
+
+def clean_text(text: str) -> str:
+    """Decoded model output made fit to show: no control characters but tabs and newlines, and
+    no U+FFFD, which decoding writes where sampling stopped inside a multi-byte character (or
+    the model emitted byte tokens that form no character). \r\n and \r become \n."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(
+        ch for ch in text if ch != "\ufffd" and (ch in _LAYOUT or unicodedata.category(ch) != "Cc")
+    )

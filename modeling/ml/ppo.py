@@ -12,12 +12,16 @@ Differences from the stable trainers, handled here:
 - Its loop has no resume and ignores control.should_training_stop; ProgressCallback(hard_stop)
   raises TrainingCancelled instead, caught in train() below.
 - It ignores max_steps; total_episodes carries it (episodes = steps * effective batch).
+- Four fp32 models of a real size do not fit where training them should: the frozen two
+  (reference, reward) only run forward passes and load in bf16 on a GPU that has it
+  (frozen_model_dtype); the policy (full or LoRA) and the value model train in fp32 weights.
 """
 
 import contextlib
 import gc
 import warnings
 
+import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding
 
@@ -29,6 +33,15 @@ with warnings.catch_warnings():
 from modeling.ml.configs import PPOJobConfig
 from modeling.ml.loading import load_causal_lm, load_reward_model, load_tokenizer
 from modeling.ml.progress import ProgressCallback, TrainingCancelled
+
+
+def frozen_model_dtype(*, cuda: bool, bf16_supported: bool) -> torch.dtype:
+    """The dtype of the models PPO never trains (reference and reward).
+
+    bf16 halves their memory and their scores and log-probs only enter the loss as constants;
+    on CPU they stay fp32, where bf16 matmuls are slow and the tests compare numbers exactly.
+    """
+    return torch.bfloat16 if cuda and bf16_supported else torch.float32
 
 
 class _PPOTrainer(PPOTrainer):
@@ -88,12 +101,15 @@ def ppo_trainer(
         },
         remove_columns=train_rows.column_names,
     )
-    reward_model = load_reward_model(reward_model_path)
+    cuda = torch.cuda.is_available()
+    frozen = frozen_model_dtype(cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+    reward_model = load_reward_model(reward_model_path, dtype=frozen)
     trainer = _PPOTrainer(
         args=args,
         processing_class=left_padded,
         model=load_causal_lm(policy_path),
-        ref_model=None,  # PPOTrainer copies the policy, or disables the adapter under LoRA
+        # Under LoRA the reference is the policy with its adapter disabled: no second copy.
+        ref_model=None if peft_config else load_causal_lm(policy_path, dtype=frozen),
         reward_model=reward_model,
         train_dataset=prompts,
         value_model=load_reward_model(reward_model_path),

@@ -9,7 +9,9 @@ resuming) -> save (model or LoRA adapter, tokenizer, veredicto.json) -> cleanup 
 
 Datasets are TRL's conversational shapes, one JSON object per line in dataset_dir/train.jsonl
 (and optionally test.jsonl, evaluated after training for sft, reward and dpo):
-    sft           {"messages": [{"role": ..., "content": ...}, ...]}
+    sft           {"messages": [{"role": ..., "content": ...}, ...]} (split into prompt and last
+                  reply for completion_only_loss, the fallback of templates without
+                  {% generation %} markers: modeling/ml/chat_templates.py)
     reward, dpo   {"prompt": [messages], "chosen": [assistant message], "rejected": [...]}
     ppo/rloo/grpo {"prompt": [messages]}
 Other columns (the export's metadata) are dropped before TRL sees them.
@@ -27,6 +29,7 @@ from transformers import PrinterCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from jobs.metrics import finite_metrics
+from modeling.ml.chat_templates import as_prompt_completion, sft_loss_fallback
 from modeling.ml.configs import CONFIG_CLASSES, JobConfig, estimate_steps, parse_job_config
 from modeling.ml.loading import (
     is_lora_adapter,
@@ -81,9 +84,10 @@ def train(
     On success output_dir holds a transformers checkpoint (or, with LoRA, a PEFT adapter), the
     tokenizer and veredicto.json; intermediate checkpoints are deleted. When the reporter asks to
     stop, training ends after the current step and nothing final is written: the checkpoints
-    already saved (config.save_steps) stay, and a later call with resume=True continues from the
-    last of them. Without a checkpoint, resume=True starts from scratch (PPO always does: TRL's
-    experimental PPOTrainer cannot restore its value model and rollout state).
+    already saved (config.save_steps, every 200 steps by default) stay, and a later call with
+    resume=True continues from the last of them. Without a checkpoint, resume=True starts from
+    scratch (PPO always does: TRL's experimental PPOTrainer cannot restore its value model and
+    rollout state).
     """
     # -- setup: config, data, checkpoints, base model
     if kind not in CONFIG_CLASSES:
@@ -119,12 +123,29 @@ def train(
             shutil.rmtree(old)
     base_path, merged_base = plain_base(model_path, output / "base")
     tokenizer = load_tokenizer(base_path)
+    notes = []
+    if kind == "sft" and config.assistant_only_loss:
+        # Launch checks this already (modeling/services/jobs.py); a job queued before that check
+        # existed, or whose tokenizer the web host could not load, falls back here too.
+        note = sft_loss_fallback(tokenizer, train_rows[0]["messages"])
+        if note:
+            config = config.model_copy(
+                update={"assistant_only_loss": False, "completion_only_loss": True}
+            )
+            notes.append(note)
+    if kind == "sft" and config.completion_only_loss:
+        train_rows = train_rows.map(as_prompt_completion, remove_columns=["messages"])
+        if eval_rows is not None:
+            eval_rows = eval_rows.map(as_prompt_completion, remove_columns=["messages"])
     callback = ProgressCallback(reporter, hard_stop=kind == "ppo")
     total = estimate_steps(kind, config, len(train_rows))
     start_step = int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
     start = f"resuming from {Path(checkpoint).name}" if checkpoint else "starting"
     reporter.report(
-        step=start_step, total_steps=total, metrics={}, log_line=f"{kind}: {start}, {total} steps"
+        step=start_step,
+        total_steps=total,
+        metrics={},
+        log_line="\n".join([*notes, f"{kind}: {start}, {total} steps"]),
     )
 
     finished = False
@@ -213,6 +234,41 @@ def plain_base(model_path: str, merged_dir: Path) -> tuple[str, Path | None]:
     return str(merged_dir), merged_dir
 
 
+@dataclass(frozen=True)
+class TRLTrainer:
+    """How one kind maps onto TRL: its trainer and config classes (names in `trl`), and the
+    fields of our job config passed to TRL's config under the same name."""
+
+    trainer: str
+    config: str
+    fields: tuple[str, ...]
+    online: bool = False  # samples from the policy and scores with reward_funcs
+
+
+# PPO is not here: TRL's experimental PPOTrainer takes other arguments (modeling/ml/ppo.py).
+TRL_TRAINERS: dict[str, TRLTrainer] = {
+    "sft": TRLTrainer(
+        "SFTTrainer", "SFTConfig", ("max_length", "assistant_only_loss", "completion_only_loss")
+    ),
+    # RewardTrainer adds a fresh scalar head (num_labels=1), seeded by args.seed.
+    "reward": TRLTrainer("RewardTrainer", "RewardConfig", ("max_length",)),
+    # DPOTrainer loads the reference again from base_path (or, with LoRA, disables the adapter).
+    "dpo": TRLTrainer("DPOTrainer", "DPOConfig", ("max_length", "beta")),
+    "rloo": TRLTrainer(
+        "RLOOTrainer",
+        "RLOOConfig",
+        ("num_generations", "max_completion_length", "temperature", "beta"),
+        online=True,
+    ),
+    "grpo": TRLTrainer(
+        "GRPOTrainer",
+        "GRPOConfig",
+        ("num_generations", "max_completion_length", "temperature", "beta"),
+        online=True,
+    ),
+}
+
+
 def build_trainer(
     kind: str,
     config: JobConfig,
@@ -228,54 +284,6 @@ def build_trainer(
     """The TRL trainer for `kind`, with our config mapped onto TRL's config class."""
     args = common_args(config, output)
     peft_config = lora_config(config, "SEQ_CLS" if kind == "reward" else "CAUSAL_LM")
-    if kind == "sft":
-        from trl import SFTConfig, SFTTrainer
-
-        return SFTTrainer(
-            model=base_path,
-            args=SFTConfig(
-                **args,
-                max_length=config.max_length,
-                assistant_only_loss=config.assistant_only_loss,
-                include_num_input_tokens_seen="non_padding",
-            ),
-            train_dataset=train_rows,
-            eval_dataset=eval_rows,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=[callback],
-        )
-    if kind == "reward":
-        from trl import RewardConfig, RewardTrainer
-
-        return RewardTrainer(
-            model=base_path,  # TRL adds a fresh scalar head (num_labels=1), seeded by args.seed
-            args=RewardConfig(
-                **args, max_length=config.max_length, include_num_input_tokens_seen="non_padding"
-            ),
-            train_dataset=train_rows,
-            eval_dataset=eval_rows,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=[callback],
-        )
-    if kind == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        return DPOTrainer(
-            model=base_path,  # the reference: loaded again from base_path, or with LoRA the base
-            args=DPOConfig(
-                **args,
-                max_length=config.max_length,
-                beta=config.beta,
-                include_num_input_tokens_seen="non_padding",
-            ),
-            train_dataset=train_rows,
-            eval_dataset=eval_rows,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=[callback],
-        )
     if kind == "ppo":
         from modeling.ml.ppo import ppo_trainer
 
@@ -289,31 +297,31 @@ def build_trainer(
             peft_config=peft_config,
             callback=callback,
         )
-    if kind in ("rloo", "grpo"):
-        from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+    if kind not in TRL_TRAINERS:
+        raise ValueError(f"Unknown training kind {kind!r}")
+    import trl
 
-        config_class, trainer_class = {
-            "rloo": (RLOOConfig, RLOOTrainer),
-            "grpo": (GRPOConfig, GRPOTrainer),
-        }[kind]
-        reward_model = load_reward_model(reward_model_path)
-        return trainer_class(
-            model=base_path,
-            reward_funcs=reward_model,
-            args=config_class(
-                **args,
-                num_generations=config.num_generations,
-                max_completion_length=config.max_completion_length,
-                temperature=config.temperature,
-                beta=config.beta,
-            ),
-            train_dataset=train_rows,
+    spec = TRL_TRAINERS[kind]
+    ours = {name: getattr(config, name) for name in spec.fields}
+    if spec.online:
+        # Rollouts are sampled in batches, each prompt ending where its completion starts; the
+        # reward model reads prompt + completion rendered with its own tokenizer and template.
+        data = dict(
             processing_class=load_tokenizer(base_path, padding_side="left"),
+            reward_funcs=load_reward_model(reward_model_path),
             reward_processing_classes=load_tokenizer(reward_model_path),
-            peft_config=peft_config,
-            callbacks=[callback],
         )
-    raise ValueError(f"Unknown training kind {kind!r}")
+    else:
+        ours["include_num_input_tokens_seen"] = "non_padding"
+        data = dict(processing_class=tokenizer, eval_dataset=eval_rows)
+    return getattr(trl, spec.trainer)(
+        model=base_path,
+        args=getattr(trl, spec.config)(**args, **ours),
+        train_dataset=train_rows,
+        peft_config=peft_config,
+        callbacks=[callback],
+        **data,
+    )
 
 
 def common_args(config: JobConfig, output: Path) -> dict[str, Any]:
@@ -332,7 +340,7 @@ def common_args(config: JobConfig, output: Path) -> dict[str, Any]:
         logging_steps=1,  # every step reaches ProgressCallback, which throttles its reports
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
-        save_total_limit=1,  # resuming needs only the last one; each holds optimizer state
+        save_total_limit=config.save_total_limit,
         eval_strategy="no",
         disable_tqdm=True,
         **device_args(config),

@@ -21,6 +21,8 @@ from django.core.exceptions import ValidationError
 from core.roles import require_admin
 from modeling.models import Checkpoint, CheckpointKind, CheckpointSource
 
+from .model_checks import pad_token_note
+
 # `org/name` or a bare `name`, as the hub spells repository ids.
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 TRAINER_CHECKPOINT_PREFIX = "checkpoint-"  # Trainer's intermediate saves inside an output dir
@@ -104,7 +106,7 @@ def checkpoint_source_check(*, storage_path: str, hub: bool) -> tuple[str, Check
     if not path.is_absolute():
         path = Path.cwd() / path
     path = path.resolve()
-    return str(path), checkpoint_describe(path)
+    return str(path), checkpoint_describe(path=path)
 
 
 def checkpoint_register(
@@ -121,7 +123,8 @@ def checkpoint_register(
     """Add an external model to the registry: a directory transformers loads, or a hub id.
 
     A registered model has no parent and no job; `base_model` links a LoRA adapter to the
-    registered checkpoint it sits on.
+    registered checkpoint it sits on. A tokenizer without a pad token distinct from EOS gets one
+    by the loading rule (the notes say which), or the model is refused if there is none to pick.
     """
     require_admin(registered_by, "register models")
     name = (name or "").strip()
@@ -136,11 +139,18 @@ def checkpoint_register(
         errors["kind"] = f"Kind is one of {', '.join(CheckpointKind.values)}."
     facts = None
     try:
-        storage_path, facts = checkpoint_source_check(storage_path, hub=hub)
+        storage_path, facts = checkpoint_source_check(storage_path=storage_path, hub=hub)
     except ValidationError as exc:
         errors.update({k: v[0] for k, v in exc.message_dict.items()})
     if tokenizer_path and not hub and not Path(tokenizer_path).is_dir():
         errors["tokenizer_path"] = f"{tokenizer_path} is not a directory."
+    if facts and not errors:
+        try:
+            pad_note = pad_token_note(storage_path=storage_path, tokenizer_path=tokenizer_path)
+        except ValueError as exc:
+            errors["storage_path"] = str(exc)
+        else:
+            notes = "\n".join(part for part in (notes, pad_note) if part)
     if errors:
         raise ValidationError(errors)
     return Checkpoint.objects.create(

@@ -33,6 +33,8 @@ from modeling.models import (
     TrainingJob,
 )
 
+from .model_checks import reward_tokenizer_error, sft_loss_fallback_note
+
 logger = logging.getLogger(__name__)
 
 MIN_TIME_LIMIT, MAX_TIME_LIMIT = 60, 30 * 24 * 3600
@@ -89,8 +91,9 @@ def _validate(
     reward_model: Checkpoint | None,
     config: Any,
     time_limit_seconds: int,
-) -> dict[str, Any]:
-    """Every reason the job cannot run, all at once; returns the cleaned config."""
+) -> tuple[dict[str, Any], list[str]]:
+    """Every reason the job cannot run, all at once; returns the cleaned config (adjusted where
+    the model needs a fallback) and the notes saying so, for the job's log."""
     errors: dict[str, Any] = {}
     if kind not in JobKind.values:
         raise ValidationError({"kind": f"Kind is one of {', '.join(JobKind.values)}."})
@@ -128,9 +131,19 @@ def _validate(
         cleaned = job_config_clean(kind=kind, raw=config if config is not None else {})
     except ValidationError as exc:
         errors.update(exc.message_dict)
+    if kind == JobKind.PPO and not errors.keys() & {"parent", "reward_model"}:
+        reason = reward_tokenizer_error(parent=parent, reward_model=reward_model)
+        if reason:
+            errors["reward_model"] = reason
     if errors:
         raise ValidationError(errors)
-    return cleaned
+    notes = []
+    if kind == JobKind.SFT:
+        note = sft_loss_fallback_note(parent=parent, snapshot=snapshot, config=cleaned)
+        if note:
+            cleaned = {**cleaned, "assistant_only_loss": False, "completion_only_loss": True}
+            notes.append(note)
+    return cleaned, notes
 
 
 def _enqueue(job: TrainingJob) -> None:
@@ -177,7 +190,7 @@ def job_launch(
     """
     require_admin(launched_by, "launch training jobs")
     limit = time_limit_seconds or settings.VEREDICTO_JOB_TIME_LIMIT_SECONDS
-    cleaned = _validate(
+    cleaned, notes = _validate(
         kind=kind,
         parent=parent,
         snapshot=snapshot,
@@ -193,6 +206,7 @@ def job_launch(
         config=cleaned,
         time_limit_seconds=limit,
         launched_by=launched_by,
+        log_tail="\n".join(notes),
     )
     if enqueue:
         _enqueue(job)
@@ -213,7 +227,7 @@ def job_rerun(*, job: TrainingJob, launched_by: AbstractBaseUser | None) -> Trai
     existing = TrainingJob.objects.filter(previous_attempt=job).first()
     if existing is not None:
         return existing
-    cleaned = _validate(
+    cleaned, notes = _validate(
         kind=job.kind,
         parent=job.parent,
         snapshot=job.snapshot,
@@ -231,6 +245,7 @@ def job_rerun(*, job: TrainingJob, launched_by: AbstractBaseUser | None) -> Trai
         attempt=job.attempt + 1,
         previous_attempt=job,
         launched_by=launched_by,
+        log_tail="\n".join(notes),
     )
     _enqueue(rerun)
     return rerun

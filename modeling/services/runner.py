@@ -72,6 +72,7 @@ class JobReporter:
         self._stride = 1
         self._reports = 0
         self.lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self.lines.extend(job.log_tail.splitlines())  # launch's notes (a loss fallback, say)
         self._last_write = -math.inf  # the first report is written at once
         self._last_poll = -math.inf
         self.cancelled = False  # cancel_requested was seen
@@ -196,11 +197,11 @@ def prepare_resume(job: TrainingJob, output_dir: Path) -> Path | None:
 
 def _register_output(job: TrainingJob, result) -> Checkpoint:
     path = Path(result.output_dir).resolve()
-    facts = checkpoint_describe(path)
+    facts = checkpoint_describe(path=path)
     parent = job.parent
     has_tokenizer = (path / "tokenizer_config.json").is_file()
     return Checkpoint.objects.create(
-        name=unique_checkpoint_name(f"{parent.root().name}-{job.kind}-{job.pk}"),
+        name=unique_checkpoint_name(stem=f"{parent.root().name}-{job.kind}-{job.pk}"),
         kind=CheckpointKind.REWARD if job.kind == JobKind.REWARD else CheckpointKind.POLICY,
         source=CheckpointSource.LOCAL,
         storage_path=str(path),

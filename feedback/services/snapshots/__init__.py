@@ -205,4 +205,4 @@ def snapshot_create(
         snapshot = snapshot_request(
             project=project, kind=kind, name=name, created_by=created_by, policy=policy
         )
-    return snapshot_build(snapshot)
+    return snapshot_build(snapshot=snapshot)
