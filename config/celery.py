@@ -3,18 +3,14 @@
 beat` per deployment for the scheduled sweep."""
 
 import os
-from enum import StrEnum
 
 from celery import Celery
 from django.conf import settings
 from kombu import Queue
 
+from jobs.queues import CeleryQueue
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-
-
-class CeleryQueue(StrEnum):
-    DEFAULT = "default"
-    GPU = "gpu"
 
 
 app = Celery("veredicto")

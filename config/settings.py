@@ -103,6 +103,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 if TESTING and env.str("TEST_DATABASE_URL", ""):
     DATABASES["default"] = dj_database_url.parse(env.str("TEST_DATABASE_URL"), conn_max_age=0)
+# Set by jobs/backends for the processes a worker launches: exactly the database it uses (the
+# test runner, for one, works on a renamed copy).
+if env.str("VEREDICTO_DATABASE_NAME", ""):
+    DATABASES["default"]["NAME"] = env.str("VEREDICTO_DATABASE_NAME")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool(
     "DB_PREPARED_STATEMENTS", True
 ):
@@ -202,6 +206,22 @@ VEREDICTO_IMPORT_MAX_ROWS = env.int("VEREDICTO_IMPORT_MAX_ROWS", 5_000_000)
 VEREDICTO_JOB_HEARTBEAT_SECONDS = env.float("VEREDICTO_JOB_HEARTBEAT_SECONDS", 10.0)
 VEREDICTO_JOB_STALE_SECONDS = env.float("VEREDICTO_JOB_STALE_SECONDS", 60.0)
 VEREDICTO_JOB_SWEEP_SECONDS = env.float("VEREDICTO_JOB_SWEEP_SECONDS", 15.0)
+# Where a worker launches training, evaluation and generation (jobs/backends/): "local" (a child
+# process group on the worker's host, under `accelerate launch` for several devices) or "ray" (a
+# Ray job on the cluster at VEREDICTO_RAY_ADDRESS, e.g. http://head:8265).
+VEREDICTO_JOB_BACKEND = env.str("VEREDICTO_JOB_BACKEND", "local")
+if VEREDICTO_JOB_BACKEND not in ("local", "ray"):
+    raise ImproperlyConfigured("VEREDICTO_JOB_BACKEND is 'local' or 'ray'.")
+VEREDICTO_RAY_ADDRESS = env.str("VEREDICTO_RAY_ADDRESS", "")
+if VEREDICTO_JOB_BACKEND == "ray" and not VEREDICTO_RAY_ADDRESS:
+    raise ImproperlyConfigured("VEREDICTO_JOB_BACKEND=ray needs VEREDICTO_RAY_ADDRESS.")
+# The interpreter on the Ray hosts (default: this worker's, for hosts built from one image).
+VEREDICTO_RAY_PYTHON = env.str("VEREDICTO_RAY_PYTHON", "")
+# Cancel and the time limit send SIGTERM to the work's process group, SIGKILL this much later.
+VEREDICTO_JOB_KILL_GRACE_SECONDS = env.float("VEREDICTO_JOB_KILL_GRACE_SECONDS", 10.0)
+# Devices this worker owns, announced when it starts (default: the GPUs `nvidia-smi -L` lists,
+# else 1). A job asking for more processes than any worker owns is refused at launch.
+VEREDICTO_WORKER_DEVICES = env.int("VEREDICTO_WORKER_DEVICES", 0)
 # Fault drills only: a worker pauses this long right after claiming a row, so that a test can
 # kill it mid-run (tests/jobs/test_worker_faults.py). Refused outside DEBUG/testing below.
 VEREDICTO_FAULT_DRILL_PAUSE_SECONDS = env.float("VEREDICTO_FAULT_DRILL_PAUSE_SECONDS", 0.0)

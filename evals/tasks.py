@@ -1,7 +1,8 @@
 """Evaluation on GPU workers. Routed to the `gpu` queue (config/celery.py: `evals.tasks.*`).
 
-The task takes a run id, re-reads the row and calls services.run_eval, which claims the row
-(queued → running) before doing anything: a redelivered message finds nothing to claim.
+The task takes a run id, claims the row (queued → running: a redelivered message finds nothing
+to claim) and hands it to the deployment's backend (jobs.backends), which runs
+evals.services.worker.eval_run_execute in its own process.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from evals import services
 from evals.models import EvalRun
+from jobs.backends import launch
+from jobs.services import work_claim
 from jobs.tasks import worker_name
 
 logger = logging.getLogger(__name__)
@@ -40,4 +43,7 @@ def run_eval(self, run_id: int) -> str:
         logger.warning("Eval run %s does not exist; dropping the message", run_id)
         return "missing"
     host = worker_name(self.request.hostname)
-    return services.run_eval(run=run, worker_host=host).status
+    if not work_claim(EvalRun, pk=run_id, worker_host=host, backend=settings.VEREDICTO_JOB_BACKEND):
+        return EvalRun.objects.get(pk=run_id).status
+    # This worker only steers: the model is loaded in the launched process, never here.
+    return launch(EvalRun.objects.get(pk=run_id)).status

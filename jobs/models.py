@@ -12,7 +12,11 @@ hard time limit. Concrete models subclass `BackgroundWork`; jobs.services works 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import ClassVar
+
 from django.db import models
+from django.utils import timezone
 
 
 class Status(models.TextChoices):
@@ -37,12 +41,30 @@ class BackgroundWork(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Where a worker launched it (jobs.backends): "local" or "ray", and the process group or Ray
+    # submission id there. Blank for work done inside a worker or a management command.
+    backend = models.CharField(max_length=16, blank=True)
+    launch_id = models.CharField(max_length=100, blank=True)
 
     # A default for kinds without their own column; the sweep fails a run that overran it.
     time_limit_seconds: int = 6 * 3600
+    # The function a launched process (jobs/entrypoint.py) calls with the claimed row.
+    entrypoint: ClassVar[str] = ""
 
     class Meta:
         abstract = True
+
+    def launch_processes(self) -> int:
+        """Processes (one per device) the work needs; a worker must own that many devices."""
+        return 1
+
+    def launch_accelerate_config(self) -> Path | None:
+        """The accelerate config to launch several processes with; None for one process."""
+        return None
+
+    def stop_requested(self) -> bool:
+        """Whether a user asked the running work to stop (training jobs can be cancelled)."""
+        return False
 
     @property
     def is_active(self) -> bool:
@@ -51,3 +73,17 @@ class BackgroundWork(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+
+class Worker(models.Model):
+    """A Celery worker as it announced itself when it started: which queues it consumes and how
+    many devices it owns (VEREDICTO_WORKER_DEVICES, else the GPUs it sees, else 1). A job asking
+    for more devices than any recently seen worker owns is refused at launch."""
+
+    name = models.CharField(max_length=255, unique=True)
+    queues = models.JSONField(default=list)
+    devices = models.PositiveSmallIntegerField(default=1)
+    started_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.devices} device{'s' if self.devices != 1 else ''})"

@@ -115,30 +115,34 @@ def comparisons_request(
     return batch
 
 
-def comparison_batch_run(batch: ComparisonBatch, *, worker_host: str = "") -> ComparisonBatch:
-    """Claim a queued batch and generate it; the outcome or the reason it failed is written to
-    the row, never raised."""
+def comparison_batch_run(*, batch: ComparisonBatch, worker_host: str = "") -> ComparisonBatch:
+    """Claim a queued batch and generate it in this process (tests); workers launch the same
+    work in its own process (loop.tasks.generate_comparisons)."""
     if not work_claim(ComparisonBatch, pk=batch.pk, worker_host=worker_host):
         return ComparisonBatch.objects.get(pk=batch.pk)
+    with Heartbeat(ComparisonBatch, batch.pk):
+        return comparison_batch_execute(batch)
+
+
+def comparison_batch_execute(batch: ComparisonBatch) -> ComparisonBatch:
+    """Generate a claimed batch: what jobs/entrypoint.py runs. The outcome, or the reason it
+    failed, is written to the row, never raised."""
     batch = ComparisonBatch.objects.select_related("checkpoint", "reference", "project").get(
         pk=batch.pk
     )
-    with Heartbeat(ComparisonBatch, batch.pk):
-        try:
-            outcome = comparisons_generate(
-                checkpoint=batch.checkpoint,
-                project=batch.project,
-                reference=batch.reference,
-                n_prompts=batch.n_prompts,
-                batch=batch.batch,
-                sampling=SamplingParams(**batch.sampling),
-            )
-        except Exception as exc:
-            logger.warning("Comparison batch %s failed", batch.pk, exc_info=True)
-            work_finish(
-                ComparisonBatch, pk=batch.pk, status=Status.FAILED, error=failure_reason(exc)
-            )
-            return ComparisonBatch.objects.get(pk=batch.pk)
+    try:
+        outcome = comparisons_generate(
+            checkpoint=batch.checkpoint,
+            project=batch.project,
+            reference=batch.reference,
+            n_prompts=batch.n_prompts,
+            batch=batch.batch,
+            sampling=SamplingParams(**batch.sampling),
+        )
+    except Exception as exc:
+        logger.warning("Comparison batch %s failed", batch.pk, exc_info=True)
+        work_finish(ComparisonBatch, pk=batch.pk, status=Status.FAILED, error=failure_reason(exc))
+        return ComparisonBatch.objects.get(pk=batch.pk)
     work_finish(ComparisonBatch, pk=batch.pk, status=Status.SUCCEEDED, outcome=asdict(outcome))
     return ComparisonBatch.objects.get(pk=batch.pk)
 

@@ -32,6 +32,7 @@ class ComparisonBatch(BackgroundWork):
     created_at = models.DateTimeField(default=timezone.now)
 
     time_limit_seconds = 2 * 3600
+    entrypoint = "loop.comparisons.comparison_batch_execute"
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -1,14 +1,16 @@
 """GPU work of the loop, routed to the `gpu` queue (config/celery.py): a thin task that takes a
-batch id and calls the service, which claims the row first (a redelivered message does nothing).
+batch id, claims the row (a redelivered message does nothing) and hands it to the backend.
 """
 
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from jobs.backends import launch
+from jobs.services import work_claim
 from jobs.tasks import worker_name
-from loop.comparisons import comparison_batch_run
 from loop.models import ComparisonBatch
 
 # Only a database that is briefly unreachable is worth retrying: the claim turns a retry after
@@ -25,7 +27,10 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
     retry_backoff=5,
 )
 def generate_comparisons(batch_id: int) -> str:
-    batch = ComparisonBatch.objects.filter(pk=batch_id).first()
-    if batch is None:
+    if not ComparisonBatch.objects.filter(pk=batch_id).exists():
         return "missing"
-    return comparison_batch_run(batch, worker_host=worker_name()).status
+    backend = settings.VEREDICTO_JOB_BACKEND
+    if not work_claim(ComparisonBatch, pk=batch_id, worker_host=worker_name(), backend=backend):
+        return ComparisonBatch.objects.get(pk=batch_id).status
+    # This worker only steers: both models are loaded in the launched process, never here.
+    return launch(ComparisonBatch.objects.get(pk=batch_id)).status

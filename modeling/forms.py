@@ -47,6 +47,8 @@ class LooseJSONField(forms.CharField):
             return value
 
     def prepare_value(self, value: Any) -> Any:
+        if hasattr(value, "model_dump"):  # a nested setting such as `distributed`
+            value = value.model_dump()
         return value if value is None or isinstance(value, str) else json.dumps(value)
 
 

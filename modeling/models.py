@@ -190,12 +190,29 @@ class TrainingJob(BackgroundWork):
     )
     created_at = models.DateTimeField(default=timezone.now)
 
+    entrypoint = "modeling.services.runner.training_job_execute"
+
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["status", "heartbeat_at"])]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} job #{self.pk}"
+
+    def distributed(self):
+        from modeling.ml.distributed import DistributedConfig  # plain pydantic, no torch
+
+        return DistributedConfig.model_validate((self.config or {}).get("distributed") or {})
+
+    def launch_processes(self) -> int:
+        return self.distributed().processes
+
+    def launch_accelerate_config(self) -> Path | None:
+        distributed = self.distributed()
+        return distributed.accelerate_config() if distributed.launches_several else None
+
+    def stop_requested(self) -> bool:
+        return self.cancel_requested
 
     @property
     def can_rerun(self) -> bool:

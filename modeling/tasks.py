@@ -1,5 +1,6 @@
-"""GPU work. Routed to the `gpu` queue (config/celery.py); each task takes ids, re-reads the rows
-and calls a plain service function that tests can call directly.
+"""GPU work. Routed to the `gpu` queue (config/celery.py); each task takes an id, re-reads the
+row, claims it and hands it to the deployment's backend (jobs.backends): the worker steers, the
+training runs in its own process(es) and never in the worker.
 
 Messages are acknowledged late, so a worker killed mid-job leaves its message for redelivery;
 the job's claim makes that redelivery a no-op, and the scheduled sweep (jobs.tasks.sweep) fails
@@ -14,6 +15,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from jobs.backends import launch
 from jobs.tasks import worker_name
 from modeling import services
 from modeling.models import TrainingJob
@@ -42,4 +44,8 @@ def train_job(self, job_id: int) -> str:
         logger.warning("Training job %s does not exist; dropping the message", job_id)
         return "missing"
     host = worker_name(self.request.hostname)
-    return services.run_training_job(job=job, worker_host=host).status
+    backend = settings.VEREDICTO_JOB_BACKEND
+    if not services.training_job_claim(job=job, worker_host=host, backend=backend):
+        return TrainingJob.objects.get(pk=job_id).status
+    # This worker only steers: the training runs in its own process group (or Ray job).
+    return launch(TrainingJob.objects.get(pk=job_id)).status

@@ -10,12 +10,13 @@ from .runs import (
 )
 from .suites import EvalInputError, lm_eval_metrics
 from .uploads import eval_task_file_discard, eval_task_file_store
-from .worker import run_eval
+from .worker import eval_run_execute, run_eval
 
 __all__ = [
     "EvalInputError",
     "default_suites",
     "eval_defaults_request",
+    "eval_run_execute",
     "eval_run_request",
     "eval_run_rerun",
     "eval_task_file_discard",

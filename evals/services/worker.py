@@ -98,25 +98,31 @@ def _reason(exc: BaseException) -> str:
 
 
 def run_eval(*, run: EvalRun, worker_host: str = "") -> EvalRun:
-    """Claim and evaluate `run`; returns the row as it ended. Never raises for an evaluation
-    failure: the reason is written to the row."""
+    """Claim and evaluate `run` in this process (the demo loop, tests); returns the row as it
+    ended. Workers launch the same work in its own process (evals.tasks.run_eval)."""
     if not work_claim(EvalRun, pk=run.pk, worker_host=worker_host):
         return EvalRun.objects.get(pk=run.pk)
+    with Heartbeat(EvalRun, run.pk):
+        return eval_run_execute(run)
+
+
+def eval_run_execute(run: EvalRun) -> EvalRun:
+    """Evaluate a claimed run and store its numbers: what jobs/entrypoint.py runs. Never raises
+    for an evaluation failure: the reason is written to the row."""
     run = EvalRun.objects.select_related("checkpoint", "reference", "judge", "snapshot").get(
         pk=run.pk
     )
-    with Heartbeat(EvalRun, run.pk):
-        try:
-            outcome = evaluate(run)
-        except SoftTimeLimitExceeded:
-            return _finish(run.pk, RunStatus.FAILED, error="time limit exceeded")
-        except Exception as exc:
-            logger.warning("Eval run %s failed", run.pk, exc_info=True)
-            return _finish(run.pk, RunStatus.FAILED, error=_reason(exc))
-        except BaseException:
-            # Worker shutdown or interpreter exit: say so rather than wait for the stale check.
-            _finish(run.pk, RunStatus.FAILED, error="the worker shut down during the evaluation")
-            raise
+    try:
+        outcome = evaluate(run=run)
+    except SoftTimeLimitExceeded:
+        return _finish(run.pk, RunStatus.FAILED, error="time limit exceeded")
+    except Exception as exc:
+        logger.warning("Eval run %s failed", run.pk, exc_info=True)
+        return _finish(run.pk, RunStatus.FAILED, error=_reason(exc))
+    except BaseException:
+        # Shutdown or interpreter exit: say so rather than wait for the sweep.
+        _finish(run.pk, RunStatus.FAILED, error="the evaluation process shut down")
+        raise
     try:
         return _succeed(run.pk, outcome)
     except Exception as exc:

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modeling.ml.distributed import DistributedConfig
+
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
@@ -41,6 +43,9 @@ class JobConfig(BaseModel):
     save_total_limit: PositiveInt = 2
     # Passed to transformers as is: "none", "tensorboard", "wandb", ... (installed separately).
     report_to: str | list[str] = "none"
+    # Several devices: {"strategy": "ddp" | "fsdp" | "deepspeed_zero2" | "deepspeed_zero3",
+    # "processes": N}. The effective batch above is kept (modeling/ml/distributed.py).
+    distributed: DistributedConfig = DistributedConfig()
 
     lora: bool = False
     lora_rank: PositiveInt = 16

@@ -8,7 +8,13 @@ from .jobs import (
     job_launch,
     job_rerun,
 )
-from .runner import JobReporter, job_output_dir, run_training_job
+from .runner import (
+    JobReporter,
+    job_output_dir,
+    run_training_job,
+    training_job_claim,
+    training_job_execute,
+)
 
 __all__ = [
     "JobConfigInvalid",
@@ -22,4 +28,6 @@ __all__ = [
     "job_output_dir",
     "job_rerun",
     "run_training_job",
+    "training_job_claim",
+    "training_job_execute",
 ]

@@ -6,6 +6,7 @@ transaction commits: a refused launch leaves no row and queues nothing.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
@@ -13,13 +14,14 @@ import pydantic
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from core.roles import require_admin
 from feedback.models import DatasetSnapshot
-from jobs.models import Status
+from jobs.models import Status, Worker
+from jobs.queues import CeleryQueue
 
 # modeling.ml imports lazily: configs are plain pydantic, so web processes never load torch.
 from modeling.ml import CONFIG_CLASSES, parse_job_config
@@ -135,6 +137,8 @@ def _validate(
         reason = reward_tokenizer_error(parent=parent, reward_model=reward_model)
         if reason:
             errors["reward_model"] = reason
+    if cleaned is not None and (reason := _distributed_error(cleaned.get("distributed") or {})):
+        errors["distributed"] = reason
     if errors:
         raise ValidationError(errors)
     notes = []
@@ -144,6 +148,28 @@ def _validate(
             cleaned = {**cleaned, "assistant_only_loss": False, "completion_only_loss": True}
             notes.append(note)
     return cleaned, notes
+
+
+def _distributed_error(distributed: dict[str, Any]) -> str:
+    """Why no worker can run a job spread over this many devices, if none can. A Ray cluster
+    places its jobs itself; local workers announce their devices when they start."""
+    processes = int(distributed.get("processes") or 1)
+    strategy = distributed.get("strategy") or "none"
+    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        return f"{strategy} needs DeepSpeed: `pip install deepspeed` on the GPU workers."
+    if processes == 1 or settings.VEREDICTO_JOB_BACKEND == "ray":
+        return ""
+    workers = Worker.objects.filter(queues__contains=CeleryQueue.GPU.value)
+    if connection.vendor == "sqlite":  # no JSON containment on SQLite: workers are few
+        workers = [w for w in Worker.objects.all() if CeleryQueue.GPU.value in w.queues]
+    largest = max(workers, key=lambda worker: worker.devices, default=None)
+    if largest is not None and largest.devices >= processes:
+        return ""
+    most = f"the largest, {largest.name}, owns {largest.devices}" if largest else "none is running"
+    return (
+        f"No GPU worker owns {processes} devices ({most}). Ask for fewer processes, or start a "
+        f"worker with that many devices (VEREDICTO_WORKER_DEVICES)."
+    )
 
 
 def _enqueue(job: TrainingJob) -> None:

@@ -256,63 +256,103 @@ def _announce(checkpoint: Checkpoint, job: TrainingJob) -> None:
             logger.error("%s failed for checkpoint %s", receiver, checkpoint.pk, exc_info=result)
 
 
-def run_training_job(*, job: TrainingJob, worker_host: str = "") -> TrainingJob:
-    """Claim and train `job`; returns the row as it ended. Never raises for a training failure:
-    the reason is written to the row."""
-    from modeling.ml import parse_job_config, train
+def training_job_claim(*, job: TrainingJob, worker_host: str = "", backend: str = "") -> bool:
+    """queued → running for one worker, with the output directory ready (and, for a re-run, the
+    previous attempt's last trainer checkpoint in it). Files only: no torch in the worker."""
+    output_dir = job_output_dir(job)
+    if not work_claim(
+        TrainingJob, pk=job.pk, worker_host=worker_host, backend=backend, output_dir=str(output_dir)
+    ):
+        return False
+    job = TrainingJob.objects.select_related("previous_attempt").get(pk=job.pk)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        resumed = prepare_resume(job, output_dir)
+    except OSError as exc:
+        work_finish(TrainingJob, pk=job.pk, status=JobStatus.FAILED, error=failure_reason(exc))
+        return False
+    if resumed:
+        TrainingJob.objects.filter(pk=job.pk).update(resumed_from=str(resumed))
+    return True
 
-    claimed = work_claim(
-        TrainingJob, pk=job.pk, worker_host=worker_host, output_dir=str(job_output_dir(job))
-    )
-    if not claimed:
+
+def run_training_job(*, job: TrainingJob, worker_host: str = "") -> TrainingJob:
+    """Claim and train `job` in this process (the demo loop, tests); returns the row as it
+    ended. Never raises for a training failure: the reason is written to the row. Workers
+    launch the same work in its own process instead (modeling.tasks.train_job)."""
+    if not training_job_claim(job=job, worker_host=worker_host):
         return TrainingJob.objects.get(pk=job.pk)
-    job = TrainingJob.objects.select_related(
-        "parent", "snapshot", "reward_model", "previous_attempt"
-    ).get(pk=job.pk)
+    with Heartbeat(TrainingJob, job.pk):
+        return training_job_execute(TrainingJob.objects.get(pk=job.pk))
+
+
+def training_job_execute(job: TrainingJob) -> TrainingJob:
+    """Train a claimed job: what jobs/entrypoint.py runs in each launched process. Only rank 0
+    (the only rank of a one-process job) reports progress and registers the checkpoint; the
+    others train their share and return."""
+    from modeling.ml import parse_job_config, train
+    from modeling.ml.distributed import per_process_batch
+
+    job = TrainingJob.objects.select_related("parent", "snapshot", "reward_model").get(pk=job.pk)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    config = parse_job_config(job.kind, job.config)
+    if world > 1:
+        batch, accumulation = per_process_batch(
+            batch_size=config.batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            processes=world,
+        )
+        config = config.model_copy(
+            update={"batch_size": batch, "gradient_accumulation_steps": accumulation}
+        )
     reporter = JobReporter(
         job,
         every=settings.VEREDICTO_JOB_PROGRESS_SECONDS,
         deadline=time.monotonic() + job.time_limit_seconds,
     )
-    output_dir = Path(job.output_dir)
-    with Heartbeat(TrainingJob, job.pk):
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            resumed = prepare_resume(job, output_dir)
-            if resumed:
-                TrainingJob.objects.filter(pk=job.pk).update(resumed_from=str(resumed))
-                reporter.log(f"Resuming from {resumed}")
-            reporter.log(f"Training {job.kind} from {job.parent.name} on {job.snapshot.name}")
-            reporter.flush()
-            result = train(
-                job.kind,
-                parse_job_config(job.kind, job.config),
-                model_path=job.parent.load_path(),
-                dataset_dir=str(job.snapshot.path()),
-                output_dir=str(output_dir),
-                reward_model_path=job.reward_model.load_path() if job.reward_model else None,
-                reporter=reporter,
-                resume=resumed is not None,
+    try:
+        if rank == 0:
+            if job.resumed_from:
+                reporter.log(f"Resuming from {job.resumed_from}")
+            spread = f" over {world} processes" if world > 1 else ""
+            reporter.log(
+                f"Training {job.kind} from {job.parent.name} on {job.snapshot.name}{spread}"
             )
-        except SoftTimeLimitExceeded:
-            reason = f"time limit of {job.time_limit_seconds} s exceeded"
-            return _finish(job.pk, JobStatus.FAILED, reporter, reason)
-        except Exception as exc:
-            logger.exception("Training job %s failed", job.pk)
-            reporter.log(traceback.format_exc())
-            return _finish(job.pk, JobStatus.FAILED, reporter, failure_reason(exc))
-        except BaseException:
-            # Worker shutdown or interpreter exit: say so rather than wait for the stale check.
-            _finish(job.pk, JobStatus.FAILED, reporter, "the worker shut down during training")
-            raise
-        if result.stopped:
-            if reporter.cancelled or reporter.lost:
-                # _finish leaves a row that someone else already ended as it is.
-                return _finish(job.pk, JobStatus.CANCELLED, reporter)
-            reason = f"time limit of {job.time_limit_seconds} s exceeded"
-            return _finish(job.pk, JobStatus.FAILED, reporter, reason)
-        try:
-            return _succeed(job.pk, result, reporter)
-        except Exception as exc:
-            logger.exception("Registering the output of job %s failed", job.pk)
-            return _finish(job.pk, JobStatus.FAILED, reporter, failure_reason(exc))
+            reporter.flush()
+        result = train(
+            job.kind,
+            config,
+            model_path=job.parent.load_path(),
+            dataset_dir=str(job.snapshot.path()),
+            output_dir=job.output_dir,
+            reward_model_path=job.reward_model.load_path() if job.reward_model else None,
+            reporter=reporter if rank == 0 else None,
+            resume=bool(job.resumed_from),
+        )
+    except SoftTimeLimitExceeded:
+        reason = f"time limit of {job.time_limit_seconds} s exceeded"
+        return _finish(job.pk, JobStatus.FAILED, reporter, reason)
+    except Exception as exc:
+        logger.exception("Training job %s failed", job.pk)
+        if rank != 0:
+            raise  # the launcher sees this rank fail; rank 0 writes the row
+        reporter.log(traceback.format_exc())
+        return _finish(job.pk, JobStatus.FAILED, reporter, failure_reason(exc))
+    except BaseException:
+        # Shutdown or interpreter exit: say so rather than wait for the sweep.
+        if rank == 0:
+            _finish(job.pk, JobStatus.FAILED, reporter, "the training process shut down")
+        raise
+    if rank != 0:
+        return TrainingJob.objects.get(pk=job.pk)
+    if result.stopped:
+        if reporter.cancelled or reporter.lost:
+            # _finish leaves a row that someone else already ended as it is.
+            return _finish(job.pk, JobStatus.CANCELLED, reporter)
+        reason = f"time limit of {job.time_limit_seconds} s exceeded"
+        return _finish(job.pk, JobStatus.FAILED, reporter, reason)
+    try:
+        return _succeed(job.pk, result, reporter)
+    except Exception as exc:
+        logger.exception("Registering the output of job %s failed", job.pk)
+        return _finish(job.pk, JobStatus.FAILED, reporter, failure_reason(exc))

@@ -2,11 +2,13 @@
 
     python manage.py launch_job --kind dpo --parent tiny-sft-3 --snapshot 7 --config '{"epochs": 2}'
 
-The job is queued for a `gpu` worker; `--run-here` trains it in this process instead (no worker
-needed), which is handy on a laptop and in CI.
+The job is queued for a `gpu` worker; `--wait` then follows it until it ends and exits non-zero
+unless it succeeded (for scripts and CI pipelines). `--run-here` trains it in this process
+instead (no worker needed), which is handy on a laptop.
 """
 
 import json
+import time
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -14,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from feedback.models import DatasetSnapshot
 from modeling import selectors, services
-from modeling.models import Checkpoint, JobKind
+from modeling.models import Checkpoint, JobKind, TrainingJob
 
 
 class Command(BaseCommand):
@@ -30,6 +32,11 @@ class Command(BaseCommand):
         parser.add_argument("--user", help="Username recorded as the launcher (must be an admin).")
         parser.add_argument(
             "--run-here", action="store_true", help="Train in this process, not on a worker."
+        )
+        parser.add_argument(
+            "--wait",
+            action="store_true",
+            help="Follow the queued job until it ends; exit non-zero unless it succeeded.",
         )
 
     def handle(self, *args, **options) -> None:
@@ -53,14 +60,31 @@ class Command(BaseCommand):
             raise CommandError("\n".join(messages)) from exc
         if not options["run_here"]:
             self.stdout.write(f"Queued job #{job.pk} ({job.kind}) for a gpu worker.")
-            return
-        self.stdout.write(f"Running job #{job.pk} ({job.kind}) here…")
-        job = services.run_training_job(job=job)
+            if not options["wait"]:
+                return
+            job = self._follow(job)
+        else:
+            self.stdout.write(f"Running job #{job.pk} ({job.kind}) here…")
+            job = services.run_training_job(job=job)
         if job.status != "succeeded":
             raise CommandError(f"Job #{job.pk} {job.status}: {job.error}")
         self.stdout.write(
             f"Job #{job.pk} succeeded: checkpoint {job.result.name} (#{job.result.pk})"
         )
+
+
+    def _follow(self, job: TrainingJob, every: float = 2.0) -> TrainingJob:
+        """Print the job's progress as it changes until it ends."""
+        shown = None
+        while True:
+            job.refresh_from_db()
+            state = (job.status, job.step, job.total_steps)
+            if state != shown:
+                self.stdout.write(f"#{job.pk} {job.status} step {job.step}/{job.total_steps}")
+                shown = state
+            if job.is_finished:
+                return job
+            time.sleep(every)
 
 
 def _checkpoint(reference: str | None, option: str) -> Checkpoint | None:
