@@ -1,6 +1,7 @@
 """What the platform costs a training run: the same SFT and DPO runs launched as an admin would
-(through the services, queued on Redis, trained by a real `celery worker -Q gpu`) and as a bare
-TRL script (plain trl.SFTTrainer / trl.DPOTrainer on the same files, no Django), in one run.
+(through the services, queued on Redis, claimed by a real `celery worker -Q gpu`, which launches
+the training as its own process: jobs/backends/local.py) and started bare with `accelerate
+launch` of a plain TRL script (trl.SFTTrainer / trl.DPOTrainer on the same files, no Django).
 
     flock /tmp/veredicto-bench.lock .venv/bin/python config/devservices.py test -- \\
         .venv/bin/python bench/training_overhead.py
@@ -16,20 +17,22 @@ through the annotation services by an annotator; an `sft` and a `preference` sna
 snapshot_create with no held-out split (so neither side evaluates after training); the tiny model
 registered as a checkpoint; then a worker started as the README says
 (`celery -A config worker -Q gpu --concurrency 1 --prefetch-multiplier 1`, default prefork pool)
-and one 2-step warm-up job, whose time is printed as the worker's cold start (imports of torch,
-transformers and TRL in the pool process) and left out of the ratio.
+and one 2-step warm-up job, whose time is printed as the worker's cold start and left out of the
+ratio, then one discarded 2-step bare run: both sides are warmed once (page cache, the worker's
+own imports). Each platform job starts a fresh training process, as each bare run does, so both
+sides pay the imports of torch, transformers and TRL in every measured run.
 
 Each repeat runs, per kind, one platform job and one bare run, alternating which goes first
 (ABBA) so that drift on a shared machine hits both sides alike:
   platform  job_launch(...) as an admin -> on commit the message goes to the `gpu` queue ->
-            the worker claims the row, loads the snapshot and the model, trains with the
-            progress callback, heartbeat and throttled DB writes, saves, registers the
-            checkpoint. Wall time: from just before job_launch to the row reading `succeeded`
-            (polled every 50 ms). CPU time: the worker's processes over the same interval.
-  bare      a fresh `python bench/training_overhead.py --bare ...` process imports torch and
-            TRL (untimed: a warm worker has them too), then times reading train.jsonl, building
-            the trainer from the model directory, train(), save_model and the tokenizer.
-            CPU time: that process over the same interval.
+            the worker claims the row and launches `python -m jobs.entrypoint`, which loads the
+            snapshot and the model, trains with the progress callback, heartbeat and throttled
+            DB writes, saves, registers the checkpoint. Wall time: from just before job_launch
+            to the row reading `succeeded` (polled every 50 ms); also queued -> first step.
+            CPU time: the worker's processes and the training processes they reaped.
+  bare      `accelerate launch --num_processes 1 bench/training_overhead.py --bare ...`: reads
+            train.jsonl, builds the trainer from the model directory, train(), save_model and
+            the tokenizer. Wall and CPU time: the whole launch, imports included.
 Both use the same hyper-parameters (learning rate, steps, batch size, max length, beta, seed,
 fp32 on CPU, no activation checkpointing, no intermediate saves) and count non-padding tokens
 the same way (include_num_input_tokens_seen="non_padding"), so they see the same batches and
@@ -66,6 +69,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -139,17 +143,27 @@ def bare_run(kind: str, model: str, data_dir: str, output_dir: str, config: dict
 
 
 def run_bare(kind: str, model: str, snapshot_dir: str, work: Path, config: dict) -> dict:
+    """The same run started bare, as a user of TRL would: `accelerate launch` of a script.
+    Timed from outside, whole process included (imports too: the platform's job starts a fresh
+    process as well); CPU from the children's rusage."""
     output = work / f"bare-{kind}"
     shutil.rmtree(output, ignore_errors=True)
-    command = [sys.executable, __file__, "--bare", kind, "--model", model, "--data", snapshot_dir,
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               __file__, "--bare", kind, "--model", model, "--data", snapshot_dir,
                "--output", str(output), "--config", json.dumps(config)]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall0 = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - wall0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         sys.exit(f"bare {kind} run failed:\n{done.stderr[-4000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     shutil.rmtree(output, ignore_errors=True)
-    return result
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**result, "work_wall": result["wall"], "wall": wall, "cpu": cpu}
 
 
 # --- the platform: services, Redis, a real worker ---------------------------------------------
@@ -267,7 +281,8 @@ def tree_cpu(process) -> float:
             times = proc.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
+        # children_*: the training processes a job launched, once its pool process reaped them.
+        total += times.user + times.system + times.children_user + times.children_system
     return total
 
 
@@ -300,8 +315,12 @@ def run_platform(kind: str, admin, parent, snapshot, config: dict, worker) -> di
     )
     finished = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
     rows = TrainingJob.objects.filter(pk=job.pk)
-    while (status := rows.values_list("status", flat=True).get()) not in finished:
+    first_step = None
+    while (state := rows.values_list("status", "step").get())[0] not in finished:
+        if first_step is None and state[1] >= 1:
+            first_step = time.perf_counter() - wall0
         time.sleep(POLL_SECONDS)
+    status = state[0]
     wall, cpu = time.perf_counter() - wall0, tree_cpu(worker) - cpu0
     job.refresh_from_db()
     if status != JobStatus.SUCCEEDED:
@@ -309,6 +328,7 @@ def run_platform(kind: str, admin, parent, snapshot, config: dict, worker) -> di
     quiesce_worker(job)
     checkpoint = job.result
     timings = {
+        "queue_to_first_step": first_step if first_step is not None else wall,
         "queue_to_claim": (job.started_at - job.created_at).total_seconds(),
         "claim_to_done": (job.finished_at - job.started_at).total_seconds(),
     }
@@ -330,7 +350,8 @@ def job_config(kind: str, steps: int, args) -> dict:
     """The job config as the platform stores it (defaults filled), which the bare run copies."""
     from modeling.services import job_config_clean
 
-    raw = {"max_steps": steps, "batch_size": args.batch_size, "seed": 0}
+    # No intermediate saves on either side (the bare run saves only at the end).
+    raw = {"max_steps": steps, "batch_size": args.batch_size, "seed": 0, "save_steps": None}
     raw["learning_rate"] = 1e-4 if kind == "sft" else 1e-5
     raw["max_length"] = 256  # toy conversations are far shorter; the tiny model has 512
     return job_config_clean(kind=kind, raw=raw)
@@ -368,6 +389,10 @@ def overhead(args) -> int:
         log(
             f"worker start + first 2-step job: {cold:.1f} s (of which the job {warm['wall']:.1f} s)"
         )
+        # Both sides warmed by one discarded run: page cache, compiled kernels, the worker's
+        # imports. (An earlier version compared a warm worker with a cold script.)
+        run_bare("sft", model, str(snapshots["sft"].path()), work, job_config("sft", 2, args))
+        log("bare warm-up run done")
 
         kinds = [k for k in args.kinds.split(",") if k]
         steps = {"sft": args.sft_steps, "dpo": args.dpo_steps}
@@ -395,8 +420,11 @@ def overhead(args) -> int:
                     if side == "platform":
                         notes = (
                             f"queue->claim {r['queue_to_claim']:.2f} s, "
+                            f"queue->first step {r['queue_to_first_step']:.2f} s, "
                             f"claim->done {r['claim_to_done']:.2f} s"
                         )
+                    else:
+                        notes = f"training after imports {r['work_wall']:.2f} s"
                     loss = f"{r['loss']:.4f}" if r.get("loss") is not None else "-"
                     print(f"{kind:4} {repeat + 1:>3} {side:8} {r['wall']:8.2f} {r['cpu']:8.2f} "
                           f"{r['steps']:>6} {r['tokens']:>8} {r['tokens'] / r['wall']:8.0f} "

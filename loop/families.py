@@ -44,7 +44,7 @@ from modeling.ml.loading import write_model_card
 
 # The published templates live with the test fixtures: they are data the tests and benches share,
 # and the project itself never needs them (a real model brings its own).
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "chat_templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "chat_templates"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ class Command(BaseCommand):
             )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
+        if not snapshot.is_ready:
+            raise CommandError(f"Snapshot #{snapshot.pk} {snapshot.status}: {snapshot.error}")
         stats = snapshot.stats
         excluded = ", ".join(a["username"] for a in stats.get("excluded_annotators", []))
         dropped = ", ".join(f"{n} {what}" for what, n in stats.get("dropped", {}).items() if n)
