@@ -78,6 +78,7 @@ class EvalRun(BackgroundWork):
     # Generous for the shipped suites on a big model; the sweep fails a run past it.
     time_limit_seconds = 6 * 3600
     entrypoint = "evals.services.worker.eval_run_execute"
+    task_name = "evals.tasks.run_eval"
 
     class Meta:
         ordering = ["-created_at", "-id"]

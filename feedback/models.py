@@ -374,6 +374,7 @@ class DatasetSnapshot(BackgroundWork):
         return f"{self.name} ({self.get_kind_display()}, {self.content_hash[:8] or 'building'})"
 
     time_limit_seconds = 3600
+    task_name = "feedback.tasks.build_snapshot"
 
     @property
     def is_ready(self) -> bool:
@@ -409,6 +410,7 @@ class DataImport(BackgroundWork):
     created_at = models.DateTimeField(default=timezone.now)
 
     time_limit_seconds = 4 * 3600
+    task_name = "feedback.tasks.run_import"
 
     class Meta:
         ordering = ["-created_at"]

@@ -5,10 +5,8 @@ from celery import shared_task
 
 from feedback import services
 from feedback.models import DataImport, DatasetSnapshot
+from jobs.models import HARD_LIMIT_GRACE_SECONDS
 from jobs.tasks import worker_name
-
-# The hard limit kills a wedged process; the sweep then fails its row (jobs.services).
-HARD_LIMIT_GRACE_SECONDS = 300
 
 
 @shared_task(

@@ -28,6 +28,9 @@ class Status(models.TextChoices):
 
 
 ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+# Celery's hard time limit comes this long after the soft one, which the work sees and answers;
+# the hard one kills a wedged process.
+HARD_LIMIT_GRACE_SECONDS = 300
 FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
 
@@ -45,14 +48,23 @@ class BackgroundWork(models.Model):
     # submission id there. Blank for work done inside a worker or a management command.
     backend = models.CharField(max_length=16, blank=True)
     launch_id = models.CharField(max_length=100, blank=True)
+    # When the broker accepted the row's message (jobs.services.work_enqueue). A queued row
+    # without it was committed while the broker was down: the sweep sends it again (an outbox).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
 
     # A default for kinds without their own column; the sweep fails a run that overran it.
     time_limit_seconds: int = 6 * 3600
     # The function a launched process (jobs/entrypoint.py) calls with the claimed row.
     entrypoint: ClassVar[str] = ""
+    # The Celery task that runs a row, given its id (routed by name: config/celery.py).
+    task_name: ClassVar[str] = ""
 
     class Meta:
         abstract = True
+
+    def task_options(self) -> dict:
+        """Options the row's message is sent with (a training job carries its time limits)."""
+        return {}
 
     def launch_processes(self) -> int:
         """Processes (one per device) the work needs; a worker must own that many devices."""

@@ -26,10 +26,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery import current_app
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from jobs.models import BackgroundWork, Status
@@ -41,6 +42,33 @@ Model = type[BackgroundWork]
 # A run is failed for overrunning only this long after its hard limit: the worker's own limit
 # (Celery's time_limit, the runner's deadline) should have ended it first, with a better message.
 OVERRUN_GRACE_SECONDS = 300
+
+
+# --- sending the work --------------------------------------------------------------------------
+
+# A row committed without its message waits this long before the sweep sends it: the commit's
+# own send may still be on its way.
+RESEND_AFTER_SECONDS = 10
+
+
+def work_enqueue(row: BackgroundWork) -> None:
+    """Send the row's message once the row is committed (a worker must be able to read it).
+    With the broker down the row stays queued, its `enqueued_at` unset, and the sweep sends it
+    when the broker is back: nothing is lost, and the request that created it still succeeds."""
+    transaction.on_commit(lambda: work_send(type(row), pk=row.pk))
+
+
+def work_send(model: Model, *, pk: int) -> bool:
+    row = model.objects.filter(pk=pk, status=Status.QUEUED).first()
+    if row is None:
+        return False
+    try:
+        current_app.send_task(row.task_name, args=[pk], **row.task_options())
+    except Exception as exc:  # kombu's OperationalError, redis-py's errors: the broker is away
+        logger.warning("%s: could not reach the task queue (%s); the sweep will resend", row, exc)
+        return False
+    model.objects.filter(pk=pk, enqueued_at__isnull=True).update(enqueued_at=timezone.now())
+    return True
 
 
 # --- the worker's side -------------------------------------------------------------------------
@@ -165,6 +193,7 @@ def work_sweep(*, now: datetime | None = None) -> dict[str, int]:
         return None
 
     for model in background_models():
+        _resend_undelivered(model, now=now)
         fields = ["pk", "heartbeat_at", "started_at"]
         if any(f.name == "time_limit_seconds" for f in model._meta.concrete_fields):
             fields.append("time_limit_seconds")
@@ -172,6 +201,17 @@ def work_sweep(*, now: datetime | None = None) -> dict[str, int]:
         if failed := _fail_each(model, running, reason=reason, now=now):
             counts[model._meta.label] = failed
     return counts
+
+
+def _resend_undelivered(model: Model, *, now: datetime) -> int:
+    """The outbox: queued rows whose message the broker never accepted are sent again."""
+    waiting = model.objects.filter(status=Status.QUEUED, enqueued_at__isnull=True)
+    if any(f.name == "created_at" for f in model._meta.concrete_fields):
+        waiting = waiting.filter(created_at__lt=now - timedelta(seconds=RESEND_AFTER_SECONDS))
+    sent = sum(work_send(model, pk=pk) for pk in waiting.values_list("pk", flat=True)[:100])
+    if sent:
+        logger.warning("Resent %d %s the broker had missed", sent, _label(model, plural=True))
+    return sent
 
 
 def work_fail_orphaned(*, worker_host: str, started_before: datetime) -> dict[str, int]:

@@ -25,7 +25,7 @@ from core.roles import require_admin
 from feedback import services as feedback_services
 from feedback.models import Completion, CompletionSource, Project, Prompt, Split, TaskKind
 from jobs.models import Status
-from jobs.services import Heartbeat, failure_reason, work_claim, work_finish
+from jobs.services import Heartbeat, failure_reason, work_claim, work_enqueue, work_finish
 from loop.models import ComparisonBatch
 from modeling.models import Checkpoint, CheckpointKind
 
@@ -95,8 +95,6 @@ def comparisons_request(
 ) -> ComparisonBatch:
     """Record a batch and queue it for a GPU worker. `reference` defaults to the checkpoint's
     parent."""
-    from loop.tasks import generate_comparisons
-
     require_admin(requested_by, "generate comparisons")
     sampling = (sampling or SamplingParams()).clean()
     reference = _validate(
@@ -111,7 +109,7 @@ def comparisons_request(
         batch=uuid.uuid4().hex,
         requested_by=requested_by,
     )
-    generate_comparisons.delay_on_commit(batch.pk)
+    work_enqueue(batch)
     return batch
 
 

@@ -33,6 +33,7 @@ class ComparisonBatch(BackgroundWork):
 
     time_limit_seconds = 2 * 3600
     entrypoint = "loop.comparisons.comparison_batch_execute"
+    task_name = "loop.tasks.generate_comparisons"
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -19,7 +19,7 @@ from django.db import models
 from django.utils import timezone
 
 from feedback.models import DatasetSnapshot, SnapshotKind
-from jobs.models import BackgroundWork, Status
+from jobs.models import HARD_LIMIT_GRACE_SECONDS, BackgroundWork, Status
 
 
 class CheckpointKind(models.TextChoices):
@@ -191,6 +191,7 @@ class TrainingJob(BackgroundWork):
     created_at = models.DateTimeField(default=timezone.now)
 
     entrypoint = "modeling.services.runner.training_job_execute"
+    task_name = "modeling.tasks.train_job"
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -198,6 +199,10 @@ class TrainingJob(BackgroundWork):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} job #{self.pk}"
+
+    def task_options(self) -> dict:
+        limit = self.time_limit_seconds
+        return {"soft_time_limit": limit, "time_limit": limit + HARD_LIMIT_GRACE_SECONDS}
 
     def distributed(self):
         from modeling.ml.distributed import DistributedConfig  # plain pydantic, no torch

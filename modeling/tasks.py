@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from jobs.backends import launch
+from jobs.models import HARD_LIMIT_GRACE_SECONDS
 from jobs.tasks import worker_name
 from modeling import services
 from modeling.models import TrainingJob
@@ -33,7 +34,7 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
     acks_late=True,
     # Defaults for messages sent without limits; job_launch sends the job's own.
     soft_time_limit=settings.VEREDICTO_JOB_TIME_LIMIT_SECONDS,
-    time_limit=settings.VEREDICTO_JOB_TIME_LIMIT_SECONDS + services.jobs.HARD_LIMIT_GRACE_SECONDS,
+    time_limit=settings.VEREDICTO_JOB_TIME_LIMIT_SECONDS + HARD_LIMIT_GRACE_SECONDS,
     autoretry_for=TRANSIENT_ERRORS,
     max_retries=3,
     retry_backoff=5,

@@ -19,8 +19,6 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.utils import timezone
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from core.roles import require_admin
 from evals.ml.lm_eval_adapter import shipped_lm_eval_task_names
@@ -29,11 +27,11 @@ from evals.models import (
     POLICY_SUITES,
     REWARD_SUITES,
     EvalRun,
-    RunStatus,
     Suite,
 )
 from feedback.models import DatasetSnapshot, SnapshotKind
 from jobs.models import Status
+from jobs.services import work_enqueue
 from modeling.models import Checkpoint, CheckpointKind, TrainingJob
 
 from .suites import (
@@ -221,25 +219,6 @@ def _validate(
 # --- requesting runs ---------------------------------------------------------------------------
 
 
-def _enqueue(run: EvalRun) -> None:
-    """Send the message once the row is committed (the worker must be able to read it)."""
-    from evals.tasks import run_eval as run_eval_task
-
-    def send() -> None:
-        try:
-            run_eval_task.apply_async((run.pk,))
-        except KombuOperationalError as exc:
-            # Committed but unheard of: fail it visibly (it can be re-run), never queued forever.
-            logger.exception("Could not queue evaluation run %s", run.pk)
-            EvalRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
-                status=RunStatus.FAILED,
-                finished_at=timezone.now(),
-                error=f"could not reach the task queue: {exc}",
-            )
-
-    transaction.on_commit(send)
-
-
 def _create(
     *,
     checkpoint: Checkpoint,
@@ -268,7 +247,7 @@ def _create(
         triggered_by_job=triggered_by_job,
         **fields,
     )
-    _enqueue(run)
+    work_enqueue(run)
     return run
 
 

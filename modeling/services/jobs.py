@@ -16,12 +16,12 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from core.roles import require_admin
 from feedback.models import DatasetSnapshot
 from jobs.models import Status, Worker
 from jobs.queues import CeleryQueue
+from jobs.services import work_enqueue
 
 # modeling.ml imports lazily: configs are plain pydantic, so web processes never load torch.
 from modeling.ml import CONFIG_CLASSES, parse_job_config
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 MIN_TIME_LIMIT, MAX_TIME_LIMIT = 60, 30 * 24 * 3600
 # Between Celery's soft limit (the job is failed cleanly) and the hard kill of the process.
-HARD_LIMIT_GRACE_SECONDS = 300
 
 
 class JobConfigInvalid(ValidationError):
@@ -172,30 +171,6 @@ def _distributed_error(distributed: dict[str, Any]) -> str:
     )
 
 
-def _enqueue(job: TrainingJob) -> None:
-    """Send the message once the row is committed (a worker must be able to read it)."""
-    from modeling.tasks import train_job
-
-    limit = job.time_limit_seconds
-
-    def send() -> None:
-        try:
-            train_job.apply_async(
-                (job.pk,), soft_time_limit=limit, time_limit=limit + HARD_LIMIT_GRACE_SECONDS
-            )
-        except KombuOperationalError as exc:
-            # The row is committed but no worker will ever hear of it: fail it visibly (it can
-            # be re-run) rather than leave it queued forever.
-            logger.exception("Could not queue training job %s", job.pk)
-            TrainingJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
-                status=JobStatus.FAILED,
-                finished_at=timezone.now(),
-                error=f"could not reach the task queue: {exc}",
-            )
-
-    transaction.on_commit(send)
-
-
 @transaction.atomic
 def job_launch(
     *,
@@ -235,7 +210,7 @@ def job_launch(
         log_tail="\n".join(notes),
     )
     if enqueue:
-        _enqueue(job)
+        work_enqueue(job)
     return job
 
 
@@ -273,7 +248,7 @@ def job_rerun(*, job: TrainingJob, launched_by: AbstractBaseUser | None) -> Trai
         launched_by=launched_by,
         log_tail="\n".join(notes),
     )
-    _enqueue(rerun)
+    work_enqueue(rerun)
     return rerun
 
 

@@ -72,7 +72,6 @@ class Command(BaseCommand):
             f"Job #{job.pk} succeeded: checkpoint {job.result.name} (#{job.result.pk})"
         )
 
-
     def _follow(self, job: TrainingJob, every: float = 2.0) -> TrainingJob:
         """Print the job's progress as it changes until it ends."""
         shown = None
