@@ -11,6 +11,8 @@ latest succeeded run per (checkpoint, suite, task, metric) while the older ones 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -89,6 +91,16 @@ class EvalRun(BackgroundWork):
 
     def __str__(self) -> str:
         return f"{self.get_suite_display()} {self.task} on {self.checkpoint} (#{self.pk})"
+
+    def launch_processes(self) -> int:
+        return int((self.params or {}).get("processes") or 1)
+
+    def launch_accelerate_config(self) -> Path | None:
+        if self.launch_processes() == 1:
+            return None
+        from modeling.ml.distributed import ACCELERATE_CONFIGS  # plain paths, no torch
+
+        return ACCELERATE_CONFIGS / "ddp.yaml"
 
     @property
     def seconds(self) -> float | None:

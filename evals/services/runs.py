@@ -52,7 +52,9 @@ SUITE_PARAMS: dict[str, set[str]] = {
     Suite.GENERATIVE: COMMON_PARAMS | {"task_path", "max_new_tokens"} | SAMPLING_PARAMS,
     Suite.REWARD_ACCURACY: COMMON_PARAMS | {"task_path"},
     Suite.WIN_RATE: COMMON_PARAMS | {"task_path", "max_new_tokens"} | SAMPLING_PARAMS,
-    Suite.LM_EVAL: COMMON_PARAMS | {"include_path", "num_fewshot"},
+    # processes: data-parallel over that many devices under `accelerate launch`, as lm-eval's
+    # own HF backend shards its requests (jobs/backends/local.py launches it).
+    Suite.LM_EVAL: COMMON_PARAMS | {"include_path", "num_fewshot", "processes"},
 }
 FLOAT_PARAMS = {"temperature": (0.0, 10.0), "top_p": (0.0, 1.0)}  # low < value <= high
 INT_PARAMS = {  # name: (lowest, highest)
@@ -60,6 +62,7 @@ INT_PARAMS = {  # name: (lowest, highest)
     "batch_size": (1, 1024),
     "max_new_tokens": (1, 4096),
     "num_fewshot": (0, 64),
+    "processes": (1, 64),
     "stride": (1, 1_000_000),
     "seed": (0, 2**31 - 1),  # at most the model's length, checked where the model is loaded
 }

@@ -317,6 +317,8 @@ def _lm_eval(run: EvalRun) -> Outcome:
         )
     except LmEvalNotInstalled as exc:
         raise EvalInputError(str(exc)) from exc
+    if results is None:  # a rank other than 0 of a data-parallel run: rank 0 has the numbers
+        return Outcome([])
     metrics = lm_eval_metrics(results, run.task)
     if not metrics:
         raise EvalInputError(f"lm-eval reported no numeric metric for {run.task!r}.")

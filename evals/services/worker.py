@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -112,6 +113,10 @@ def eval_run_execute(run: EvalRun) -> EvalRun:
     run = EvalRun.objects.select_related("checkpoint", "reference", "judge", "snapshot").get(
         pk=run.pk
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        # A data-parallel lm-eval run: this rank scores its share; rank 0 stores the results.
+        evaluate(run=run)
+        return run
     try:
         outcome = evaluate(run=run)
     except SoftTimeLimitExceeded:

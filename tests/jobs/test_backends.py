@@ -272,3 +272,25 @@ def test_launch_job_wait_follows_the_job_and_its_exit_status_says_how_it_ended(
             "launch_job", "--kind", "sft", "--parent", str(corrupt_parent.pk), "--snapshot",
             str(snapshot.pk), "--config", '{"max_steps": 2, "batch_size": 2}', "--wait",
         )  # fmt: skip
+
+
+def test_an_lm_eval_run_spreads_over_two_processes_and_scores_like_one(
+    two_devices, gpu_worker, admin_user, base_checkpoint
+):
+    def scored(params: dict) -> dict[str, float]:
+        run = eval_run_request(
+            checkpoint=base_checkpoint,
+            suite="lm_eval",
+            task="veredicto_facts_mc",
+            params={"limit": 12, "batch_size": 4, **params},
+            requested_by=admin_user,
+        )
+        wait_for(lambda: type(run).objects.get(pk=run.pk).is_finished, timeout=300, what="run")
+        run.refresh_from_db()
+        assert run.status == Status.SUCCEEDED, run.error
+        return {r.metric: r.value for r in run.results.all()}
+
+    one, two = scored({}), scored({"processes": 2})
+    assert one.keys() == two.keys() == {"acc", "acc_norm"}
+    # Each process scores its share of the items; rank 0 gathers them: the same numbers.
+    assert two == pytest.approx(one, abs=1e-9)
