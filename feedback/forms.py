@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -85,15 +86,54 @@ class SkipForm(forms.Form):
 
 
 def labels_from_post(schema: list[dict], data: QueryDict) -> dict[str, Any]:
-    """Label answers arrive as `label_<name>`; checkboxes that are off are simply absent."""
+    """Label answers arrive as `label_<name>`, a per-reply scale as `label_<name>.<reply id>`;
+    checkboxes that are off are simply absent."""
     answers: dict[str, Any] = {}
     for spec in schema:
-        value = data.get(f"label_{spec['name']}")
+        field = f"label_{spec['name']}"
         if spec["kind"] == "flag":
-            answers[spec["name"]] = value == "on"
-        elif value not in (None, ""):
-            answers[spec["name"]] = value
+            answers[spec["name"]] = data.get(field) == "on"
+        elif spec.get("scope") == "reply":
+            per_reply = {
+                key.removeprefix(f"{field}."): value
+                for key, value in data.items()
+                if key.startswith(f"{field}.") and value != ""
+            }
+            if per_reply:
+                answers[spec["name"]] = per_reply
+        elif data.get(field) not in (None, ""):
+            answers[spec["name"]] = data.get(field)
     return answers
+
+
+@dataclass(frozen=True)
+class LabelInput:
+    """One input of the labels fieldset, ready for the template."""
+
+    field: str
+    title: str
+    spec: dict
+    value: Any
+
+
+def label_inputs(
+    schema: list[dict], values: dict[str, Any], replies: list[tuple[int, str]]
+) -> list[LabelInput]:
+    """`replies`: (completion id, what the screen calls it) in display order; a per-reply scale
+    gets one input each, and none on a task without replies."""
+    inputs = []
+    for spec in schema:
+        field, title = f"label_{spec['name']}", spec.get("label") or spec["name"]
+        value = values.get(spec["name"])
+        if spec.get("scope") == "reply":
+            answers = value if isinstance(value, dict) else {}
+            inputs += [
+                LabelInput(f"{field}.{cid}", f"{title}: {name}", spec, answers.get(str(cid)))
+                for cid, name in replies
+            ]
+        else:
+            inputs.append(LabelInput(field, title, spec, value))
+    return inputs
 
 
 class ImportForm(forms.Form):

@@ -124,7 +124,8 @@ def project_agreement(project: Project, *, seed: int = 0) -> list[AgreementRow]:
         rows.append(AgreementRow("Rankings", "Kendall's τ-b (mean over pairs)", "ordinal",
                                  rankings))  # fmt: skip
     for spec in project.label_schema:
-        if spec["kind"] == "likert":
+        # A per-reply scale holds one answer per reply: not a number per item to agree on.
+        if spec["kind"] == "likert" and spec.get("scope", "item") == "item":
             values = _label_values(project, spec["name"])
             for level in ("ordinal", "interval"):
                 rows.append(

@@ -25,6 +25,7 @@ from feedback.forms import (
     PairwiseForm,
     RankingForm,
     SkipForm,
+    label_inputs,
     labels_from_post,
 )
 from feedback.models import Assignment, AssignmentStatus, PairwiseChoice, Project, TaskKind
@@ -289,7 +290,7 @@ def _render_task(
         "form": form,
         "project": project,
         "prompt": prompt,
-        "label_values": label_values,
+        "label_inputs": label_inputs(project.label_schema, label_values, _reply_names(view)),
         "editing": view.assignment.status == AssignmentStatus.SUBMITTED,
         "lease_expired": view.assignment.status == AssignmentStatus.LEASED
         and view.assignment.expires_at <= timezone.now(),
@@ -298,6 +299,13 @@ def _render_task(
         "revealed": revealed,
     }
     return render(request, template, context, status=status)
+
+
+def _reply_names(view: selectors.TaskView) -> list[tuple[int, str]]:
+    """What the task screen calls each reply, in the order this annotator sees them."""
+    if view.kind == TaskKind.PAIRWISE:
+        return [(c.pk, side) for c, side in zip(view.completions, ("left", "right"), strict=False)]
+    return [(c.pk, f"reply {n}") for n, c in enumerate(view.completions, start=1)]
 
 
 def _render_queue_empty(
