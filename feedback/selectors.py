@@ -258,6 +258,16 @@ def eligible_annotators(*, project: Project) -> QuerySet:
     return get_user_model().objects.filter(groups__name=Role.ANNOTATOR, is_active=True)
 
 
+def annotator_candidates() -> QuerySet:
+    """Who a project's member list may name: active users holding the annotator role."""
+    return (
+        get_user_model()
+        .objects.filter(groups__name=Role.ANNOTATOR, is_active=True)
+        .order_by("username")
+        .distinct()
+    )
+
+
 def project_progress(*, project: Project) -> ProjectProgress:
     """Admin view of a project. Items "stuck": every eligible annotator who has not judged it
     skipped it, so it will never fill without intervention."""

@@ -62,6 +62,7 @@ def project_create(
     label_schema: list[dict] | None = None,
     gold_rate: float = 0.0,
     reveal_models: bool = False,
+    is_active: bool = True,
     annotators: Iterable[AbstractBaseUser] | None = None,
 ) -> Project:
     """Every setting is checked by the model (Project.full_clean), as the Django admin does."""
@@ -76,6 +77,7 @@ def project_create(
         label_schema=label_schema or [],
         gold_rate=gold_rate,
         reveal_models=reveal_models,
+        is_active=is_active,
     )
     return _project_save(project, annotators=annotators)
 

@@ -8,6 +8,7 @@ from .data import (
     snapshot_detail,
     snapshot_download,
 )
+from .projects import project_edit, project_new
 from .quality import adjudicate, disagreements, quality, review_demonstration, review_queue
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "import_start",
     "markdown_preview",
     "progress",
+    "project_edit",
+    "project_new",
     "quality",
     "review_demonstration",
     "review_queue",

@@ -144,7 +144,9 @@ def progress(request: HttpRequest, project_id: int) -> HttpResponse:
 
 @require_POST
 def markdown_preview(request: HttpRequest) -> HttpResponse:
-    text = request.POST.get("text", "")[: settings.VEREDICTO_MAX_TEXT_CHARS]
+    # `?field=guidelines`: the project page previews its guidelines through the same endpoint.
+    field = request.GET.get("field", "text")
+    text = request.POST.get(field, "")[: settings.VEREDICTO_MAX_TEXT_CHARS]
     return HttpResponse(markdown.render_markdown(text))
 
 
