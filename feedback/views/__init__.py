@@ -10,6 +10,7 @@ from .data import (
 )
 from .projects import project_edit, project_new
 from .quality import adjudicate, disagreements, quality, review_demonstration, review_queue
+from .records import record, records, records_bulk
 
 __all__ = [
     "adjudicate",
@@ -25,6 +26,9 @@ __all__ = [
     "project_edit",
     "project_new",
     "quality",
+    "record",
+    "records",
+    "records_bulk",
     "review_demonstration",
     "review_queue",
     "skip",

@@ -41,9 +41,17 @@ def home(request: HttpRequest) -> HttpResponse:
         else []
     )
     admin_projects = Project.objects.all() if has_role(request.user, Role.ADMIN) else []
-    return render(
-        request, "feedback/home.html", {"projects": projects, "admin_projects": admin_projects}
+    # Reviewers browse every project's records; admins reach them from their own table.
+    is_admin = has_role(request.user, Role.ADMIN)
+    reviewer_projects = (
+        Project.objects.all() if not is_admin and has_role(request.user, Role.REVIEWER) else []
     )
+    context = {
+        "projects": projects,
+        "admin_projects": admin_projects,
+        "reviewer_projects": reviewer_projects,
+    }
+    return render(request, "feedback/home.html", context)
 
 
 @require_GET
