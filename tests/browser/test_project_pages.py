@@ -4,16 +4,11 @@ added with the visual editor; the page fits a phone as well as a desktop (issue 
 import pytest
 
 from feedback.models import Project
-from tests.playwright_support import login
+from tests.playwright_support import assert_no_sideways_scroll, login
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 WIDTHS = [1280, 360]
-
-
-def assert_no_sideways_scroll(page) -> None:
-    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0, f"{page.url} is {overflow} px wider than the {page.viewport_size} screen"
 
 
 def test_admin_creates_a_project_with_the_label_editor(page, admin_user, annotator):

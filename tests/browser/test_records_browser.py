@@ -4,9 +4,9 @@ confirming; the pages fit a phone as well as a desktop (issue #17)."""
 import pytest
 
 from feedback.models import Item, TaskKind
-from tests.browser.test_project_pages import WIDTHS, assert_no_sideways_scroll
+from tests.browser.test_project_pages import WIDTHS
 from tests.factories import make_item
-from tests.playwright_support import login
+from tests.playwright_support import assert_no_sideways_scroll, login
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
