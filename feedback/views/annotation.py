@@ -301,6 +301,7 @@ def _render_task(
         "project": project,
         "prompt": prompt,
         "label_inputs": label_inputs(project.label_schema, label_values, _reply_names(view)),
+        "progress": selectors.annotator_progress(project=project, annotator=request.user),
         "editing": view.assignment.status == AssignmentStatus.SUBMITTED,
         "lease_expired": view.assignment.status == AssignmentStatus.LEASED
         and view.assignment.expires_at <= timezone.now(),
