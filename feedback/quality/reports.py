@@ -186,7 +186,12 @@ def _label_values(project: Project, name: str) -> list[tuple[int, int, float]]:
         rows = model.objects.filter(
             item__project=project, item__is_gold=False, origin=Origin.HUMAN, labels__has_key=name
         ).values_list("item_id", "annotator_id", "labels")
-        values += [(item, who, float(labels[name])) for item, who, labels in rows]
+        # A scale that was per reply before an admin changed it holds objects: not comparable.
+        values += [
+            (item, who, float(labels[name]))
+            for item, who, labels in rows
+            if isinstance(labels[name], int | float)
+        ]
     return values
 
 

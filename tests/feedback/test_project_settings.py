@@ -152,3 +152,21 @@ def test_free_text_and_per_reply_labels_are_checked():
         clean_labels(schema, {"q": {"7": 2, "8": 1}}, reply_ids=[7, 8])
     # A demonstration has no replies to rate: the per-reply scale is not asked.
     assert clean_labels(schema, {"note": "x"}, reply_ids=[]) == {"note": "x"}
+
+
+def test_quality_skips_answers_given_while_a_scale_was_per_reply(pairwise_item, annotator):
+    from feedback.quality.reports import project_agreement
+
+    project = pairwise_item.project
+    services.project_update(
+        project=project, label_schema=[{"name": "q", "kind": "likert", "scope": "reply"}]
+    )
+    ids = list(pairwise_item.item_completions.values_list("completion_id", flat=True))
+    assignment = services.task_next_for_annotator(project=project, annotator=annotator)
+    services.pairwise_submit(
+        assignment_id=assignment.pk, annotator=annotator, choice="a", strength="clear",
+        labels={"q": {str(ids[0]): 2, str(ids[1]): 4}},
+    )  # fmt: skip
+    services.project_update(project=project, label_schema=[{"name": "q", "kind": "likert"}])
+    rows = project_agreement(project)
+    assert any(row.label == "q" for row in rows)
