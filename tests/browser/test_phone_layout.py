@@ -54,8 +54,10 @@ def _fits(page, path: str) -> None:
     assert_no_sideways_scroll(page)
 
 
-def test_annotator_pages_fit_a_phone(page, world):
-    page.set_viewport_size(PHONE)
+@pytest.mark.parametrize("width", [1280, PHONE["width"]])
+def test_annotator_pages_fit_the_screen(page, world, width):
+    """At desktop width too: a reply with one very long word must not widen a ranking card."""
+    page.set_viewport_size({"width": width, "height": PHONE["height"]})
     login(page, "ann")
     _fits(page, "/")
     assert_log_out_on_screen(page)
@@ -82,4 +84,4 @@ def test_reviewer_and_admin_pages_fit_a_phone(page, world):
 
 def assert_log_out_on_screen(page) -> None:
     box = page.get_by_role("button", name="Log out").bounding_box()
-    assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= page.viewport_size["width"]
