@@ -1,7 +1,4 @@
-from collections import Counter
-
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
 
 from feedback.models import (
     Adjudication,
@@ -19,7 +16,7 @@ from feedback.models import (
     RankingJudgement,
     Review,
 )
-from feedback.services import review as review_services
+from feedback.services import records as records_services
 
 
 @admin.register(Project)
@@ -73,21 +70,13 @@ class ItemAdmin(admin.ModelAdmin):
     @admin.action(description="Mark as gold, using the adjudicated or unanimous answer")
     def mark_gold_from_labels(self, request, queryset):
         marked, skipped = 0, 0
-        for item in queryset.filter(kind="pairwise"):
-            adjudication = item.adjudications.first()
-            choices = Counter(item.pairwisejudgement_set.values_list("choice", flat=True))
-            answer = adjudication.choice if adjudication else None
-            if answer is None and len(choices) == 1:
-                answer = next(iter(choices))
-            try:
-                if answer is None:
-                    raise ValidationError("no agreed answer")
-                review_services.item_mark_gold(
-                    item_id=item.pk, admin=request.user, answer={"choice": answer}
-                )
-                marked += 1
-            except ValidationError:
-                skipped += 1
+        for project in Project.objects.filter(items__in=queryset).distinct():
+            done, missed = records_services.items_mark_gold(
+                project=project,
+                item_ids=list(queryset.filter(project=project).values_list("pk", flat=True)),
+                admin=request.user,
+            )
+            marked, skipped = marked + done, skipped + missed
         self.message_user(request, f"Marked {marked} gold; {skipped} had no agreed answer.",
                           messages.SUCCESS if marked else messages.WARNING)  # fmt: skip
 

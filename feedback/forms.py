@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.http import QueryDict
 
-from feedback.models import Completion, PairwiseChoice, Strength
+from feedback.models import Completion, PairwiseChoice, Strength, TaskKind
 
 SIDES = [("left", "Left"), ("right", "Right"), ("tie", "Tie"), ("both_bad", "Both bad")]
 
@@ -85,15 +86,151 @@ class SkipForm(forms.Form):
 
 
 def labels_from_post(schema: list[dict], data: QueryDict) -> dict[str, Any]:
-    """Label answers arrive as `label_<name>`; checkboxes that are off are simply absent."""
+    """Label answers arrive as `label_<name>`, a per-reply scale as `label_<name>.<reply id>`;
+    checkboxes that are off are simply absent."""
     answers: dict[str, Any] = {}
     for spec in schema:
-        value = data.get(f"label_{spec['name']}")
+        field = f"label_{spec['name']}"
         if spec["kind"] == "flag":
-            answers[spec["name"]] = value == "on"
-        elif value not in (None, ""):
-            answers[spec["name"]] = value
+            answers[spec["name"]] = data.get(field) == "on"
+        elif spec.get("scope") == "reply":
+            per_reply = {
+                key.removeprefix(f"{field}."): value
+                for key, value in data.items()
+                if key.startswith(f"{field}.") and value != ""
+            }
+            if per_reply:
+                answers[spec["name"]] = per_reply
+        elif data.get(field) not in (None, ""):
+            answers[spec["name"]] = data.get(field)
     return answers
+
+
+@dataclass(frozen=True)
+class LabelInput:
+    """One input of the labels fieldset, ready for the template."""
+
+    field: str
+    title: str
+    spec: dict
+    value: Any
+
+
+def label_inputs(
+    schema: list[dict], values: dict[str, Any], replies: list[tuple[int, str]]
+) -> list[LabelInput]:
+    """`replies`: (completion id, what the screen calls it) in display order; a per-reply scale
+    gets one input each, and none on a task without replies."""
+    inputs = []
+    for spec in schema:
+        field, title = f"label_{spec['name']}", spec.get("label") or spec["name"]
+        value = values.get(spec["name"])
+        if spec.get("scope") == "reply":
+            answers = value if isinstance(value, dict) else {}
+            inputs += [
+                LabelInput(f"{field}.{cid}", f"{title}: {name}", spec, answers.get(str(cid)))
+                for cid, name in replies
+            ]
+        else:
+            inputs.append(LabelInput(field, title, spec, value))
+    return inputs
+
+
+class ProjectForm(forms.Form):
+    """A project's settings as posted by the project page; the model checks their values."""
+
+    name = forms.CharField(max_length=200)
+    description = forms.CharField(max_length=500, required=False)
+    guidelines = forms.CharField(
+        required=False, strip=False, widget=forms.Textarea(attrs={"rows": 10})
+    )
+    task_kinds = forms.MultipleChoiceField(
+        choices=TaskKind.choices, required=False, widget=forms.CheckboxSelectMultiple
+    )
+    overlap = forms.IntegerField(
+        initial=1, help_text="How many different annotators judge each item (1 to 50)."
+    )
+    lease_seconds = forms.IntegerField(
+        initial=1800,
+        label="Lease seconds",
+        help_text="How long a task stays reserved for whoever opened it (60 s to a week).",
+    )
+    gold_rate = forms.FloatField(
+        initial=0.0,
+        help_text="Share of tasks that are gold items with known answers, unannounced (0 to 0.5).",
+    )
+    reveal_models = forms.BooleanField(
+        required=False,
+        label="Reveal models after each vote",
+        help_text="Arena battles: show which model wrote each side once the vote is in.",
+    )
+    is_active = forms.BooleanField(
+        required=False, initial=True, label="Open", help_text="A closed project hands out no work."
+    )
+    annotators = forms.ModelMultipleChoiceField(
+        queryset=None,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Who may annotate",
+        help_text="Nobody ticked: every annotator.",
+    )
+
+    def __init__(self, *args, annotators, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["annotators"].queryset = annotators
+
+    def settings(self) -> dict[str, Any]:
+        return {name: value for name, value in self.cleaned_data.items() if name != "annotators"}
+
+
+class LabelForm(forms.Form):
+    """One label of a project's schema; a row without a name is an unused blank row."""
+
+    name = forms.CharField(
+        required=False, max_length=50, help_text="Letters, digits, _ and -; used in exports."
+    )
+    label = forms.CharField(required=False, max_length=200, label="Shown as")
+    kind = forms.ChoiceField(
+        choices=[("likert", "Likert scale"), ("flag", "Flag (yes / no)"), ("text", "Free text")]
+    )
+    scope = forms.ChoiceField(
+        choices=[("item", "Once per task"), ("reply", "For each reply")],
+        required=False,
+        label="Rate",
+    )
+    min = forms.IntegerField(required=False, initial=1)
+    max = forms.IntegerField(required=False, initial=5)
+    required = forms.BooleanField(required=False)
+
+    def spec(self) -> dict[str, Any] | None:
+        data = self.cleaned_data
+        if not data.get("name") or data.get("DELETE"):
+            return None
+        spec = {"name": data["name"].strip(), "kind": data["kind"], "label": data["label"]}
+        if data["kind"] == "likert":
+            spec |= {
+                "min": 1 if data["min"] is None else data["min"],
+                "max": 5 if data["max"] is None else data["max"],
+                "scope": data["scope"] or "item",
+            }
+        if data["kind"] != "flag":
+            spec["required"] = data["required"]
+        return spec
+
+
+LabelFormSet = forms.formset_factory(LabelForm, extra=1, can_delete=True)
+
+
+def label_formset(data: QueryDict | None = None, *, schema: list[dict] = ()) -> forms.BaseFormSet:
+    """The label editor. Posting `add_label` (the no-JavaScript way) re-renders one row more."""
+    if data is not None and "add_label" in data:
+        data = data.copy()
+        data["labels-TOTAL_FORMS"] = str(int(data.get("labels-TOTAL_FORMS") or 0) + 1)
+    return LabelFormSet(data, prefix="labels", initial=list(schema) if data is None else None)
+
+
+def label_schema_from(formset: forms.BaseFormSet) -> list[dict[str, Any]]:
+    return [spec for form in formset.forms if (spec := form.spec()) is not None]
 
 
 class ImportForm(forms.Form):

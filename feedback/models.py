@@ -7,14 +7,19 @@ skipped. A judgement row hangs off exactly one assignment, which is what makes s
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
 from jobs.models import BackgroundWork, Status
+
+from . import validators
 
 
 class TaskKind(models.TextChoices):
@@ -28,19 +33,34 @@ class Project(models.Model):
     description = models.CharField(max_length=500, blank=True)
     guidelines = models.TextField(blank=True, help_text="Markdown shown to annotators.")
     task_kinds = models.JSONField(
-        default=list, help_text="Which of demonstration / pairwise / ranking this project collects."
+        default=list,
+        validators=[validators.validate_task_kinds],
+        error_messages={"blank": validators.NO_TASK_KINDS},
+        help_text="Which of demonstration / pairwise / ranking this project collects.",
     )
     overlap = models.PositiveSmallIntegerField(
-        default=1, help_text="How many different annotators judge each item (k)."
+        default=1,
+        validators=[
+            MinValueValidator(validators.MIN_OVERLAP, "Overlap is at least 1 annotator per item."),
+            MaxValueValidator(validators.MAX_OVERLAP, "Overlap is at most 50 annotators per item."),
+        ],
+        help_text="How many different annotators judge each item (k).",
     )
     lease_seconds = models.PositiveIntegerField(
-        default=1800, help_text="How long a handed-out task stays reserved for its annotator."
+        default=1800,
+        validators=[
+            MinValueValidator(validators.MIN_LEASE_SECONDS, "A lease lasts at least 60 seconds."),
+            MaxValueValidator(validators.MAX_LEASE_SECONDS, "A lease lasts at most a week."),
+        ],
+        help_text="How long a handed-out task stays reserved for its annotator (60 s to a week).",
     )
     label_schema = models.JSONField(
         default=list,
         blank=True,
+        validators=[validators.validate_label_schema],
         help_text='Extra labels, e.g. [{"name": "helpfulness", "kind": "likert", "min": 1, '
-        '"max": 7}, {"name": "unsafe", "kind": "flag"}].',
+        '"max": 7, "scope": "item"}, {"name": "unsafe", "kind": "flag"}, '
+        '{"name": "note", "kind": "text"}]. A Likert "scope" is "item" or "reply".',
     )
     annotators = models.ManyToManyField(
         settings.AUTH_USER_MODEL,
@@ -51,6 +71,10 @@ class Project(models.Model):
     is_active = models.BooleanField(default=True, help_text="Closed projects hand out no work.")
     gold_rate = models.FloatField(
         default=0.0,
+        validators=[
+            MinValueValidator(0.0, "The gold rate is a share from 0 to 0.5."),
+            MaxValueValidator(validators.MAX_GOLD_RATE, "The gold rate is a share from 0 to 0.5."),
+        ],
         help_text="Share of tasks that are gold items with known answers (0 to 0.5), unannounced.",
     )
     # Off by default: in ordinary preference collection, knowing which model wrote which reply
@@ -67,6 +91,15 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """Normalise what the field validators accepted (they run first, in full_clean)."""
+        self.name = (self.name or "").strip()
+        if not self.name:
+            raise ValidationError({"name": "A project needs a name."})
+        # A bad schema is already reported by the field's validator.
+        with suppress(ValidationError):
+            self.label_schema = validators.normalise_label_schema(self.label_schema)
 
 
 class Split(models.TextChoices):

@@ -18,6 +18,11 @@ urlpatterns = [
 ]
 
 urlpatterns += [
+    path("projects/new/", views.project_new, name="project-new"),
+    path("projects/<int:project_id>/edit/", views.project_edit, name="project-edit"),
+    path("projects/<int:project_id>/records/", views.records, name="records"),
+    path("projects/<int:project_id>/records/bulk/", views.records_bulk, name="records-bulk"),
+    path("records/<int:item_id>/", views.record, name="record"),
     path("review/", views.review_queue, name="review-queue"),
     path("review/<int:demonstration_id>/", views.review_demonstration, name="review-demonstration"),
     path("projects/<int:project_id>/quality/", views.quality, name="quality"),

@@ -48,3 +48,17 @@ def shot(page, name: str, **kwargs) -> None:
         return
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), **kwargs)
+
+
+# The elements that stick out past the right edge: named in the failure, so it says what to fix.
+_WIDE_ELEMENTS = """[...document.querySelectorAll('body *')]
+  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+  .slice(0, 6).map(e => e.tagName.toLowerCase() + '.' + e.className)"""
+
+
+def assert_no_sideways_scroll(page) -> None:
+    """The page is no wider than the window: a phone never scrolls it sideways."""
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    if overflow > 0:
+        wide = page.evaluate(_WIDE_ELEMENTS)
+        pytest.fail(f"{page.url} is {overflow} px wider than {page.viewport_size}: {wide}")

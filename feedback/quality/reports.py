@@ -124,7 +124,8 @@ def project_agreement(project: Project, *, seed: int = 0) -> list[AgreementRow]:
         rows.append(AgreementRow("Rankings", "Kendall's τ-b (mean over pairs)", "ordinal",
                                  rankings))  # fmt: skip
     for spec in project.label_schema:
-        if spec["kind"] == "likert":
+        # A per-reply scale holds one answer per reply: not a number per item to agree on.
+        if spec["kind"] == "likert" and spec.get("scope", "item") == "item":
             values = _label_values(project, spec["name"])
             for level in ("ordinal", "interval"):
                 rows.append(
@@ -185,7 +186,12 @@ def _label_values(project: Project, name: str) -> list[tuple[int, int, float]]:
         rows = model.objects.filter(
             item__project=project, item__is_gold=False, origin=Origin.HUMAN, labels__has_key=name
         ).values_list("item_id", "annotator_id", "labels")
-        values += [(item, who, float(labels[name])) for item, who, labels in rows]
+        # A scale that was per reply before an admin changed it holds objects: not comparable.
+        values += [
+            (item, who, float(labels[name]))
+            for item, who, labels in rows
+            if isinstance(labels[name], int | float)
+        ]
     return values
 
 

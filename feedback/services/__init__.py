@@ -12,6 +12,7 @@ from .projects import (
     completion_create,
     item_create,
     project_create,
+    project_update,
     prompt_create,
 )
 from .queue import task_next_for_annotator
@@ -34,6 +35,7 @@ __all__ = [
     "judgement_edit",
     "pairwise_submit",
     "project_create",
+    "project_update",
     "prompt_create",
     "ranking_submit",
     "snapshot_build",

@@ -161,7 +161,7 @@ def _submit(
         if assignment.status == AssignmentStatus.SUBMITTED:
             return model.objects.get(assignment=assignment)
         fields = clean(assignment)
-        cleaned_labels = clean_labels(assignment.item.project.label_schema, labels)
+        cleaned_labels = _clean_labels(assignment, labels)
         _ensure_slot(assignment)
         now = timezone.now()
         if not _claim(assignment, now):  # a concurrent duplicate won the claim, or a skip did
@@ -298,7 +298,7 @@ def judgement_edit(
             fields.pop("shown_left")
         else:
             fields = _clean_ranking(assignment, merged["ranking"], merged["rationale"])
-        fields["labels"] = clean_labels(assignment.item.project.label_schema, merged["labels"])
+        fields["labels"] = _clean_labels(assignment, merged["labels"])
         before = model_to_dict(judgement, fields=[*_EDITABLE[kind], "status"])
         if all(before[name] == value for name, value in fields.items()):
             return judgement
@@ -310,3 +310,12 @@ def judgement_edit(
             judgement.status = DemonstrationStatus.SUBMITTED  # resubmitted for review
         judgement.save()
         return judgement
+
+
+def _clean_labels(assignment: Assignment, labels: Any) -> dict[str, Any]:
+    schema = assignment.item.project.label_schema
+    reply_ids: list[int] = []
+    # Only a per-reply scale needs the item's replies: the common schema costs no query.
+    if any(spec.get("scope") == "reply" for spec in schema):
+        reply_ids = list(assignment.item.item_completions.values_list("completion_id", flat=True))
+    return clean_labels(schema, labels, reply_ids=reply_ids)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -22,7 +22,7 @@ from feedback.models import (
     TaskKind,
 )
 
-from .validation import clean_label_schema, clean_messages, clean_text
+from .validation import clean_messages, clean_text
 
 MIN_RANKED, MAX_RANKED = 3, 8
 
@@ -36,6 +36,21 @@ def prompt_hash(system: str, messages: list[dict[str, str]]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# What the project form and the API may change; `annotators` is a relation, set apart.
+PROJECT_SETTINGS = (
+    "name",
+    "description",
+    "guidelines",
+    "task_kinds",
+    "overlap",
+    "lease_seconds",
+    "gold_rate",
+    "reveal_models",
+    "is_active",
+    "label_schema",
+)
+
+
 def project_create(
     *,
     name: str,
@@ -45,26 +60,60 @@ def project_create(
     guidelines: str = "",
     description: str = "",
     label_schema: list[dict] | None = None,
+    gold_rate: float = 0.0,
+    reveal_models: bool = False,
+    is_active: bool = True,
+    annotators: Iterable[AbstractBaseUser] | None = None,
 ) -> Project:
-    name = clean_text(name, field="name").strip()
-    kinds = list(dict.fromkeys(task_kinds))
-    if not kinds or set(kinds) - set(TaskKind.values):
-        raise ValidationError({"task_kinds": f"Choose from {', '.join(TaskKind.values)}."})
-    if not 1 <= overlap <= 50:
-        raise ValidationError({"overlap": "Overlap must be between 1 and 50."})
-    if not 60 <= lease_seconds <= 7 * 24 * 3600:
-        raise ValidationError({"lease_seconds": "Lease must be between a minute and a week."})
-    if Project.objects.filter(name=name).exists():
-        raise ValidationError({"name": "A project with this name exists."})
-    return Project.objects.create(
-        name=name,
-        task_kinds=kinds,
+    """Every setting is checked by the model (Project.full_clean), as the Django admin does."""
+    project = Project(
+        name=clean_text(name, field="name").strip(),
+        # A tuple is fine; a bare string is not a list of kinds, and the model says so.
+        task_kinds=list(task_kinds) if isinstance(task_kinds, list | tuple) else task_kinds,
         overlap=overlap,
         lease_seconds=lease_seconds,
         guidelines=clean_text(guidelines, field="guidelines", allow_blank=True),
         description=description,
-        label_schema=clean_label_schema(label_schema),
+        label_schema=label_schema or [],
+        gold_rate=gold_rate,
+        reveal_models=reveal_models,
+        is_active=is_active,
     )
+    return _project_save(project, annotators=annotators)
+
+
+def project_update(
+    *,
+    project: Project,
+    annotators: Iterable[AbstractBaseUser] | None = None,
+    **changes: Any,
+) -> Project:
+    """Change some settings; an invalid value refuses them all and the row stays as it was."""
+    unknown = set(changes) - set(PROJECT_SETTINGS)
+    if unknown:
+        raise ValidationError(f"Unknown project settings: {', '.join(sorted(unknown))}.")
+    if "guidelines" in changes:
+        changes["guidelines"] = clean_text(
+            changes["guidelines"], field="guidelines", allow_blank=True
+        )
+    before = {field: getattr(project, field) for field in changes}
+    for field, value in changes.items():
+        setattr(project, field, value)
+    try:
+        return _project_save(project, annotators=annotators)
+    except ValidationError:
+        for field, value in before.items():  # the caller's object must not keep refused values
+            setattr(project, field, value)
+        raise
+
+
+@transaction.atomic
+def _project_save(project: Project, *, annotators: Iterable[AbstractBaseUser] | None) -> Project:
+    project.full_clean()
+    project.save()
+    if annotators is not None:
+        project.annotators.set(annotators)
+    return project
 
 
 def prompt_create(

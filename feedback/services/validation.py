@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from django.core.exceptions import ValidationError
 
 from core.text import clean_text
+from feedback.validators import normalise_label_schema
 
 ROLES = ("system", "user", "assistant")
 MAX_MESSAGES = 64
@@ -45,8 +47,12 @@ def clean_messages(messages: Any, system: Any = "") -> tuple[str, list[dict[str,
     return system, cleaned
 
 
-def clean_labels(schema: list[dict], labels: Any) -> dict[str, Any]:
-    """Answers to a project's label schema: Likert integers within range, flags as booleans."""
+def clean_labels(
+    schema: list[dict], labels: Any, *, reply_ids: Collection[int] = ()
+) -> dict[str, Any]:
+    """Answers to a project's label schema: Likert integers within range (per reply, a
+    `{completion id: n}` object over `reply_ids`), flags as booleans, free text as text.
+    A per-reply scale on an item without replies (a demonstration) is not asked."""
     if labels in (None, ""):
         labels = {}
     if not isinstance(labels, dict):
@@ -60,53 +66,59 @@ def clean_labels(schema: list[dict], labels: Any) -> dict[str, Any]:
         value = labels.get(name)
         if spec["kind"] == "flag":
             cleaned[name] = value in (True, "true", "on", "1", 1)
-            continue
-        if value in (None, ""):
+        elif spec.get("scope") == "reply":
+            if reply_ids:
+                per_reply = _likert_per_reply(spec, value, reply_ids)
+                if per_reply:
+                    cleaned[name] = per_reply
+        elif value in (None, ""):
             if spec.get("required"):
-                raise ValidationError({"labels": f"{spec.get('label', name)} is required."})
-            continue
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ValidationError({"labels": f"{name} must be a whole number."}) from None
-        if not spec["min"] <= number <= spec["max"]:
-            raise ValidationError(
-                {"labels": f"{name} must be between {spec['min']} and {spec['max']}."}
-            )
-        cleaned[name] = number
+                raise ValidationError({"labels": f"{spec.get('label') or name} is required."})
+        elif spec["kind"] == "text":
+            cleaned[name] = clean_text(value, field=f"labels.{name}")
+        else:
+            cleaned[name] = _likert_value(spec, value)
     return cleaned
+
+
+def _likert_value(spec: dict, value: Any, where: str = "") -> int:
+    name = spec["name"] + where
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValidationError({"labels": f"{name} must be a whole number."}) from None
+    if not spec["min"] <= number <= spec["max"]:
+        raise ValidationError(
+            {"labels": f"{name} must be between {spec['min']} and {spec['max']}."}
+        )
+    return number
+
+
+def _likert_per_reply(spec: dict, value: Any, reply_ids: Collection[int]) -> dict[str, int]:
+    """Keys are completion ids as strings, as JSON stores them."""
+    if value in (None, ""):
+        value = {}
+    if not isinstance(value, dict):
+        raise ValidationError({"labels": f"{spec['name']} is one answer per reply, by reply id."})
+    wanted = {str(reply_id) for reply_id in reply_ids}
+    strange = ", ".join(sorted({str(key) for key in value} - wanted))
+    if strange:
+        raise ValidationError(
+            {"labels": f"{spec['name']}: {strange} are not replies of this task."}
+        )
+    answers = {
+        str(key): _likert_value(spec, number, f" (reply {key})")
+        for key, number in value.items()
+        if number not in (None, "")
+    }
+    if spec.get("required") and set(answers) != wanted:
+        raise ValidationError({"labels": f"{spec.get('label') or spec['name']}: rate every reply."})
+    return answers
 
 
 def clean_label_schema(schema: Any) -> list[dict]:
-    if schema in (None, ""):
-        return []
-    if not isinstance(schema, list):
-        raise ValidationError({"label_schema": "Must be a list of label definitions."})
-    names = set()
-    cleaned = []
-    for spec in schema:
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
-            raise ValidationError({"label_schema": "Every label needs a name."})
-        if spec["name"] in names:
-            raise ValidationError({"label_schema": f"Duplicate label {spec['name']!r}."})
-        names.add(spec["name"])
-        kind = spec.get("kind")
-        if kind == "flag":
-            cleaned.append({"name": spec["name"], "kind": "flag", "label": spec.get("label", "")})
-        elif kind == "likert":
-            low, high = spec.get("min", 1), spec.get("max", 5)
-            if not (isinstance(low, int) and isinstance(high, int) and low < high):
-                raise ValidationError({"label_schema": f"{spec['name']}: min must be below max."})
-            cleaned.append(
-                {
-                    "name": spec["name"],
-                    "kind": "likert",
-                    "min": low,
-                    "max": high,
-                    "label": spec.get("label", ""),
-                    "required": bool(spec.get("required", False)),
-                }
-            )
-        else:
-            raise ValidationError({"label_schema": f"{spec['name']}: kind is likert or flag."})
-    return cleaned
+    """The project model's own rule (feedback.validators), for callers outside a model."""
+    try:
+        return normalise_label_schema(schema)
+    except ValidationError as exc:
+        raise ValidationError({"label_schema": exc.messages}) from None

@@ -8,7 +8,9 @@ from .data import (
     snapshot_detail,
     snapshot_download,
 )
+from .projects import project_edit, project_new
 from .quality import adjudicate, disagreements, quality, review_demonstration, review_queue
+from .records import record, records, records_bulk
 
 __all__ = [
     "adjudicate",
@@ -21,7 +23,12 @@ __all__ = [
     "import_start",
     "markdown_preview",
     "progress",
+    "project_edit",
+    "project_new",
     "quality",
+    "record",
+    "records",
+    "records_bulk",
     "review_demonstration",
     "review_queue",
     "skip",

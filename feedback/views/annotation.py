@@ -25,6 +25,7 @@ from feedback.forms import (
     PairwiseForm,
     RankingForm,
     SkipForm,
+    label_inputs,
     labels_from_post,
 )
 from feedback.models import Assignment, AssignmentStatus, PairwiseChoice, Project, TaskKind
@@ -40,9 +41,17 @@ def home(request: HttpRequest) -> HttpResponse:
         else []
     )
     admin_projects = Project.objects.all() if has_role(request.user, Role.ADMIN) else []
-    return render(
-        request, "feedback/home.html", {"projects": projects, "admin_projects": admin_projects}
+    # Reviewers browse every project's records; admins reach them from their own table.
+    is_admin = has_role(request.user, Role.ADMIN)
+    reviewer_projects = (
+        Project.objects.all() if not is_admin and has_role(request.user, Role.REVIEWER) else []
     )
+    context = {
+        "projects": projects,
+        "admin_projects": admin_projects,
+        "reviewer_projects": reviewer_projects,
+    }
+    return render(request, "feedback/home.html", context)
 
 
 @require_GET
@@ -143,7 +152,9 @@ def progress(request: HttpRequest, project_id: int) -> HttpResponse:
 
 @require_POST
 def markdown_preview(request: HttpRequest) -> HttpResponse:
-    text = request.POST.get("text", "")[: settings.VEREDICTO_MAX_TEXT_CHARS]
+    # `?field=guidelines`: the project page previews its guidelines through the same endpoint.
+    field = request.GET.get("field", "text")
+    text = request.POST.get(field, "")[: settings.VEREDICTO_MAX_TEXT_CHARS]
     return HttpResponse(markdown.render_markdown(text))
 
 
@@ -289,7 +300,8 @@ def _render_task(
         "form": form,
         "project": project,
         "prompt": prompt,
-        "label_values": label_values,
+        "label_inputs": label_inputs(project.label_schema, label_values, _reply_names(view)),
+        "progress": selectors.annotator_progress(project=project, annotator=request.user),
         "editing": view.assignment.status == AssignmentStatus.SUBMITTED,
         "lease_expired": view.assignment.status == AssignmentStatus.LEASED
         and view.assignment.expires_at <= timezone.now(),
@@ -298,6 +310,13 @@ def _render_task(
         "revealed": revealed,
     }
     return render(request, template, context, status=status)
+
+
+def _reply_names(view: selectors.TaskView) -> list[tuple[int, str]]:
+    """What the task screen calls each reply, in the order this annotator sees them."""
+    if view.kind == TaskKind.PAIRWISE:
+        return [(c.pk, side) for c, side in zip(view.completions, ("left", "right"), strict=False)]
+    return [(c.pk, f"reply {n}") for n, c in enumerate(view.completions, start=1)]
 
 
 def _render_queue_empty(

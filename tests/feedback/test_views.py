@@ -1224,7 +1224,7 @@ def test_progress_reports_items_annotators_medians_and_stuck_items(
     assert "1 skipped by everyone who could take them" in html
     assert 'class="stuck"' in html
     assert "Unclear prompt" in html
-    assert f"/admin/feedback/item/{stuck.pk}/change/" in html
+    assert f"/records/{stuck.pk}/" in html  # the record page, not the Django admin
 
 
 def test_progress_counts_stuck_against_project_member_list(

@@ -12,10 +12,12 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import (
     Count,
     Exists,
+    IntegerField,
     OuterRef,
     Prefetch,
     Q,
     QuerySet,
+    Subquery,
     prefetch_related_objects,
 )
 from django.utils import timezone
@@ -60,6 +62,42 @@ def projects_for_annotator(*, user: AbstractBaseUser) -> QuerySet[Project]:
             distinct=True,
         ),
     ).order_by("name")
+
+
+class _Count(Subquery):
+    """`(SELECT count(*) FROM (…))`: a count as a column, so several counts are one query."""
+
+    template = "(SELECT count(*) FROM (%(subquery)s) _counted)"
+    output_field = IntegerField()
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    done: int  # this annotator's submitted judgements in the project
+    left: int  # items still open that they have neither submitted nor skipped (this one too)
+
+    @property
+    def total(self) -> int:
+        return self.done + self.left
+
+
+def annotator_progress(*, project: Project, annotator: AbstractBaseUser) -> TaskProgress:
+    """ "12 of 61 · 49 left" on the task screen, in one query."""
+    mine = Assignment.objects.filter(annotator=annotator, item__project=project)
+    done = mine.filter(status=AssignmentStatus.SUBMITTED)
+    finished = mine.filter(
+        item=OuterRef("pk"), status__in=[AssignmentStatus.SUBMITTED, AssignmentStatus.SKIPPED]
+    )
+    left = Item.objects.filter(project=project, submitted_count__lt=project.overlap).exclude(
+        Exists(finished)
+    )
+    counts = (
+        Project.objects.filter(pk=project.pk)
+        .annotate(done=_Count(done.values("pk")), left=_Count(left.values("pk")))
+        .values_list("done", "left")
+        .get()
+    )
+    return TaskProgress(*counts)
 
 
 def project_completed_items(*, project: Project) -> int:
@@ -256,6 +294,16 @@ def eligible_annotators(*, project: Project) -> QuerySet:
     if project.annotators.exists():
         return project.annotators.all()
     return get_user_model().objects.filter(groups__name=Role.ANNOTATOR, is_active=True)
+
+
+def annotator_candidates() -> QuerySet:
+    """Who a project's member list may name: active users holding the annotator role."""
+    return (
+        get_user_model()
+        .objects.filter(groups__name=Role.ANNOTATOR, is_active=True)
+        .order_by("username")
+        .distinct()
+    )
 
 
 def project_progress(*, project: Project) -> ProjectProgress:
