@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('feedback', '0010_imports_and_snapshots_share_the_job_lifecycle'),
+        ('feedback', '0011_imports_and_snapshots_launch_and_outbox'),
     ]
 
     operations = [

@@ -35,6 +35,6 @@ def drop(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("feedback", "0011_project_settings_validated")]
+    dependencies = [("feedback", "0012_project_settings_validated")]
 
     operations = [migrations.RunPython(create, drop)]
