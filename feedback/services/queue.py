@@ -146,6 +146,9 @@ def _sql() -> dict[str, str]:
               status = excluded.status, leased_at = excluded.leased_at,
               expires_at = excluded.expires_at, display_order = excluded.display_order,
               finished_at = NULL
+            -- Only an expired lease is renewed: a submit (or skip) that committed after the
+            -- candidate query is final. Returns no row then, like a taken slot.
+            WHERE {assignment}.status = '{leased}'
             RETURNING id
         """.format(**names, leased=LEASED, live=live),
     }

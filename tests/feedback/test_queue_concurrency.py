@@ -64,3 +64,41 @@ def test_sixteen_annotators_fill_the_queue_exactly_once():
     assert len(pairs) == len(set(pairs)), "an annotator judged an item twice"
     assert set(Item.objects.values_list("submitted_count", flat=True)) == {OVERLAP}
     assert not Assignment.objects.filter(status=AssignmentStatus.LEASED).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_submit_between_the_candidate_query_and_the_lease_is_never_undone(monkeypatch):
+    """The race, forced: the queue picks an item whose lease of this annotator has expired; just
+    before its lease statement runs, the annotator's late submit of that lease commits. The
+    lease upsert must leave the submitted assignment alone (without its guard it turned it back
+    into a lease, and the item could end with overlap + 1 judgements)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from feedback.services import queue
+
+    project = ProjectFactory(overlap=1, lease_seconds=60)
+    item = make_item(project, TaskKind.PAIRWISE)
+    worker = annotator("late")
+    expired = Assignment.objects.create(
+        item=item,
+        annotator=worker,
+        status=AssignmentStatus.LEASED,
+        leased_at=timezone.now() - timedelta(minutes=5),
+        expires_at=timezone.now() - timedelta(minutes=4),
+    )
+    take_slot = queue._take_slot
+
+    def submit_lands_first(item, annotator, project, now, *, overlap):
+        # The other request's commit, between this request's candidate query and its lease.
+        Assignment.objects.filter(pk=expired.pk).update(
+            status=AssignmentStatus.SUBMITTED, finished_at=timezone.now()
+        )
+        Item.objects.filter(pk=item.pk).update(submitted_count=1)
+        return take_slot(item, annotator, project, now, overlap=overlap)
+
+    monkeypatch.setattr(queue, "_take_slot", submit_lands_first)
+    assert services.task_next_for_annotator(project=project, annotator=worker) is None
+    expired.refresh_from_db()
+    assert expired.status == AssignmentStatus.SUBMITTED
