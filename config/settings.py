@@ -156,17 +156,26 @@ REDIS_URL = env.str("REDIS_URL", "redis://127.0.0.1:6379/0")
 if TESTING and env.str("TEST_REDIS_URL", ""):
     REDIS_URL = env.str("TEST_REDIS_URL")
 
-# Redis is also the cache, shared by every web process: sessions are read from it and written
-# through to the database (cached_db: a Redis flush costs one query per session, nothing else),
-# and rendered markdown is kept there so each completion is rendered once, not once per process.
+# Redis is also the cache, shared by every web process: rendered markdown is kept there so each
+# completion is rendered once, not once per process. The cache fails soft (config/cache.py): with
+# Redis unreachable a call costs at most the connect timeout, once per REDIS_CACHE_RETRY_AFTER
+# seconds per process, and answers like a miss.
 CACHES = {
     "default": {
         "BACKEND": "config.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "veredicto",
+        "OPTIONS": {
+            "socket_connect_timeout": env.float("REDIS_CACHE_CONNECT_TIMEOUT", 0.25),
+            "socket_timeout": env.float("REDIS_CACHE_TIMEOUT", 0.5),
+            "retry_after": env.float("REDIS_CACHE_RETRY_AFTER", 1.0),
+        },
     }
 }
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# Sessions live in the database only. Through a cache (cached_db) an outage either fails every
+# request or, failing soft, misses a sign-out's delete, and the signed-out session is served
+# again from Redis once it returns. One primary-key read per request is the price.
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
