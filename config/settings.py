@@ -4,6 +4,7 @@ Defaults are friendly for `make run` (DEBUG on, SQLite under var/, local Redis).
 secure defaults apply and SECRET_KEY must be given.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -40,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",
     "django_htmx",
     "ninja",
     "feedback",
@@ -58,6 +60,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: turns a lockout flagged during sign-in into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -119,8 +123,28 @@ if TESTING:
     # Hashing dominates test time otherwise; production keeps Django's default PBKDF2.
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-# ModelBackend's sign-in; the signed-in user is loaded with their roles in one query.
-AUTHENTICATION_BACKENDS = ["feedback.auth.RoleLoadingBackend"]
+# ModelBackend's sign-in behind django-axes' lockout check; the signed-in user is loaded with
+# their roles in one query. API tokens are checked without authenticate(): no lockout applies.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "feedback.auth.RoleLoadingBackend",
+]
+
+# Login throttling (django-axes, counted in the database so a Redis outage cannot lift it): after
+# LOGIN_FAILURE_LIMIT wrong passwords for one account, or from one address, within the lockout
+# time, that account (from anywhere) and that address (for any account) are refused for
+# LOGIN_LOCKOUT_MINUTES; a try during the lockout starts it again. A success does not wipe the
+# count (it would let anyone with one account reset their address's count at will).
+# `python manage.py axes_reset_username NAME` / `axes_reset_ip ADDR` lift a lockout early.
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = False
+AXES_CLIENT_IP_CALLABLE = "config.throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "config.throttle.lockout_response"
+# Password-reset requests: at most this many per address and per e-mail address per window.
+PASSWORD_RESET_LIMIT = env.int("PASSWORD_RESET_LIMIT", 5)
+PASSWORD_RESET_WINDOW_SECONDS = env.int("PASSWORD_RESET_WINDOW_SECONDS", 3600)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -147,7 +171,12 @@ MEDIA_ROOT = env.path("MEDIA_ROOT", VAR_DIR / "media")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", not DEBUG and not TESTING)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", not DEBUG and not TESTING)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Behind a reverse proxy that terminates TLS: only then is X-Forwarded-Proto believed (a client
+# could send it itself) and the client address read from the end of X-Forwarded-For. The proxy
+# must overwrite X-Forwarded-Proto and append to X-Forwarded-For.
+BEHIND_PROXY = env.bool("BEHIND_PROXY", False)
+if BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
