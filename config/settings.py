@@ -261,6 +261,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 VEREDICTO_MAX_TEXT_CHARS = env.int("VEREDICTO_MAX_TEXT_CHARS", 20_000)
 VEREDICTO_IMPORT_MAX_BYTES = env.int("VEREDICTO_IMPORT_MAX_BYTES", 4 * 1024**3)
 VEREDICTO_IMPORT_MAX_ROWS = env.int("VEREDICTO_IMPORT_MAX_ROWS", 5_000_000)
+# Rendered markdown kept in each web process (text + HTML, UTF-8 bytes, least recently used
+# dropped first), and the largest text + HTML kept at all, here or in Redis.
+VEREDICTO_MARKDOWN_CACHE_BYTES = env.int("VEREDICTO_MARKDOWN_CACHE_BYTES", 32 * 1024**2)
+VEREDICTO_MARKDOWN_ENTRY_BYTES = env.int("VEREDICTO_MARKDOWN_ENTRY_BYTES", 256 * 1024)
 
 # Training jobs. While a job trains, a background thread in its worker writes `heartbeat_at` every
 # HEARTBEAT seconds (progress writes count too). A running job silent for STALE seconds is marked

@@ -142,6 +142,7 @@ def progress(request: HttpRequest, project_id: int) -> HttpResponse:
 
 
 @require_POST
+@role_required(Role.ANNOTATOR, Role.REVIEWER, Role.ADMIN)  # those who write markdown
 def markdown_preview(request: HttpRequest) -> HttpResponse:
     text = request.POST.get("text", "")[: settings.VEREDICTO_MAX_TEXT_CHARS]
     return HttpResponse(markdown.render_markdown(text))
