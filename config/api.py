@@ -12,8 +12,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as SchemaValidationError
-from ninja.security import HttpBearer, django_auth
+from ninja.security import HttpBearer
 
+from config.api_auth import session_auth
 from feedback.errors import NotYourTask, TaskUnavailable
 from feedback.services.tokens import token_authenticate
 
@@ -30,7 +31,7 @@ api = NinjaAPI(
     title="Veredicto API",
     version="1",
     description="Projects, imports, items, judgements and dataset snapshots.",
-    auth=[TokenAuth(), django_auth],
+    auth=[TokenAuth(), session_auth],
     urls_namespace="api",
 )
 
