@@ -27,8 +27,9 @@ from tests.factories import make_item
 pytestmark = pytest.mark.django_db
 
 HX = {"HX-Request": "true"}
-# A request whose every cache call meets a refused connection must stay well under this.
-FAST_SECONDS = 0.5
+# A request whose every cache call meets a refused connection takes milliseconds; this bound
+# leaves room for a loaded test machine, and is far below a single default connect timeout.
+FAST_SECONDS = 1.0
 
 
 @dataclass
@@ -68,8 +69,9 @@ def timed(call, *args, **kwargs):
 
 def test_annotators_sign_in_and_submit_while_redis_is_down(own_redis, annotator, pairwise_item):
     second = make_item(pairwise_item.project, TaskKind.PAIRWISE)
-    own_redis.stop()
     client = Client()
+    assert client.get("/accounts/login/").status_code == 200  # a running server, warmed up
+    own_redis.stop()
 
     response, login_seconds = timed(
         client.post, "/accounts/login/", {"username": "ann", "password": "pw"}
@@ -97,8 +99,10 @@ def test_annotators_sign_in_and_submit_while_redis_is_down(own_redis, annotator,
     assert response.status_code == 302
     assert PairwiseJudgement.objects.filter(annotator=annotator).count() == 2
 
-    slowest = max(login_seconds, home_seconds, task_seconds, submit_seconds)
-    assert slowest < FAST_SECONDS, f"a request took {slowest:.3f}s with Redis down"
+    took = {"login": login_seconds, "home": home_seconds, "task": task_seconds,
+            "submit": submit_seconds}  # fmt: skip
+    print("with Redis down:", {name: f"{seconds * 1000:.0f} ms" for name, seconds in took.items()})
+    assert max(took.values()) < FAST_SECONDS, took
 
 
 def test_a_hung_redis_costs_one_short_timeout_not_one_per_call(own_redis, annotator, pairwise_item):
@@ -114,9 +118,10 @@ def test_a_hung_redis_costs_one_short_timeout_not_one_per_call(own_redis, annota
     finally:
         os.kill(own_redis.server.proc.pid, signal.SIGCONT)
     assert response.status_code == 200
+    print(f"with Redis hung: {first_seconds * 1000:.0f} ms, then {then_seconds * 1000:.0f} ms")
     timeout = settings.CACHES["default"]["OPTIONS"]["socket_timeout"]
-    assert first_seconds < timeout + FAST_SECONDS
-    assert then_seconds < FAST_SECONDS  # Redis is skipped for a while after a failure
+    assert first_seconds < timeout + FAST_SECONDS  # one timeout, not one per cache call
+    assert then_seconds < timeout  # Redis is skipped for a while after a failure
 
 
 def test_a_session_made_during_the_outage_survives_redis_coming_back(own_redis, annotator):
