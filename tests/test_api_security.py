@@ -80,7 +80,7 @@ def snapshot(settings, tmp_path, project, admin_user):
     requested = services.snapshot_request(
         project=project, kind="prompts", name="s", created_by=admin_user
     )
-    return services.snapshot_build(requested)
+    return services.snapshot_build(snapshot=requested)
 
 
 def pages(snapshot) -> list[tuple[str, str]]:
