@@ -32,7 +32,7 @@ def over_limit(scope: str, who: str, *, limit: int, window_seconds: int) -> bool
     try:
         cache.add(key, 0, window_seconds)
         return cache.incr(key) > limit
-    except (ValueError, *OUTAGE_ERRORS):  # ValueError: the key vanished, Redis is down
+    except (ValueError, *OUTAGE_ERRORS):  # ValueError: the key expired between add and incr
         return False
 
 
