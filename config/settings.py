@@ -4,9 +4,12 @@ Defaults are friendly for `make run` (DEBUG on, SQLite under var/, local Redis).
 secure defaults apply and SECRET_KEY must be given.
 """
 
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env
 
@@ -17,7 +20,16 @@ env = Env()
 env.read_env(BASE_DIR / ".env", recurse=False)
 
 DEBUG = env.bool("DEBUG", False)
-TESTING = env.bool("VEREDICTO_TESTING", False)
+# Test mode (a known key, fast hashing, the throwaway servers) belongs to the test suite, whose
+# config/test_settings.py imports this module. VEREDICTO_TESTING asks for it from the environment
+# and is refused with DEBUG off: a stray variable must not quietly weaken a production server.
+_TEST_SETTINGS = "config.test_settings" in sys.modules
+TESTING = _TEST_SETTINGS or env.bool("VEREDICTO_TESTING", False)
+if TESTING and not (DEBUG or _TEST_SETTINGS):
+    raise ImproperlyConfigured(
+        "VEREDICTO_TESTING is set but DEBUG is off: test mode uses a public SECRET_KEY and weak "
+        "password hashing. Unset VEREDICTO_TESTING (tests use config.test_settings)."
+    )
 
 _secret = env.str("SECRET_KEY", "") or env.str("SECRET_KEY_FILE", "")
 if env.str("SECRET_KEY_FILE", ""):
@@ -40,6 +52,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",
+    "csp",
     "django_htmx",
     "ninja",
     # The project's apps, lowest first: each depends only on those above it in this list
@@ -54,6 +68,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -63,6 +78,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: turns a lockout flagged during sign-in into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -128,8 +145,28 @@ if TESTING:
     # Hashing dominates test time otherwise; production keeps Django's default PBKDF2.
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-# ModelBackend's sign-in; the signed-in user is loaded with their roles in one query.
-AUTHENTICATION_BACKENDS = ["core.auth.RoleLoadingBackend"]
+# ModelBackend's sign-in behind django-axes' lockout check; the signed-in user is loaded with
+# their roles in one query. API tokens are checked without authenticate(): no lockout applies.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "core.auth.RoleLoadingBackend",
+]
+
+# Login throttling (django-axes, counted in the database so a Redis outage cannot lift it): after
+# LOGIN_FAILURE_LIMIT wrong passwords for one account, or from one address, within the lockout
+# time, that account (from anywhere) and that address (for any account) are refused for
+# LOGIN_LOCKOUT_MINUTES; a try during the lockout starts it again. A success does not wipe the
+# count (it would let anyone with one account reset their address's count at will).
+# `python manage.py axes_reset_username NAME` / `axes_reset_ip ADDR` lift a lockout early.
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = False
+AXES_CLIENT_IP_CALLABLE = "config.throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "config.throttle.lockout_response"
+# Password-reset requests: at most this many per address and per e-mail address per window.
+PASSWORD_RESET_LIMIT = env.int("PASSWORD_RESET_LIMIT", 5)
+PASSWORD_RESET_WINDOW_SECONDS = env.int("PASSWORD_RESET_WINDOW_SECONDS", 3600)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "feedback:home"
 LOGOUT_REDIRECT_URL = "login"
@@ -156,26 +193,63 @@ MEDIA_ROOT = env.path("MEDIA_ROOT", VAR_DIR / "media")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", not DEBUG and not TESTING)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", not DEBUG and not TESTING)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Behind a reverse proxy that terminates TLS: only then is X-Forwarded-Proto believed (a client
+# could send it itself) and the client address read from the end of X-Forwarded-For. The proxy
+# must overwrite X-Forwarded-Proto and append to X-Forwarded-For.
+BEHIND_PROXY = env.bool("BEHIND_PROXY", False)
+if BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# HSTS (sent on HTTPS responses only): browsers then refuse plain HTTP to this host for a year.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", True)
+
+# Content-Security-Policy (django-csp), in every mode: every script, style, font and image is
+# served from this origin (vendored htmx and Chart.js, no CDN), and no template has inline script,
+# style or event handlers, so none may run: injected markup that slipped past the sanitiser
+# cannot execute. data: images are the inline favicon and the API docs' icons.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 # Redis: the Celery broker (and result backend).
 REDIS_URL = env.str("REDIS_URL", "redis://127.0.0.1:6379/0")
 if TESTING and env.str("TEST_REDIS_URL", ""):
     REDIS_URL = env.str("TEST_REDIS_URL")
 
-# Redis is also the cache, shared by every web process: sessions are read from it and written
-# through to the database (cached_db: a Redis flush costs one query per session, nothing else),
-# and rendered markdown is kept there so each completion is rendered once, not once per process.
+# Redis is also the cache, shared by every web process: rendered markdown is kept there so each
+# completion is rendered once, not once per process. The cache fails soft (config/cache.py): with
+# Redis unreachable a call costs at most the connect timeout, once per REDIS_CACHE_RETRY_AFTER
+# seconds per process, and answers like a miss.
 CACHES = {
     "default": {
         "BACKEND": "config.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "veredicto",
+        "OPTIONS": {
+            "socket_connect_timeout": env.float("REDIS_CACHE_CONNECT_TIMEOUT", 0.25),
+            "socket_timeout": env.float("REDIS_CACHE_TIMEOUT", 0.5),
+            "retry_after": env.float("REDIS_CACHE_RETRY_AFTER", 1.0),
+        },
     }
 }
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# Sessions live in the database only. Through a cache (cached_db) an outage either fails every
+# request or, failing soft, misses a sign-out's delete, and the signed-out session is served
+# again from Redis once it returns. One primary-key read per request is the price.
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
@@ -196,6 +270,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 VEREDICTO_MAX_TEXT_CHARS = env.int("VEREDICTO_MAX_TEXT_CHARS", 20_000)
 VEREDICTO_IMPORT_MAX_BYTES = env.int("VEREDICTO_IMPORT_MAX_BYTES", 4 * 1024**3)
 VEREDICTO_IMPORT_MAX_ROWS = env.int("VEREDICTO_IMPORT_MAX_ROWS", 5_000_000)
+# Rendered markdown kept in each web process (text + HTML, UTF-8 bytes, least recently used
+# dropped first), and the largest text + HTML kept at all, here or in Redis.
+VEREDICTO_MARKDOWN_CACHE_BYTES = env.int("VEREDICTO_MARKDOWN_CACHE_BYTES", 32 * 1024**2)
+VEREDICTO_MARKDOWN_ENTRY_BYTES = env.int("VEREDICTO_MARKDOWN_ENTRY_BYTES", 256 * 1024)
 
 # Background work (training jobs, evaluation runs, comparison generation, imports, snapshots;
 # jobs.services). While a row runs, a thread in its worker writes `heartbeat_at` every HEARTBEAT

@@ -1,8 +1,7 @@
-"""Settings for the test suite: the real settings with TESTING on (set before they are read)."""
+"""Settings for the test suite: the real settings with TESTING on (config.settings turns it on
+when this module imports it; the environment alone cannot, unless DEBUG is on)."""
 
 import os
-
-os.environ["VEREDICTO_TESTING"] = "1"
 
 from config.settings import *  # noqa: F403
 

@@ -4,6 +4,7 @@ from django.http import HttpResponse
 from django.urls import include, path
 
 from config.api import api
+from config.throttle import ThrottledPasswordResetView
 
 
 @login_not_required
@@ -17,6 +18,11 @@ admin.site.site_title = "Veredicto"
 urlpatterns = [
     path("api/", api.urls),
     path("admin/", admin.site.urls),
+    path(
+        "accounts/password_reset/",
+        ThrottledPasswordResetView.as_view(),
+        name="password_reset",
+    ),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", healthz),
     # Each app's pages under its own prefix (README "Code map"); labelling is the root.

@@ -16,8 +16,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as SchemaValidationError
-from ninja.security import HttpBearer, django_auth
+from ninja.security import HttpBearer
 
+from core.api_auth import session_auth
 from core.errors import NotYourTask, TaskUnavailable
 from core.tokens import token_authenticate
 
@@ -34,7 +35,7 @@ api = NinjaAPI(
     title="Veredicto API",
     version="1",
     description="Projects, imports, items, judgements and dataset snapshots.",
-    auth=[TokenAuth(), django_auth],
+    auth=[TokenAuth(), session_auth],
     urls_namespace="api",
 )
 

@@ -430,7 +430,7 @@ def get_import(request, import_id: int):
     "/projects/{project_id}/snapshots", response={200: list[SnapshotOut], **ERRORS}, tags=["data"]
 )
 def list_snapshots(request, project_id: int):
-    _require(request, Role.ADMIN, Role.REVIEWER)
+    _require(request, Role.ADMIN)  # as the data pages (feedback/views/data.py)
     project = _project_for(request, project_id)
     return [SnapshotOut.build(s) for s in project.snapshots.all()[:200]]
 
@@ -458,7 +458,7 @@ def create_snapshot(request, project_id: int, body: SnapshotIn):
 
 @router.get("/snapshots/{snapshot_id}", response={200: SnapshotOut, **ERRORS}, tags=["data"])
 def get_snapshot(request, snapshot_id: int):
-    _require(request, Role.ADMIN, Role.REVIEWER)
+    _require(request, Role.ADMIN)  # as the data pages (feedback/views/data.py)
     return SnapshotOut.build(get_object_or_404(DatasetSnapshot, pk=snapshot_id))
 
 
@@ -469,7 +469,7 @@ def get_snapshot(request, snapshot_id: int):
     summary="Download train.jsonl, test.jsonl, *.parquet, hf.tar or manifest.json",
 )
 def download_snapshot_file(request, snapshot_id: int, filename: str):
-    _require(request, Role.ADMIN, Role.REVIEWER)
+    _require(request, Role.ADMIN)  # as the data pages (feedback/views/data.py)
     snapshot = get_object_or_404(DatasetSnapshot, pk=snapshot_id)
     path = snapshot.path() / filename
     if filename not in DOWNLOADS or not snapshot.is_ready or not path.is_file():

@@ -110,5 +110,13 @@ def page(browser, live_server):
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     page.dialogs = dialogs
+    # Whatever the Content-Security-Policy refused (an inline script or style, an eval) is a
+    # page that works in tests only by luck: it fails the test.
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda m: "Content Security Policy" in m.text and refused.append(f"{page.url}: {m.text}"),
+    )
     yield page
     context.close()
+    assert not refused, f"the Content-Security-Policy refused: {refused}"

@@ -151,6 +151,7 @@ def progress(request: HttpRequest, project_id: int) -> HttpResponse:
 
 
 @require_POST
+@role_required(Role.ANNOTATOR, Role.REVIEWER, Role.ADMIN)  # those who write markdown
 def markdown_preview(request: HttpRequest) -> HttpResponse:
     # `?field=guidelines`: the project page previews its guidelines through the same endpoint.
     field = request.GET.get("field", "text")

@@ -10,10 +10,10 @@ from feedback import markdown
 
 @pytest.fixture(autouse=True)
 def empty_caches():
-    markdown._local.clear()
+    markdown.cache_clear()
     cache.clear()
     yield
-    markdown._local.clear()
+    markdown.cache_clear()
 
 
 def _reads(monkeypatch) -> list:
@@ -30,7 +30,7 @@ def test_prefetch_reads_every_text_in_one_round_trip_and_shares_what_it_rendered
     assert markdown.rendered("**a**") == "<p><strong>a</strong></p>\n"
     assert len(reads) == 1  # served from this process's memory
 
-    markdown._local.clear()  # another process: finds the HTML in Redis, renders nothing
+    markdown.cache_clear()  # another process: finds the HTML in Redis, renders nothing
     monkeypatch.setattr(markdown, "render_markdown", None)
     markdown.prefetch(["**a**", "*b*"])
     assert markdown.rendered("*b*") == "<p><em>b</em></p>\n"
@@ -52,7 +52,8 @@ def test_a_redis_outage_renders_locally_instead_of_failing(monkeypatch):
     assert warnings == ["markdown cache unavailable", "markdown cache unavailable"]
 
 
-def test_the_process_memory_stays_bounded(monkeypatch):
-    monkeypatch.setattr(markdown, "_LOCAL_MAX", 3)
-    markdown.prefetch([f"text {i}" for i in range(10)])
-    assert len(markdown._local) == 3
+def test_the_process_memory_stays_bounded_by_bytes(monkeypatch):
+    monkeypatch.setattr(markdown, "_LOCAL_MAX_BYTES", 100)
+    markdown.prefetch([f"text {i}" for i in range(10)])  # 6 + 14 bytes each
+    assert len(markdown._local) == 5
+    assert markdown._local_bytes == sum(markdown._size(t, h) for t, h in markdown._local.items())
