@@ -46,22 +46,31 @@ def member_or_open_q(user: AbstractBaseUser) -> Q:
     return Exists(member) | ~Exists(has_members)
 
 
-def projects_for_annotator(*, user: AbstractBaseUser) -> QuerySet[Project]:
-    """Active projects the user may work on, with their own and overall progress."""
+def projects_annotatable(*, user: AbstractBaseUser) -> QuerySet[Project]:
+    """Active projects the user may work on (no counts: one indexed lookup per project)."""
     projects = Project.objects.filter(is_active=True)
     if not has_role(user, Role.ADMIN):
         projects = projects.filter(member_or_open_q(user))
-    return projects.annotate(
-        item_count=Count("items", distinct=True),
-        my_done=Count(
-            "items__assignments",
-            filter=Q(
-                items__assignments__annotator=user,
-                items__assignments__status=AssignmentStatus.SUBMITTED,
+    return projects
+
+
+def projects_for_annotator(*, user: AbstractBaseUser) -> QuerySet[Project]:
+    """Active projects the user may work on, with their own and overall progress."""
+    return (
+        projects_annotatable(user=user)
+        .annotate(
+            item_count=Count("items", distinct=True),
+            my_done=Count(
+                "items__assignments",
+                filter=Q(
+                    items__assignments__annotator=user,
+                    items__assignments__status=AssignmentStatus.SUBMITTED,
+                ),
+                distinct=True,
             ),
-            distinct=True,
-        ),
-    ).order_by("name")
+        )
+        .order_by("name")
+    )
 
 
 class _Count(Subquery):

@@ -13,9 +13,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from core.roles import Role, role_required
-from feedback import services, tasks
+from feedback import services
 from feedback.forms import ImportForm, SnapshotForm
 from feedback.models import DataImport, DatasetSnapshot, Project
+from jobs.services import work_enqueue
 
 _UPLOAD_SALT = "veredicto.upload"
 DOWNLOADS = {
@@ -116,7 +117,7 @@ def import_start(request: HttpRequest, project_id: int) -> HttpResponse:
             options=form.options(),
             user=request.user,
         )
-        transaction.on_commit(lambda: tasks.run_import.delay(data_import.pk))
+        work_enqueue(data_import)  # sent on commit; the sweep resends if the broker was down
     return redirect("feedback:import-detail", import_id=data_import.pk)
 
 
@@ -145,7 +146,7 @@ def snapshot_create(request: HttpRequest, project_id: int) -> HttpResponse:
                     created_by=request.user,
                     policy=form.policy(),
                 )
-                transaction.on_commit(lambda: tasks.build_snapshot.delay(snapshot.pk))
+                work_enqueue(snapshot)
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
