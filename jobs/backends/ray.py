@@ -50,6 +50,19 @@ def ray_environment() -> dict[str, str]:
     }
 
 
+def _submit(client, *, attempts: int = 30, **job) -> None:
+    """Submit, waiting out a head that is up but whose job agent is not yet ("No available
+    agent to submit job, please try again later"), as right after a cluster (re)starts."""
+    for attempt in range(attempts):
+        try:
+            client.submit_job(**job)
+            return
+        except RuntimeError as exc:
+            if "try again later" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(1)
+
+
 def run_on_ray(row: BackgroundWork) -> Outcome:
     model = type(row)
     client = _client()
@@ -57,7 +70,8 @@ def run_on_ray(row: BackgroundWork) -> Outcome:
     command = entry_command(row, python=settings.VEREDICTO_RAY_PYTHON or sys.executable)
     devices = row.launch_processes() if row.launch_accelerate_config() else 0
     submission_id = f"veredicto-{row._meta.model_name}-{row.pk}-{uuid.uuid4().hex[:8]}"
-    client.submit_job(
+    _submit(
+        client,
         entrypoint=shlex.join(command),
         submission_id=submission_id,
         runtime_env={"env_vars": ray_environment()},

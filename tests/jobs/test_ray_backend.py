@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,32 @@ def ray_head():
         check=True, env=env, capture_output=True, timeout=120,
     )  # fmt: skip
     try:
-        yield f"http://127.0.0.1:{dashboard}"
+        address = f"http://127.0.0.1:{dashboard}"
+        _wait_until_it_runs_jobs(address)
+        yield address
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=60)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_until_it_runs_jobs(address: str, timeout: float = 90) -> None:
+    """A fresh head answers HTTP before its job agent registers: run one trivial job first."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            probe = client.submit_job(entrypoint="true")
+            break
+        except (RuntimeError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    while str(client.get_job_status(probe)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Ray at {address} did not run a trivial job")
+        time.sleep(0.5)
 
 
 @pytest.fixture
