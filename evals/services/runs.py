@@ -52,7 +52,7 @@ SUITE_PARAMS: dict[str, set[str]] = {
     Suite.PERPLEXITY: COMMON_PARAMS | {"task_path", "stride"},
     Suite.MULTIPLE_CHOICE: COMMON_PARAMS | {"task_path"},
     Suite.GENERATIVE: COMMON_PARAMS | {"task_path", "max_new_tokens"} | SAMPLING_PARAMS,
-    Suite.REWARD_ACCURACY: COMMON_PARAMS | {"task_path"},
+    Suite.REWARD_ACCURACY: COMMON_PARAMS | {"task_path", "best_of_n_path"},
     Suite.WIN_RATE: COMMON_PARAMS | {"task_path", "max_new_tokens"} | SAMPLING_PARAMS,
     Suite.LM_EVAL: COMMON_PARAMS | {"include_path", "num_fewshot"},
 }
