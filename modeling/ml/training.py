@@ -165,6 +165,17 @@ def train(
         )
         # With tqdm off, transformers prints every log entry; ProgressCallback reports them.
         trainer.remove_callback(PrinterCallback)
+        if kind == "sft" and config.packing:
+            # Packing made fewer, longer rows: the steps are counted on those.
+            total = estimate_steps(kind, config, len(trainer.train_dataset))
+            reporter.report(
+                step=start_step,
+                total_steps=total,
+                metrics={},
+                log_line=f"packed {len(train_rows)} conversations into "
+                f"{len(trainer.train_dataset)} rows of up to {config.max_length} tokens: "
+                f"{total} steps",
+            )
 
         # -- train
         trainer.train(resume_from_checkpoint=checkpoint)

@@ -122,12 +122,14 @@ def test_packed_sft_trains_on_every_token_once_in_fewer_rows(tiny_model_dir, tmp
     ]
     raw = {"learning_rate": 1e-3, "batch_size": 2, "epochs": 2, "max_length": 64}
 
+    reporter = RecordingReporter()
     packed = train(
         "sft",
         parse_job_config("sft", {**raw, "packing": True}),
         model_path=tiny_model_dir,
         dataset_dir=str(data),
         output_dir=str(tmp_path / "packed"),
+        reporter=reporter,
     )
     padded = train(
         "sft",
@@ -143,6 +145,11 @@ def test_packed_sft_trains_on_every_token_once_in_fewer_rows(tiny_model_dir, tmp
     packed_rows = math.ceil(sum(lengths) / 64)
     assert packed.steps == 2 * math.ceil(packed_rows / 2) < padded.steps == 2 * 2
     assert math.isfinite(packed.metrics["loss"])
+    # The progress bar's total is the packed one, and the log says why it shrank.
+    line = f"packed 4 conversations into {packed_rows} rows of up to 64 tokens: {packed.steps} "
+    line += "steps"
+    assert line in [report["line"] for report in reporter.reports]
+    assert reporter.reports[-1]["total"] == packed.steps
 
 
 def test_packed_rows_attend_within_each_conversation(tiny_model_dir):
