@@ -65,6 +65,8 @@ def test_without_a_preset_the_form_shows_the_defaults(admin_client, base_checkpo
     assert 'name="cfg_batch_size" value="8"' in html
     assert 'name="cfg_learning_rate" value="2e-05"' in html
     assert "Filled in by the preset" not in html
+    hostile = admin_client.get("/train/jobs/new/sft/", {"preset": "<script>alert(1)</script>"})
+    assert hostile.status_code == 200 and "alert(1)" not in hostile.content.decode()
 
 
 @pytest.mark.django_db
