@@ -309,6 +309,10 @@ if VEREDICTO_FAULT_DRILL_PAUSE_SECONDS and not (DEBUG or TESTING):
 VEREDICTO_JOB_PROGRESS_SECONDS = env.float("VEREDICTO_JOB_PROGRESS_SECONDS", 1.0)
 # Default wall-clock limit of one training attempt (Celery soft limit; the hard one adds 5 min).
 VEREDICTO_JOB_TIME_LIMIT_SECONDS = env.int("VEREDICTO_JOB_TIME_LIMIT_SECONDS", 24 * 3600)
+# The GPU workers have CUDA and bitsandbytes (`pip install ".[gpu]"`): jobs may load their base
+# in 4 bits (QLoRA, a job config's "quantization": "4bit"). Off: launch refuses such jobs. The web
+# process cannot see the workers' libraries, so the deployment says so here.
+VEREDICTO_GPU_BITSANDBYTES = env.bool("VEREDICTO_GPU_BITSANDBYTES", False)
 # Job outputs go to <dir>/<job id>-<attempt>/. Empty: MEDIA_ROOT/checkpoints.
 VEREDICTO_MODELS_DIR = env.str("VEREDICTO_MODELS_DIR", "")
 

@@ -60,6 +60,7 @@ class ComparisonOutcome:
     skipped_empty: int = 0
     skipped_identical: int = 0
     already_done: int = 0
+    engine: str = ""  # what sampled the replies: "vllm" or "hf" (modeling.ml.sampling_engine)
 
 
 def _validate(
@@ -182,7 +183,7 @@ def comparisons_generate(
     """Sample one reply from each model per prompt and create a pairwise item for each pair
     (A = the new checkpoint; annotators see sides shuffled anyway). Empty or identical pairs are
     skipped: nobody can judge them."""
-    from modeling.ml import generate
+    from modeling.ml import generate, sampling_engine
 
     reference = _validate(
         checkpoint=checkpoint, project=project, reference=reference, n_prompts=n_prompts
@@ -199,6 +200,7 @@ def comparisons_generate(
         "max_new_tokens": sampling.max_new_tokens,
         "seed": sampling.seed,
     }
+    outcome.engine = sampling_engine()
     new_texts = generate(checkpoint.load_path(), conversations, **options)
     reference_texts = generate(reference.load_path(), conversations, **options)
     for prompt, (new,), (old,) in zip(prompts, new_texts, reference_texts, strict=True):

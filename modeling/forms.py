@@ -8,6 +8,7 @@ import enum
 import json
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -18,6 +19,7 @@ from feedback.models import DatasetSnapshot
 from modeling import selectors, services
 from modeling.ml import CONFIG_CLASSES  # plain pydantic, imported lazily: no torch here
 from modeling.models import JOBS_NEEDING_REWARD_MODEL, Checkpoint
+from modeling.presets import PRESETS, preset_values
 
 CONFIG_PREFIX = "cfg_"
 
@@ -97,9 +99,12 @@ class JobLaunchForm(forms.Form):
         min_value=1, max_value=30 * 24 * 60, label="Time limit (minutes)"
     )
 
-    def __init__(self, *args, kind: str, **kwargs):
+    def __init__(self, *args, kind: str, presets: list[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.kind = kind
+        self.presets = [name for name in presets or [] if name in PRESETS]
+        # What the presets put in the inputs of an unbound form (the values, not the defaults).
+        self.preset_config = preset_values(kind=kind, names=self.presets)
         self.cleaned_config: dict[str, Any] | None = None
         self.fields["parent"].queryset = selectors.parent_choices(kind=kind)
         self.fields["snapshot"].queryset = selectors.snapshot_choices(kind=kind)
@@ -111,6 +116,8 @@ class JobLaunchForm(forms.Form):
         self.config_fields = list(CONFIG_CLASSES[kind].model_fields)
         for name, info in CONFIG_CLASSES[kind].model_fields.items():
             self.fields[CONFIG_PREFIX + name] = config_form_field(name, info)
+            if name in self.preset_config:
+                self.fields[CONFIG_PREFIX + name].initial = self.preset_config[name]
 
     def raw_config(self) -> dict[str, Any]:
         """What was typed, blanks left out so the config class fills its defaults."""
@@ -129,6 +136,24 @@ class JobLaunchForm(forms.Form):
         except ValidationError as exc:
             add_service_errors(self, exc, field_prefix=CONFIG_PREFIX)
         return cleaned
+
+    def preset_links(self) -> list[dict[str, Any]]:
+        """The presets the page offers, each with the query that adds it to those applied (and
+        keeps a preselected starting checkpoint)."""
+        keep = [("parent", self.initial["parent"])] if self.initial.get("parent") else []
+        links = []
+        for name, preset in PRESETS.items():
+            names = [*(other for other in self.presets if other != name), name]
+            links.append(
+                {
+                    "name": name,
+                    "label": preset["label"],
+                    "description": preset["description"],
+                    "active": name in self.presets,
+                    "query": urlencode([*(("preset", n) for n in names), *keep]),
+                }
+            )
+        return links
 
     def config_bound_fields(self) -> list[forms.BoundField]:
         return [self[CONFIG_PREFIX + name] for name in self.config_fields]

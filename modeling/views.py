@@ -39,7 +39,12 @@ def jobs(request: HttpRequest) -> HttpResponse:
 def job_new(request: HttpRequest, kind: str) -> HttpResponse:
     # "Train from here" links preselect the starting checkpoint.
     initial = {"parent": request.GET.get("parent")} if request.GET.get("parent") else None
-    form = JobLaunchForm(request.POST or None, kind=_job_kind(kind), initial=initial)
+    form = JobLaunchForm(
+        request.POST or None,
+        kind=_job_kind(kind),
+        initial=initial,
+        presets=request.GET.getlist("preset"),
+    )
     if request.method == "POST" and form.is_valid():
         try:
             job = services.job_launch(kind=kind, launched_by=request.user, **form.launch_kwargs())
@@ -131,7 +136,7 @@ def _render_launch(
         config = form.cleaned_config
     else:
         snapshot = form.fields["snapshot"].queryset.first()
-        config = selectors.config_defaults(kind=form.kind)
+        config = {**selectors.config_defaults(kind=form.kind), **form.preset_config}
     estimate = None
     if snapshot is not None and config is not None:
         estimate = selectors.steps_estimate(kind=form.kind, config=config, snapshot=snapshot)

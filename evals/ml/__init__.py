@@ -4,6 +4,7 @@
     load_mc_task / evaluate_mc                                 evals/ml/tasks.py, multiple_choice.py
     load_gen_task / evaluate_generative                        evals/ml/tasks.py, generative.py
     reward_accuracy / reward_win_rate                          evals/ml/reward.py
+    reward_model_diagnostics (calibration, buckets, best-of-n) evals/ml/reward_diagnostics.py
     bradley_terry / online_elo                                 evals/ml/arena.py
     run_lm_eval (optional lm-evaluation-harness)               evals/ml/lm_eval_adapter.py
     shipped_tasks (task files in evals/tasks_data/)            loop/taskgen.py writes them
@@ -40,9 +41,15 @@ _EXPORTS = {
     "task_kind": "tasks",
     "evaluate_mc": "multiple_choice",
     "evaluate_generative": "generative",
+    "evaluate_generative_vllm": "generative",
     "reward_accuracy": "reward",
     "reward_win_rate": "reward",
     "reward_scores": "reward",
+    "pair_scores": "reward",
+    "accuracy_of_scores": "reward",
+    "reward_model_diagnostics": "reward",
+    "load_best_of_n": "reward_diagnostics",
+    "REWARD_DIAGNOSTICS_DEFINITIONS": "reward_diagnostics",
     "BattleCounts": "arena",
     "battle_counts": "arena",
     "bradley_terry": "arena",

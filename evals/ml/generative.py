@@ -15,6 +15,7 @@ output is the new text up to (not including) the first stop sequence. Scorers:
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
@@ -24,7 +25,7 @@ from evals.ml.stats import mean_stderr
 from evals.ml.tasks import GenTask
 from modeling.ml.generation import stop_token_ids, until_stop
 
-__all__ = ["cut_at_stop", "evaluate_generative", "score_output"]
+__all__ = ["cut_at_stop", "evaluate_generative", "evaluate_generative_vllm", "score_output"]
 
 
 def score_output(scorer: str, output: str, target: str) -> bool:
@@ -69,24 +70,7 @@ def evaluate_generative(
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be at least 1")
-    items = task.items[:limit] if limit is not None else task.items
-    if not items:
-        raise ValueError("No items to evaluate")
-    if task.chat:
-        prompts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": item.prompt}],
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            for item in items
-        ]
-    else:
-        prompts = [item.prompt for item in items]
-    # Over-long prompts keep their end, leaving room for the answer (lm-eval's generate_until
-    # left-truncates to max_length - max_gen_toks the same way).
-    room = max(1, resolve_max_length(model, tokenizer) - max_new_tokens)
-    encoded = [tok_encode(tokenizer, prompt)[-room:] for prompt in prompts]
+    items, prompts, encoded = _prompts(model, tokenizer, task, limit, max_new_tokens)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # EOS and the end-of-turn ids the model's generation_config adds (Gemma's <end_of_turn>):
     # without them a chat model's answer runs on past its end.
@@ -121,7 +105,77 @@ def evaluate_generative(
             new = until_stop(generated[row, width:].tolist(), stops)
             text = tokenizer.decode(new, skip_special_tokens=True)
             outputs[i] = cut_at_stop(text, task.stop)
+    return _scored(task, items, prompts, outputs)
 
+
+def evaluate_generative_vllm(
+    model_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    task: GenTask,
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    limit: int | None = None,
+) -> dict:
+    """evaluate_generative on vLLM (GPU hosts with vLLM installed): the same prompts, token ids,
+    truncation, stops, sampling parameters (modeling.ml.generation.vllm_sampling_params) and
+    scoring. model_path is a full model (merge an adapter first)."""
+    from transformers import AutoConfig, GenerationConfig
+    from vllm import LLM
+
+    from modeling.ml.generation import vllm_sampling_params
+
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    shape = SimpleNamespace(config=AutoConfig.from_pretrained(model_path))
+    items, prompts, encoded = _prompts(shape, tokenizer, task, limit, max_new_tokens)
+    try:
+        shape.generation_config = GenerationConfig.from_pretrained(model_path)
+    except OSError:
+        shape.generation_config = None
+    params = vllm_sampling_params(
+        n=1,
+        temperature=temperature if do_sample else 0.0,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        stop_token_ids=stop_token_ids(shape, tokenizer),
+        stop=task.stop,
+    )
+    llm = LLM(model=model_path, dtype="auto", seed=seed)
+    generated = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params)
+    # vLLM already cut at the stop strings; cut_at_stop keeps the rule in one place.
+    outputs = [cut_at_stop(output.outputs[0].text, task.stop) for output in generated]
+    return _scored(task, items, prompts, outputs)
+
+
+def _prompts(model, tokenizer, task: GenTask, limit: int | None, max_new_tokens: int):
+    """The items, their prompt texts and token ids, over-long prompts cut from the start."""
+    items = task.items[:limit] if limit is not None else task.items
+    if not items:
+        raise ValueError("No items to evaluate")
+    if task.chat:
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": item.prompt}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for item in items
+        ]
+    else:
+        prompts = [item.prompt for item in items]
+    # Over-long prompts keep their end, leaving room for the answer (lm-eval's generate_until
+    # left-truncates to max_length - max_gen_toks the same way).
+    room = max(1, resolve_max_length(model, tokenizer) - max_new_tokens)
+    encoded = [tok_encode(tokenizer, prompt)[-room:] for prompt in prompts]
+    return items, prompts, encoded
+
+
+def _scored(task: GenTask, items, prompts: list[str], outputs: list[str]) -> dict:
     samples, correct = [], []
     for item, prompt, output in zip(items, prompts, outputs, strict=True):
         ok = score_output(task.scorer, output, item.target)

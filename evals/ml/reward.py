@@ -19,12 +19,24 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evals.ml.definitions import REWARD_ACCURACY_DEFINITION, WIN_RATE_DEFINITION
+from evals.ml.reward_diagnostics import (
+    agreement_bucket,
+    best_of_n,
+    bucketed_accuracy,
+    calibration,
+    is_correct,
+    length_correlation,
+    strength_bucket,
+)
 from evals.ml.stats import mean_stderr, wilson_interval
 
 __all__ = [
     "REWARD_ACCURACY_DEFINITION",
     "WIN_RATE_DEFINITION",
+    "accuracy_of_scores",
+    "pair_scores",
     "reward_accuracy",
+    "reward_model_diagnostics",
     "reward_scores",
     "reward_win_rate",
 ]
@@ -42,6 +54,30 @@ def reward_accuracy(
     """Fraction of pairs with score(prompt + chosen) > score(prompt + rejected), RewardBench's
     convention: a tie counts as wrong. Returns {"accuracy", "n", "stderr"} (stderr: lm-eval's
     mean_stderr of the per-pair 0/1 outcomes)."""
+    chosen_scores, rejected_scores = pair_scores(
+        reward_model, tokenizer, pairs, batch_size=batch_size
+    )
+    return accuracy_of_scores(chosen_scores, rejected_scores)
+
+
+def accuracy_of_scores(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> dict:
+    """reward_accuracy's result from the scores of each pair's two replies."""
+    correct = [1.0 if c > r else 0.0 for c, r in zip(chosen_scores, rejected_scores, strict=True)]
+    return {
+        "accuracy": sum(correct) / len(correct),
+        "n": len(correct),
+        "stderr": mean_stderr(correct),
+    }
+
+
+def pair_scores(
+    reward_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[dict],
+    *,
+    batch_size: int = 8,
+) -> tuple[list[float], list[float]]:
+    """The reward of each pair's chosen and of its rejected reply."""
     if not pairs:
         raise ValueError("reward_accuracy needs at least one pair")
     chosen, rejected = [], []
@@ -52,13 +88,63 @@ def reward_accuracy(
         chosen.append(_row(pair["prompt"], pair["chosen"]))
         rejected.append(_row(pair["prompt"], pair["rejected"]))
     scores = reward_scores(reward_model, tokenizer, chosen + rejected, batch_size=batch_size)
-    chosen_scores, rejected_scores = scores[: len(pairs)], scores[len(pairs) :]
-    correct = [1.0 if c > r else 0.0 for c, r in zip(chosen_scores, rejected_scores, strict=True)]
-    return {
-        "accuracy": sum(correct) / len(correct),
-        "n": len(correct),
-        "stderr": mean_stderr(correct),
-    }
+    return scores[: len(pairs)], scores[len(pairs) :]
+
+
+def reward_model_diagnostics(
+    reward_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[dict],
+    chosen_scores: Sequence[float],
+    rejected_scores: Sequence[float],
+    *,
+    best_of_n_items: list[dict] | None = None,
+    batch_size: int = 8,
+) -> dict[str, tuple[float, int]]:
+    """{metric: (value, n)}: accuracy by annotator agreement and by preference strength (rows
+    that carry them), Brier score and ECE, reward-length correlation and, given prompts with
+    candidates and gold answers, best-of-n selection (reward_diagnostics.py defines each).
+
+    Rows whose `outcome` is not "chosen" (a snapshot's kept ties) have no preferred side and
+    are left out of every diagnostic."""
+    keep = [i for i, pair in enumerate(pairs) if pair.get("outcome", "chosen") == "chosen"]
+    kept = [pairs[i] for i in keep]
+    deltas = [chosen_scores[i] - rejected_scores[i] for i in keep]
+    results: dict[str, tuple[float, int]] = {}
+    for name, bucket in (("agreement", agreement_bucket), ("strength", strength_bucket)):
+        by_bucket = bucketed_accuracy(deltas, [bucket(pair) for pair in kept])
+        for label, (accuracy, n) in by_bucket.items():
+            results[f"accuracy/{name}={label}"] = (accuracy, n)
+    if deltas:
+        for name, value in calibration(deltas).items():
+            results[name] = (value, len(deltas))
+    scores = [*(chosen_scores[i] for i in keep), *(rejected_scores[i] for i in keep)]
+    lengths = [len(_reply_text(pair[side])) for side in ("chosen", "rejected") for pair in kept]
+    rho = length_correlation(scores, lengths)
+    if rho is not None:
+        results["length_correlation"] = (rho, len(scores))
+    if best_of_n_items:
+        rows, owner = [], []
+        for index, item in enumerate(best_of_n_items):
+            for candidate in item["candidates"]:
+                rows.append(_row(_as_messages(item["prompt"]), [_assistant(candidate)]))
+                owner.append(index)
+        flat = reward_scores(reward_model, tokenizer, rows, batch_size=batch_size)
+        per_prompt: list[list[float]] = [[] for _ in best_of_n_items]
+        for index, score in zip(owner, flat, strict=True):
+            per_prompt[index].append(score)
+        correct = [
+            [is_correct(c, item["answer"]) for c in item["candidates"]] for item in best_of_n_items
+        ]
+        for name, value in best_of_n(per_prompt, correct).items():
+            results[f"best_of_n/{name}"] = (value, len(best_of_n_items))
+    return results
+
+
+def _reply_text(reply: Messages | str) -> str:
+    if isinstance(reply, str):
+        return reply
+    return "".join(str(message.get("content", "")) for message in reply)
 
 
 def reward_win_rate(

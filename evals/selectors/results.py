@@ -21,6 +21,7 @@ from evals.ml.definitions import (
     STRIDED_PERPLEXITY_DEFINITION,
     WIN_RATE_DEFINITION,
 )
+from evals.ml.reward_diagnostics import REWARD_DIAGNOSTICS_DEFINITIONS  # plain math, no torch
 from evals.models import EvalResult, EvalRun, EvalSample, RunStatus, Suite
 from modeling.models import Checkpoint
 
@@ -58,7 +59,23 @@ METRIC_DEFINITIONS = {
 
 def lower_is_better(metric: str) -> bool:
     name = metric.rsplit("/", 1)[-1]
-    return "perplexity" in name or "bits_per_byte" in name
+    return "perplexity" in name or "bits_per_byte" in name or name in ("brier", "ece")
+
+
+def metric_definition(suite: str, metric: str) -> str:
+    """The metric's own definition where it has one (the reward diagnostics', by family:
+    accuracy/agreement=unanimous is an accuracy/agreement), else its suite's."""
+    exact = METRIC_DEFINITIONS.get((suite, metric))
+    if exact:
+        return exact
+    if suite == Suite.REWARD_ACCURACY:
+        family = metric.split("=", 1)[0]
+        text = REWARD_DIAGNOSTICS_DEFINITIONS.get(family) or REWARD_DIAGNOSTICS_DEFINITIONS.get(
+            family.split("/", 1)[0]
+        )
+        if text:
+            return text
+    return SUITE_DEFINITIONS.get(suite, "")
 
 
 # --- the checkpoint table ----------------------------------------------------------------------
@@ -84,9 +101,7 @@ class Column:
 
     @property
     def definition(self) -> str:
-        return METRIC_DEFINITIONS.get((self.suite, self.metric)) or SUITE_DEFINITIONS.get(
-            self.suite, ""
-        )
+        return metric_definition(self.suite, self.metric)
 
     @property
     def lower_is_better(self) -> bool:

@@ -50,7 +50,7 @@ SUITE_PARAMS: dict[str, set[str]] = {
     Suite.PERPLEXITY: COMMON_PARAMS | {"task_path", "stride"},
     Suite.MULTIPLE_CHOICE: COMMON_PARAMS | {"task_path"},
     Suite.GENERATIVE: COMMON_PARAMS | {"task_path", "max_new_tokens"} | SAMPLING_PARAMS,
-    Suite.REWARD_ACCURACY: COMMON_PARAMS | {"task_path"},
+    Suite.REWARD_ACCURACY: COMMON_PARAMS | {"task_path", "best_of_n_path"},
     Suite.WIN_RATE: COMMON_PARAMS | {"task_path", "max_new_tokens"} | SAMPLING_PARAMS,
     # processes: data-parallel over that many devices under `accelerate launch`, as lm-eval's
     # own HF backend shards its requests (jobs/backends/local.py launches it).

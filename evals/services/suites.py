@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.ml.stats import Z_95  # plain math: no torch in the web process
-from evals.ml.tasks import HELDOUT_PREFERENCES, HELDOUT_PROSE, shipped_tasks
+from evals.ml.tasks import HELDOUT_PREFERENCES, HELDOUT_PROSE, TASKS_DIR, shipped_tasks
 from evals.models import EvalRun, Suite
 from modeling.models import Checkpoint
 
@@ -30,6 +30,8 @@ SNAPSHOT_TEST_TASK = "snapshot-test"
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_NEW_TOKENS = 32
 DEFAULT_WIN_RATE_PROMPTS = 100
+# Prompts with candidate replies and gold answers, for the shipped pairs' best-of-n diagnostic.
+BEST_OF_N_ARITHMETIC = TASKS_DIR / "best_of_n" / "arithmetic.jsonl"
 
 
 class EvalInputError(ValueError):
@@ -206,26 +208,47 @@ def _multiple_choice(run: EvalRun) -> Outcome:
 
 
 def _generate(run: EvalRun, checkpoint: Checkpoint, task, limit: int | None) -> dict:
+    """The task's answers from `checkpoint`, on vLLM where the worker has it and a GPU (else
+    transformers), with the same sampling parameters; "engine" says which ran."""
     from evals.ml import evaluate_generative
+    from modeling.ml import sampling_engine
 
+    options = dict(
+        max_new_tokens=int(run.params.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
+        limit=limit,
+        # Greedy, as lm-eval's generate_until, unless the run asks for a temperature.
+        do_sample="temperature" in run.params,
+        temperature=run.params.get("temperature", 1.0),
+        top_p=run.params.get("top_p", 1.0),
+        seed=run.params.get("seed", 0),
+    )
+    if sampling_engine() == "vllm":
+        return {**_generate_vllm(checkpoint, task, options), "engine": "vllm"}
     model, tokenizer = load_policy(checkpoint)
     try:
-        return evaluate_generative(
-            model,
-            tokenizer,
-            task,
-            batch_size=_batch_size(run),
-            max_new_tokens=int(run.params.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
-            limit=limit,
-            # Greedy, as lm-eval's generate_until, unless the run asks for a temperature.
-            do_sample="temperature" in run.params,
-            temperature=run.params.get("temperature", 1.0),
-            top_p=run.params.get("top_p", 1.0),
-            seed=run.params.get("seed", 0),
-        )
+        result = evaluate_generative(model, tokenizer, task, batch_size=_batch_size(run), **options)
     finally:
         del model
         free_memory()
+    return {**result, "engine": "hf"}
+
+
+def _generate_vllm(checkpoint: Checkpoint, task, options: dict) -> dict:
+    import tempfile
+
+    from evals.ml import evaluate_generative_vllm
+    from modeling.ml import load_causal_lm, load_tokenizer
+    from modeling.ml.loading import is_lora_adapter
+
+    _require_weights(checkpoint)
+    tokenizer = load_tokenizer(checkpoint.tokenizer_load_path())
+    with tempfile.TemporaryDirectory(prefix="vllm-merged-") as merged:
+        path = str(checkpoint.load_path())
+        if is_lora_adapter(path):  # vLLM gets the merged model, as transformers does
+            load_causal_lm(path).save_pretrained(merged)
+            tokenizer.save_pretrained(merged)
+            path = merged
+        return evaluate_generative_vllm(path, tokenizer, task, **options)
 
 
 def _generative(run: EvalRun) -> Outcome:
@@ -245,11 +268,22 @@ def _generative(run: EvalRun) -> Outcome:
         for position, (item, sample) in enumerate(zip(task.items, result["samples"], strict=False))
     ]
     metric = mean_metric(task.scorer, result[task.scorer], result[f"{task.scorer}_stderr"], n)
-    return Outcome([metric], samples=samples, summary={"n": n, "scorer": task.scorer})
+    summary = {"n": n, "scorer": task.scorer, "engine": result["engine"]}
+    return Outcome([metric], samples=samples, summary=summary)
 
 
 def _reward_accuracy(run: EvalRun) -> Outcome:
-    from evals.ml import load_preference_pairs, reward_accuracy
+    """Accuracy, then the diagnostics of evals/ml/reward_diagnostics.py on the same scores:
+    accuracy by agreement and strength (snapshot rows carry them), Brier score, ECE, the
+    reward-length correlation and, on the shipped pairs (or with params.best_of_n_path),
+    best-of-n selection on prompts with candidates and gold answers."""
+    from evals.ml import (
+        accuracy_of_scores,
+        load_best_of_n,
+        load_preference_pairs,
+        pair_scores,
+        reward_model_diagnostics,
+    )
 
     if run.snapshot_id is not None:
         path = run.snapshot.path() / "test.jsonl"
@@ -260,10 +294,30 @@ def _reward_accuracy(run: EvalRun) -> Outcome:
     pairs = _read(load_preference_pairs, path)[: _limit(run)]
     if not pairs:
         raise EvalInputError(f"{path.name} holds no preference pairs to score.")
+    best_of_n_path = run.params.get("best_of_n_path")
+    if best_of_n_path is None and run.snapshot_id is None and not run.params.get("task_path"):
+        best_of_n_path = BEST_OF_N_ARITHMETIC
+    best_of_n_items = None
+    if best_of_n_path is not None:
+        if not Path(best_of_n_path).is_file():
+            raise EvalInputError(f"Best-of-n file {best_of_n_path} does not exist.")
+        best_of_n_items = _read(load_best_of_n, Path(best_of_n_path))[: _limit(run)]
     model, tokenizer = load_reward(run.checkpoint)
-    result = reward_accuracy(model, tokenizer, pairs, batch_size=_batch_size(run))
-    metric = mean_metric("accuracy", result["accuracy"], result["stderr"], result["n"])
-    return Outcome([metric], summary={"n": result["n"]})
+    batch_size = _batch_size(run)
+    chosen, rejected = pair_scores(model, tokenizer, pairs, batch_size=batch_size)
+    result = accuracy_of_scores(chosen, rejected)
+    metrics = [mean_metric("accuracy", result["accuracy"], result["stderr"], result["n"])]
+    diagnostics = reward_model_diagnostics(
+        model,
+        tokenizer,
+        pairs,
+        chosen,
+        rejected,
+        best_of_n_items=best_of_n_items,
+        batch_size=batch_size,
+    )
+    metrics += [Metric(name, value, n=n) for name, (value, n) in diagnostics.items()]
+    return Outcome(metrics, summary={"n": result["n"]})
 
 
 def _win_rate(run: EvalRun) -> Outcome:
@@ -274,7 +328,8 @@ def _win_rate(run: EvalRun) -> Outcome:
     items = task.items[:limit]
     _require_weights(run.reference)
     _require_weights(run.judge)
-    policy = _generate(run, run.checkpoint, task, limit)["samples"]
+    policy_result = _generate(run, run.checkpoint, task, limit)
+    policy = policy_result["samples"]
     reference = _generate(run, run.reference, task, limit)["samples"]
     judge, tokenizer = load_reward(run.judge)
     result = reward_win_rate(
@@ -299,6 +354,7 @@ def _win_rate(run: EvalRun) -> Outcome:
         "win_rate", result["win_rate"], low=result["low"], high=result["high"], n=result["n"]
     )
     summary = {key: result[key] for key in ("wins", "ties", "losses", "n")}
+    summary["engine"] = policy_result["engine"]
     return Outcome([metric], samples=samples, summary=summary)
 
 

@@ -25,6 +25,7 @@ _EXPORTS = {
     "TrainResult": "training",
     "train": "training",
     "generate": "generation",
+    "sampling_engine": "generation",
     "load_causal_lm": "loading",
     "load_reward_model": "loading",
     "load_tokenizer": "loading",

@@ -53,10 +53,40 @@ class JobConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     # "all-linear" targets every linear layer but the output head (PEFT's shorthand).
     lora_targets: str | list[str] = "all-linear"
+    # QLoRA (Dettmers et al. 2023): the frozen base loaded in 4-bit NF4 through bitsandbytes,
+    # computing in bf16, with LoRA adapters trained on top. GPU workers with bitsandbytes only
+    # (`pip install ".[gpu]"`); launch refuses it where the deployment says they have none.
+    quantization: Literal["none", "4bit"] = "none"
+
+    # The learning-rate schedule, passed to transformers as is. Warm up for a number of
+    # optimizer steps or a fraction of them (one or the other, not both).
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_min_lr", "constant", "constant_with_warmup"
+    ] = "linear"
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    # Evaluate on the snapshot's test split every N optimizer steps while training (kinds with a
+    # test split: sft, reward, dpo); None: only once, after training.
+    eval_steps: PositiveInt | None = None
 
     @property
     def effective_batch_size(self) -> int:
         return self.batch_size * self.gradient_accumulation_steps
+
+    @model_validator(mode="after")
+    def _one_warmup(self):
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError("warmup_steps and warmup_ratio exclude each other: set one")
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_base_trains_adapters(self):
+        # A 4-bit base cannot take gradient updates itself: only adapters on top of it train.
+        if self.quantization != "none" and not self.lora:
+            raise ValueError("quantization '4bit' (QLoRA) trains LoRA adapters: set lora to true")
+        return self
 
 
 class SFTJobConfig(JobConfig):
@@ -68,6 +98,12 @@ class SFTJobConfig(JobConfig):
     # The fallback where the template marks no assistant tokens (launch sets it, and says so on
     # the job): each conversation split into prompt and last reply, the loss on the reply only.
     completion_only_loss: bool = False
+    # Packing: conversations are concatenated into rows of max_length tokens (TRL's best-fit
+    # decreasing packing, each conversation kept whole where it fits) and batched padding-free:
+    # no pad tokens are computed. Position ids restart at each conversation, and attention stays
+    # within it (flash-attention reads the boundaries from them; transformers' sdpa and eager
+    # attention build the block-diagonal mask from them). The loss masks above still apply.
+    packing: bool = False
 
     @model_validator(mode="after")
     def _one_loss_mask(self):
@@ -103,6 +139,14 @@ class PPOJobConfig(OnlineJobConfig):
     num_ppo_epochs: PositiveInt = 4  # optimisation passes over each batch of rollouts
     # Subtracted from the score of a completion that never emits EOS (None: no penalty).
     missing_eos_penalty: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _no_quantized_ppo(self):
+        # TRL's experimental PPOTrainer takes loaded models (modeling/ml/ppo.py), and its value
+        # model trains in full: a 4-bit policy would save nothing there.
+        if self.quantization != "none":
+            raise ValueError("quantization is not supported for ppo; use rloo or grpo for QLoRA")
+        return self
 
 
 class _GroupedJobConfig(OnlineJobConfig):

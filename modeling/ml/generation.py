@@ -2,12 +2,22 @@
 
 from modeling.ml import generate
 generate("var/models/tiny", [[{"role": "user", "content": "What is 2 + 3?"}]], n=4)
+
+Two engines, the same sampling parameters: vLLM where `import vllm` works and CUDA is available
+(an extra for GPU hosts: `pip install vllm`), transformers' generate elsewhere
+(sampling_engine() says which a process uses). Both read the prompt as the chat template's
+token ids (BOS written once), stop at the same ids and clean the text the same way; vLLM's
+random stream differs from torch's, so a seed repeats a run on the same engine only.
 """
 
+import importlib.util
+import tempfile
 import unicodedata
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from modeling.ml.loading import load_causal_lm, load_tokenizer
 
@@ -25,8 +35,12 @@ def generate(
 ) -> list[list[str]]:
     """For each chat prompt, n completions (text of the assistant's reply, without EOS).
 
-    temperature=0 is greedy decoding. Runs on the GPU in bf16 when there is one, else on CPU.
+    temperature=0 is greedy decoding. Runs on the GPU in bf16 when there is one, else on CPU;
+    with vLLM where sampling_engine() says so.
     """
+    options = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    if sampling_engine() == "vllm":
+        return vllm_generate(model_path, prompts, seed=seed, **options)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     model = load_causal_lm(model_path, dtype=dtype, device=device)
@@ -99,6 +113,93 @@ def sample(
         clean_text(text) for text in tokenizer.batch_decode(completions, skip_special_tokens=True)
     ]
     return [decoded[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def sampling_engine() -> str:
+    """ "vllm" where vLLM is installed and a CUDA GPU is there to run it, else "hf"."""
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        return "vllm"
+    return "hf"
+
+
+def vllm_sampling_params(
+    *,
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    stop_token_ids: list[int],
+    stop: list[str] | None = None,
+):
+    """vllm.SamplingParams equal to what sample() asks transformers for: temperature 0 is greedy
+    (vLLM's convention too), no top-k (vLLM's -1, transformers' top_k=0/None), the same stop
+    ids, special tokens left out of the text."""
+    from vllm import SamplingParams
+
+    sampling = temperature > 0
+    return SamplingParams(
+        n=n,
+        temperature=temperature if sampling else 0.0,
+        top_p=top_p if sampling else 1.0,
+        top_k=-1,
+        max_tokens=max_new_tokens,
+        seed=seed,
+        stop_token_ids=stop_token_ids,
+        stop=stop or None,
+        skip_special_tokens=True,
+    )
+
+
+def vllm_generate(
+    model_path: str,
+    prompts: list[list[dict]],
+    *,
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+) -> list[list[str]]:
+    """generate() on vLLM. A LoRA adapter is merged into its base in a temporary directory
+    first (vLLM serves full models here; adapters stay a plain checkpoint for everyone else)."""
+    from vllm import LLM
+
+    from modeling.ml.loading import is_lora_adapter
+
+    with tempfile.TemporaryDirectory(prefix="vllm-merged-") as merged:
+        path = model_path
+        if is_lora_adapter(model_path):
+            load_causal_lm(model_path).save_pretrained(merged)
+            load_tokenizer(model_path).save_pretrained(merged)
+            path = merged
+        tokenizer = load_tokenizer(path)
+        llm = LLM(model=str(Path(path)), dtype="auto", seed=seed)
+        params = vllm_sampling_params(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            stop_token_ids=stop_token_ids(_generation_config_holder(path), tokenizer),
+        )
+        encoded = [{"prompt_token_ids": chat_prompt_ids(tokenizer, prompt)} for prompt in prompts]
+        outputs = llm.generate(encoded, params)
+    return [[clean_text(choice.text) for choice in output.outputs] for output in outputs]
+
+
+def _generation_config_holder(path: str) -> SimpleNamespace:
+    """What stop_token_ids reads of a model, without loading its weights."""
+    try:
+        return SimpleNamespace(generation_config=GenerationConfig.from_pretrained(path))
+    except OSError:  # a checkpoint saved without generation_config.json
+        return SimpleNamespace(generation_config=None)
+
+
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[dict]) -> list[int]:
+    """The prompt as sample() feeds it: the template's text, its BOS not doubled."""
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

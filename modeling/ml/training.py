@@ -17,6 +17,7 @@ Datasets are TRL's conversational shapes, one JSON object per line in dataset_di
 Other columns (the export's metadata) are dropped before TRL sees them.
 """
 
+import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,17 @@ def train(
         )
         # With tqdm off, transformers prints every log entry; ProgressCallback reports them.
         trainer.remove_callback(PrinterCallback)
+        if kind == "sft" and config.packing:
+            # Packing made fewer, longer rows: the steps are counted on those.
+            total = estimate_steps(kind, config, len(trainer.train_dataset))
+            reporter.report(
+                step=start_step,
+                total_steps=total,
+                metrics={},
+                log_line=f"packed {len(train_rows)} conversations into "
+                f"{len(trainer.train_dataset)} rows of up to {config.max_length} tokens: "
+                f"{total} steps",
+            )
 
         # -- train
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -248,7 +260,9 @@ class TRLTrainer:
 # PPO is not here: TRL's experimental PPOTrainer takes other arguments (modeling/ml/ppo.py).
 TRL_TRAINERS: dict[str, TRLTrainer] = {
     "sft": TRLTrainer(
-        "SFTTrainer", "SFTConfig", ("max_length", "assistant_only_loss", "completion_only_loss")
+        "SFTTrainer",
+        "SFTConfig",
+        ("max_length", "assistant_only_loss", "completion_only_loss", "packing"),
     ),
     # RewardTrainer adds a fresh scalar head (num_labels=1), seeded by args.seed.
     "reward": TRLTrainer("RewardTrainer", "RewardConfig", ("max_length",)),
@@ -314,11 +328,14 @@ def build_trainer(
     else:
         ours["include_num_input_tokens_seen"] = "non_padding"
         data = dict(processing_class=tokenizer, eval_dataset=eval_rows)
+        if eval_rows is not None and config.eval_steps:
+            args.update(eval_strategy="steps", eval_steps=config.eval_steps)
     return getattr(trl, spec.trainer)(
         model=base_path,
         args=getattr(trl, spec.config)(**args, **ours),
         train_dataset=train_rows,
         peft_config=peft_config,
+        quantization_config=quantization_config(config),
         callbacks=[callback],
         **data,
     )
@@ -343,6 +360,11 @@ def common_args(config: JobConfig, output: Path) -> dict[str, Any]:
         save_total_limit=config.save_total_limit,
         eval_strategy="no",
         disable_tqdm=True,
+        # transformers takes a warmup below 1 as a fraction of the steps, from 1 up as steps.
+        warmup_steps=config.warmup_steps or config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler_type,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
         **device_args(config),
     )
 
@@ -360,6 +382,31 @@ def device_args(config: JobConfig) -> dict[str, Any]:
         bf16=bf16,
         fp16=config.precision == "fp16",
         activation_checkpointing=config.gradient_checkpointing,
+    )
+
+
+def quantization_config(config: JobConfig):
+    """QLoRA's base: 4-bit NF4 weights with double quantization, bf16 compute (the QLoRA paper's
+    recipe). Needs CUDA and bitsandbytes (`pip install ".[gpu]"`); launch refuses it on a
+    deployment without them (modeling/services/jobs.py), this says so on a worker without."""
+    if config.quantization == "none":
+        return None
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(
+            "quantization '4bit' needs a CUDA GPU with bitsandbytes installed "
+            '(`pip install ".[gpu]"` on the GPU workers)'
+        )
+    return bnb_4bit_config()
+
+
+def bnb_4bit_config():
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
     )
 
 

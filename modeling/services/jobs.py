@@ -138,6 +138,8 @@ def _validate(
             errors["reward_model"] = reason
     if cleaned is not None and (reason := _distributed_error(cleaned.get("distributed") or {})):
         errors["distributed"] = reason
+    if cleaned is not None and (reason := _quantization_error(cleaned.get("quantization"))):
+        errors["quantization"] = reason
     if errors:
         raise ValidationError(errors)
     notes = []
@@ -168,6 +170,18 @@ def _distributed_error(distributed: dict[str, Any]) -> str:
     return (
         f"No GPU worker owns {processes} devices ({most}). Ask for fewer processes, or start a "
         f"worker with that many devices (VEREDICTO_WORKER_DEVICES)."
+    )
+
+
+def _quantization_error(quantization: str | None) -> str:
+    """Why the workers cannot load a quantized base, if they cannot. Their libraries are not
+    visible from here: the deployment declares them (VEREDICTO_GPU_BITSANDBYTES)."""
+    if quantization in (None, "none") or settings.VEREDICTO_GPU_BITSANDBYTES:
+        return ""
+    return (
+        f"quantization {quantization!r} (QLoRA) needs GPU workers with CUDA and bitsandbytes, and "
+        'this deployment declares none: install them with `pip install ".[gpu]"` on the GPU '
+        "workers and set VEREDICTO_GPU_BITSANDBYTES=true, or set quantization to none."
     )
 
 

@@ -279,7 +279,7 @@ def test_win_rate_of_a_model_against_an_identical_one_is_one_half(policy, reward
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.task == "toy_qa_gen"  # the shipped generative task's prompts
     # Same weights, greedy decoding: identical replies, identical rewards, three ties.
-    assert run.summary == {"wins": 0, "ties": 3, "losses": 0, "n": 3}
+    assert run.summary == {"wins": 0, "ties": 3, "losses": 0, "n": 3, "engine": "hf"}
     win_rate = run.results.get(metric="win_rate")
     assert win_rate.value == 0.5 and win_rate.ci_low < 0.5 < win_rate.ci_high
     samples = list(run.samples.all())

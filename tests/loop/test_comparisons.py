@@ -33,7 +33,7 @@ def trained(admin_user, base_checkpoint, make_snapshot):
 
 
 def test_generated_comparisons_become_pairwise_tasks_once(
-    gpu_worker, admin_user, base_checkpoint, trained, labelled_project
+    gpu_worker, admin_user, admin_client, base_checkpoint, trained, labelled_project
 ):
     items_before = Item.objects.filter(kind=TaskKind.PAIRWISE).count()
     # The oldest prompt is held out: the next round is trained on, so it must not get items.
@@ -56,6 +56,10 @@ def test_generated_comparisons_become_pairwise_tasks_once(
     outcome = batch.outcome
     assert outcome["items"] + outcome["skipped_empty"] + outcome["skipped_identical"] == 3
     assert outcome["items"] >= 1
+    # No vLLM and no GPU here: transformers sampled (tests/modeling/test_sampling_engine.py).
+    assert outcome["engine"] == "hf"
+    page = admin_client.get(f"/loop/batches/{batch.pk}/").content.decode()
+    assert "<dt>Sampled with</dt><dd>transformers generate</dd>" in page
 
     # A redelivered message finds nothing to claim: no second set of items.
     assert generate_comparisons.delay(batch.pk).get(timeout=60) == Status.SUCCEEDED

@@ -137,3 +137,42 @@ def test_on_cpu_training_is_fp32_and_mixed_precision_is_refused(monkeypatch):
     }
     with pytest.raises(ValueError, match="needs a GPU"):
         device_args(parse_job_config("dpo", {"precision": "bf16"}))
+
+
+# -- schedule, QLoRA and packing settings (issue #14)
+
+
+def test_schedule_settings_have_transformers_defaults_and_bounds():
+    config = parse_job_config("dpo", {})
+    assert (config.warmup_steps, config.warmup_ratio, config.lr_scheduler_type) == (0, 0, "linear")
+    assert (config.weight_decay, config.max_grad_norm, config.eval_steps) == (0, 1.0, None)
+    for bad in [
+        {"warmup_ratio": 1.0},
+        {"warmup_steps": -1},
+        {"lr_scheduler_type": "sawtooth"},
+        {"max_grad_norm": 0},
+        {"eval_steps": 0},
+    ]:
+        with pytest.raises(pydantic.ValidationError):
+            parse_job_config("sft", bad)
+
+
+def test_warmup_is_given_in_steps_or_as_a_ratio_not_both():
+    with pytest.raises(pydantic.ValidationError, match="warmup_steps and warmup_ratio exclude"):
+        parse_job_config("sft", {"warmup_steps": 10, "warmup_ratio": 0.1})
+
+
+def test_4bit_quantization_trains_lora_adapters_and_not_ppo():
+    with pytest.raises(pydantic.ValidationError, match="set lora to true"):
+        parse_job_config("sft", {"quantization": "4bit"})
+    with pytest.raises(pydantic.ValidationError, match="not supported for ppo"):
+        parse_job_config("ppo", {"quantization": "4bit", "lora": True})
+    with pytest.raises(pydantic.ValidationError):
+        parse_job_config("sft", {"quantization": "8bit", "lora": True})
+    assert parse_job_config("grpo", {"quantization": "4bit", "lora": True}).quantization == "4bit"
+
+
+def test_packing_is_an_sft_setting():
+    assert parse_job_config("sft", {"packing": True}).packing is True
+    with pytest.raises(pydantic.ValidationError, match="packing"):
+        parse_job_config("dpo", {"packing": True})
