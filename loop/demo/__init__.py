@@ -152,6 +152,7 @@ def run_demo_loop(
             grouped = config.grpo["batch_size"] // config.grpo["num_generations"]
             online, report.online_prompts = online_prompts(project, dpo, config, 2 * grouped)
             snapshots["online prompts"] = online
+            _record_snapshots(report, {"online prompts": online})
             final = train(report, "grpo", dpo, online, config.grpo)
         with stage("evaluation"):
             # Trained checkpoints were evaluated when their jobs succeeded; the registered base
