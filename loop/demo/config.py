@@ -88,7 +88,7 @@ SCALES: dict[str, DemoScale] = {
         train={"facts": 60, "reversing": 60, "arithmetic": 60, "sorting": 60},
         # About 5 minutes on 2 idle cores (0.25 s a step): the 240 facts and words need the
         # steps, each asked in about 20 chats.
-        pretrain_steps=1200,
+        pretrain_steps=1000,
         sft={"learning_rate": 3e-4, "epochs": 3, "batch_size": 16, "max_length": 128},
         # From the SFT checkpoint, judged honestly in the summary (accuracy, calibration,
         # best-of-8 against a random sample). Centred so PPO could use its scores as they are.
