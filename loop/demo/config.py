@@ -86,7 +86,7 @@ SCALES: dict[str, DemoScale] = {
         held_out={"facts": 60, "reversing": 60, "arithmetic": 110, "sorting": 110},
         # 360 for training: the other 60 facts, 60 words in all 3 phrasings, 60 sums, 60 lists.
         train={"facts": 60, "reversing": 60, "arithmetic": 60, "sorting": 60},
-        # About 5 minutes on 2 idle cores (0.25 s a step): the 240 facts and words need the
+        # About 4 minutes on 2 idle cores (0.25 s a step): the 240 facts and words need the
         # steps, each asked in about 20 chats.
         pretrain_steps=1000,
         sft={"learning_rate": 3e-4, "epochs": 3, "batch_size": 16, "max_length": 128},

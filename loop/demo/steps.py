@@ -189,7 +189,9 @@ def sample_replies(
         "max_new_tokens": config.max_new_tokens,
         "seed": config.seed,
     }
-    replies = generate(checkpoint.load_path(), [conversation(p) for p in unanswered], **params)
+    replies = generate(
+        checkpoint.load_path(), [conversation(p) for p in unanswered], batch_size=32, **params
+    )
     stored = {}
     with transaction.atomic():
         for prompt, texts in zip(unanswered, replies, strict=True):
