@@ -198,7 +198,8 @@ def sample_replies(
             stored[prompt.pk] = [
                 feedback_services.completion_create(
                     prompt=prompt,
-                    text=text.replace("\x00", "") or "(no reply)",
+                    # A reply of only whitespace is no reply (a completion must have text).
+                    text=text.replace("\x00", "") if text.strip() else "(no reply)",
                     model_name=checkpoint.display_name,
                     source=CompletionSource.CHECKPOINT,
                     generation_params={"checkpoint_id": checkpoint.pk, "sample": i, **params},
