@@ -198,8 +198,7 @@ def sample_replies(
             stored[prompt.pk] = [
                 feedback_services.completion_create(
                     prompt=prompt,
-                    # A reply of only whitespace is no reply (a completion must have text).
-                    text=text.replace("\x00", "") if text.strip() else "(no reply)",
+                    text=storable_reply(text),
                     model_name=checkpoint.display_name,
                     source=CompletionSource.CHECKPOINT,
                     generation_params={"checkpoint_id": checkpoint.pk, "sample": i, **params},
@@ -207,6 +206,13 @@ def sample_replies(
                 for i, text in enumerate(texts)
             ]
     return stored
+
+
+def storable_reply(text: str) -> str:
+    """A sampled reply as a completion can hold it: no NUL, and "(no reply)" for one with no
+    text at all (only whitespace), which a completion must not be."""
+    text = text.replace("\x00", "")
+    return text if text.strip() else "(no reply)"
 
 
 def comparison_items(project: Project, replies: dict[int, list[Completion]]) -> Counter:
