@@ -99,7 +99,13 @@ def prompt_plan(config: DemoScale) -> list[tuple[str, str]]:
     in any phrasing, though the pretraining corpus asks about every one (what makes them
     learnable). Held-out and training sums and lists are among the reserved questions the corpus
     never asks (loop.corpus.reserved_keys), so those measure generalisation."""
-    from loop.corpus import FACT_TABLE, RESERVED_DEMO_PROMPTS, REVERSE_WORDS, REVERSING_TEMPLATES
+    from loop.corpus import (
+        FACT_TABLE,
+        RESERVED_DEMO_PROMPTS,
+        REVERSE_WORDS,
+        REVERSING_TEMPLATES,
+        task_key,
+    )
 
     from .config import REVERSING_PHRASINGS
 
@@ -108,10 +114,14 @@ def prompt_plan(config: DemoScale) -> list[tuple[str, str]]:
     words = list(REVERSE_WORDS)
     rng.shuffle(facts)
     rng.shuffle(words)
+    # One phrasing per sum or list: "What is 3 + 4?" held out and "Compute 3 + 4." in training
+    # would be the same question.
     open_ended: dict[str, list[str]] = {"arithmetic": [], "sorting": []}
+    keys: set[tuple] = set()
     for question, _ in sample(RESERVED_DEMO_PROMPTS, seed=7):
         pool = open_ended.get(toy_kind(question))
-        if pool is not None and question not in pool:
+        if pool is not None and task_key(question) not in keys:
+            keys.add(task_key(question))
             pool.append(question)
     plan: list[tuple[str, str]] = []
     taken = {kind: 0 for kind in ("facts", "reversing", "arithmetic", "sorting")}
