@@ -48,3 +48,13 @@ def test_learnable_held_out_subjects_are_in_the_corpus_and_the_others_are_not():
             assert asked[subject(question)] >= 5, question
         else:
             assert asked[subject(question)] == 0, question
+
+
+@pytest.mark.parametrize(
+    ("sampled", "stored"),
+    [("tac", "tac"), (" ", "(no reply)"), ("\x00", "(no reply)"), ("a\x00b", "ab")],
+)
+def test_a_sample_with_no_text_is_stored_as_no_reply(sampled, stored):
+    from loop.demo.steps import storable_reply
+
+    assert storable_reply(sampled) == stored
