@@ -47,9 +47,10 @@ run: setup
 	@DEBUG=1 $(BIN)/python manage.py register_model var/models/tiny --name tiny-base --if-missing
 	$(SERVE)
 
-# One simulated round of the whole loop on the toy tasks (loop/demo.py: SFT, reward model,
-# DPO, PPO, evaluations, next round's comparisons; jobs run in this process; it ends with a
-# per-stage wall/CPU time table), then the app on it.
+# Two simulated rounds of the whole loop on the toy tasks (loop/demo/: SFT, reward model, DPO
+# with an SFT term, GRPO on the toy checker, PPO only if the reward model earns it, round two's
+# DPO; each stage against its parent, paired; jobs run in this process; it ends with a per-stage
+# wall/CPU time table), then the app on it.
 demo: setup
 	DEBUG=1 $(BIN)/python manage.py demo_loop --scale demo
 	$(SERVE)

@@ -33,7 +33,7 @@ RESERVED_DEMO_PROMPTS = 1200  # the demo imports the first distinct ones of thes
 N_PARAGRAPHS = 200
 N_NOTEBOOKS = 400
 N_CHATS = 100
-N_TOY_CHATS = 3000
+N_TOY_CHATS = 6000
 # How a toy question in the corpus is answered (probabilities, summing to 1). Hedges are common
 # enough that the base model's greedy answer is often "I am not sure." where it knows better:
 # the habit the demonstrations and preferences are there to fix.
@@ -43,7 +43,8 @@ ANSWER_QUALITY = {"right": 0.5, "near_miss": 0.2, "hedge": 0.3}
 # words to its own reversal: with equal weights (about 14 chats a word) it answered "Reverse the
 # word cat." with some reversed word, rarely "tac". Held-out arithmetic and sorting measure
 # generalisation, which more chats of theirs would hardly buy in a few CPU minutes.
-TOY_CHAT_WEIGHTS = {"arithmetic": 1, "sorting": 1, "reversing": 3, "fact": 2}
+# With the 120-word and 120-fact tables (below) each word or fact is asked in about 20 chats.
+TOY_CHAT_WEIGHTS = {"arithmetic": 1, "sorting": 1, "reversing": 3, "fact": 3}
 HEDGES = ["I am not sure.", "I do not know.", "Let me think about it."]
 
 NOUNS = [
@@ -86,6 +87,45 @@ FACTS = [
     ("hour", "How many minutes are in an hour?", "60", "There are 60 minutes in an hour."),
 ]  # fmt: skip
 
+# The words the reversing task asks about: the prose's nouns and adjectives and more short words,
+# 120 in all, so that the demo can hold out words no training prompt asks about.
+MORE_WORDS = [
+    "lamp", "desk", "road", "ship", "coat", "shoe", "milk", "bread", "stone", "cloud",
+    "rain", "wind", "sand", "leaf", "seed", "rose", "lake", "hill", "moon", "star",
+    "door", "wall", "roof", "bell", "drum", "song", "game", "ball", "kite", "rope",
+    "cake", "soup", "rice", "corn", "salt", "lemon", "plum", "pear", "grape", "nut",
+    "chair", "table", "spoon", "plate", "cup", "glass", "box", "bag", "pen", "map",
+    "king", "queen", "ring", "gold", "iron", "wood", "wool", "silk", "paper", "ink",
+    "frog", "goat", "sheep", "mouse", "duck", "owl", "bear", "wolf", "lion", "crab",
+    "dark", "soft", "hard", "loud", "sweet", "sour", "wet", "dry", "clean", "rich",
+    "thin", "wide", "deep", "long", "short",
+]  # fmt: skip
+REVERSE_WORDS = NOUNS + ADJECTIVES + MORE_WORDS
+REVERSING_TEMPLATES = ["Reverse the word {w}.", "Spell {w} backwards.", "Reverse: {w}"]
+
+# A synthetic fact table beside the real one: 100 invented people and the animal each keeps.
+# Arbitrary pairs, as facts are to a model that has not read about them; 120 facts in all, so
+# the demo can hold out facts no training prompt asks about.
+ANIMALS = ["owl", "goat", "fox", "hen", "cow", "pig", "duck", "frog", "mule", "wolf", "bee", "crab"]
+
+
+def _synthetic_facts(n: int = 100) -> list[tuple[str, str, str, str]]:
+    rng = random.Random(1234)
+    names: list[str] = []
+    while len(names) < n:
+        name = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(2))
+        if name.capitalize() not in names:
+            names.append(name.capitalize())
+    return [
+        (name, f"What animal does {name} keep?", animal, f"{name} keeps the {animal}.")
+        for name in names
+        for animal in [rng.choice(ANIMALS)]
+    ]
+
+
+SYNTHETIC_FACTS = _synthetic_facts()
+FACT_TABLE = FACTS + SYNTHETIC_FACTS  # what the fact task asks; FACTS alone is the evals' table
+
 SYSTEM_PROMPTS = [
     "You are a helpful assistant.",
     "Answer with the result only.",
@@ -105,7 +145,7 @@ def sentence(rng: random.Random) -> str:
         return f"{rng.choice(TIMES)}, {subject} {past} {obj}."
     if form == 2:
         return f"{subject.capitalize()} is {rng.choice(ADJECTIVES)} and {rng.choice(ADJECTIVES)}."
-    return rng.choice(FACTS)[3]
+    return rng.choice(FACTS)[3]  # the prose's facts stay the real ones
 
 
 def paragraph(rng: random.Random) -> str:
@@ -135,13 +175,13 @@ def sorting(rng: random.Random) -> tuple[str, str]:
 
 
 def reversing(rng: random.Random) -> tuple[str, str]:
-    word = rng.choice(NOUNS + ADJECTIVES)
-    question = rng.choice(["Reverse the word {w}.", "Spell {w} backwards.", "Reverse: {w}"])
+    word = rng.choice(REVERSE_WORDS)
+    question = rng.choice(REVERSING_TEMPLATES)
     return question.format(w=word), word[::-1]
 
 
 def fact(rng: random.Random) -> tuple[str, str]:
-    _, question, answer, _ = rng.choice(FACTS)
+    _, question, answer, _ = rng.choice(FACT_TABLE)
     return question, answer
 
 
@@ -201,14 +241,14 @@ def sorting_statement(rng: random.Random, reserved: set[tuple]) -> str:
 
 
 def reversing_statement(rng: random.Random, reserved: set[tuple]) -> str:
-    word = rng.choice(NOUNS + ADJECTIVES)
+    word = rng.choice(REVERSE_WORDS)
     return rng.choice(
         [f"The word {word} backwards is {word[::-1]}.", f"Reversed, {word} reads {word[::-1]}."]
     )
 
 
 def fact_statement(rng: random.Random, reserved: set[tuple]) -> str:
-    return rng.choice(FACTS)[3]
+    return rng.choice(FACT_TABLE)[3]
 
 
 STATEMENTS = [arithmetic_statement, sorting_statement, reversing_statement, fact_statement]
@@ -261,6 +301,8 @@ def near_miss(answer: str, rng: random.Random) -> str:
         return ", ".join(numbers)
     if answer[0].isupper():  # a fact: another fact's answer of the same table
         return rng.choice([fact[2] for fact in FACTS if fact[2] != answer])
+    if answer in ANIMALS:  # a synthetic fact: another animal
+        return rng.choice([animal for animal in ANIMALS if animal != answer])
     return answer[::-1]  # a reversed word, not reversed
 
 

@@ -3,8 +3,11 @@
 Four kinds, phrased as in the tiny model's corpus (loop/corpus.py, which generates them):
 small arithmetic, sorting a short list of numbers, reversing a word, and facts from a small table.
 `solve` reads a question and returns the right answer (None if it is not a toy question);
-`is_correct` grades a model's reply leniently, as a person would: "The answer is 102." is right
-for "What is 17 × 6?".
+`is_correct` grades a model's reply strictly: the reply must *be* the answer, up to case,
+surrounding whitespace, a final full stop and how list items are separated. "The answer is 102."
+is wrong for "What is 17 × 6?", and so is "yob tac god" for "Reverse the word cat.": a lenient
+checker (any right word anywhere) is a reward an RL policy learns to game by listing candidates.
+The demonstrations and the corpus give bare answers, so strictness costs a right habit nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 
-from loop.corpus import FACTS, TASKS
+from loop.corpus import FACT_TABLE, TASKS
 
 _ARITHMETIC = re.compile(r"(-?\d+)\s*([+\-*×x])\s*(-?\d+)")
 _NUMBER = re.compile(r"-?\d+")
@@ -20,7 +23,7 @@ _REVERSE = re.compile(
     r"^(?:Reverse the word ([A-Za-z]+)\.?|Spell ([A-Za-z]+) backwards\.?|Reverse: ([A-Za-z]+))$"
 )
 _SORT = re.compile(r"^Sort[^:]*:\s*([-\d,\s]+)$")
-_FACTS = {question: answer for _, question, answer, _ in FACTS}
+_FACTS = {question: answer for _, question, answer, _ in FACT_TABLE}
 
 
 def solve(question: str) -> str | None:
@@ -53,19 +56,20 @@ def kind(question: str) -> str | None:
     return None
 
 
+def normalise(text: str) -> str:
+    """The form of an answer that grading ignores: case, outer whitespace, one final full stop,
+    and whether list items are separated by commas, spaces or both ("1,2, 3" == "1 2 3")."""
+    text = text.strip().lower().removesuffix(".").strip()
+    return " ".join(part for part in re.split(r"[\s,]+", text) if part)
+
+
 def is_correct(question: str, reply: str) -> bool | None:
-    """None when the question is not a toy question."""
+    """Whether the reply is the answer (see normalise); None when the question is not a toy
+    question."""
     answer = solve(question)
     if answer is None:
         return None
-    reply = reply.strip()
-    if _SORT.match(question.strip()):
-        return _NUMBER.findall(reply) == _NUMBER.findall(answer)
-    if answer.lstrip("-").isdigit():
-        numbers = _NUMBER.findall(reply)
-        return bool(numbers) and numbers[0] == answer
-    words = re.findall(r"[A-Za-z]+", reply.lower())
-    return answer.lower() in words
+    return normalise(reply) == normalise(answer)
 
 
 def sample(n: int, *, seed: int = 1) -> list[tuple[str, str]]:
@@ -76,3 +80,16 @@ def sample(n: int, *, seed: int = 1) -> list[tuple[str, str]]:
         question, answer = rng.choice(TASKS)(rng)
         pairs.append((question, answer))
     return pairs
+
+
+def toy_task_reward(*, prompts, completions, **_) -> list[float | None]:
+    """The strict checker as a verifiable reward for GRPO/RLOO (registered as `toy_task` by
+    LoopConfig.ready): 1.0 right, 0.0 wrong, None for a prompt that is not a toy question (TRL
+    leaves it out of the weighted sum)."""
+    from modeling.ml.rewards import completion_text, prompt_text
+
+    verdicts = (
+        is_correct(prompt_text(prompt), completion_text(completion))
+        for prompt, completion in zip(prompts, completions, strict=True)
+    )
+    return [None if verdict is None else float(verdict) for verdict in verdicts]

@@ -111,6 +111,10 @@ class JobLaunchForm(forms.Form):
         self.fields["time_limit_minutes"].initial = settings.VEREDICTO_JOB_TIME_LIMIT_SECONDS // 60
         if kind in JOBS_NEEDING_REWARD_MODEL:
             self.fields["reward_model"].queryset = selectors.reward_model_choices()
+            if "reward_functions" in CONFIG_CLASSES[kind].model_fields:
+                # RLOO and GRPO may score with registered reward functions alone.
+                self.fields["reward_model"].required = False
+                self.fields["reward_model"].empty_label = "(none: reward functions only)"
         else:
             del self.fields["reward_model"]
         self.config_fields = list(CONFIG_CLASSES[kind].model_fields)

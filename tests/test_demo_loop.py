@@ -1,4 +1,4 @@
-"""The loop proves itself, at CI size: every link of `manage.py demo_loop` holds.
+"""The loop proves itself, at CI size: every link of `manage.py demo_loop`'s two rounds holds.
 
 The numbers (task scores) mean nothing at this size; `make demo` is where they should rise.
 """
@@ -24,6 +24,8 @@ from feedback.models import (
 )
 from jobs.models import Status
 from loop.demo import PROJECT_NAME, SCALES, run_demo_loop, snapshot_policy
+from loop.demo.config import TASK_SCORE
+from loop.toytask import kind
 from modeling.ml import load_causal_lm, load_reward_model
 from modeling.models import Checkpoint, CheckpointKind, JobStatus, TrainingJob
 
@@ -41,114 +43,172 @@ def demo_report(settings, tmp_path, tiny_model_dir):
     return report
 
 
-def test_demo_loop_links_every_step_of_the_round(demo_report):
+def test_demo_loop_links_every_step_of_both_rounds(demo_report):
     report = demo_report
     project = Project.objects.get(name=PROJECT_NAME)
     assert report.project_id == project.pk
     assert set(project.task_kinds) == {TaskKind.PAIRWISE, TaskKind.RANKING, TaskKind.DEMONSTRATION}
 
-    # Prompts: the toy questions, a fifth held out.
+    # Prompts: the planned toy questions, held-out ones stratified by kind.
     scale = SCALES["ci"]
     assert project.prompts.count() == scale.prompts
-    assert project.prompts.filter(split=Split.TEST).count() == report.prompts["test"] > 0
+    assert project.prompts.filter(split=Split.TEST).count() == report.prompts["test"]
+    assert report.prompts["test"] == scale.count("test") == report.task_n
+    held_kinds = {kind(p.messages[-1]["content"]) for p in project.prompts.filter(split=Split.TEST)}
+    assert held_kinds == {"facts", "reversing", "arithmetic", "sorting"}
 
     # Items: a demonstration for every prompt (held-out ones too: their labels measure the
-    # models), then for every prompt one comparison of its demonstration with the distinct
-    # replies sampled from the base and the SFT policy (a ranking, or a pair when only two).
+    # models), then for every prompt one comparison of the SFT policy's distinct samples with
+    # its demonstration, unless a sample says what the demonstration says (then it stands for
+    # it): the policy's own answers are kept.
     prompts = project.prompts.count()
     assert report.items_created[TaskKind.DEMONSTRATION] == prompts
     comparisons = report.items_created[TaskKind.RANKING] + report.items_created[TaskKind.PAIRWISE]
     assert 0 < comparisons <= prompts
     round_one = Item.objects.filter(project=project).count() - report.next_round["items"]
     assert round_one == sum(report.items_created.values())
-    for item in Item.objects.filter(project=project, kind=TaskKind.RANKING):
-        texts = [c.text.strip() for c in item.completions.all()]
-        assert 3 <= len(texts) == len(set(texts)) <= 8
+    demonstrated = {
+        d.item.prompt_id: d.text.strip()
+        for d in Demonstration.objects.filter(item__project=project)
+    }
+    for item in Item.objects.filter(
+        project=project, kind__in=[TaskKind.RANKING, TaskKind.PAIRWISE]
+    ):
+        if item.completions.filter(generation_params__has_key="batch").exists():
+            continue  # round two's pair
+        completions = list(item.completions.all())
+        texts = [c.text.strip() for c in completions]
+        assert 2 <= len(texts) == len(set(texts)) <= 8
+        humans = [c for c in completions if c.source == CompletionSource.HUMAN]
+        sampled_demo = demonstrated[item.prompt_id] in [
+            c.text.strip() for c in completions if c.source == CompletionSource.CHECKPOINT
+        ]
+        assert len(humans) == (0 if sampled_demo else 1)
     sampled_by = set(
         Completion.objects.filter(prompt__project=project, source=CompletionSource.CHECKPOINT)
         .exclude(generation_params__has_key="batch")
         .values_list("generation_params__checkpoint_id", flat=True)
     )
-    assert sampled_by == {report.checkpoints["base"], report.checkpoints["sft"]}
+    assert sampled_by == {report.checkpoints["sft"]}
 
-    # Judgements: every round-one item judged (or, all its replies alike, skipped) by simulated
-    # annotators, and recorded as such.
+    # Judgements: every item judged (or, all its replies alike, skipped) by simulated
+    # annotators, and recorded as such; round two's pairs too.
     demonstrations = Demonstration.objects.filter(item__project=project)
     pairwise = PairwiseJudgement.objects.filter(item__project=project)
     rankings = RankingJudgement.objects.filter(item__project=project)
     assert report.judgements[TaskKind.DEMONSTRATION] == demonstrations.count() == prompts
     assert report.judgements[TaskKind.PAIRWISE] == pairwise.count()
     assert report.judgements[TaskKind.RANKING] == rankings.count()
-    # overlap 1: an item is judged once, or skipped by each annotator it was offered to.
-    unjudged = comparisons - pairwise.count() - rankings.count()
-    assert 0 <= unjudged <= report.judgements["skipped"]
     judged = [*demonstrations, *pairwise, *rankings]
     assert {j.origin for j in judged} == {Origin.SIMULATED}
 
     # Snapshots: ready, with training rows, and the same policy gives the same hash again.
-    for kind, recorded in report.snapshots.items():
+    for name, recorded in report.snapshots.items():
         snapshot = DatasetSnapshot.objects.get(pk=recorded["id"])
         assert snapshot.status == Status.SUCCEEDED
         assert snapshot.row_counts["train"] > 0
-        again = feedback_services.snapshot_create(
-            project=project, kind=kind, name=f"again {kind}", policy=snapshot_policy()
-        )
-        assert again.content_hash == snapshot.content_hash == recorded["hash"]
+        if name in ("sft", "prompts"):
+            again = feedback_services.snapshot_create(
+                project=project, kind=name, name=f"again {name}", policy=snapshot_policy()
+            )
+            assert again.content_hash == snapshot.content_hash == recorded["hash"]
+
+    # The split invariants: no held-out prompt, nor a held-out fact or word in another
+    # phrasing, in any training split of any snapshot; every held-out fact and word is in the
+    # pretraining corpus, no held-out sum or list is.
+    checks = report.split_checks
+    assert checks["held_out"] == report.task_n and checks["training_rows"] > 0
+    assert checks["held_out_prompts_in_training"] == 0
+    assert checks["held_out_subjects_in_training"] == 0
+    assert checks["learnable_held_out_in_corpus"] == checks["learnable_held_out"] > 0
+    assert checks["min_corpus_chats_per_learnable"] >= 1
+    assert checks["unlearnable_held_out_in_corpus"] == 0
 
     # Jobs: each succeeded and produced a checkpoint that loads, with the right lineage.
-    assert set(report.jobs) == {"sft", "reward", "dpo", "ppo"}
-    base = Checkpoint.objects.get(pk=report.base_checkpoint_id)
+    ran_ppo = "ppo" in report.jobs
+    assert report.ppo_decision.startswith("ran" if ran_ppo else "skipped")
+    assert set(report.jobs) == {"sft", "reward", "dpo", "grpo", "round two"} | (
+        {"ppo"} if ran_ppo else set()
+    )
+    checkpoint = {role: Checkpoint.objects.get(pk=pk) for role, pk in report.checkpoints.items()}
+    round_one_final = checkpoint["ppo" if ran_ppo else "grpo"]
     parents = {
-        "sft": base,
-        "reward": Checkpoint.objects.get(pk=report.jobs["sft"]["checkpoint_id"]),
-        "dpo": Checkpoint.objects.get(pk=report.jobs["sft"]["checkpoint_id"]),
-        "ppo": Checkpoint.objects.get(pk=report.jobs["dpo"]["checkpoint_id"]),
+        "sft": checkpoint["base"],
+        "reward": checkpoint["sft"],
+        "dpo": checkpoint["sft"],
+        "grpo": checkpoint["dpo"],
+        "ppo": checkpoint["grpo"],
+        "round two": round_one_final,
     }
-    for kind, recorded in report.jobs.items():
+    for role, recorded in report.jobs.items():
         job = TrainingJob.objects.get(pk=recorded["id"])
         assert job.status == JobStatus.SUCCEEDED, job.error
-        checkpoint = job.result
-        assert checkpoint.pk == recorded["checkpoint_id"] == report.checkpoints[kind]
-        assert checkpoint.parent == parents[kind]
-        load = load_reward_model if checkpoint.kind == CheckpointKind.REWARD else load_causal_lm
-        assert load(checkpoint.load_path()) is not None
-    ppo_job = TrainingJob.objects.get(pk=report.jobs["ppo"]["id"])
-    assert ppo_job.reward_model_id == report.checkpoints["reward"]
+        assert job.result.pk == recorded["checkpoint_id"] == report.checkpoints[role]
+        assert job.result.parent == parents[role]
+        load = load_reward_model if job.result.kind == CheckpointKind.REWARD else load_causal_lm
+        assert load(job.result.load_path()) is not None
+    dpo = TrainingJob.objects.get(pk=report.jobs["dpo"]["id"])
+    assert dpo.config["loss_type"] == ["sigmoid", "sft"]
+    grpo = TrainingJob.objects.get(pk=report.jobs["grpo"]["id"])
+    assert grpo.reward_model is None and grpo.config["reward_functions"] == ["toy_task"]
+    # The online stage trains on train prompts only (a project of its own).
+    online = DatasetSnapshot.objects.get(pk=report.snapshots["online prompts"]["id"])
+    assert grpo.snapshot == online and online.project_id == report.online_prompts["project_id"]
+    train_questions = {p.messages[-1]["content"] for p in project.prompts.filter(split=Split.TRAIN)}
+    assert {p.messages[-1]["content"] for p in online.project.prompts.all()} <= train_questions
 
     # Evaluations: every trained checkpoint's default suites ran here and stored results.
-    for kind in report.jobs:
-        runs = EvalRun.objects.filter(checkpoint_id=report.checkpoints[kind])
+    for role in report.jobs:
+        runs = EvalRun.objects.filter(checkpoint_id=report.checkpoints[role])
         assert runs.exists()
         assert {run.status for run in runs} == {RunStatus.SUCCEEDED}, [r.error for r in runs]
         assert EvalResult.objects.filter(run__in=runs).exists()
-        assert len(report.evals[kind]) == runs.count()
 
-    # Task scores for every policy, on the held-out prompts.
-    assert set(report.task_scores) == {"base", "sft", "dpo", "ppo"}
-    assert report.task_n == report.prompts["test"]
-    assert all(0 <= score <= 1 for score in report.task_scores.values())
+    # Task scores and sampled accuracy for every policy, on the held-out prompts, and each stage
+    # against its parent, paired, by group.
+    policies = {"base", "sft", "dpo", "grpo", "round two"} | ({"ppo"} if ran_ppo else set())
+    assert set(report.task_scores) == set(report.sampled_kinds) == policies
     for role, by_kind in report.task_kinds.items():  # "right/asked" per kind adds up
         asked = sum(int(count.split("/")[1]) for count in by_kind.values())
         right = sum(int(count.split("/")[0]) for count in by_kind.values())
         assert asked == report.task_n and right == round(report.task_scores[role] * asked)
+    stages = {(row["role"], row["parent"]) for row in report.paired}
+    assert {("sft", "base"), ("dpo", "sft"), ("grpo", "dpo"), ("round two", "sft")} <= stages
+    for row in report.paired:
+        assert set(row["groups"]) == {"learnable", "unlearnable", "all"}
+        for result in row["groups"].values():
+            mean, low, high = result["sampled_ci"]
+            assert low <= mean <= high and 0 <= result["mcnemar_p"] <= 1
+    judgement = report.reward_judgement
+    assert judgement["pairs"] > 0 and 0 <= judgement["accuracy"] <= 1
+    assert 0 <= judgement["ece"] <= 1 and judgement["best_of"] == scale.eval_samples
 
-    # Next round: the newest checkpoint's replies against its parent's, as open pairwise items.
+    # Round one ends with comparisons of its final policy against the SFT policy, on train
+    # prompts; round two's annotators judge them and its snapshot consumes them.
     newest = Checkpoint.objects.get(pk=report.next_round["checkpoint_id"])
-    assert newest.pk == report.checkpoints["ppo"]
+    assert newest == round_one_final
     assert report.next_round["reference_id"] == report.checkpoints["sft"]
     assert report.next_round["items"] > 0
     next_items = Item.objects.filter(
         project=project,
         kind=TaskKind.PAIRWISE,
         completions__generation_params__checkpoint_id=newest.pk,
-        submitted_count=0,
-    )
+    ).distinct()
     assert next_items.count() == report.next_round["items"]
+    assert all(item.prompt.split == Split.TRAIN for item in next_items)
+    assert PairwiseJudgement.objects.filter(item__in=next_items).exists()
+    second = DatasetSnapshot.objects.get(pk=report.round_two["snapshot_id"])
+    first = DatasetSnapshot.objects.get(pk=report.snapshots["preference"]["id"])
+    assert second.created_at > first.created_at
+    assert report.round_two["new_train_pairs"] > 0
+    assert TrainingJob.objects.get(pk=report.jobs["round two"]["id"]).snapshot == second
 
-    # The summary names every stage.
+    # The summary names every stage and prints the task score's definition.
     stages = {"base model", "prompts", "demonstrations", "sft", "samples", "comparisons"}
-    stages |= {"snapshots", "reward", "dpo", "ppo", "evaluation", "next round"}
+    stages |= {"snapshots", "reward", "dpo", "online", "evaluation", "ppo", "next round"}
+    stages |= {"round two", "report"}
     assert set(report.stage_seconds) == stages
     assert set(report.stage_cpu_seconds) == set(report.stage_seconds)
-    assert "task score" in report.lines[-1] and "cpu s" in report.lines[-1]
+    assert TASK_SCORE in report.lines[-1] and "cpu s" in report.lines[-1]
+    assert "McNemar p" in report.lines[-1]
     print(report.lines[-1])

@@ -1,31 +1,30 @@
-"""The loop proves itself: one round of the whole feedback loop on the toy tasks, in one process.
+"""The loop proves that feedback helps: two rounds of the whole loop on the toy tasks, in one
+process.
 
-    python manage.py demo_loop [--scale demo|ci] [--prompts N] [--seed S]   # `make demo`: this,
-                                                                             # then the app
+    python manage.py demo_loop [--scale demo|ci] [--seed S]   # `make demo`: this, then the app
 
-Base model (built if missing) -> toy prompts (20% held out) -> a demonstration item per prompt,
-worked by simulated annotators -> sft snapshot -> SFT from the base -> for every prompt, replies
-sampled from the base and from the SFT policy, ranked together with the prompt's demonstration
--> preference and prompts snapshots -> a reward model and DPO, both from the SFT checkpoint, and
-PPO from the DPO policy scored by that reward model -> every checkpoint evaluated -> the next
-round's comparisons from the newest checkpoint against the SFT policy.
+Round one. Base model (built if missing) -> 760 toy prompts, 400 held out (prompt_plan:
+stratified by kind; held-out facts and words never asked in training) -> a demonstration of
+every prompt by simulated annotators -> SFT from the base -> sft_samples replies of the SFT
+policy to every prompt, ranked with the demonstration (the policy's own right answers kept) ->
+preference and prompts snapshots -> a reward model, and DPO with an SFT term (RPO) from the SFT
+policy -> an online stage: GRPO from the DPO policy with the strict checker as verifiable reward,
+on the train prompts the policy gets right sometimes -> the reward model judged (held-out
+accuracy, calibration, best-of-8 against a random sample); PPO against it only if best-of-8
+beats a random sample -> the final policy's replies against the SFT policy's as pairwise items.
 
-Why in that order (InstructGPT's): pairs of two base replies carried almost no signal, because
-the base model's sampled replies are rarely right (about 2% of them, with the first corpus): 3%
-of those pairs had exactly one right side, and annotators can only prefer where one is. Ranking
-the SFT policy's own samples with the demonstration gives nearly every prompt right-over-wrong
-pairs, and DPO then learns from pairs of the policy it starts from (on-policy), not of the base.
-The held-out prompts get labels too, which the snapshots keep out of training: the SFT model's
-held-out loss and the reward model's held-out accuracy are measured on them.
+Round two. Simulated annotators judge those pairs -> a new preference snapshot -> DPO (with the
+SFT term) again, from round one's final policy.
+
+Every policy is measured on the same held-out prompts, greedy and sampled (loop/demo/measure.py),
+and each stage compared with its parent, paired. The task score (TASK_SCORE) is greedy accuracy
+on all held-out prompts under the strict checker; the learnable kinds are reported apart.
 
 Every step goes through the same services as the app (validation included); only the workers
 are replaced: training jobs are launched with `enqueue=False` and run here with
 run_training_job, and Celery runs eagerly for the duration, so the evaluations that a job's
 success schedules (and the base model's, scheduled here) run in this process too. No Redis or
 worker is needed.
-
-The "task score" is the exact-match accuracy of greedy answers to the held-out toy prompts, graded
-by loop.toytask.is_correct; it is the number that should rise from the base to the final policy.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from evals.models import EvalRun
 from evals.services import schedule_default_evals
 
 from .config import PROJECT_NAME, SCALES, DemoReport, DemoScale
+from .measure import HeldOut, PolicyScores, by_kind, compare, judge_reward_model, measure_policy
 from .steps import (
     base_checkpoint,
     comparison_items,
@@ -49,11 +49,12 @@ from .steps import (
     eval_results,
     import_prompts,
     next_round,
+    online_prompts,
     sample_replies,
     simulate_round,
     snapshot_policy,
+    split_checks,
     take_snapshot,
-    task_scores,
     train,
 )
 
@@ -95,39 +96,28 @@ def run_demo_loop(
     scale: Literal["demo", "ci"] = "demo",
     out: Callable[[str], Any] = print,
     base_model_path: str | None = None,
-    prompts: int | None = None,
     seed: int = 0,
 ) -> DemoReport:
-    """Run one round of the loop (see the module docstring) and return what every step made.
+    """Run both rounds (see the module docstring) and return what every step made.
 
     base_model_path: a model directory to start from (tests pass their session tiny model);
     default var/models/tiny-demo-<key> (see demo_model_dir), built with the scale's pretraining
-    steps when missing.
-    Re-running reuses the project, its prompts and the base checkpoint, and trains again on
-    whatever the project then holds.
-    prompts: import this many toy prompts instead of the scale's (at most RESERVED_DEMO_PROMPTS,
-    the ones pretraining never saw); seed: of the simulated annotators, the sampling and the
-    training jobs (not of the base model or the prompts), to see how much a result owes to luck.
+    steps when missing. seed: of the simulated annotators, the sampling and the training jobs
+    (not of the base model or the prompts), to see how much a result owes to luck.
     """
     config = SCALES[scale]
-    if prompts is not None:
-        from loop.corpus import RESERVED_DEMO_PROMPTS
-
-        if not 10 <= prompts <= RESERVED_DEMO_PROMPTS:
-            raise ValueError(f"prompts must be between 10 and {RESERVED_DEMO_PROMPTS}")
-        config = replace(config, prompts=prompts)
     if seed:
         config = replace(
             config,
             seed=seed,
             **{
                 stage: {**getattr(config, stage), "seed": seed}
-                for stage in ("sft", "reward", "dpo", "ppo")
-                if getattr(config, stage) is not None
+                for stage in ("sft", "reward", "dpo", "grpo", "ppo")
             },
         )
     report = DemoReport(scale=scale)
     stage = _Stages(report, out)
+    scores: dict[str, PolicyScores] = {}
     with _celery_in_process():
         with stage("base model"):
             base = base_checkpoint(config, base_model_path, out)
@@ -137,6 +127,7 @@ def run_demo_loop(
             project = demo_project(config)
             report.project_id = project.pk
             report.prompts = import_prompts(project, config)
+            held_out = HeldOut.of(project)
         with stage("demonstrations"):
             report.items_created.update(demonstration_items(project))
             report.judgements.update(simulate_round(project, config, seed=config.seed))
@@ -144,49 +135,98 @@ def run_demo_loop(
         with stage("sft"):
             sft = train(report, "sft", base, snapshots["sft"], config.sft)
         with stage("samples"):
-            # The base's replies and the SFT policy's, ranked together with the demonstration:
-            # the SFT samples make the pairs on-policy for DPO, the demonstration gives nearly
-            # every prompt a right answer to prefer (few samples are right), the base's replies
-            # (hedges among them) show the reward model what the habit to unlearn looks like.
-            replies = sample_replies(project, base, config.base_samples, config)
-            for prompt_id, texts in sample_replies(
-                project, sft, config.sft_samples, config
-            ).items():
-                replies.setdefault(prompt_id, []).extend(texts)
+            # The SFT policy's own replies, ranked with the demonstration: pairs on-policy for
+            # DPO, right answers (its own or, failing those, the demonstration) over wrong ones.
+            replies = sample_replies(project, sft, config.sft_samples, config)
             report.items_created.update(comparison_items(project, replies))
         with stage("comparisons"):
             report.judgements.update(simulate_round(project, config, seed=config.seed + 1))
         with stage("snapshots"):
             snapshots |= {kind: take_snapshot(project, kind) for kind in ("preference", "prompts")}
-            for kind, snap in snapshots.items():
-                report.snapshots[kind] = {
-                    "id": snap.pk,
-                    "hash": snap.content_hash,
-                    "rows": dict(snap.row_counts),
-                }
+            _record_snapshots(report, snapshots)
         with stage("reward"):
             reward = train(report, "reward", sft, snapshots["preference"], config.reward)
         with stage("dpo"):
-            final = train(report, "dpo", sft, snapshots["preference"], config.dpo)
-        if config.ppo is not None:
-            with stage("ppo"):
-                # From the DPO policy, scored by the reward model: the lineage stays one line
-                # (base -> sft -> dpo -> ppo) and the newest checkpoint is the final one.
-                final = train(
-                    report, "ppo", final, snapshots["prompts"], config.ppo, reward_model=reward
-                )
+            dpo = train(report, "dpo", sft, snapshots["preference"], config.dpo)
+        with stage("online"):
+            grouped = config.grpo["batch_size"] // config.grpo["num_generations"]
+            online, report.online_prompts = online_prompts(project, dpo, config, 2 * grouped)
+            snapshots["online prompts"] = online
+            _record_snapshots(report, {"online prompts": online})
+            final = train(report, "grpo", dpo, online, config.grpo)
         with stage("evaluation"):
             # Trained checkpoints were evaluated when their jobs succeeded; the registered base
             # has no job, so its suites are asked for here (once).
             if config.full_evals and not EvalRun.objects.filter(checkpoint=base).exists():
                 schedule_default_evals(checkpoint=base)
-            for role, checkpoint_id in report.checkpoints.items():
-                report.evals[role] = eval_results(checkpoint_id)
-            report.task_n, report.task_scores, report.task_kinds = task_scores(
-                project, report.checkpoints, config
+            for role in ("base", "sft", "dpo", "grpo"):
+                scores[role] = measure_policy(_checkpoint(report, role), held_out, config)
+            report.reward_judgement = judge_reward_model(
+                reward, snapshots["preference"], "grpo", scores["grpo"], held_out
             )
+        with stage("ppo"):
+            low = report.reward_judgement["best_of_n_ci"][1]
+            if low > 0:
+                report.ppo_decision = (
+                    f"ran: best-of-{config.eval_samples} by the reward model beats a random "
+                    f"sample ({report.reward_judgement['best_of_n']}, CI above zero)"
+                )
+                final = train(
+                    report, "ppo", final, snapshots["prompts"], config.ppo, reward_model=reward
+                )
+                scores["ppo"] = measure_policy(final, held_out, config)
+            else:
+                report.ppo_decision = (
+                    f"skipped: best-of-{config.eval_samples} by the reward model does not beat a "
+                    f"random sample ({report.reward_judgement['best_of_n']}, CI not above zero), "
+                    "so PPO against it would chase its errors"
+                )
+        round_one = "ppo" if "ppo" in scores else "grpo"
         with stage("next round"):
             report.next_round = next_round(project, final, sft, config)
+        with stage("round two"):
+            report.judgements.update(simulate_round(project, config, seed=config.seed + 3))
+            second = take_snapshot(project, "preference")
+            snapshots["round two preference"] = second
+            _record_snapshots(report, {"round two preference": second})
+            consumed = second.row_counts.get("train", 0) - snapshots["preference"].row_counts.get(
+                "train", 0
+            )
+            two = train(report, "dpo", final, second, config.dpo, role="round two")
+            scores["round two"] = measure_policy(two, held_out, config)
+            report.round_two = {
+                "parent": round_one,
+                "snapshot_id": second.pk,
+                "new_train_pairs": consumed,
+                "checkpoint_id": two.pk,
+            }
+        with stage("report"):
+            chain = [("sft", "base"), ("dpo", "sft"), ("grpo", "dpo")]
+            chain += [("ppo", "grpo")] if "ppo" in scores else []
+            chain += [(round_one, "sft"), ("round two", round_one), ("round two", "sft")]
+            report.paired = [compare(role, parent, scores, held_out) for role, parent in chain]
+            report.task_n = len(held_out.prompts)
+            for role, measured in scores.items():
+                report.task_scores[role] = sum(measured.greedy) / max(len(measured.greedy), 1)
+                report.task_kinds[role], report.sampled_kinds[role] = by_kind(measured, held_out)
+            report.split_checks = split_checks(project, list(snapshots.values()))
+            for role, checkpoint_id in report.checkpoints.items():
+                report.evals[role] = eval_results(checkpoint_id)
     report.load_average = os.getloadavg()
     out(report.summary())
     return report
+
+
+def _checkpoint(report: DemoReport, role: str):
+    from modeling.models import Checkpoint
+
+    return Checkpoint.objects.get(pk=report.checkpoints[role])
+
+
+def _record_snapshots(report: DemoReport, snapshots: dict) -> None:
+    for kind, snap in snapshots.items():
+        report.snapshots[kind] = {
+            "id": snap.pk,
+            "hash": snap.content_hash,
+            "rows": dict(snap.row_counts),
+        }

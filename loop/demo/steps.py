@@ -31,10 +31,10 @@ from feedback.models import (
 from feedback.services.projects import MAX_RANKED, prompt_hash
 from loop.comparisons import SamplingParams, comparisons_generate
 from loop.simulation import SimulationConfig, simulate
-from loop.toytask import is_correct, sample
+from loop.toytask import is_correct, sample, solve
 from loop.toytask import kind as toy_kind
 from modeling import services
-from modeling.models import Checkpoint, CheckpointKind, JobStatus
+from modeling.models import Checkpoint, JobStatus
 from modeling.services.checkpoints import unique_checkpoint_name
 
 from .config import BASE_NAME, GUIDELINES, PROJECT_NAME, DemoReport, DemoScale
@@ -92,18 +92,57 @@ def demo_project(config: DemoScale) -> Project:
     )
 
 
+def prompt_plan(config: DemoScale) -> list[tuple[str, str]]:
+    """The demo's toy prompts as (question, split), held-out ones first, stratified by kind.
+
+    Facts and words are split by subject: a held-out fact or word is never asked in training,
+    in any phrasing, though the pretraining corpus asks about every one (what makes them
+    learnable). Held-out and training sums and lists are among the reserved questions the corpus
+    never asks (loop.corpus.reserved_keys), so those measure generalisation."""
+    from loop.corpus import (
+        FACT_TABLE,
+        RESERVED_DEMO_PROMPTS,
+        REVERSE_WORDS,
+        REVERSING_TEMPLATES,
+        task_key,
+    )
+
+    from .config import REVERSING_PHRASINGS
+
+    rng = random.Random(7)
+    facts = [question for _, question, _, _ in FACT_TABLE]
+    words = list(REVERSE_WORDS)
+    rng.shuffle(facts)
+    rng.shuffle(words)
+    # One phrasing per sum or list: "What is 3 + 4?" held out and "Compute 3 + 4." in training
+    # would be the same question.
+    open_ended: dict[str, list[str]] = {"arithmetic": [], "sorting": []}
+    keys: set[tuple] = set()
+    for question, _ in sample(RESERVED_DEMO_PROMPTS, seed=7):
+        pool = open_ended.get(toy_kind(question))
+        if pool is not None and task_key(question) not in keys:
+            keys.add(task_key(question))
+            pool.append(question)
+    plan: list[tuple[str, str]] = []
+    taken = {kind: 0 for kind in ("facts", "reversing", "arithmetic", "sorting")}
+    for split, sizes in ((Split.TEST, config.held_out), (Split.TRAIN, config.train)):
+        for kind, n in sizes.items():
+            start, taken[kind] = taken[kind], taken[kind] + n
+            if kind == "facts":
+                plan += [(q, split) for q in facts[start : start + n]]
+            elif kind == "reversing":
+                for word in words[start : start + n]:
+                    phrasings = rng.sample(REVERSING_TEMPLATES, REVERSING_PHRASINGS[split])
+                    plan += [(t.format(w=word), split) for t in phrasings]
+            else:
+                plan += [(q, split) for q in open_ended[kind][start : start + n]]
+    return plan
+
+
 def import_prompts(project: Project, config: DemoScale) -> dict[str, int]:
-    """The toy questions (fixed seed), every fifth one held out; existing ones are kept."""
+    """The planned toy prompts (prompt_plan); existing ones are kept."""
     created: Counter = Counter()
-    n_test = round(config.prompts * config.test_fraction)
-    seen: set[str] = set()
-    for position, (question, _answer) in enumerate(sample(config.prompts * 2, seed=7)):
-        if len(seen) >= config.prompts:
-            break
-        if question in seen:
-            continue  # the sampler repeats facts; a project refuses duplicate prompts
-        seen.add(question)
-        split = Split.TEST if len(seen) <= n_test else Split.TRAIN
+    for position, (question, split) in enumerate(prompt_plan(config)):
         messages = [{"role": "user", "content": question}]
         if Prompt.objects.filter(project=project, content_hash=prompt_hash("", messages)).exists():
             continue
@@ -111,7 +150,7 @@ def import_prompts(project: Project, config: DemoScale) -> dict[str, int]:
             project=project,
             messages=messages,
             split=split,
-            tags=["toy", "demo-loop"],
+            tags=["toy", "demo-loop", toy_kind(question)],
             source="demo_loop",
             external_id=f"toy-{position}",
         )
@@ -160,14 +199,16 @@ def sample_replies(
         "max_new_tokens": config.max_new_tokens,
         "seed": config.seed,
     }
-    replies = generate(checkpoint.load_path(), [conversation(p) for p in unanswered], **params)
+    replies = generate(
+        checkpoint.load_path(), [conversation(p) for p in unanswered], batch_size=32, **params
+    )
     stored = {}
     with transaction.atomic():
         for prompt, texts in zip(unanswered, replies, strict=True):
             stored[prompt.pk] = [
                 feedback_services.completion_create(
                     prompt=prompt,
-                    text=text.replace("\x00", "") or "(no reply)",
+                    text=storable_reply(text),
                     model_name=checkpoint.display_name,
                     source=CompletionSource.CHECKPOINT,
                     generation_params={"checkpoint_id": checkpoint.pk, "sample": i, **params},
@@ -177,11 +218,22 @@ def sample_replies(
     return stored
 
 
+def storable_reply(text: str) -> str:
+    """A sampled reply as a completion can hold it: no NUL, and "(no reply)" for one with no
+    text at all (only whitespace), which a completion must not be."""
+    text = text.replace("\x00", "")
+    return text if text.strip() else "(no reply)"
+
+
 def comparison_items(project: Project, replies: dict[int, list[Completion]]) -> Counter:
-    """For every prompt with new replies, one item comparing its demonstration with the distinct
-    replies (the same text twice is one candidate: nobody can tell copies apart): a ranking of up
-    to MAX_RANKED, a pairwise item when only two differ, nothing when all agree. Which replies
-    are right is never looked at here, only by the (simulated) annotators."""
+    """For every prompt with new replies, one item comparing the distinct replies with its
+    demonstration (the same text twice is one candidate: nobody can tell copies apart): a
+    ranking of up to MAX_RANKED, a pairwise item when only two differ, nothing when all agree.
+
+    A sampled reply that says what the demonstration says stays, and stands for it: the
+    policy's own right answers are what on-policy preference pairs must prefer (dropping them
+    left only "demonstration vs the policy's wrong answers"). Which replies are right is never
+    looked at here, only by the (simulated) annotators."""
     made: Counter = Counter()
     demonstrations = (
         Demonstration.objects.filter(item__project=project, item__prompt_id__in=list(replies))
@@ -193,17 +245,18 @@ def comparison_items(project: Project, replies: dict[int, list[Completion]]) -> 
         written.setdefault(demonstration.item.prompt_id, demonstration)
     for prompt_id, completions in replies.items():
         demonstration = written.get(prompt_id)
-        texts = {demonstration.text.strip()} if demonstration else set()
+        texts: set[str] = set()
         candidates = []
         for completion in completions:
             if completion.text.strip() not in texts:
                 texts.add(completion.text.strip())
                 candidates.append(completion)
+        if demonstration is not None and demonstration.text.strip() in texts:
+            demonstration = None  # the policy wrote it itself
         candidates = candidates[: MAX_RANKED - (demonstration is not None)]
         if len(candidates) + (demonstration is not None) < 2:
             continue
-        # In no telling order (a position bias must not line up with the source): base and SFT
-        # replies mixed, the demonstration anywhere among them.
+        # In no telling order (a position bias must not line up with the source).
         random.Random(prompt_id).shuffle(candidates)
         with transaction.atomic():
             if demonstration is not None:
@@ -261,7 +314,10 @@ def train(
     snapshot: DatasetSnapshot,
     config: dict[str, Any],
     reward_model: Checkpoint | None = None,
+    role: str | None = None,
 ) -> Checkpoint:
+    """Launch and run one job; `role` (default: its kind) names it in the report."""
+    role = role or kind
     job = services.job_launch(
         kind=kind,
         parent=parent,
@@ -273,7 +329,7 @@ def train(
     )
     job = services.run_training_job(job=job)
     result = job.result if job.status == JobStatus.SUCCEEDED else None
-    report.jobs[kind] = {
+    report.jobs[role] = {
         "id": job.pk,
         "status": job.status,
         "error": job.error,
@@ -283,8 +339,8 @@ def train(
         "metrics": dict(job.metrics or {}),
     }
     if result is None:
-        raise RuntimeError(f"The {kind} job #{job.pk} {job.status}: {job.error}")
-    report.checkpoints[kind] = result.pk
+        raise RuntimeError(f"The {role} job #{job.pk} {job.status}: {job.error}")
+    report.checkpoints[role] = result.pk
     return result
 
 
@@ -309,42 +365,13 @@ def eval_results(checkpoint_id: int) -> list[dict[str, Any]]:
     return rows
 
 
-def task_scores(
-    project: Project, checkpoints: dict[str, int], config: DemoScale
-) -> tuple[int, dict[str, float], dict[str, dict[str, str]]]:
-    """Greedy exact-match accuracy of each policy on the held-out toy prompts, overall and by
-    kind of question (role -> kind -> "right/asked")."""
-    from modeling.ml import generate
-
-    held_out = list(Prompt.objects.filter(project=project, split=Split.TEST).order_by("id"))
-    questions = [p.messages[-1]["content"] for p in held_out]
-    asked = Counter(toy_kind(q) for q in questions)
-    scores, by_kind = {}, {}
-    for role, checkpoint_id in checkpoints.items():
-        checkpoint = Checkpoint.objects.get(pk=checkpoint_id)
-        if checkpoint.kind != CheckpointKind.POLICY or not held_out:
-            continue
-        replies = generate(
-            checkpoint.load_path(),
-            [conversation(p) for p in held_out],
-            temperature=0,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=16,
-        )
-        right = Counter(
-            toy_kind(q) for q, r in zip(questions, replies, strict=True) if is_correct(q, r[0])
-        )
-        scores[role] = right.total() / len(held_out)
-        by_kind[role] = {k: f"{right[k]}/{n}" for k, n in sorted(asked.items())}
-    return len(held_out), scores, by_kind
-
-
 def next_round(
     project: Project, newest: Checkpoint, reference: Checkpoint, config: DemoScale
 ) -> dict[str, Any]:
-    """Round two: the newest checkpoint against the SFT policy that the preference stages started
-    from, on train prompts it has not answered. (Against its direct parent, most same-seed pairs
-    came out identical and were skipped: DPO and PPO stay close to where they start.)"""
+    """Round one's last act: the newest checkpoint against the SFT policy that the preference
+    stages started from, on every train prompt, as pairwise items that round two's annotators
+    judge. (Against its direct parent, most same-seed pairs came out identical and were
+    skipped.) Held-out prompts are never asked: comparisons_generate takes train prompts."""
     before = Item.objects.filter(project=project).count()
     outcome = comparisons_generate(
         checkpoint=newest,
@@ -352,7 +379,9 @@ def next_round(
         reference=reference,
         n_prompts=config.next_round_prompts,
         batch=f"demo-loop-{newest.pk}",
-        sampling=SamplingParams(max_new_tokens=config.max_new_tokens, temperature=1.0),
+        sampling=SamplingParams(
+            max_new_tokens=config.max_new_tokens, temperature=1.0, top_p=1.0, seed=config.seed
+        ),
     )
     return {
         "checkpoint_id": newest.pk,
@@ -361,4 +390,115 @@ def next_round(
         "skipped_identical": outcome.skipped_identical,
         "skipped_empty": outcome.skipped_empty,
         "open_items": Item.objects.filter(project=project).count() - before,
+    }
+
+
+def online_prompts(
+    project: Project, policy: Checkpoint, config: DemoScale, minimum: int
+) -> tuple[DatasetSnapshot, dict[str, Any]]:
+    """The online stage's prompts: the train prompts `policy` answers right sometimes
+    (probe_samples samples at T=1, graded by the checker that is the stage's reward), copied
+    into a project of their own whose prompts snapshot the job trains on. A prompt it always or
+    never gets right gives every sample of its group the same reward: no advantage, no signal.
+    Fewer than `minimum` such prompts (a barely trained model): every train prompt."""
+    from modeling.ml import generate
+
+    prompts = list(Prompt.objects.filter(project=project, split=Split.TRAIN).order_by("id"))
+    questions = [p.messages[-1]["content"] for p in prompts]
+    samples = generate(
+        policy.load_path(),
+        [conversation(p) for p in prompts],
+        n=config.probe_samples,
+        temperature=1.0,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=32,
+        seed=config.seed + 2,
+    )
+    right = [
+        sum(bool(is_correct(q, s)) for s in texts)
+        for q, texts in zip(questions, samples, strict=True)
+    ]
+    chosen = [p for p, r in zip(prompts, right, strict=True) if 0 < r < config.probe_samples]
+    summary = {
+        "train_prompts": len(prompts),
+        "sometimes_right": len(chosen),
+        "always_right": sum(r == config.probe_samples for r in right),
+        "never_right": right.count(0),
+        "by_kind": dict(Counter(toy_kind(p.messages[-1]["content"]) for p in chosen)),
+    }
+    if len(chosen) < minimum:
+        chosen, summary["fallback"] = prompts, "all train prompts"
+    online = feedback_services.project_create(
+        name=f"{PROJECT_NAME}: online prompts of #{policy.pk} ({time.strftime('%H:%M:%S')})",
+        task_kinds=[TaskKind.PAIRWISE],
+        overlap=1,
+        guidelines=GUIDELINES,
+        description="Train prompts of the demo loop that the policy answers right sometimes.",
+    )
+    for prompt in chosen:
+        feedback_services.prompt_create(
+            project=online,
+            messages=prompt.messages,
+            split=Split.TRAIN,
+            tags=prompt.tags,
+            source="demo_loop",
+            external_id=f"prompt-{prompt.pk}",
+        )
+    summary["project_id"] = online.pk
+    return take_snapshot(online, "prompts"), summary
+
+
+def split_checks(project: Project, snapshots: list[DatasetSnapshot]) -> dict[str, Any]:
+    """The split invariants, counted: no held-out prompt (nor, for facts and words, its subject)
+    in any snapshot's training rows; every held-out fact and word asked in the pretraining
+    corpus; no held-out sum or list in it."""
+    import json
+
+    from loop.corpus import read_corpus, task_key
+
+    def subject(question: str) -> Any:
+        kind = toy_kind(question)
+        if kind == "reversing":
+            return ("reversing", (solve(question) or "")[::-1])
+        if kind == "facts":
+            return ("facts", question)
+        return task_key(question)
+
+    held = {
+        p.messages[-1]["content"] for p in Prompt.objects.filter(project=project, split=Split.TEST)
+    }
+    held_subjects = {subject(q) for q in held}
+    trained, leaked, subjects_leaked = 0, 0, 0
+    for snapshot in snapshots:
+        with open(snapshot.path() / "train.jsonl", encoding="utf-8") as rows:
+            for line in rows:
+                row = json.loads(line)
+                turns = row.get("prompt") or row.get("messages") or []
+                users = [t["content"] for t in turns if t.get("role") == "user"]
+                question = users[-1] if users else ""
+                trained += 1
+                leaked += question in held
+                subjects_leaked += subject(question) in held_subjects
+    corpus_questions = Counter(
+        turn["content"]
+        for doc in read_corpus()
+        for turn in doc.get("messages", [])
+        if turn["role"] == "user"
+    )
+    corpus_subjects = Counter(subject(q) for q in corpus_questions.elements())
+    learnable = [q for q in held if toy_kind(q) in ("facts", "reversing")]
+    in_corpus = [corpus_subjects[subject(q)] for q in learnable]
+    return {
+        "held_out": len(held),
+        "training_rows": trained,
+        "held_out_prompts_in_training": leaked,
+        "held_out_subjects_in_training": subjects_leaked,
+        "learnable_held_out_in_corpus": sum(n > 0 for n in in_corpus),
+        "learnable_held_out": len(learnable),
+        "min_corpus_chats_per_learnable": min(in_corpus, default=0),
+        "unlearnable_held_out_in_corpus": sum(
+            corpus_subjects[subject(q)] > 0
+            for q in held
+            if toy_kind(q) not in ("facts", "reversing")
+        ),
     }

@@ -22,6 +22,8 @@ _EXPORTS = {
     "parse_job_config": "configs",
     "estimate_steps": "configs",
     "ProgressReporter": "progress",
+    "register_reward": "rewards",
+    "registered_rewards": "rewards",
     "TrainResult": "training",
     "train": "training",
     "generate": "generation",

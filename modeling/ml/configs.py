@@ -8,11 +8,13 @@ where they differ, the comment says why.
 """
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modeling.ml.distributed import DistributedConfig
+from modeling.ml.rewards import DEFAULT_FORMAT_PATTERN, registered_rewards
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -115,12 +117,41 @@ class SFTJobConfig(JobConfig):
 class RewardJobConfig(JobConfig):
     learning_rate: float = Field(1e-4, gt=0, le=1)
     max_length: PositiveInt = 1024  # prompt + completion; longer pairs are dropped by TRL
+    # Adds coef * mean(r_chosen + r_rejected)^2 to the loss (Eisenstein et al. 2023), so scores
+    # centre on zero: comparable across prompts and usable as is by PPO. None: off (TRL's).
+    center_rewards_coefficient: float | None = Field(None, ge=0)
+
+
+# TRL's DPO loss variants offered here (DPOConfig.loss_type). "sft" is only useful combined with
+# a preference loss: ["sigmoid", "sft"] is RPO (Pang et al. 2024), DPO plus the chosen reply's
+# negative log-likelihood, which keeps DPO from lowering the likelihood of right answers while it
+# widens their margin over wrong ones.
+DPOLoss = Literal["sigmoid", "ipo", "hinge", "robust", "sft"]
 
 
 class DPOJobConfig(JobConfig):
     learning_rate: float = Field(1e-6, gt=0, le=1)
     max_length: PositiveInt = 1024
     beta: float = Field(0.1, gt=0)  # strength of the KL pull towards the reference model
+    loss_type: list[DPOLoss] = Field(default_factory=lambda: ["sigmoid"], min_length=1)
+    # One weight per loss_type entry (None: 1.0 each), as TRL combines them.
+    loss_weights: list[Annotated[float, Field(ge=0)]] | None = None
+    # Compute the reference model's log-probabilities once before training instead of every
+    # step: one forward pass per pair up front, and no reference model in memory while training.
+    precompute_ref_log_probs: bool = False
+
+    @model_validator(mode="after")
+    def _a_weight_per_loss(self):
+        if len(set(self.loss_type)) != len(self.loss_type):
+            raise ValueError(f"loss_type names a loss twice: {self.loss_type}")
+        if self.loss_type == ["sft"]:
+            raise ValueError('loss_type ["sft"] alone is SFT: combine it, e.g. ["sigmoid", "sft"]')
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(
+                f"loss_weights has {len(self.loss_weights)} weights for "
+                f"{len(self.loss_type)} loss types {self.loss_type}"
+            )
+        return self
 
 
 class OnlineJobConfig(JobConfig):
@@ -152,6 +183,47 @@ class PPOJobConfig(OnlineJobConfig):
 class _GroupedJobConfig(OnlineJobConfig):
     num_generations: int = Field(ge=2)  # completions per prompt: the group the baseline uses
     beta: float = Field(ge=0)  # KL coefficient; 0 skips the reference model entirely
+    # Verifiable rewards by registered name (modeling/ml/rewards.py), besides or instead of the
+    # job's reward model. Weighted sum with reward_weights: the reward model's weight first when
+    # the job has one, then one per function in this order (None: 1.0 each, as in TRL).
+    reward_functions: list[str] = Field(default_factory=list)
+    reward_weights: list[float] | None = None
+    # The regex a whole reply must match for the `format` reward.
+    format_pattern: str = Field(DEFAULT_FORMAT_PATTERN, min_length=1, max_length=500)
+
+    @field_validator("reward_functions")
+    @classmethod
+    def _registered(cls, names: list[str]) -> list[str]:
+        known = registered_rewards()
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown reward function(s) {unknown}; registered: {', '.join(known)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"a reward function is named twice: {names}")
+        return names
+
+    @field_validator("format_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return pattern
+
+    @model_validator(mode="after")
+    def _a_weight_per_reward(self):
+        # Whether the job has a reward model is known at launch (modeling/services/jobs.py
+        # checks the exact count); here the count fits with or without one.
+        n = len(self.reward_functions)
+        if self.reward_weights is not None and len(self.reward_weights) not in (n, n + 1):
+            raise ValueError(
+                f"reward_weights has {len(self.reward_weights)} weights for {n} reward "
+                f"function(s) (and at most one reward model)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _groups_fit_in_a_batch(self):

@@ -13,8 +13,12 @@ Datasets are TRL's conversational shapes, one JSON object per line in dataset_di
                   reply for completion_only_loss, the fallback of templates without
                   {% generation %} markers: modeling/ml/chat_templates.py)
     reward, dpo   {"prompt": [messages], "chosen": [assistant message], "rejected": [...]}
-    ppo/rloo/grpo {"prompt": [messages]}
+    ppo/rloo/grpo {"prompt": [messages]}, and for rloo/grpo optionally "reference" (the answer
+                  the exact_match reward compares with)
 Other columns (the export's metadata) are dropped before TRL sees them.
+
+RLOO and GRPO score their samples with a reward model, with Python reward functions registered
+by name (modeling/ml/rewards.py: config.reward_functions), or both, weighted (reward_weights).
 """
 
 import importlib.util
@@ -49,7 +53,9 @@ COLUMNS = {
     "rloo": ["prompt"],
     "grpo": ["prompt"],
 }
-ONLINE_KINDS = {"ppo", "rloo", "grpo"}  # sample from the policy, scored by a reward model
+# Columns kept when present, for reward functions (TRL passes every column to them).
+OPTIONAL_COLUMNS = {"rloo": ["reference"], "grpo": ["reference"]}
+ONLINE_KINDS = {"ppo", "rloo", "grpo"}  # sample from the policy, scored by rewards
 
 
 @dataclass
@@ -97,8 +103,11 @@ def train(
         )
     if not isinstance(config, CONFIG_CLASSES[kind]):
         config = parse_job_config(kind, dict(config))
-    if kind in ONLINE_KINDS and not reward_model_path:
-        raise ValueError(f"{kind} needs reward_model_path (a reward model checkpoint)")
+    if kind in ONLINE_KINDS and not (reward_model_path or getattr(config, "reward_functions", [])):
+        raise ValueError(
+            f"{kind} needs reward_model_path (a reward model checkpoint)"
+            + (" or reward_functions" if kind != "ppo" else "")
+        )
     reporter = reporter or _SilentReporter()
     output = Path(output_dir).resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -226,7 +235,8 @@ def load_rows(path: Path, kind: str) -> Dataset:
         raise ValueError(f"{path.name}: {kind} rows need the column(s) {missing}")
     if len(rows) == 0:
         raise ValueError(f"{path.name} has no rows")
-    return rows.select_columns(COLUMNS[kind])
+    optional = [c for c in OPTIONAL_COLUMNS.get(kind, []) if c in rows.column_names]
+    return rows.select_columns(COLUMNS[kind] + optional)
 
 
 def plain_base(model_path: str, merged_dir: Path) -> tuple[str, Path | None]:
@@ -265,19 +275,25 @@ TRL_TRAINERS: dict[str, TRLTrainer] = {
         ("max_length", "assistant_only_loss", "completion_only_loss", "packing"),
     ),
     # RewardTrainer adds a fresh scalar head (num_labels=1), seeded by args.seed.
-    "reward": TRLTrainer("RewardTrainer", "RewardConfig", ("max_length",)),
+    "reward": TRLTrainer(
+        "RewardTrainer", "RewardConfig", ("max_length", "center_rewards_coefficient")
+    ),
     # DPOTrainer loads the reference again from base_path (or, with LoRA, disables the adapter).
-    "dpo": TRLTrainer("DPOTrainer", "DPOConfig", ("max_length", "beta")),
+    "dpo": TRLTrainer(
+        "DPOTrainer",
+        "DPOConfig",
+        ("max_length", "beta", "loss_type", "loss_weights", "precompute_ref_log_probs"),
+    ),
     "rloo": TRLTrainer(
         "RLOOTrainer",
         "RLOOConfig",
-        ("num_generations", "max_completion_length", "temperature", "beta"),
+        ("num_generations", "max_completion_length", "temperature", "beta", "reward_weights"),
         online=True,
     ),
     "grpo": TRLTrainer(
         "GRPOTrainer",
         "GRPOConfig",
-        ("num_generations", "max_completion_length", "temperature", "beta"),
+        ("num_generations", "max_completion_length", "temperature", "beta", "reward_weights"),
         online=True,
     ),
 }
@@ -319,11 +335,13 @@ def build_trainer(
     ours = {name: getattr(config, name) for name in spec.fields}
     if spec.online:
         # Rollouts are sampled in batches, each prompt ending where its completion starts; the
-        # reward model reads prompt + completion rendered with its own tokenizer and template.
+        # reward model reads prompt + completion rendered with its own tokenizer and template,
+        # reward functions read the text (their processing class is None).
+        funcs, classes = online_rewards(config, reward_model_path)
         data = dict(
             processing_class=load_tokenizer(base_path, padding_side="left"),
-            reward_funcs=load_reward_model(reward_model_path),
-            reward_processing_classes=load_tokenizer(reward_model_path),
+            reward_funcs=funcs,
+            reward_processing_classes=classes,
         )
     else:
         ours["include_num_input_tokens_seen"] = "non_padding"
@@ -339,6 +357,28 @@ def build_trainer(
         callbacks=[callback],
         **data,
     )
+
+
+def online_rewards(config: JobConfig, reward_model_path: str | None) -> tuple[list, list]:
+    """TRL's reward_funcs and reward_processing_classes: the reward model first (when the job
+    has one), then the registered functions in the config's order, as reward_weights expects."""
+    from modeling.ml.rewards import reward_function
+
+    funcs, classes = [], []
+    if reward_model_path:
+        funcs.append(load_reward_model(reward_model_path))
+        classes.append(load_tokenizer(reward_model_path))
+    for name in config.reward_functions:
+        params = {"pattern": config.format_pattern} if name == "format" else {}
+        funcs.append(reward_function(name, **params))
+        classes.append(None)
+    if config.reward_weights is not None and len(config.reward_weights) != len(funcs):
+        raise ValueError(
+            f"reward_weights has {len(config.reward_weights)} weights for {len(funcs)} rewards "
+            f"({'a reward model and ' if reward_model_path else ''}"
+            f"{len(config.reward_functions)} function(s))"
+        )
+    return funcs, classes
 
 
 def common_args(config: JobConfig, output: Path) -> dict[str, Any]:

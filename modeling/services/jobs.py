@@ -118,13 +118,6 @@ def _validate(
         errors["snapshot"] = f"Snapshot {snapshot.name!r} has no train.jsonl on this host."
     elif not snapshot.row_counts.get("train"):
         errors["snapshot"] = f"Snapshot {snapshot.name!r} has no training rows."
-    if kind in JOBS_NEEDING_REWARD_MODEL:
-        if reward_model is None:
-            errors["reward_model"] = f"A {kind} job needs a reward model to score its samples."
-        elif reward_model.kind != CheckpointKind.REWARD:
-            errors["reward_model"] = f"{reward_model.name!r} is a {reward_model.kind} model."
-    elif reward_model is not None:
-        errors["reward_model"] = f"A {kind} job does not use a reward model."
     if not MIN_TIME_LIMIT <= time_limit_seconds <= MAX_TIME_LIMIT:
         errors["time_limit_seconds"] = "The time limit is between a minute and 30 days."
     cleaned = None
@@ -132,6 +125,24 @@ def _validate(
         cleaned = job_config_clean(kind=kind, raw=config if config is not None else {})
     except ValidationError as exc:
         errors.update(exc.message_dict)
+    # RLOO and GRPO may score with registered reward functions instead of a reward model.
+    functions = (cleaned or {}).get("reward_functions") or []
+    if kind in JOBS_NEEDING_REWARD_MODEL:
+        if reward_model is None and not functions and cleaned is not None:
+            errors["reward_model"] = f"A {kind} job needs a reward model to score its samples" + (
+                " (or reward_functions in its config)." if kind != JobKind.PPO else "."
+            )
+        elif reward_model is not None and reward_model.kind != CheckpointKind.REWARD:
+            errors["reward_model"] = f"{reward_model.name!r} is a {reward_model.kind} model."
+    elif reward_model is not None:
+        errors["reward_model"] = f"A {kind} job does not use a reward model."
+    weights = (cleaned or {}).get("reward_weights")
+    if weights is not None and len(weights) != len(functions) + (reward_model is not None):
+        errors.setdefault("config", []).append(
+            f"reward_weights: {len(weights)} weights for "
+            + ("the reward model and " if reward_model is not None else "")
+            + f"{len(functions)} reward function(s); give one weight each."
+        )
     if kind == JobKind.PPO and not errors.keys() & {"parent", "reward_model"}:
         reason = reward_tokenizer_error(parent=parent, reward_model=reward_model)
         if reason:

@@ -30,14 +30,37 @@ def test_every_generated_question_is_solved_correctly():
         assert solve(question) == answer, question
 
 
-def test_grading_is_lenient_about_form_but_not_content():
-    assert is_correct("What is 17 × 6?", "The answer is 102.")
+def test_grading_accepts_only_the_answer_up_to_form():
+    assert is_correct("What is 17 × 6?", "102")
+    assert is_correct("What is 17 × 6?", " 102. ")
     assert not is_correct("What is 17 × 6?", "96")
     assert is_correct("Sort: 3, 1, 2", "1, 2, 3")
+    assert is_correct("Sort: 3, 1, 2", "1 2 3")
+    assert is_correct("Sort: 3, 1, 2", "1,2,3.")
     assert not is_correct("Sort: 3, 1, 2", "3, 2, 1")
-    assert is_correct("What is the capital of Peru?", "It is Lima.")
+    assert is_correct("What is the capital of Peru?", "lima")
     assert not is_correct("What is the capital of Peru?", "Lisbon")
     assert is_correct("Explain recursion.", "anything") is None
+
+
+@pytest.mark.parametrize(
+    ("question", "reply"),
+    [
+        # A right word among wrong ones: what a lenient checker passed, and RL would learn.
+        ("Reverse the word cat.", "yob tac god"),
+        ("Reverse the word cat.", "tac tac"),
+        ("What is 17 × 6?", "The answer is 102."),
+        ("What is 17 × 6?", "102 or 96"),
+        ("What is 17 × 6?", "1020"),
+        ("Sort: 3, 1, 2", "1, 2, 3, 4"),
+        ("Sort: 3, 1, 2", "The sorted list is 1, 2, 3"),
+        ("What is the capital of Peru?", "It is Lima."),
+        ("What is the capital of Peru?", "Lima Paris Rome"),
+        ("What is the capital of Peru?", ""),
+    ],
+)
+def test_grading_rejects_a_reply_that_is_not_just_the_answer(question, reply):
+    assert is_correct(question, reply) is False
 
 
 def test_sample_is_reproducible():

@@ -384,3 +384,57 @@ def test_admin_registers_a_model_through_the_service(admin_client, tiny_model_di
     assert response.status_code == 200
     assert "has no config.json or adapter_config.json" in response.content.decode()
     assert not Checkpoint.objects.filter(name="broken").exists()
+
+
+def test_grpo_may_score_with_reward_functions_alone(admin_user, base_checkpoint, make_snapshot):
+    job = launch(
+        kind="grpo",
+        parent=base_checkpoint,
+        snapshot=make_snapshot("prompts"),
+        config={"max_steps": 2, "reward_functions": ["toy_task", "format"]},
+        launched_by=admin_user,
+    )
+    assert job.reward_model is None
+    assert job.config["reward_functions"] == ["toy_task", "format"]
+
+
+def test_an_unknown_reward_function_is_refused_with_the_registered_names(
+    admin_user, base_checkpoint, make_snapshot
+):
+    with pytest.raises(ValidationError) as exc:
+        launch(
+            kind="rloo",
+            parent=base_checkpoint,
+            snapshot=make_snapshot("prompts"),
+            config={"reward_functions": ["toy_tsak"]},
+            launched_by=admin_user,
+        )
+    message = exc.value.message_dict["config"][0]
+    assert "unknown reward function(s) ['toy_tsak']" in message
+    assert "exact_match" in message and "toy_task" in message
+
+
+def test_reward_weights_need_one_weight_per_reward_including_the_model(
+    admin_user, base_checkpoint, reward_checkpoint, make_snapshot
+):
+    prompts = make_snapshot("prompts")
+    config = {"reward_functions": ["toy_task"], "reward_weights": [1.0]}
+    with pytest.raises(ValidationError) as exc:
+        launch(
+            kind="grpo",
+            parent=base_checkpoint,
+            snapshot=prompts,
+            reward_model=reward_checkpoint,
+            config=config,
+            launched_by=admin_user,
+        )
+    assert "1 weights for the reward model and 1 reward function(s)" in str(exc.value)
+    job = launch(
+        kind="grpo",
+        parent=base_checkpoint,
+        snapshot=prompts,
+        reward_model=reward_checkpoint,
+        config={**config, "reward_weights": [0.5, 1.0]},
+        launched_by=admin_user,
+    )
+    assert job.config["reward_weights"] == [0.5, 1.0]

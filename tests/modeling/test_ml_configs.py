@@ -176,3 +176,82 @@ def test_packing_is_an_sft_setting():
     assert parse_job_config("sft", {"packing": True}).packing is True
     with pytest.raises(pydantic.ValidationError, match="packing"):
         parse_job_config("dpo", {"packing": True})
+
+
+# -- DPO loss variants, reward centring, verifiable rewards
+
+
+def test_dpo_offers_trl_loss_variants_and_the_rpo_combination():
+    assert parse_job_config("dpo", {}).loss_type == ["sigmoid"]
+    assert parse_job_config("dpo", {"loss_type": ["ipo"]}).loss_type == ["ipo"]
+    rpo = parse_job_config(
+        "dpo",
+        {
+            "loss_type": ["sigmoid", "sft"],
+            "loss_weights": [1.0, 0.5],
+            "precompute_ref_log_probs": True,
+        },
+    )
+    assert rpo.loss_weights == [1.0, 0.5] and rpo.precompute_ref_log_probs
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "1 weights for 2 loss types"),
+        ({"loss_type": ["sft"]}, "alone is SFT"),
+        ({"loss_type": ["sigmoid", "sigmoid"]}, "names a loss twice"),
+        ({"loss_type": ["kto"]}, "loss_type"),
+        ({"loss_type": []}, "loss_type"),
+    ],
+)
+def test_dpo_loss_settings_that_make_no_sense_are_refused(raw, message):
+    with pytest.raises(pydantic.ValidationError, match=message):
+        parse_job_config("dpo", raw)
+
+
+def test_dpo_config_names_are_trl_dpoconfig_fields():
+    import dataclasses
+
+    from trl import DPOConfig, RewardConfig
+
+    names = {f.name for f in dataclasses.fields(DPOConfig)}
+    assert {"loss_type", "loss_weights", "precompute_ref_log_probs", "beta"} <= names
+    assert "center_rewards_coefficient" in {f.name for f in dataclasses.fields(RewardConfig)}
+
+
+def test_reward_centring_is_off_unless_asked():
+    assert parse_job_config("reward", {}).center_rewards_coefficient is None
+    assert (
+        parse_job_config("reward", {"center_rewards_coefficient": 0.01}).center_rewards_coefficient
+        == 0.01
+    )
+    with pytest.raises(pydantic.ValidationError):
+        parse_job_config("reward", {"center_rewards_coefficient": -1})
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_grouped_kinds_take_registered_reward_functions_with_weights(kind):
+    config = parse_job_config(
+        kind, {"reward_functions": ["exact_match", "format"], "reward_weights": [1.0, 0.2]}
+    )
+    assert config.reward_functions == ["exact_match", "format"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"reward_functions": ["nope"]}, r"unknown reward function\(s\) \['nope'\]; registered: "),
+        ({"reward_functions": ["format", "format"]}, "named twice"),
+        ({"reward_functions": ["format"], "reward_weights": [1, 1, 1]}, "3 weights for 1"),
+        ({"format_pattern": "("}, "not a valid regular expression"),
+    ],
+)
+def test_reward_function_settings_are_checked(raw, message):
+    with pytest.raises(pydantic.ValidationError, match=message):
+        parse_job_config("grpo", raw)
+
+
+def test_ppo_takes_no_reward_functions():
+    with pytest.raises(pydantic.ValidationError, match="reward_functions"):
+        parse_job_config("ppo", {"reward_functions": ["format"]})

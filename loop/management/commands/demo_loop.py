@@ -1,6 +1,6 @@
-"""One simulated round of the whole loop on the toy tasks, in this process (loop/demo/).
+"""Two simulated rounds of the whole loop on the toy tasks, in this process (loop/demo/).
 
-    python manage.py demo_loop [--scale demo|ci] [--base-model DIR] [--prompts N] [--seed S]
+    python manage.py demo_loop [--scale demo|ci] [--base-model DIR] [--seed S]
 
 `make demo` runs it and then starts the app on the result. Training jobs and evaluations run here,
 synchronously (no Redis or worker needed); they are the same rows, services and checkpoints the
@@ -23,20 +23,13 @@ class Command(BaseCommand):
             "missing).",
         )
         parser.add_argument(
-            "--prompts",
-            type=int,
-            help="Toy prompts to import instead of the scale's (a fifth held out; at most 1200).",
-        )
-        parser.add_argument(
             "--seed",
             type=int,
             default=0,
             help="Seed of the simulated annotators, the sampling and the training jobs.",
         )
 
-    def handle(
-        self, *args, scale: str, base_model: str | None, prompts: int | None, seed: int, **options
-    ) -> None:
+    def handle(self, *args, scale: str, base_model: str | None, seed: int, **options) -> None:
         # Imported here: `manage.py help` must not load torch.
         from loop.demo import run_demo_loop
 
@@ -45,8 +38,6 @@ class Command(BaseCommand):
             self.stdout.flush()
 
         try:
-            run_demo_loop(
-                scale=scale, out=out, base_model_path=base_model, prompts=prompts, seed=seed
-            )
+            run_demo_loop(scale=scale, out=out, base_model_path=base_model, seed=seed)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
