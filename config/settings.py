@@ -251,6 +251,8 @@ CACHES = {
 # again from Redis once it returns. One primary-key read per request is the price.
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
+# The app that sends background work's messages (jobs.services.work_send).
+VEREDICTO_CELERY_APP = "config.celery.app"
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -26,12 +26,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery import current_app
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from jobs.models import BackgroundWork, Status
 
@@ -58,12 +58,18 @@ def work_enqueue(row: BackgroundWork) -> None:
     transaction.on_commit(lambda: work_send(type(row), pk=row.pk))
 
 
+def celery_app():
+    """The project's Celery app, named in settings as ROOT_URLCONF names the urls (jobs sits
+    below config and does not import it; `celery.current_app` is whichever app was made last)."""
+    return import_string(settings.VEREDICTO_CELERY_APP)
+
+
 def work_send(model: Model, *, pk: int) -> bool:
     row = model.objects.filter(pk=pk, status=Status.QUEUED).first()
     if row is None:
         return False
     try:
-        current_app.send_task(row.task_name, args=[pk], **row.task_options())
+        celery_app().send_task(row.task_name, args=[pk], **row.task_options())
     except Exception as exc:  # kombu's OperationalError, redis-py's errors: the broker is away
         logger.warning("%s: could not reach the task queue (%s); the sweep will resend", row, exc)
         return False

@@ -294,3 +294,36 @@ def test_an_lm_eval_run_spreads_over_two_processes_and_scores_like_one(
     assert one.keys() == two.keys() == {"acc", "acc_norm"}
     # Each process scores its share of the items; rank 0 gathers them: the same numbers.
     assert two == pytest.approx(one, abs=1e-9)
+
+
+def test_the_time_limit_stops_the_whole_process_group(
+    gpu_worker, admin_user, base_checkpoint, make_snapshot, settings
+):
+    from modeling.tasks import train_job
+
+    settings.VEREDICTO_JOB_KILL_GRACE_SECONDS = 2
+    job = services.job_launch(
+        kind="sft",
+        parent=base_checkpoint,
+        snapshot=make_snapshot("sft"),
+        config=FOREVER,
+        launched_by=admin_user,
+        enqueue=False,
+    )
+    # Launch refuses limits under a minute; the row's own limit is what the worker enforces.
+    TrainingJob.objects.filter(pk=job.pk).update(time_limit_seconds=20)
+    train_job.delay(job.pk)
+    wait_for(
+        lambda: TrainingJob.objects.filter(pk=job.pk).exclude(launch_id="").exists(),
+        timeout=60,
+        what="the launch",
+    )
+    launcher = int(TrainingJob.objects.get(pk=job.pk).launch_id)
+    processes = group_members(launcher) | descendants(launcher) | {launcher}
+
+    job = wait_until_finished(job, timeout=90)
+
+    assert job.status == Status.FAILED
+    assert job.error == "time limit of 20 s exceeded"
+    assert not any(alive(pid) for pid in processes)
+    assert not Checkpoint.objects.filter(job=job).exists()
