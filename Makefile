@@ -62,15 +62,25 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "The browser tests need Chromium: install your distribution's chromium package."; exit 1; fi; }
 
+RAY_TESTS = tests/jobs/test_ray_backend.py
+
 test: install chromium
 	# One torch thread: the suite runs workers and servers beside the tests on 2 cores, and
 	# OpenMP threads that fight over the cores are many times slower than one that does not.
-	OMP_NUM_THREADS=1 $(BIN)/python config/devservices.py test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 ifeq ($(strip $(PYTEST_ARGS)),)
+	OMP_NUM_THREADS=1 $(BIN)/python config/devservices.py test -- $(BIN)/python -m pytest \
+		--ignore=$(RAY_TESTS)
+	# The Ray backend against a local Ray head of its own, in a pytest process of its own: in
+	# one process with the whole suite its job sends were lost (not yet understood; see the
+	# closing note of the fourth session).
+	OMP_NUM_THREADS=1 $(BIN)/python config/devservices.py test -- $(BIN)/python -m pytest -q \
+		$(RAY_TESTS)
 	# `make run`'s default database is SQLite: the queue, its SQL and the annotation screens again
 	# on it (IMMEDIATE transactions instead of row locks).
 	$(BIN)/python config/devservices.py test -- env -u TEST_DATABASE_URL -u DATABASE_URL $(BIN)/python -m pytest -q \
 		$(SQLITE_TESTS)
+else
+	OMP_NUM_THREADS=1 $(BIN)/python config/devservices.py test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 endif
 
 lint:

@@ -118,7 +118,9 @@ def test_admin_imports_snapshots_trains_and_sees_the_checkpoint_on_the_dashboard
             .exclude(status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED])
             .exists()
         ),
-        timeout=300,
+        # Each default suite is its own process now (jobs/backends/local.py), one at a time on
+        # this one-worker setup: a few seconds of imports each, more on a loaded machine.
+        timeout=600,
         what="the new checkpoint's evaluations",
     )
     runs = EvalRun.objects.filter(checkpoint=checkpoint)
