@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from evals.models import EvalRun
 from evals.services import schedule_default_evals
+from jobs.services import celery_app
 
 from .config import PROJECT_NAME, SCALES, DemoReport, DemoScale
 from .measure import HeldOut, PolicyScores, by_kind, compare, judge_reward_model, measure_policy
@@ -61,10 +62,19 @@ from .steps import (
 __all__ = ["PROJECT_NAME", "SCALES", "DemoReport", "DemoScale", "run_demo_loop", "snapshot_policy"]
 
 
+def _run_queued_evaluations() -> None:
+    """Evaluations left queued (their message goes out on commit, through the outbox) run here:
+    the demo has no worker."""
+    from evals.services import run_eval
+
+    for run in EvalRun.objects.filter(status="queued"):
+        run_eval(run=run, worker_host="demo-loop")
+
+
 @contextlib.contextmanager
 def _celery_in_process() -> Iterator[None]:
     """Tasks sent while the loop runs (the evaluations a job's success schedules) run right here."""
-    from celery import current_app as app  # config.celery's app: the project has one
+    app = celery_app()  # the project's app (settings.VEREDICTO_CELERY_APP)
 
     before = app.conf.task_always_eager
     app.conf.task_always_eager = True
@@ -159,6 +169,7 @@ def run_demo_loop(
             # has no job, so its suites are asked for here (once).
             if config.full_evals and not EvalRun.objects.filter(checkpoint=base).exists():
                 schedule_default_evals(checkpoint=base)
+                _run_queued_evaluations()
             for role in ("base", "sft", "dpo", "grpo"):
                 scores[role] = measure_policy(_checkpoint(report, role), held_out, config)
             report.reward_judgement = judge_reward_model(

@@ -341,6 +341,11 @@ def train(
     if result is None:
         raise RuntimeError(f"The {role} job #{job.pk} {job.status}: {job.error}")
     report.checkpoints[role] = result.pk
+    # Its default evaluations were queued on commit (the outbox); the demo has no worker.
+    from evals.services import run_eval
+
+    for run in EvalRun.objects.filter(status="queued"):
+        run_eval(run=run, worker_host="demo-loop")
     return result
 
 
