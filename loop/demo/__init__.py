@@ -51,6 +51,7 @@ from .steps import (
     import_prompts,
     next_round,
     online_prompts,
+    run_queued_evaluations,
     sample_replies,
     simulate_round,
     snapshot_policy,
@@ -60,15 +61,6 @@ from .steps import (
 )
 
 __all__ = ["PROJECT_NAME", "SCALES", "DemoReport", "DemoScale", "run_demo_loop", "snapshot_policy"]
-
-
-def _run_queued_evaluations() -> None:
-    """Evaluations left queued (their message goes out on commit, through the outbox) run here:
-    the demo has no worker."""
-    from evals.services import run_eval
-
-    for run in EvalRun.objects.filter(status="queued"):
-        run_eval(run=run, worker_host="demo-loop")
 
 
 @contextlib.contextmanager
@@ -169,7 +161,7 @@ def run_demo_loop(
             # has no job, so its suites are asked for here (once).
             if config.full_evals and not EvalRun.objects.filter(checkpoint=base).exists():
                 schedule_default_evals(checkpoint=base)
-                _run_queued_evaluations()
+                run_queued_evaluations()
             for role in ("base", "sft", "dpo", "grpo"):
                 scores[role] = measure_policy(_checkpoint(report, role), held_out, config)
             report.reward_judgement = judge_reward_model(

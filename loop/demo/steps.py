@@ -341,11 +341,7 @@ def train(
     if result is None:
         raise RuntimeError(f"The {role} job #{job.pk} {job.status}: {job.error}")
     report.checkpoints[role] = result.pk
-    # Its default evaluations were queued on commit (the outbox); the demo has no worker.
-    from evals.services import run_eval
-
-    for run in EvalRun.objects.filter(status="queued"):
-        run_eval(run=run, worker_host="demo-loop")
+    run_queued_evaluations()  # its default evaluations, queued on commit
     return result
 
 
@@ -507,3 +503,12 @@ def split_checks(project: Project, snapshots: list[DatasetSnapshot]) -> dict[str
             if toy_kind(q) not in ("facts", "reversing")
         ),
     }
+
+
+def run_queued_evaluations() -> None:
+    """Evaluations left queued (their message goes out on commit, through the outbox) run here:
+    the demo has no worker."""
+    from evals.services import run_eval
+
+    for run in EvalRun.objects.filter(status="queued"):
+        run_eval(run=run, worker_host="demo-loop")
