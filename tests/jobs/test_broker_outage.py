@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import kombu.pools
 import pytest
 from celery.contrib.testing.worker import start_worker
 from django.test import Client
@@ -44,9 +45,10 @@ class OwnBroker:
 
 def _use_broker(url: str) -> None:
     app.conf.broker_url = url
-    # Connections and producers are pooled per app: drop them so the next send uses `url`.
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # Celery's connection pool is kombu's process-wide one, keyed by broker address: closing only
+    # the app's would leave a closed pool registered for the address that is restored afterwards
+    # ("Acquire on closed pool" in every later test). Reset the registry, then drop the app's refs.
+    kombu.pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
 

@@ -17,7 +17,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from evals.ml import evaluate_generative, evaluate_mc, perplexity
+from evals.ml import evaluate_generative, evaluate_mc
+from evals.ml.perplexity import perplexity  # the package attribute becomes the submodule
 from evals.ml.tasks import load_gen_task, load_mc_task, load_text_set, shipped_tasks
 from loop.families import FAMILIES, build_family_model
 from modeling.ml import (
