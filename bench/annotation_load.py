@@ -13,6 +13,11 @@ TEST_DATABASE_URL and TEST_REDIS_URL and removes both servers afterwards):
     .venv/bin/python config/devservices.py test -- \\
         .venv/bin/python bench/annotation_load.py --flow plain
 
+    # the token API as a labelling client drives it: POST next, POST pairwise, with a bearer
+    # token; a 10,000-item project at overlap 1, and again with 90% of it already done
+    .venv/bin/python config/devservices.py test -- .venv/bin/python bench/annotation_load.py \\
+        --flow api --overlap 1 --tasks 2000 --items 10000 [--done-share 0.9]
+
 Setup (untimed): `manage.py migrate` and `collectstatic` against the database, a pairwise project
 with `--overlap` k, --tasks/k items (a prompt and two markdown completions each), the annotator
 users, and gunicorn serving config.wsgi on a free loopback port with DEBUG off. Each simulated
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import random
@@ -72,7 +78,7 @@ class Config:
     annotators: int
     tasks: int
     overlap: int
-    flow: str  # "htmx" or "plain"
+    flow: str  # "htmx", "plain" or "api"
     rate: float | None  # open loop when set
     duration: float
     arrivals: str  # "poisson" or "uniform"
@@ -83,6 +89,7 @@ class Config:
     login: str  # "http", "session" or "auto"
     seed: int
     min_items: int = 0  # --items: a bigger project than the run needs (queue scaling)
+    done_share: float = 0.0  # --done-share: this share of the items judged before the run
 
     @property
     def open_loop(self) -> bool:
@@ -94,10 +101,19 @@ class Config:
         needed = self.tasks
         if self.rate is not None:
             needed = max(needed, round(1.5 * (self.annotators + self.rate * self.duration)))
-        return max(self.min_items, -(-needed // self.overlap))
+        open_needed = -(-needed // self.overlap)
+        if self.done_share:  # the run needs its open items on top of the done ones
+            open_needed = -(-open_needed // (1 - self.done_share))
+        return max(self.min_items, open_needed)
+
+    @property
+    def done_items(self) -> int:
+        return int(self.items * self.done_share)
 
     @property
     def http_login(self) -> bool:
+        if self.flow == "api":
+            return False  # a bearer token each, no session
         return self.login == "http" or (
             self.login == "auto" and self.annotators <= HTTP_LOGIN_LIMIT
         )
@@ -133,7 +149,18 @@ def parse_args(argv: list[str] | None = None) -> Config:
         help="at least this many items (default: what the run needs); to check that the "
         "cost per judgement does not grow with the project",
     )
-    parser.add_argument("--flow", choices=["htmx", "plain"], default="htmx")
+    parser.add_argument(
+        "--flow",
+        choices=["htmx", "plain", "api"],
+        default="htmx",
+        help="htmx: the browser's form posts; plain: without JavaScript; api: the token API",
+    )
+    parser.add_argument(
+        "--done-share",
+        type=float,
+        default=0.0,
+        help="judge this share of the items (overlap times each, by other users) before the run",
+    )
     parser.add_argument("--rate", type=float, help="open loop: submits per second")
     parser.add_argument("--duration", type=float, default=30.0, help="open loop: seconds")
     parser.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson")
@@ -160,6 +187,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         parser.error("--annotators must be at least --overlap, or items can never fill")
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be positive")
+    if not 0 <= args.done_share < 1:
+        parser.error("--done-share must be in [0, 1)")
     return Config(
         database_url=args.database_url,
         annotators=annotators,
@@ -176,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         login=args.login,
         seed=args.seed,
         min_items=args.items,
+        done_share=args.done_share,
     )
 
 
@@ -284,6 +314,8 @@ class Dataset:
     user_ids: list[int]
     usernames: list[str]
     reply_chars: float
+    tokens: list[str] = field(default_factory=list)  # --flow api: one bearer token each
+    judged_before: int = 0  # --done-share: judgements written before the run
 
 
 def create_dataset(cfg: Config) -> Dataset:
@@ -370,8 +402,72 @@ def create_dataset(cfg: Config) -> Dataset:
         User.groups.through.objects.bulk_create(
             [User.groups.through(user_id=u.pk, group_id=group.pk) for u in users], batch_size=1000
         )
+        judged_before = judge_in_advance(cfg, items, tag)
+        tokens = []
+        if cfg.flow == "api":
+            from core.tokens import token_create
+
+            tokens = [token_create(user=user, name="bench")[1] for user in users]
     reply_chars = sum(len(c.text) for c in completions) / len(completions)
-    return Dataset(project.pk, [u.pk for u in users], [u.username for u in users], reply_chars)
+    return Dataset(
+        project.pk,
+        [u.pk for u in users],
+        [u.username for u in users],
+        reply_chars,
+        tokens=tokens,
+        judged_before=judged_before,
+    )
+
+
+def judge_in_advance(cfg: Config, items: list, tag: str) -> int:
+    """The first --done-share of the items, judged `overlap` times each by users who are not in
+    the run, as the services leave them: a submitted slot, a judgement, submitted_count = k."""
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from feedback.models import Assignment, AssignmentStatus, Item, PairwiseJudgement
+
+    done = items[: cfg.done_items]
+    if not done:
+        return 0
+    User = get_user_model()
+    past = User.objects.bulk_create(
+        [User(username=f"bench-{tag}-past-{i}") for i in range(cfg.overlap)]
+    )
+    now = timezone.now()
+    slots = Assignment.objects.bulk_create(
+        [
+            Assignment(
+                item=item,
+                annotator=user,
+                status=AssignmentStatus.SUBMITTED,
+                leased_at=now,
+                expires_at=now,
+                finished_at=now,
+            )
+            for item in done
+            for user in past
+        ],
+        batch_size=2000,
+    )
+    PairwiseJudgement.objects.bulk_create(
+        [
+            PairwiseJudgement(
+                assignment=slot,
+                item=slot.item,
+                annotator=slot.annotator,
+                choice="a",
+                shown_left="a",
+            )
+            for slot in slots
+        ],
+        batch_size=2000,
+    )
+    # Items were bulk-created in order: the done ones are a prefix of the project's ids.
+    Item.objects.filter(project_id=done[0].project_id, pk__lte=done[-1].pk).update(
+        submitted_count=cfg.overlap
+    )
+    return len(slots)
 
 
 def direct_session_cookies(user_ids: list[int]) -> list[dict[str, str]]:
@@ -418,7 +514,7 @@ class Integrity:
         return client <= self.judgements <= client + abandoned
 
 
-def check_integrity(project_id: int, overlap: int) -> Integrity:
+def check_integrity(project_id: int, overlap: int, judged_before: int = 0) -> Integrity:
     from django.db.models import Count, F
     from django.utils import timezone
 
@@ -438,7 +534,7 @@ def check_integrity(project_id: int, overlap: int) -> Integrity:
         return queryset.values(*fields).annotate(n=Count("pk")).filter(n__gt=limit).count()
 
     return Integrity(
-        judgements=judgements.count(),
+        judgements=judgements.count() - judged_before,
         over_judged=groups_over(judgements, ("item",), overlap),
         over_slots=groups_over(slots, ("item",), overlap),
         duplicate_pairs=groups_over(judgements, ("item", "annotator"), 1),
@@ -839,6 +935,8 @@ class Annotator:
         self.cookies: dict[str, str] = {}
         self.task_path: str | None = None
         self.done = False
+        self.token = ""  # --flow api
+        self.next_path = f"/api/projects/{project_id}/next"
 
     async def call(
         self,
@@ -847,24 +945,33 @@ class Annotator:
         path: str,
         *,
         form: dict[str, str] | None = None,
+        payload: dict | None = None,
         htmx: bool = False,
         since: float | None = None,
         expect: tuple[int, ...] = (200,),
     ) -> Response:
         """One request. Latency runs from `since` (an open loop's scheduled time) or now."""
         body = urlencode(form).encode() if form is not None else b""
+        if payload is not None:
+            body = json.dumps(payload).encode()
+        accept = "application/json" if self.token else "text/html,application/xhtml+xml"
         lines = [
             f"{method} {path} HTTP/1.1",
             f"Host: {HOST}:{self.conn.port}",
             "User-Agent: annotation-load",
-            "Accept: text/html,application/xhtml+xml",
+            f"Accept: {accept}",
         ]
+        if self.token:
+            lines.append(f"Authorization: Bearer {self.token}")
         if self.cookies:
             lines.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
         if method == "POST":
+            kind = (
+                "application/json" if payload is not None else "application/x-www-form-urlencoded"
+            )
             lines += [
                 f"Origin: {self.origin}",
-                "Content-Type: application/x-www-form-urlencoded",
+                f"Content-Type: {kind}",
                 f"Content-Length: {len(body)}",
             ]
             if "csrftoken" in self.cookies:
@@ -915,6 +1022,9 @@ class Annotator:
 
     async def open_next(self, since: float | None = None) -> None:
         """GET work (302 to the next task, or the empty-queue page), then the task page."""
+        if self.cfg.flow == "api":
+            await self.lease_over_api(since)
+            return
         response = await self.call("work", "GET", self.work_path, since=since, expect=(200, 302))
         if response.status == 200:
             self.done, self.task_path = True, None
@@ -929,6 +1039,29 @@ class Annotator:
             raise RequestFailed
         self.task_path = location
 
+    async def lease_over_api(self, since: float | None = None) -> None:
+        """POST next: 200 with the task (the current lease or a new one), 204 when none is left."""
+        response = await self.call(
+            "next", "POST", self.next_path, payload={}, since=since, expect=(200, 204)
+        )
+        if response.status == 204:
+            self.done, self.task_path = True, None
+            return
+        task = json.loads(response.body)
+        if len(task["item"]["completions"]) != 2:
+            self.stats.error("next", f"assignment {task['id']}: not a pair of completions")
+            raise RequestFailed
+        self.task_path = f"/api/assignments/{task['id']}/pairwise"
+
+    def judgement_json(self) -> dict:
+        form = self.judgement_form()
+        choice = {"left": "a", "right": "b"}.get(form["side"], form["side"])
+        return {
+            "choice": choice,
+            "strength": form.get("strength", ""),
+            "seconds_spent": float(form["seconds_spent"]),
+        }
+
     def judgement_form(self) -> dict[str, str]:
         side = self.rng.choices(["left", "right", "tie", "both_bad"], weights=[4, 4, 1, 1])[0]
         form = {"side": side, "rationale": "", "seconds_spent": f"{self.rng.uniform(5, 90):.1f}"}
@@ -939,6 +1072,15 @@ class Annotator:
     async def submit(self, since: float | None = None) -> None:
         """Judge the task on screen and move on to the next one, as the chosen flow does."""
         assert self.task_path is not None
+        if self.cfg.flow == "api":
+            await self.call(
+                "submit", "POST", self.task_path, payload=self.judgement_json(), since=since
+            )
+            self.stats.judgements += 1
+            await self.open_next()
+            if since is not None:
+                self.stats.record("cycle", time.perf_counter() - since, 0)
+            return
         path = self.task_path + "submit/"
         if self.cfg.flow == "plain":
             response = await self.call(
@@ -1178,12 +1320,17 @@ async def drive(
         for name in dataset.usernames
     ]
     started = time.perf_counter()
-    if session_jars is None:
+    if cfg.flow == "api":
+        for annotator, token in zip(annotators, dataset.tokens, strict=True):
+            annotator.token = token
+    elif session_jars is None:
         await log_in_over_http(annotators)
     else:
         for annotator, jar in zip(annotators, session_jars, strict=True):
             annotator.cookies.update(jar)
     how = "POST /accounts/login/" if session_jars is None else "sessions written directly"
+    if cfg.flow == "api":
+        how = "a bearer token each"
     log(f"{len(annotators)} annotators logged in ({how}) in {time.perf_counter() - started:.1f} s")
     if cfg.open_loop:
         await take_first_tasks(annotators)
@@ -1235,9 +1382,9 @@ def goal_label(cfg: Config, rate: float, submit_p99: float) -> str:
 def report(cfg: Config, dataset: Dataset, outcome: Outcome) -> int:
     """Print the results and the database checks; 1 when anything failed or is over-assigned."""
     stats, wall = outcome.stats, outcome.wall
-    found = check_integrity(dataset.project_id, cfg.overlap)
+    found = check_integrity(dataset.project_id, cfg.overlap, dataset.judged_before)
     facts, _ = postgres_facts()
-    table, latency = latency_table(stats, ("work", "task", "submit", "cycle"))
+    table, latency = latency_table(stats, ("work", "task", "next", "submit", "cycle"))
     errors = sum(stats.errors.values())
     rate = stats.judgements / wall if wall else 0.0
     cores = os.cpu_count()
@@ -1253,6 +1400,8 @@ def report(cfg: Config, dataset: Dataset, outcome: Outcome) -> int:
         f"{cfg.keep_alive} s, DB_CONN_MAX_AGE=600, DEBUG=0"
     )
     print(f"  data: {cfg.items} pairwise items, replies {dataset.reply_chars:.0f} chars on average")
+    if dataset.judged_before:
+        print(f"  {cfg.done_items} items ({cfg.done_share:.0%}) judged before the run")
     print()
     if outcome.open_loop is not None:
         opened, lags = outcome.open_loop, sorted(outcome.open_loop.lags)
@@ -1286,7 +1435,8 @@ def report(cfg: Config, dataset: Dataset, outcome: Outcome) -> int:
     submit_p50, submit_p99 = latency.get("submit", (float("nan"), float("nan")))
     print(
         f"\nSUMMARY: {mode_label(cfg)}, {cfg.flow} flow, {cfg.annotators} annotators, "
-        f"k={cfg.overlap}: {stats.judgements} judgements in {wall:.1f} s = {rate:.1f}/s; submit "
+        f"k={cfg.overlap}, {cfg.items} items ({cfg.done_share:.0%} done before): "
+        f"{stats.judgements} judgements in {wall:.1f} s = {rate:.1f}/s; submit "
         f"p50 {submit_p50:.0f} ms p99 {submit_p99:.0f} ms; errors {errors}; over-assigned "
         f"{found.over_assigned}; duplicate judgements {found.duplicate_pairs}; DB/client "
         f"{found.judgements}/{stats.judgements}; {goal_label(cfg, rate, submit_p99)} "
@@ -1312,7 +1462,7 @@ def main(argv: list[str] | None = None) -> int:
     log("migrate + collectstatic")
     prepare_database(cfg)
     dataset = create_dataset(cfg)
-    jars = None if cfg.http_login else direct_session_cookies(dataset.user_ids)
+    jars = None if cfg.http_login or cfg.flow == "api" else direct_session_cookies(dataset.user_ids)
     _, postmaster = postgres_facts()
     cache_server = redis_pid()
     from django.db import connection
