@@ -80,10 +80,21 @@ class _Count(Subquery):
     output_field = IntegerField()
 
 
+# The task screen counts open items on every submit: counting past this many would make each
+# judgement cost more the bigger the project is (issue #19), so the header says "1,000+ left".
+PROGRESS_LEFT_CAP = 1000
+
+
 @dataclass(frozen=True)
 class TaskProgress:
     done: int  # this annotator's submitted judgements in the project
     left: int  # items still open that they have neither submitted nor skipped (this one too)
+    cap: int = PROGRESS_LEFT_CAP
+
+    @property
+    def capped(self) -> bool:
+        """More than `cap` are left: `left` is then `cap + 1`, not the true number."""
+        return self.left > self.cap
 
     @property
     def total(self) -> int:
@@ -91,7 +102,8 @@ class TaskProgress:
 
 
 def annotator_progress(*, project: Project, annotator: AbstractBaseUser) -> TaskProgress:
-    """ "12 of 61 · 49 left" on the task screen, in one query."""
+    """ "12 of 61 · 49 left" on the task screen, in one query whose cost is bounded by the
+    annotator's own work and PROGRESS_LEFT_CAP, not by the project's size."""
     mine = Assignment.objects.filter(annotator=annotator, item__project=project)
     done = mine.filter(status=AssignmentStatus.SUBMITTED)
     finished = mine.filter(
@@ -102,11 +114,14 @@ def annotator_progress(*, project: Project, annotator: AbstractBaseUser) -> Task
     )
     counts = (
         Project.objects.filter(pk=project.pk)
-        .annotate(done=_Count(done.values("pk")), left=_Count(left.values("pk")))
+        .annotate(
+            done=_Count(done.values("pk")),
+            left=_Count(left.values("pk")[: PROGRESS_LEFT_CAP + 1]),
+        )
         .values_list("done", "left")
         .get()
     )
-    return TaskProgress(*counts)
+    return TaskProgress(*counts, cap=PROGRESS_LEFT_CAP)
 
 
 def project_completed_items(*, project: Project) -> int:

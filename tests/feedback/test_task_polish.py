@@ -1,5 +1,6 @@
 """Small fixes on the annotation and review screens (issue #17)."""
 
+from feedback import selectors as selectors_module
 from feedback import services
 from feedback.models import TaskKind
 from feedback.services import review as review_services
@@ -54,3 +55,18 @@ def test_task_screen_says_how_far_the_annotator_is(client, project, annotator, o
     second = client.get(f"/projects/{project.pk}/work/", follow=True).content.decode()
     assert "1 of 2 · 1 left" in second
     assert len(items) == 3
+
+
+def test_a_big_project_says_how_many_are_left_only_up_to_the_cap(
+    client, project, annotator, monkeypatch
+):
+    """Counting every open item on each submit grows with the project (issue #19): past the cap
+    the header says "N+ left", and the count stops there."""
+    monkeypatch.setattr(selectors_module, "PROGRESS_LEFT_CAP", 2)
+    for _ in range(4):
+        make_item(project, TaskKind.PAIRWISE)
+    progress = selectors_module.annotator_progress(project=project, annotator=annotator)
+    assert (progress.left, progress.capped) == (3, True)  # cap + 1: "more than 2"
+    client.force_login(annotator)
+    page = client.get(f"/projects/{project.pk}/work/", follow=True).content.decode()
+    assert "0 done · 2+ left" in page and "of 3" not in page
