@@ -49,3 +49,44 @@ def test_htmx_submit_and_next_task_stay_within_query_budget(
     assert PairwiseJudgement.objects.filter(assignment=assignment).count() == 1
     # The next task's screen is complete: both completions, rendered.
     assert response.content.decode().count('class="pane"') == 2
+
+
+# One API submit and the next lease, as a labelling client drives the queue (issue #19): per
+# request the token (with its user) and the user's roles; the submit then reads the assignment
+# and canonical A, and claims, counts and inserts as the htmx submit does; the next reads the
+# project the annotator may work on (no progress counts), their standing and the queue's
+# candidate. No query may count the project's items: that cost would grow with the project.
+API_SUBMIT_QUERIES = 10
+API_NEXT_QUERIES = 8
+
+
+@pytest.mark.django_db
+def test_api_submit_and_next_stay_within_query_budget_and_count_nothing(
+    annotator, pairwise_item, django_assert_max_num_queries
+):
+    from django.test import Client
+
+    from core.tokens import token_create
+
+    make_item(pairwise_item.project, TaskKind.PAIRWISE)
+    _, key = token_create(user=annotator, name="client")
+    api = Client(headers={"Authorization": f"Bearer {key}"})
+    next_path = f"/api/projects/{pairwise_item.project.pk}/next"
+    lease = api.post(next_path, content_type="application/json").json()
+
+    with django_assert_max_num_queries(API_SUBMIT_QUERIES) as submit:
+        response = api.post(
+            f"/api/assignments/{lease['id']}/pairwise",
+            {"choice": "a", "strength": "clear"},
+            content_type="application/json",
+        )
+    assert response.status_code == 200, response.content
+    with django_assert_max_num_queries(API_NEXT_QUERIES) as following:
+        response = api.post(next_path, content_type="application/json")
+    assert response.status_code == 200 and response.json()["id"] != lease["id"]
+    for query in submit.captured_queries + following.captured_queries:
+        # The only count is the queue's own, of one candidate item's slots (at most k rows).
+        sql = " ".join(query["sql"].split())
+        assert "COUNT(" not in sql.upper() or "FROM feedback_assignment a WHERE a.item_id" in sql, (
+            sql
+        )
