@@ -14,12 +14,12 @@ from .access import _project_for, _require
 from .schemas import (
     AssignmentOut,
     DemonstrationIn,
-    ItemOut,
     JudgementOut,
     PairwiseIn,
     ProjectOut,
     RankingIn,
     SkipIn,
+    TaskItemOut,
     _judgement_out,
 )
 
@@ -65,7 +65,7 @@ def _assignment_out(assignment: Assignment) -> AssignmentOut:
         id=assignment.pk,
         status=assignment.status,
         expires_at=assignment.expires_at,
-        item=ItemOut.build(view.item, view.completions),
+        item=TaskItemOut.build(view.item, view.completions),
     )
 
 
@@ -97,10 +97,14 @@ def submit_demonstration(request, assignment_id: int, body: DemonstrationIn):
     tags=["annotation"],
 )
 def submit_pairwise(request, assignment_id: int, body: PairwiseIn):
-    _own_assignment(request, assignment_id)
-    return _judgement_out(
-        services.pairwise_submit(assignment_id=assignment_id, annotator=request.user, **body.dict())
+    assignment = _own_assignment(request, assignment_id)
+    judgement = services.pairwise_submit(
+        assignment_id=assignment_id, annotator=request.user, **body.dict()
     )
+    out = _judgement_out(judgement)
+    if assignment.item.project.reveal_models:  # an arena: the vote is in, so names may be told
+        out.revealed_models = selectors.pair_model_names(item=assignment.item)
+    return out
 
 
 @router.post(

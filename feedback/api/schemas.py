@@ -60,11 +60,41 @@ class ItemOut(Schema):
         )
 
 
+class TaskCompletionOut(Schema):
+    """A reply as an annotator sees it: no model name or source before the vote (blind)."""
+
+    id: int
+    text: str
+
+
+class TaskItemOut(Schema):
+    id: int
+    kind: str
+    system: str
+    messages: list[Message]
+    completions: list[TaskCompletionOut]
+    submitted_count: int
+
+    @staticmethod
+    def build(item: Item, completions: list) -> "TaskItemOut":
+        return TaskItemOut(
+            id=item.pk,
+            kind=item.kind,
+            system=item.prompt.system,
+            messages=item.prompt.messages,
+            completions=[TaskCompletionOut(id=c.pk, text=c.text) for c in completions],
+            submitted_count=item.submitted_count,
+        )
+
+
 class AssignmentOut(Schema):
     id: int
     status: str
     expires_at: datetime
-    item: ItemOut = Field(description="Completions in the order this annotator should see them.")
+    item: TaskItemOut = Field(
+        description="Completions in the order this annotator should see them, without who "
+        "wrote them: votes are blind."
+    )
 
 
 class DemonstrationIn(Schema):
@@ -108,6 +138,11 @@ class JudgementOut(Schema):
     labels: dict[str, Any]
     seconds_spent: float | None
     data: dict[str, Any]
+    revealed_models: dict[str, str] | None = Field(
+        default=None,
+        description="Arena projects (reveal_models): who wrote reply a and reply b, given once "
+        "the pairwise vote is in; null otherwise.",
+    )
 
 
 class ImportOut(Schema):

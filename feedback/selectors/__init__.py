@@ -124,6 +124,13 @@ def annotator_progress(*, project: Project, annotator: AbstractBaseUser) -> Task
     return TaskProgress(*counts, cap=PROGRESS_LEFT_CAP)
 
 
+def pair_model_names(*, item: Item) -> dict[str, str]:
+    """Who wrote reply a (position 0) and reply b: an arena tells it once the vote is in."""
+    pair = [ic.completion for ic in item.item_completions.select_related("completion")]
+    names = [c.model_name or c.get_source_display() for c in pair]
+    return dict(zip("ab", names, strict=True))
+
+
 def project_completed_items(*, project: Project) -> int:
     return project.items.filter(submitted_count__gte=project.overlap).count()
 
