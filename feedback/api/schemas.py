@@ -1,7 +1,7 @@
 """What the annotation API reads and writes."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from ninja import Field, Schema
 
@@ -33,38 +33,16 @@ class ProjectOut(Schema):
     guidelines: str
 
 
-class CompletionOut(Schema):
-    id: int
-    text: str
-    model_name: str
-    source: str
-
-
-class ItemOut(Schema):
-    id: int
-    kind: str
-    system: str
-    messages: list[Message]
-    completions: list[CompletionOut]
-    submitted_count: int
-
-    @staticmethod
-    def build(item: Item, completions: list) -> "ItemOut":
-        return ItemOut(
-            id=item.pk,
-            kind=item.kind,
-            system=item.prompt.system,
-            messages=item.prompt.messages,
-            completions=[CompletionOut.from_orm(c) for c in completions],
-            submitted_count=item.submitted_count,
-        )
-
-
 class TaskCompletionOut(Schema):
     """A reply as an annotator sees it: no model name or source before the vote (blind)."""
 
     id: int
     text: str
+
+
+class CompletionOut(TaskCompletionOut):
+    model_name: str
+    source: str
 
 
 class TaskItemOut(Schema):
@@ -74,17 +52,25 @@ class TaskItemOut(Schema):
     messages: list[Message]
     completions: list[TaskCompletionOut]
     submitted_count: int
+    completion_schema: ClassVar[type[Schema]] = TaskCompletionOut
 
-    @staticmethod
-    def build(item: Item, completions: list) -> "TaskItemOut":
-        return TaskItemOut(
+    @classmethod
+    def build(cls, item: Item, completions: list) -> Self:
+        return cls(
             id=item.pk,
             kind=item.kind,
             system=item.prompt.system,
             messages=item.prompt.messages,
-            completions=[TaskCompletionOut(id=c.pk, text=c.text) for c in completions],
+            completions=[cls.completion_schema.from_orm(c) for c in completions],
             submitted_count=item.submitted_count,
         )
+
+
+class ItemOut(TaskItemOut):
+    """An item as the data endpoints show it to admins, with who wrote each reply."""
+
+    completions: list[CompletionOut]
+    completion_schema: ClassVar[type[Schema]] = CompletionOut
 
 
 class AssignmentOut(Schema):

@@ -44,3 +44,9 @@ def test_a_lease_hides_who_wrote_each_reply_and_only_an_arena_vote_reveals_it(
 def test_the_schema_documents_no_model_name_on_a_lease(client):
     schema = client.get("/api/openapi.json").json()["components"]["schemas"]
     assert set(schema["TaskCompletionOut"]["properties"]) == {"id", "text"}
+
+
+def test_the_data_endpoint_still_tells_admins_who_wrote_each_reply(admin_user, project):
+    make_item(project)
+    items = _client(admin_user).get(f"/api/projects/{project.pk}/items").json()
+    assert [c["model_name"] for c in items[0]["completions"]] == ["model-0", "model-1"]
