@@ -48,5 +48,5 @@ def test_the_schema_documents_no_model_name_on_a_lease(client):
 
 def test_the_data_endpoint_still_tells_admins_who_wrote_each_reply(admin_user, project):
     make_item(project)
-    items = _client(admin_user).get(f"/api/projects/{project.pk}/items").json()
+    items = _client(admin_user).get(f"/api/projects/{project.pk}/items").json()["items"]
     assert [c["model_name"] for c in items[0]["completions"]] == ["model-0", "model-1"]
