@@ -178,6 +178,13 @@ class LeaderboardRowOut(Schema):
     elo: float | None = Field(description="Online Elo (K=4, in vote order), for comparison.")
     is_reference: bool
     finite: bool = Field(description="False when the maximum-likelihood rating is unbounded.")
+    enough: bool = Field(
+        description="False: too few votes (or no finite rating) for the rating to mean much."
+    )
+    group: int = Field(
+        description="Models linked by votes share a scale; group 0 holds the reference. Other "
+        "groups never met it and are anchored on their own reference: do not compare across."
+    )
 
 
 class LeaderboardOut(Schema):
@@ -333,6 +340,7 @@ def leaderboard(
         LeaderboardRowOut(
             **{key: row[key] for key in ("model", "checkpoint_id", "rank", "votes", "wins")},
             **{key: row[key] for key in ("losses", "ties", "is_reference", "finite")},
+            **{key: row[key] for key in ("enough", "group")},
             **{key: _finite(row[key]) for key in ("rating", "low", "high", "elo")},
         )
         for row in board.rows

@@ -163,7 +163,8 @@ def leaderboard(request: HttpRequest, project_id: int) -> HttpResponse:
         reference=request.GET.get("reference") or None,
         include_simulated=request.GET.get("simulated") == "1",
     )
-    return render(request, "evals/leaderboard.html", {"project": project, "board": board})
+    context = {"project": project, "board": board, "min_votes": selectors.MIN_ARENA_VOTES}
+    return render(request, "evals/leaderboard.html", context)
 
 
 # --- helpers -----------------------------------------------------------------------------------

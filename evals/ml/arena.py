@@ -51,10 +51,12 @@ __all__ = [
     "SCALE",
     "BattleCounts",
     "battle_counts",
+    "battle_groups",
     "bradley_terry",
     "mle_exists",
     "online_elo",
     "rank_by_intervals",
+    "subset_counts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -194,6 +196,35 @@ def bradley_terry(
     ]
     rows.sort(key=lambda row: (-row["rating"], row["model"]))
     return rows
+
+
+def battle_groups(counts: BattleCounts) -> list[list[str]]:
+    """The models split into groups that are linked by votes, directly or through a chain of
+    battles; the biggest group first (by votes, then models, then name).
+
+    Bradley-Terry only compares models through the votes that link them: two groups that never
+    met have no common scale, and one fit over both anchors the second arbitrarily (intervals
+    of thousands of points, every model rank 1). Each group is rated on its own.
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    met = (counts.wins + counts.wins.T + counts.ties) > 0
+    _, labels = connected_components(met, directed=False)
+    groups: dict[int, list[str]] = {}
+    for model, label in zip(counts.models, labels, strict=True):
+        groups.setdefault(int(label), []).append(model)
+    votes = dict(zip(counts.models, counts.votes, strict=True))
+    return sorted(
+        groups.values(),
+        key=lambda group: (-sum(votes[m] for m in group), -len(group), group[0]),
+    )
+
+
+def subset_counts(counts: BattleCounts, models: list[str]) -> BattleCounts:
+    """The votes among `models` only (a group of battle_groups)."""
+    keep = [counts.models.index(model) for model in models]
+    grid = np.ix_(keep, keep)
+    return BattleCounts(models=list(models), wins=counts.wins[grid], ties=counts.ties[grid])
 
 
 def mle_exists(counts: BattleCounts) -> bool:

@@ -1,6 +1,14 @@
 """Reads for the evaluation screens; each function is a fixed, small number of queries."""
 
-from .arena import ARENA_ROUNDS, Leaderboard, arena_battles, arena_leaderboard, arena_projects
+from .arena import (
+    ARENA_ROUNDS,
+    MIN_ARENA_VOTES,
+    Leaderboard,
+    LeaderboardGroup,
+    arena_battles,
+    arena_leaderboard,
+    arena_projects,
+)
 from .dashboard import (
     Dashboard,
     dashboard,
@@ -25,12 +33,14 @@ from .results import (
 
 __all__ = [
     "ARENA_ROUNDS",
+    "MIN_ARENA_VOTES",
     "SUITE_DEFINITIONS",
     "Cell",
     "Column",
     "Comparison",
     "Dashboard",
     "Leaderboard",
+    "LeaderboardGroup",
     "arena_battles",
     "arena_leaderboard",
     "arena_projects",

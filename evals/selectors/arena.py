@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Count, F, OuterRef, QuerySet, Subquery
@@ -87,18 +87,40 @@ def arena_projects() -> list[dict[str, Any]]:
     )
 
 
+MIN_ARENA_VOTES = 10  # fewer, and a model's interval is too wide to say much: "not enough votes"
+MATRIX_MODELS = 12  # the win-rate matrix shows the best this many of a group
+
+
+@dataclass
+class LeaderboardGroup:
+    """Models linked by votes (directly or through a chain of battles), rated on one scale."""
+
+    rows: list[dict[str, Any]]
+    reference: str | None
+    battles: int
+    rateable: bool  # finite maximum-likelihood ratings exist for every model in the group
+    matrix: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[str]:
+        return [row["model"] for row in self.rows]
+
+
 @dataclass
 class Leaderboard:
     project: Project
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]  # every group's rows, group by group (row["group"])
     reference: str | None
     models: list[str]
     battles: int
     unknown_reference: str = ""
     definition: str = ARENA_DEFINITION
+    groups: list[LeaderboardGroup] = field(default_factory=list)
 
     def chart(self) -> dict[str, Any]:
-        rows = [row for row in self.rows if row["finite"]]  # JSON has no NaN or infinity
+        """The first group's rated models: other groups are on scales of their own."""
+        group = self.groups[0] if self.groups else None
+        rows = [row for row in (group.rows if group else []) if row["enough"]]
         return {
             "labels": [row["model"] for row in rows],
             "ratings": [row["rating"] for row in rows],
@@ -110,10 +132,11 @@ class Leaderboard:
 def _default_reference(checkpoints: list[Checkpoint], models: list[str]) -> str | None:
     """The first base checkpoint among the models, else the first checkpoint, else the first
     model by name."""
+    checkpoints = [c for c in checkpoints if c.name in models]
     if checkpoints:
         first = min(checkpoints, key=lambda c: (not c.is_base, c.created_at, c.pk))
         return first.name
-    return models[0] if models else None
+    return min(models) if models else None
 
 
 def arena_leaderboard(
@@ -127,8 +150,12 @@ def arena_leaderboard(
     """Bradley-Terry ratings (evals.ml.bradley_terry: FastChat's fit, a tie half a win each side)
     over the project's arena votes with seeded bootstrap 95% intervals, anchored at 1000 on
     `reference` (default: the first base checkpoint among the models), the interval rank, vote
-    counts, and online Elo (FastChat's K=4, in vote order) for comparison."""
-    from evals.ml.arena import bradley_terry, online_elo  # numpy/scipy, no torch
+    counts, and online Elo (FastChat's K=4, in vote order) for comparison.
+
+    Models that never met the reference's group, even through a chain of battles, have no
+    common scale with it: each such group is rated on its own, anchored on its own default
+    reference, and listed after the reference's group."""
+    from evals.ml.arena import battle_counts, battle_groups  # numpy/scipy, no torch
 
     battles = arena_battles(project=project, include_simulated=include_simulated)
     models = sorted({m for a, b, _ in battles for m in (a, b)})
@@ -139,10 +166,42 @@ def arena_leaderboard(
     reference = reference or _default_reference(checkpoints, models)
     if not battles:
         return Leaderboard(project, [], reference, models, 0, unknown)
-    rows = bradley_terry(battles, reference=reference, rounds=rounds, seed=seed)
-    elo = online_elo(battles)
+    counts = battle_counts(battles)
+    split = battle_groups(counts)
+    split.sort(key=lambda group: reference not in group)  # stable: the reference's group first
+    groups = []
+    for index, members in enumerate(split):
+        anchor = reference if index == 0 else _default_reference(checkpoints, members)
+        rated = _rate_group(
+            index, members, anchor, battles=battles, counts=counts, checkpoints=checkpoints,
+            rounds=rounds, seed=seed,
+        )  # fmt: skip
+        groups.append(rated)
+    rows = [row for group in groups for row in group.rows]
+    return Leaderboard(project, rows, reference, models, len(battles), unknown, groups=groups)
+
+
+def _rate_group(
+    index: int,
+    members: list[str],
+    reference: str | None,
+    *,
+    battles: list[tuple[str, str, str]],
+    counts: Any,
+    checkpoints: list[Checkpoint],
+    rounds: int,
+    seed: int,
+) -> LeaderboardGroup:
+    from evals.ml.arena import bradley_terry, mle_exists, online_elo, subset_counts
+
+    inside = set(members)
+    own = [battle for battle in battles if battle[0] in inside]
+    group_counts = subset_counts(counts, members)
+    rows = bradley_terry(group_counts, reference=reference, rounds=rounds, seed=seed)
+    rateable = mle_exists(group_counts)
+    elo = online_elo(own)
     outcomes: dict[str, Counter] = defaultdict(Counter)
-    for a, b, winner in battles:
+    for a, b, winner in own:
         if winner == "model_a":
             outcomes[a]["wins"] += 1
             outcomes[b]["losses"] += 1
@@ -160,4 +219,28 @@ def arena_leaderboard(
         row["checkpoint_id"] = ids.get(row["model"])
         row["is_reference"] = row["model"] == reference
         row["finite"] = all(math.isfinite(row[k]) for k in ("rating", "low", "high"))
-    return Leaderboard(project, rows, reference, models, len(battles), unknown)
+        row["group"] = index
+        # A model that never lost (or never won) has no finite rating whatever the optimiser
+        # stopped at; the others' ratings still hold (their order among themselves is bounded).
+        both_ways = row["wins"] + row["ties"] > 0 and row["losses"] + row["ties"] > 0
+        row["enough"] = both_ways and row["finite"] and row["votes"] >= MIN_ARENA_VOTES
+    group = LeaderboardGroup(rows, reference, len(own), rateable)
+    group.matrix = _win_matrix(group_counts, [row["model"] for row in rows[:MATRIX_MODELS]])
+    return group
+
+
+def _win_matrix(counts: Any, models: list[str]) -> list[dict[str, Any]]:
+    """Per model (best first): its battles with each other model and its win rate over it
+    (a tie half a win), None where they never met."""
+    position = {model: k for k, model in enumerate(counts.models)}
+    matrix = []
+    for model in models:
+        i = position[model]
+        cells = []
+        for other in models:
+            j = position[other]
+            votes = int(counts.wins[i, j] + counts.wins[j, i] + counts.ties[i, j])
+            rate = (counts.wins[i, j] + 0.5 * counts.ties[i, j]) / votes if votes else None
+            cells.append({"model": other, "votes": votes, "win_rate": rate, "self": i == j})
+        matrix.append({"model": model, "cells": cells})
+    return matrix

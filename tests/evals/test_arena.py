@@ -296,3 +296,56 @@ def test_the_dashboard_links_each_arena_with_its_vote_count(client, reviewer, ar
     page = client.get("/evals/dashboard/").content.decode()
     assert f'<a href="/evals/projects/{arena.pk}/leaderboard/">Arena</a>' in page
     assert "2 human votes" in page
+
+
+# --- fair leaderboards (issue #18) -------------------------------------------------------------
+
+
+def test_models_that_never_met_are_rated_in_groups_of_their_own(client, reviewer, arena):
+    """Imported models that never met the checkpoints were anchored on one scale with them:
+    intervals of thousands of points and every model rank 1."""
+    cast(arena, synthetic_votes({"base": 1000, "sft": 1200}, 300, seed=2, tie_rate=0.0))
+    cast(arena, synthetic_votes({"imp-x": 1000, "imp-y": 1200}, 300, seed=3, tie_rate=0.0))
+    board = selectors.arena_leaderboard(project=arena, reference="base")
+
+    assert [group.models for group in board.groups] == [["sft", "base"], ["imp-y", "imp-x"]]
+    assert [group.reference for group in board.groups] == ["base", "imp-x"]
+    for group in board.groups:
+        rows = {row["model"]: row for row in group.rows}
+        assert rows[group.reference]["rating"] == pytest.approx(1000)
+        assert all(row["high"] - row["low"] < 200 and row["enough"] for row in group.rows)
+        assert [row["rank"] for row in group.rows] == [1, 2]
+        assert group.battles == 300 and group.rateable
+    assert {row["model"]: row["group"] for row in board.rows} == {
+        "sft": 0, "base": 0, "imp-y": 1, "imp-x": 1
+    }  # fmt: skip
+    assert board.chart()["labels"] == ["sft", "base"]  # one scale per chart
+
+    client.force_login(reviewer)
+    page = client.get(f"/evals/projects/{arena.pk}/leaderboard/?reference=base").content.decode()
+    assert "Models that never met the ones above" in page
+    assert page.count('class="data leaderboard"') == 2
+
+
+def test_a_model_with_few_votes_or_no_finite_rating_says_not_enough_votes(client, reviewer, arena):
+    cast(arena, synthetic_votes({"a": 1000, "b": 1100}, 100, seed=4, tie_rate=0.0))
+    cast(arena, [("newcomer", "a", "a")] * 3)  # three votes, never lost: no finite rating
+    board = selectors.arena_leaderboard(project=arena, reference="a")
+    rows = {row["model"]: row for row in board.rows}
+    assert rows["a"]["enough"] and rows["b"]["enough"] and not rows["newcomer"]["enough"]
+    assert not board.groups[0].rateable
+    assert "newcomer" not in board.chart()["labels"]
+    client.force_login(reviewer)
+    page = client.get(f"/evals/projects/{arena.pk}/leaderboard/").content.decode()
+    assert "not enough votes" in page and "never lost (or never won) against the others" in page
+
+
+def test_the_win_rate_matrix_counts_battles_and_half_wins_for_ties(arena):
+    cast(arena, [("x", "y", "a")] * 3 + [("x", "y", "b")] + [("y", "x", "tie")] * 2)
+    board = selectors.arena_leaderboard(project=arena, reference="x", rounds=0)
+    matrix = {
+        line["model"]: {c["model"]: c for c in line["cells"]} for line in board.groups[0].matrix
+    }
+    assert matrix["x"]["y"]["votes"] == 6 and matrix["x"]["y"]["win_rate"] == pytest.approx(4 / 6)
+    assert matrix["y"]["x"]["win_rate"] == pytest.approx(2 / 6)
+    assert matrix["x"]["x"]["self"]
