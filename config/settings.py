@@ -272,6 +272,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 VEREDICTO_MAX_TEXT_CHARS = env.int("VEREDICTO_MAX_TEXT_CHARS", 20_000)
 VEREDICTO_IMPORT_MAX_BYTES = env.int("VEREDICTO_IMPORT_MAX_BYTES", 4 * 1024**3)
 VEREDICTO_IMPORT_MAX_ROWS = env.int("VEREDICTO_IMPORT_MAX_ROWS", 5_000_000)
+# Opt-in (issue #19): imports on PostgreSQL turn foreign-key triggers off while their rows go
+# in (session_replication_role = replica) when the role may, and keep the keys by construction
+# instead. Off, the database checks every key as usual: the production default.
+VEREDICTO_IMPORT_TRIGGERS_OFF = env.bool("VEREDICTO_IMPORT_TRIGGERS_OFF", False)
 # Rendered markdown kept in each web process (text + HTML, UTF-8 bytes, least recently used
 # dropped first), and the largest text + HTML kept at all, here or in Redis.
 VEREDICTO_MARKDOWN_CACHE_BYTES = env.int("VEREDICTO_MARKDOWN_CACHE_BYTES", 32 * 1024**2)

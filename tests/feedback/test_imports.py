@@ -472,10 +472,12 @@ MIXED = [
 ]
 
 
-@pytest.mark.parametrize("triggers", ["off while writing", "on, row by row"])
+@pytest.mark.parametrize("triggers", ["off while writing", "on, row by row", "on by default"])
 def test_every_reference_points_at_a_row_whichever_way_keys_are_checked(
-    project, importer, tmp_path, monkeypatch, triggers
+    project, importer, tmp_path, monkeypatch, settings, triggers
 ):
+    # Turning triggers off is an explicit opt-in, even for a role that may (issue #19).
+    settings.VEREDICTO_IMPORT_TRIGGERS_OFF = triggers != "on by default"
     postgres, asked = services.imports.postgres.Postgres, []
     may = postgres._may_turn_off_triggers
     if triggers == "on, row by row":

@@ -34,6 +34,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import orjson
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 
@@ -347,7 +348,8 @@ class Postgres:
         """Foreign keys kept by construction instead of checked row by row, where allowed.
 
         PostgreSQL checks each foreign key of each new row with a query of its own: 14 per
-        preference row, half the server's time in an import. Where this role may set
+        preference row, half the server's time in an import. With VEREDICTO_IMPORT_TRIGGERS_OFF
+        (opt-in) and where this role may set
         session_replication_role (a superuser, or `GRANT SET ON PARAMETER
         session_replication_role`), those triggers are off while the rows go in, and what they
         guarantee is kept another way: every reference points at a row this transaction
@@ -378,6 +380,8 @@ class Postgres:
         # (After an error we never get here; rolling back restores both settings.)
 
     def _may_turn_off_triggers(self) -> bool:
+        if not settings.VEREDICTO_IMPORT_TRIGGERS_OFF:  # an explicit opt-in, never by default
+            return False
         if connection.pg_version < 150000:  # no has_parameter_privilege before PostgreSQL 15
             sql = "SELECT current_setting('is_superuser') = 'on'"
         else:
