@@ -148,11 +148,13 @@ class ApiClient:
         if self.key and body is not None:
             lines.append(f"Idempotency-Key: {self.key}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        started = time.perf_counter()
         try:
             response = await self.conn.request(head, payload)
         except (OSError, asyncio.IncompleteReadError, load.StaleConnection) as exc:
             self.stats.error(endpoint, f"POST {path}: {exc!r}")
             raise load.RequestFailed from exc
+        self.stats.record(endpoint, time.perf_counter() - started, len(response.body))
         if response.status not in expect:
             detail = response.body[:200].decode(errors="replace")
             self.stats.error(endpoint, f"POST {path} -> {response.status}: {detail}")
