@@ -476,16 +476,20 @@ def direct_session_cookies(user_ids: list[int]) -> list[dict[str, str]]:
     from importlib import import_module
 
     from django.conf import settings
-    from django.contrib.auth import get_user_model, login
+    from django.contrib.auth import get_user_model, load_backend, login
     from django.http import HttpRequest
 
     engine = import_module(settings.SESSION_ENGINE)
+    # The backend that loads the user of a session: django-axes' comes first and only counts.
+    backend = next(
+        path for path in settings.AUTHENTICATION_BACKENDS if hasattr(load_backend(path), "get_user")
+    )
     users = get_user_model().objects.in_bulk(user_ids)
     jars = []
     for user_id in user_ids:
         request = HttpRequest()
         request.session = engine.SessionStore()
-        login(request, users[user_id], backend=settings.AUTHENTICATION_BACKENDS[0])
+        login(request, users[user_id], backend=backend)
         request.session.save()
         jars.append(
             {

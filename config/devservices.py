@@ -333,6 +333,27 @@ def start_postgres() -> Server:
     return server
 
 
+def restart_postgres(server: Server) -> None:
+    """Fast shutdown (every session cut, open transactions rolled back), then the same server
+    started again on its data and port; returns once it accepts connections. For fault
+    benches (bench/faults.py)."""
+    import psycopg
+
+    assert server.proc is not None and server.workdir is not None
+    argv = server.proc.args
+    _terminate([(server.proc, server.stop_signal)], group=False)
+    with contextlib.suppress(ValueError):
+        RUNNING.remove(server)
+    as_user: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        owner = (server.workdir / "data").stat()
+        as_user = {"user": owner.st_uid, "group": owner.st_gid, "extra_groups": []}
+    death = _die_with_parent(signal.SIGQUIT)
+    probe = lambda: psycopg.connect(server.url, autocommit=True)  # noqa: E731
+    with server.start(argv, probe, preexec_fn=death, **as_user):
+        pass
+
+
 # --- Redis -----------------------------------------------------------------------------------
 
 

@@ -290,6 +290,8 @@ VEREDICTO_MARKDOWN_ENTRY_BYTES = env.int("VEREDICTO_MARKDOWN_ENTRY_BYTES", 256 *
 VEREDICTO_JOB_HEARTBEAT_SECONDS = env.float("VEREDICTO_JOB_HEARTBEAT_SECONDS", 10.0)
 VEREDICTO_JOB_STALE_SECONDS = env.float("VEREDICTO_JOB_STALE_SECONDS", 60.0)
 VEREDICTO_JOB_SWEEP_SECONDS = env.float("VEREDICTO_JOB_SWEEP_SECONDS", 15.0)
+# How long an API Idempotency-Key is remembered (core.idempotency); the sweep forgets older ones.
+IDEMPOTENCY_KEY_HOURS = env.float("IDEMPOTENCY_KEY_HOURS", 24.0)
 # Where a worker launches training, evaluation and generation (jobs/backends/): "local" (a child
 # process group on the worker's host, under `accelerate launch` for several devices) or "ray" (a
 # Ray job on the cluster at VEREDICTO_RAY_ADDRESS, e.g. http://head:8265).

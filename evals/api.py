@@ -28,6 +28,7 @@ from ninja.pagination import LimitOffsetPagination, paginate
 
 from core.api import ERRORS, lookup  # one error shape for the whole API
 from core.errors import PermissionDenied
+from core.idempotency import idempotent
 from core.roles import Role, has_role
 from evals import selectors, services
 from evals.models import EvalRun, RunStatus, Suite
@@ -245,6 +246,7 @@ def get_run(request, run_id: int):
     response={202: EvalRunDetailOut, **ERRORS},
     summary="Start an evaluation run; it is queued for a GPU worker when the request commits",
 )
+@idempotent
 def start_run(request, body: EvalRunIn):
     _require(request, Role.ADMIN)
     missing: dict[str, str] = {}
@@ -272,6 +274,7 @@ def start_run(request, body: EvalRunIn):
     response={202: EvalRunDetailOut, **ERRORS},
     summary="Run again with the same inputs; the old run and its results stay as history",
 )
+@idempotent
 def rerun(request, run_id: int):
     _require(request, Role.ADMIN)
     run = get_object_or_404(EvalRun, pk=run_id)

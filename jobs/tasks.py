@@ -16,6 +16,7 @@ from celery import shared_task
 from celery.signals import worker_init, worker_shutdown
 from django.conf import settings
 
+from core.idempotency import idempotency_keys_purge
 from jobs import services
 from jobs.models import Worker
 
@@ -100,4 +101,5 @@ def forget_worker(sender, **kwargs) -> None:
 
 @shared_task(name="jobs.tasks.sweep", ignore_result=True, soft_time_limit=60, time_limit=120)
 def sweep() -> dict[str, int]:
+    idempotency_keys_purge()  # the API's expired keys: a cheap DELETE on an indexed column
     return services.work_sweep()

@@ -25,6 +25,7 @@ from ninja.pagination import LimitOffsetPagination, paginate
 
 from core.api import ERRORS, lookup  # one error shape for the whole API
 from core.errors import PermissionDenied
+from core.idempotency import idempotent
 from core.roles import Role, has_role
 from feedback.models import DatasetSnapshot
 from modeling import selectors, services
@@ -161,6 +162,7 @@ def _job_or_404(job_id: int) -> TrainingJob:
     response={202: JobDetailOut, **ERRORS},
     summary="Launch a training job; it is queued for a GPU worker when the request commits",
 )
+@idempotent
 def launch_job(request, body: JobIn):
     _require_admin(request)
     missing: dict[str, str] = {}
@@ -199,6 +201,7 @@ def cancel_job(request, job_id: int):
     response={202: JobDetailOut, **ERRORS},
     summary="Re-run a failed or cancelled job as a new attempt (asking twice returns the same)",
 )
+@idempotent
 def rerun_job(request, job_id: int):
     _require_admin(request)
     job = _job_or_404(job_id)

@@ -6,6 +6,7 @@ from django.http import Http404
 from ninja import Router
 
 from core.api import ERRORS
+from core.idempotency import idempotent
 from core.roles import Role, has_role
 from feedback import selectors, services
 from feedback.models import Assignment, Project
@@ -82,6 +83,7 @@ def _own_assignment(request, assignment_id: int) -> Assignment:
     response={200: JudgementOut, **ERRORS},
     tags=["annotation"],
 )
+@idempotent
 def submit_demonstration(request, assignment_id: int, body: DemonstrationIn):
     _own_assignment(request, assignment_id)
     return _judgement_out(
@@ -96,6 +98,7 @@ def submit_demonstration(request, assignment_id: int, body: DemonstrationIn):
     response={200: JudgementOut, **ERRORS},
     tags=["annotation"],
 )
+@idempotent
 def submit_pairwise(request, assignment_id: int, body: PairwiseIn):
     assignment = _own_assignment(request, assignment_id)
     judgement = services.pairwise_submit(
@@ -112,6 +115,7 @@ def submit_pairwise(request, assignment_id: int, body: PairwiseIn):
     response={200: JudgementOut, **ERRORS},
     tags=["annotation"],
 )
+@idempotent
 def submit_ranking(request, assignment_id: int, body: RankingIn):
     _own_assignment(request, assignment_id)
     return _judgement_out(
@@ -122,6 +126,7 @@ def submit_ranking(request, assignment_id: int, body: RankingIn):
 @router.post(
     "/assignments/{assignment_id}/skip", response={204: None, **ERRORS}, tags=["annotation"]
 )
+@idempotent
 def skip(request, assignment_id: int, body: SkipIn):
     _own_assignment(request, assignment_id)
     services.assignment_skip(

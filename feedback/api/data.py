@@ -10,6 +10,7 @@ from ninja.files import UploadedFile
 from ninja.pagination import LimitOffsetPagination, paginate
 
 from core.api import ERRORS
+from core.idempotency import idempotent
 from core.roles import Role, has_role
 from feedback import services
 from feedback.models import (
@@ -107,6 +108,7 @@ class _JudgementPage(_ItemPage):
     tags=["data"],
     summary="Upload a file to import; it runs in the background (poll the import)",
 )
+@idempotent
 def create_import(
     request,
     project_id: int,
@@ -154,6 +156,7 @@ def list_snapshots(request, project_id: int):
     tags=["data"],
     summary="Build a snapshot in the background (poll it until status is ready)",
 )
+@idempotent
 def create_snapshot(request, project_id: int, body: SnapshotIn):
     _require(request, Role.ADMIN)
     project = get_object_or_404(Project, pk=project_id)

@@ -1,8 +1,10 @@
 import json
+import threading
 
 import datasets
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
 
 from feedback import services
 from feedback.models import (
@@ -702,3 +704,63 @@ def test_a_large_import_refreshes_the_statistics_of_the_tables_it_filled(
         project, tmp_path, admin_user, [{**row, "prompt": f"More {row['prompt']}"} for row in rows]
     )
     assert counted(Item) == before < Item.objects.count()
+
+
+# --- one consistent view while annotators submit -------------------------------------------------
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+@pytest.mark.django_db(transaction=True)
+def test_a_judgement_committed_during_a_build_is_not_half_visible(roles, monkeypatch, settings):
+    """The race, forced: the build pauses between its trust figures and its row export, and
+    another connection commits a judgement by a new annotator who disagrees with everyone. Under
+    READ COMMITTED the export saw that judgement although the trust filter never measured its
+    author (who, measured, falls below the threshold); the build must read one state."""
+    from feedback.services import snapshots
+
+    project = ProjectFactory(overlap=4)
+    items = [make_item(project, texts=[f"A{n}", f"B{n}"]) for n in range(4)]
+    for name in ("one", "two", "three"):
+        user = annotator(name)
+        for item in items:
+            judge_as(item, user, "a")
+    late = annotator("late")
+    policy = {"test_fraction": 0, "aggregation": "all", "min_annotator_agreement": 0.5}
+
+    paused, committed, failures = threading.Event(), threading.Event(), []
+
+    def submit_late() -> None:
+        try:
+            paused.wait(30)
+            judge_as(items[0], late, "b")
+        except Exception as exc:
+            failures.append(repr(exc))
+        finally:
+            connection.close()
+            committed.set()
+
+    real_trust = snapshots.annotator_trust
+
+    def trust_then_pause(*args, **kwargs):
+        decision = real_trust(*args, **kwargs)
+        paused.set()
+        assert committed.wait(30), "the other connection did not commit"
+        return decision
+
+    monkeypatch.setattr(snapshots, "annotator_trust", trust_then_pause)
+    other = threading.Thread(target=submit_late)
+    other.start()
+    during = services.snapshot_create(project=project, kind="preference", policy=policy)
+    other.join(30)
+
+    assert not failures, failures
+    assert PairwiseJudgement.objects.filter(annotator=late).count() == 1  # it did commit
+    assert during.status == Status.SUCCEEDED
+    assert during.row_counts["train"] == 12  # the three first annotators' judgements only
+    assert all(texts(r)[0].startswith("A") for r in rows(during))
+    assert during.stats["excluded_annotators"] == []
+
+    monkeypatch.setattr(snapshots, "annotator_trust", real_trust)
+    after = services.snapshot_create(project=project, kind="preference", policy=policy)
+    assert [a["username"] for a in after.stats["excluded_annotators"]] == ["late"]
+    assert after.row_counts["train"] == 12

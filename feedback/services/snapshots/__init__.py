@@ -87,15 +87,28 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def _streaming_reads() -> Iterator[None]:
-    """A transaction for reading the rows. Inside one, Django's server-side cursors stream
-    (outside, it declares them WITH HOLD, and each query then runs to its end before the first
-    row comes); and on PostgreSQL they are planned for reading every row, not the first tenth
+def _consistent_reads() -> Iterator[None]:
+    """One read-only transaction for every read of a build, seeing one state of the database.
+
+    On PostgreSQL it is REPEATABLE READ: every statement sees the database as its first query
+    found it, so a judgement committed while the snapshot builds is in the trust figures and the
+    exported rows alike, or in neither (under READ COMMITTED each query saw a newer state, and an
+    annotator the trust filter never measured could still have rows exported). The level can only
+    be set by a transaction's first statement: inside a caller's transaction the build reads in
+    that one (a test's, say). SQLite's read transaction already sees one state from its first
+    read to its end.
+
+    Inside a transaction Django's server-side cursors also stream (outside, it declares them
+    WITH HOLD, and each query then runs to its end before the first row comes); and on
+    PostgreSQL they are planned for reading every row, not the first tenth
     (cursor_tuple_fraction), since a plan picked for a quick start with statistics that predate
     a large import can rescan a table for every row."""
+    outermost = not connection.in_atomic_block
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
+                if outermost:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 cursor.execute("SET LOCAL cursor_tuple_fraction = 1.0")
         yield
 
@@ -152,7 +165,7 @@ def _write_snapshot(snapshot: DatasetSnapshot, directory: Path) -> dict[str, Any
     # Cleaned again: a snapshot requested before a policy key existed builds with its default
     # (and one whose policy is no longer valid fails, recorded, like any error).
     policy = clean_policy(snapshot.kind, snapshot.policy)
-    with _streaming_reads():
+    with _consistent_reads():
         trust = annotator_trust(
             snapshot.project,
             origins=[o for o in origins(policy) if o in MEASURED],
