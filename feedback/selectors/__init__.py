@@ -29,6 +29,7 @@ from feedback.models import (
     AssignmentStatus,
     Completion,
     Demonstration,
+    DemonstrationStatus,
     Item,
     ItemCompletion,
     PairwiseJudgement,
@@ -55,10 +56,15 @@ def projects_annotatable(*, user: AbstractBaseUser) -> QuerySet[Project]:
 
 
 def projects_for_annotator(*, user: AbstractBaseUser) -> QuerySet[Project]:
-    """Active projects the user may work on, with their own and overall progress."""
+    """Active projects the user may work on, with their own and overall progress, and their
+    rejected demonstrations waiting to be fixed."""
+    rejected = Demonstration.objects.filter(
+        annotator=user, item__project=OuterRef("pk"), status=DemonstrationStatus.REJECTED
+    )
     return (
         projects_annotatable(user=user)
         .annotate(
+            my_rejected=_Count(rejected.values("pk")),
             item_count=Count("items", distinct=True),
             my_done=Count(
                 "items__assignments",

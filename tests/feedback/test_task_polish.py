@@ -70,3 +70,20 @@ def test_a_big_project_says_how_many_are_left_only_up_to_the_cap(
     client.force_login(annotator)
     page = client.get(f"/projects/{project.pk}/work/", follow=True).content.decode()
     assert "0 done · 2+ left" in page and "of 3" not in page
+
+
+def test_the_projects_page_tells_an_author_a_demonstration_came_back(
+    client, project, annotator, other_annotator, reviewer
+):
+    project.task_kinds = [TaskKind.DEMONSTRATION]
+    project.save()
+    mine = _demonstrate(project, annotator)
+    review_services.demonstration_review(
+        demonstration_id=mine.pk, reviewer=reviewer, decision="reject", comment="Too short."
+    )
+    client.force_login(annotator)
+    page = client.get("/").content.decode()
+    assert "A reviewer sent back 1 of your demonstration:" in page
+    assert f"?project={project.pk}&amp;status=rejected" in page
+    client.force_login(other_annotator)  # someone else's rejection is not theirs to fix
+    assert "sent back" not in client.get("/").content.decode()
