@@ -306,6 +306,12 @@ def test_quality_page_is_admin_only_and_shows_the_report(client, roles, admin_us
     client.force_login(admin_user)
     html = client.get(f"/projects/{project.pk}/quality/").content.decode()
     assert "Krippendorff" in html and "q1" in html and "1 item with split judgements" in html
+    # At overlap 2 nobody has a majority of others to agree with: the page says so (issue #18).
+    assert 'id="overlap-too-low"' in html and "judged by 2 annotators" in html
+    project.overlap = 3
+    project.save()
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert 'id="overlap-too-low"' not in html
 
 
 # --- adjudication ----------------------------------------------------------------------------
