@@ -182,6 +182,12 @@ class LeaderboardRowOut(Schema):
     enough: bool = Field(
         description="False: too few votes (or no finite rating) for the rating to mean much."
     )
+    style_rating: float | None = Field(
+        description="Bradley-Terry with style covariates (reply length, headers, lists, bold), "
+        "lmarena's style control: the rating with style held equal."
+    )
+    style_low: float | None
+    style_high: float | None
     group: int = Field(
         description="Models linked by votes share a scale; group 0 holds the reference. Other "
         "groups never met it and are anchored on their own reference: do not compare across."
@@ -345,6 +351,7 @@ def leaderboard(
             **{key: row[key] for key in ("losses", "ties", "is_reference", "finite")},
             **{key: row[key] for key in ("enough", "group")},
             **{key: _finite(row[key]) for key in ("rating", "low", "high", "elo")},
+            **{key: _finite(row[key]) for key in ("style_rating", "style_low", "style_high")},
         )
         for row in board.rows
     ]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ __all__ = [
     "mle_exists",
     "online_elo",
     "rank_by_intervals",
+    "style_controlled",
+    "style_features",
     "subset_counts",
 ]
 
@@ -310,3 +313,103 @@ def _scale(strengths: np.ndarray, anchor: int | None) -> np.ndarray:
     if anchor is None:
         return ratings - (ratings.mean(axis=-1, keepdims=True) - INIT_RATING)
     return ratings - (ratings[..., [anchor]] - INIT_RATING)
+
+
+# --- style control ---------------------------------------------------------------------------
+
+STYLE_FEATURES = ("length", "headers", "lists", "bold")
+_LIST_LINE = re.compile(r"\s*(?:[-*+]|\d+[.)])\s")
+_BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
+
+
+def style_features(text: str) -> tuple[int, int, int, int]:
+    """What lmarena's style control measures in a reply: its length (words here, tokens
+    there), markdown headers, list items and bold spans."""
+    lines = text.splitlines()
+    return (
+        len(text.split()),
+        sum(1 for line in lines if line.lstrip().startswith("#")),
+        sum(1 for line in lines if _LIST_LINE.match(line)),
+        len(_BOLD.findall(text)),
+    )
+
+
+def style_controlled(
+    battles: list[tuple[str, str, str]],
+    styles: list[tuple[tuple[float, ...], tuple[float, ...]]],
+    *,
+    reference: str | None = None,
+    rounds: int = 50,
+    seed: int = 0,
+) -> dict:
+    """Bradley-Terry with style covariates, as lmarena's style control (blog post "Does style
+    matter?", 2024): logit P(a beats b) = (theta_a - theta_b) + sum_k beta_k * d_k, where d_k
+    is the normalised difference (f_a - f_b) / (f_a + f_b) of each style feature between the
+    two replies, standardised over the battles; a tie is half a win each way, as in
+    bradley_terry. The model strengths are the ratings with style held equal.
+
+    Returns {"ratings": {model: rating}, "low": {...}, "high": {...}, "coefficients":
+    {feature: beta}}: ratings on bradley_terry's scale (SCALE, BASE, the reference or the mean
+    at INIT_RATING), intervals from `rounds` bootstrap resamples of the battles (seeded).
+    """
+    if len(battles) != len(styles):
+        raise ValueError("one (style of a, style of b) per battle")
+    models = sorted({name for a, b, _ in battles for name in (a, b)})
+    if not models:
+        return {"ratings": {}, "low": {}, "high": {}, "coefficients": {}}
+    if reference is not None and reference not in models:
+        raise ValueError(f"reference model {reference!r} has no votes")
+    index = {name: k for k, name in enumerate(models)}
+    n, m = len(battles), len(models)
+    x = np.zeros((n, m + len(STYLE_FEATURES)))
+    rows = np.arange(n)
+    x[rows, [index[a] for a, _, _ in battles]] = 1.0
+    x[rows, [index[b] for _, b, _ in battles]] = -1.0
+    fa = np.array([a for a, _ in styles], dtype=float)
+    fb = np.array([b for _, b in styles], dtype=float)
+    total = fa + fb
+    diff = np.divide(fa - fb, total, out=np.zeros_like(total), where=total > 0)
+    spread = diff.std(axis=0)
+    x[:, m:] = np.divide(
+        diff - diff.mean(axis=0), spread, out=np.zeros_like(diff), where=spread > 0
+    )
+    y = np.array([{0: 1.0, 1: 0.0, 2: 0.5}[WINNERS[w]] for _, _, w in battles])
+
+    anchor = index[reference] if reference is not None else None
+    fitted = _logistic(x, y, np.ones(n))
+    rng = np.random.default_rng(seed)
+    boot = [_logistic(x, y, np.bincount(rng.integers(0, n, n), minlength=n)) for _ in range(rounds)]
+    ratings = _scale(fitted[:m] / math.log(BASE), anchor)
+    if rounds:
+        boot_ratings = _scale(np.array(boot)[:, :m] / math.log(BASE), anchor)
+        low, high = (
+            np.quantile(boot_ratings, 0.025, axis=0),
+            np.quantile(boot_ratings, 0.975, axis=0),
+        )
+    else:
+        low, high = ratings, ratings
+    return {
+        "ratings": dict(zip(models, ratings.tolist(), strict=True)),
+        "low": dict(zip(models, low.tolist(), strict=True)),
+        "high": dict(zip(models, high.tolist(), strict=True)),
+        "coefficients": dict(zip(STYLE_FEATURES, fitted[m:].tolist(), strict=True)),
+    }
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted logistic regression without intercept (natural-log units); a tiny ridge keeps
+    the model strengths identifiable (they are only defined up to a shift)."""
+    ridge = 1e-6
+    scale = weights.sum()
+
+    def loss_and_grad(w: np.ndarray):
+        z = x @ w
+        loss = (weights * (y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z))).sum()
+        grad = x.T @ (weights * (expit(z) - y))
+        return loss / scale + ridge * w @ w, grad / scale + 2 * ridge * w
+
+    result = minimize(
+        loss_and_grad, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B",
+        options={"maxiter": 1000, "gtol": 1e-9},
+    )  # fmt: skip
+    return result.x

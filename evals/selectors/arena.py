@@ -68,13 +68,28 @@ def arena_battles(
 ) -> list[tuple[str, str, str]]:
     """(model_a, model_b, winner) per vote in the order they were cast, winner in FastChat's
     labels: "model_a", "model_b", "tie" or "tie (bothbad)"."""
+    return [battle for battle, _ in _votes(project, include_simulated, with_style=False)]
+
+
+def _votes(project: Project, include_simulated: bool, *, with_style: bool) -> list[tuple]:
+    """((model_a, model_b, winner), (style of reply a, style of reply b) or None) per vote."""
+    from evals.ml.arena import style_features  # no numpy work at import: regexes only
+
     votes = (
         _battle_judgements(include_simulated=include_simulated)
         .filter(item__project=project)
         .order_by("created_at", "id")
-        .values_list("model_a", "model_b", "choice")
     )
-    return [(a, b, WINNER_FOR_CHOICE[choice]) for a, b, choice in votes]
+    if not with_style:
+        rows = votes.values_list("model_a", "model_b", "choice")
+        return [((a, b, WINNER_FOR_CHOICE[choice]), None) for a, b, choice in rows]
+    rows = votes.annotate(text_a=_side(0, "text"), text_b=_side(1, "text")).values_list(
+        "model_a", "model_b", "choice", "text_a", "text_b"
+    )
+    return [
+        ((a, b, WINNER_FOR_CHOICE[choice]), (style_features(ta), style_features(tb)))
+        for a, b, choice, ta, tb in rows
+    ]
 
 
 def arena_projects() -> list[dict[str, Any]]:
@@ -89,6 +104,7 @@ def arena_projects() -> list[dict[str, Any]]:
 
 MIN_ARENA_VOTES = 10  # fewer, and a model's interval is too wide to say much: "not enough votes"
 MATRIX_MODELS = 12  # the win-rate matrix shows the best this many of a group
+STYLE_ROUNDS = 50  # bootstrap rounds of the style-controlled ratings (a refit per round)
 
 
 @dataclass
@@ -100,6 +116,9 @@ class LeaderboardGroup:
     battles: int
     rateable: bool  # finite maximum-likelihood ratings exist for every model in the group
     matrix: list[dict[str, Any]] = field(default_factory=list)
+    # Style control's coefficient per feature (logit per standard deviation of the normalised
+    # difference): positive when voters favour the reply with more of it.
+    style_effects: dict[str, float] = field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
@@ -157,7 +176,9 @@ def arena_leaderboard(
     reference, and listed after the reference's group."""
     from evals.ml.arena import battle_counts, battle_groups  # numpy/scipy, no torch
 
-    battles = arena_battles(project=project, include_simulated=include_simulated)
+    votes = _votes(project, include_simulated, with_style=True)
+    battles = [battle for battle, _ in votes]
+    styles = [style for _, style in votes]
     models = sorted({m for a, b, _ in battles for m in (a, b)})
     checkpoints = list(Checkpoint.objects.filter(name__in=models))
     unknown = ""
@@ -173,8 +194,8 @@ def arena_leaderboard(
     for index, members in enumerate(split):
         anchor = reference if index == 0 else _default_reference(checkpoints, members)
         rated = _rate_group(
-            index, members, anchor, battles=battles, counts=counts, checkpoints=checkpoints,
-            rounds=rounds, seed=seed,
+            index, members, anchor, battles=battles, styles=styles, counts=counts,
+            checkpoints=checkpoints, rounds=rounds, seed=seed,
         )  # fmt: skip
         groups.append(rated)
     rows = [row for group in groups for row in group.rows]
@@ -187,15 +208,26 @@ def _rate_group(
     reference: str | None,
     *,
     battles: list[tuple[str, str, str]],
+    styles: list[tuple],
     counts: Any,
     checkpoints: list[Checkpoint],
     rounds: int,
     seed: int,
 ) -> LeaderboardGroup:
-    from evals.ml.arena import bradley_terry, mle_exists, online_elo, subset_counts
+    from evals.ml.arena import (
+        bradley_terry,
+        mle_exists,
+        online_elo,
+        style_controlled,
+        subset_counts,
+    )
 
     inside = set(members)
-    own = [battle for battle in battles if battle[0] in inside]
+    mine = [k for k, battle in enumerate(battles) if battle[0] in inside]
+    own = [battles[k] for k in mine]
+    styled = style_controlled(
+        own, [styles[k] for k in mine], reference=reference, rounds=STYLE_ROUNDS, seed=seed
+    )
     group_counts = subset_counts(counts, members)
     rows = bradley_terry(group_counts, reference=reference, rounds=rounds, seed=seed)
     rateable = mle_exists(group_counts)
@@ -216,6 +248,9 @@ def _rate_group(
         for outcome in ("wins", "losses", "ties"):
             row[outcome] = outcomes[row["model"]][outcome]
         row["elo"] = elo[row["model"]]
+        row["style_rating"] = styled["ratings"][row["model"]]
+        row["style_low"] = styled["low"][row["model"]]
+        row["style_high"] = styled["high"][row["model"]]
         row["checkpoint_id"] = ids.get(row["model"])
         row["is_reference"] = row["model"] == reference
         row["finite"] = all(math.isfinite(row[k]) for k in ("rating", "low", "high"))
@@ -225,6 +260,7 @@ def _rate_group(
         both_ways = row["wins"] + row["ties"] > 0 and row["losses"] + row["ties"] > 0
         row["enough"] = both_ways and row["finite"] and row["votes"] >= MIN_ARENA_VOTES
     group = LeaderboardGroup(rows, reference, len(own), rateable)
+    group.style_effects = styled["coefficients"]
     group.matrix = _win_matrix(group_counts, [row["model"] for row in rows[:MATRIX_MODELS]])
     return group
 

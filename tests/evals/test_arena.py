@@ -349,3 +349,22 @@ def test_the_win_rate_matrix_counts_battles_and_half_wins_for_ties(arena):
     assert matrix["x"]["y"]["votes"] == 6 and matrix["x"]["y"]["win_rate"] == pytest.approx(4 / 6)
     assert matrix["y"]["x"]["win_rate"] == pytest.approx(2 / 6)
     assert matrix["x"]["x"]["self"]
+
+
+def test_the_leaderboard_shows_style_controlled_ratings_beside_the_plain_ones(
+    client, reviewer, arena
+):
+    cast(arena, synthetic_votes(TRUTH, 300, seed=6))
+    board = selectors.arena_leaderboard(project=arena, reference="base")
+    rows = {row["model"]: row for row in board.rows}
+    # The synthetic replies all have the same style ("reply of <name>"): no style effect, so
+    # style control agrees with the plain fit.
+    for row in board.rows:
+        assert row["style_rating"] == pytest.approx(row["rating"], abs=1)
+    assert rows["base"]["style_rating"] == pytest.approx(1000)
+    assert set(board.groups[0].style_effects) == {"length", "headers", "lists", "bold"}
+    client.force_login(reviewer)
+    page = client.get(f"/evals/projects/{arena.pk}/leaderboard/").content.decode()
+    assert "Style-controlled" in page and "Style effects on votes" in page
+    api_rows = client.get(f"/api/projects/{arena.pk}/leaderboard").json()["rows"]
+    assert all(row["style_rating"] is not None for row in api_rows)

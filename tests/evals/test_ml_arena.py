@@ -7,7 +7,7 @@ import pytest
 import statsmodels.api as sm
 
 from evals.ml import ARENA_DEFINITION, BattleCounts, battle_counts, bradley_terry, online_elo
-from evals.ml.arena import mle_exists, rank_by_intervals
+from evals.ml.arena import mle_exists, rank_by_intervals, style_controlled, style_features
 
 
 def synthetic_battles(strengths: dict[str, float], n: int, seed: int, tie_rate: float = 0.0):
@@ -169,3 +169,46 @@ def test_a_model_that_never_lost_is_flagged(caplog):
     with caplog.at_level("WARNING", logger="evals.ml.arena"):
         bradley_terry(battles, rounds=0)
     assert "unbounded" in caplog.text
+
+
+# --- style control (issue #18) ------------------------------------------------------------------
+
+
+def test_style_features_count_length_headers_lists_and_bold():
+    text = "# Title\n\nSome **bold** words.\n\n- one\n- two\n1. three\n__also bold__"
+    assert style_features(text) == (13, 1, 3, 2)
+
+
+def test_style_control_separates_a_length_bias_from_strength():
+    """Two equally strong models; voters prefer the longer reply, and `verbose` writes longer
+    ones on average (the lengths overlap, or length and model could not be told apart). Plain
+    Bradley-Terry rates `verbose` far above; with style control the two are level and the
+    length coefficient carries the preference."""
+    rng = np.random.default_rng(3)
+    battles, styles = [], []
+    for _ in range(3000):
+        a, b = ("verbose", "terse") if rng.random() < 0.5 else ("terse", "verbose")
+        length = {"verbose": int(rng.integers(60, 400)), "terse": int(rng.integers(20, 200))}
+        # one strength, and a preference for the longer reply (logit 2 per unit of the
+        # normalised length difference)
+        d = (length[a] - length[b]) / (length[a] + length[b])
+        p_a = 1 / (1 + math.exp(-2.0 * d))
+        battles.append((a, b, "model_a" if rng.random() < p_a else "model_b"))
+        styles.append(((length[a], 0, 0, 0), (length[b], 0, 0, 0)))
+    plain = {row["model"]: row["rating"] for row in bradley_terry(battles, reference="terse")}
+    assert plain["verbose"] - 1000 > 60
+    controlled = style_controlled(battles, styles, reference="terse", rounds=30, seed=1)
+    assert controlled["ratings"]["terse"] == pytest.approx(1000)
+    assert abs(controlled["ratings"]["verbose"] - 1000) < 40
+    assert controlled["low"]["verbose"] <= 1000 <= controlled["high"]["verbose"]
+    assert controlled["coefficients"]["length"] > 0.3
+    assert controlled["coefficients"]["lists"] == 0  # no variation, no effect
+
+
+def test_without_style_differences_style_control_is_plain_bradley_terry():
+    battles = synthetic_battles({"x": 1000, "y": 1100, "z": 1250}, 600, seed=5)
+    same = [((10, 0, 0, 0), (10, 0, 0, 0))] * len(battles)
+    plain = {row["model"]: row["rating"] for row in bradley_terry(battles, reference="x")}
+    controlled = style_controlled(battles, same, reference="x", rounds=0)["ratings"]
+    for model, rating in plain.items():
+        assert controlled[model] == pytest.approx(rating, abs=0.5)
