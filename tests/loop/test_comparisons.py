@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from evals.models import EvalRun
 from feedback.models import Completion, CompletionSource, Item, Prompt, Split, TaskKind
 from jobs.models import Status
 from loop.comparisons import SamplingParams, comparisons_request
@@ -11,7 +12,7 @@ from loop.models import ComparisonBatch
 from loop.tasks import generate_comparisons
 from modeling import services
 from tests.factories import ProjectFactory
-from tests.modeling.helpers import queued_messages, wait_for
+from tests.modeling.helpers import purge_gpu_queue, queued_messages, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,12 +30,18 @@ def trained(admin_user, base_checkpoint, make_snapshot):
         launched_by=admin_user,
         enqueue=False,
     )
-    return services.run_training_job(job=job).result
+    checkpoint = services.run_training_job(job=job).result
+    # Its automatic evaluations are not this file's subject: each is a process of its own on the
+    # one test worker (~30 s on a busy machine), and four of them ahead of the batch outlast
+    # its wait. Forget them before any worker starts.
+    EvalRun.objects.filter(checkpoint=checkpoint).delete()
+    purge_gpu_queue()
+    return checkpoint
 
 
 def test_generated_comparisons_become_pairwise_tasks_once(
-    gpu_worker, admin_user, admin_client, base_checkpoint, trained, labelled_project
-):
+    trained, gpu_worker, admin_user, admin_client, base_checkpoint, labelled_project
+):  # `trained` first: its evaluations are forgotten before the worker starts
     items_before = Item.objects.filter(kind=TaskKind.PAIRWISE).count()
     # The oldest prompt is held out: the next round is trained on, so it must not get items.
     held_out = labelled_project.prompts.order_by("id").first()
