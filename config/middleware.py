@@ -1,10 +1,8 @@
-from typing import Any
-
 from django.contrib.auth.middleware import LoginRequiredMiddleware
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 
-from core.text import refuse_lone_surrogates
+from core.text import refuse_lone_surrogates_in
 
 
 class LoginRequiredExceptApiMiddleware(LoginRequiredMiddleware):
@@ -34,21 +32,12 @@ class RefuseLoneSurrogates:
     def process_view(self, request, view_func, view_args, view_kwargs) -> HttpResponse | None:
         if request.path_info.startswith("/api/"):
             return None
-        texts = [*_pairs(request.GET), *_pairs(request.POST)]
-        texts += [(name, upload.name) for name, upload in _pairs(request.FILES)]
         try:
-            for name, value in texts:
-                shown = name.encode("utf-8", "backslashreplace").decode()
-                refuse_lone_surrogates(name, field="a field's name")
-                refuse_lone_surrogates(value, field=shown)
+            for data in (request.GET, request.POST, request.FILES):
+                refuse_lone_surrogates_in(data)
         except ValidationError as exc:
+            [(field, [message])] = exc.message_dict.items()
             return HttpResponse(
-                "; ".join(f"{field}: {m}" for field, ms in exc.message_dict.items() for m in ms),
-                status=422,
-                content_type="text/plain; charset=utf-8",
+                f"{field}: {message}", status=422, content_type="text/plain; charset=utf-8"
             )
         return None
-
-
-def _pairs(data) -> list[tuple[str, Any]]:
-    return [(name, value) for name, values in data.lists() for value in values]

@@ -30,7 +30,7 @@ from ninja.security import HttpBearer
 
 from core.api_auth import session_auth
 from core.errors import NotYourTask, TaskUnavailable
-from core.text import lone_surrogate, refuse_lone_surrogates
+from core.text import lone_surrogate, refuse_lone_surrogates_in
 from core.tokens import token_authenticate
 
 
@@ -73,11 +73,7 @@ class ObjectParser(Parser):
         return data
 
     def parse_querydict(self, data, list_fields: list[str], request: HttpRequest):
-        for name, values in data.lists():
-            refuse_lone_surrogates(name, field="a field's name")
-            for value in values:
-                text = value if isinstance(value, str) else getattr(value, "name", "")
-                refuse_lone_surrogates(text or "", field=name)
+        refuse_lone_surrogates_in(data)  # a ValidationError: 422 (on_validation_error)
         return super().parse_querydict(data, list_fields, request)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.utils.datastructures import MultiValueDict
 
 # U+D800 to U+DFFF: halves of UTF-16 pairs. JSON may write one alone ("\ud800") and a UTF-7
 # form may carry one, but it is no character: UTF-8 cannot encode it, so PostgreSQL, the
@@ -34,6 +35,14 @@ def refuse_lone_surrogates(value: str, *, field: str = "text") -> str:
             code="surrogate",
         )
     return value
+
+
+def refuse_lone_surrogates_in(data: MultiValueDict) -> None:
+    """Form fields or a query string (QueryDict), or uploads (their file names)."""
+    for name, values in data.lists():
+        refuse_lone_surrogates(name, field="a field's name")
+        for value in values:
+            refuse_lone_surrogates(value if isinstance(value, str) else value.name, field=name)
 
 
 def check_storable(value: str, *, field: str = "text") -> str:

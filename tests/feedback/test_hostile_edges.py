@@ -219,6 +219,37 @@ def test_a_lone_surrogate_in_a_project_name_is_a_form_error(client, admin_user):
     assert not Project.objects.exists()
 
 
+def test_a_lone_surrogate_in_a_query_string_is_a_422(client, admin_user, project):
+    client.force_login(admin_user)
+
+    response = client.get(
+        f"/projects/{project.pk}/records/?q=%2B2AA-",
+        headers={"Content-Type": "text/plain; charset=utf-7"},  # the charset GET decodes with
+    )
+
+    assert response.status_code == 422
+    assert "q: Contains an unpaired surrogate" in response.content.decode()
+
+
+def test_a_lone_surrogate_in_an_api_form_field_is_a_422(client, admin_user, project, media):
+    content = '{"prompt": "Q?"}\n'
+    body = (
+        '--B\r\nContent-Disposition: form-data; name="file"; filename="p.jsonl"\r\n\r\n'
+        f"{content}\r\n"
+        f'--B\r\nContent-Disposition: form-data; name="source"\r\n\r\n{LONE_UTF7}\r\n--B--\r\n'
+    )
+
+    response = client.generic(
+        "POST",
+        f"/api/projects/{project.pk}/imports",
+        body.encode(),
+        content_type="multipart/form-data; boundary=B; charset=utf-7",
+        headers=bearer(admin_user),
+    )
+
+    assert "unpaired surrogate" in assert_error(response, 422, "invalid")["message"]
+
+
 def _api_post(client, path: str, body: dict, user):
     # json.dumps writes the lone surrogate as the escape \ud800, as a hostile client would.
     return client.post(

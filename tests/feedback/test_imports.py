@@ -2,6 +2,7 @@ import csv
 import gc
 import hashlib
 import json
+import os
 import threading
 from io import StringIO
 
@@ -767,3 +768,12 @@ def test_uploads_left_after_a_preview_are_swept_once_their_token_expires(project
     assert removed == 1
     assert not stale_preview.exists() and not stale_preview.parent.exists()
     assert fresh_preview.exists() and (media / waiting.file).exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_readably(project, importer, tmp_path):
+    # A command-line path with undecodable bytes reaches Python as lone surrogates.
+    path = write_jsonl(tmp_path / os.fsdecode(b"rows-\xff.jsonl"), [{"prompt": "Hi?"}])
+    assert run(project, path, importer).ok
+    assert Prompt.objects.get().source == "rows-\\xff.jsonl"
+    with pytest.raises(services.imports.ValidationError, match="unpaired surrogate"):
+        ImportOptions(source=os.fsdecode(b"\xff"))

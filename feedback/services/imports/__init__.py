@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +198,7 @@ def import_file(
                 project=project,
                 user=user,
                 options=options,
-                source=options.source or path.name,
+                source=_source(options, path),
                 db=db,
             )
             skipped = _write_while_valid(validation, path, writer, progress)
@@ -210,6 +211,13 @@ def import_file(
     report.skipped_duplicates = skipped
     report.created = writer.created
     return report
+
+
+def _source(options: ImportOptions, path: Path) -> str:
+    """What rows record as their source (a 200-character column): the option, else the file's
+    name, whose undecodable bytes (a command-line path) are shown, not stored as surrogates."""
+    name = os.fsencode(path.name).decode("utf-8", "backslashreplace")
+    return (options.source or name)[:200]
 
 
 def _write_while_valid(

@@ -43,6 +43,7 @@ class ImportOptions:
             raise ValidationError({"comparison_mode": "Comparison mode is pairwise or ranking."})
         if self.pairing not in PAIRINGS:
             raise ValidationError({"pairing": f"Pairing is one of {', '.join(PAIRINGS)}."})
+        check_storable(self.source, field="source")
 
 
 @dataclass
@@ -173,11 +174,12 @@ MAX_METADATA_DEPTH = 20
 def _metadata(row: dict) -> dict[str, Any]:
     """The row's other keys as JSON that every database here stores (UltraFeedback's scores,
     prompt_id...); Parquet dates become ISO text."""
-    kept = {key: _json_value(value, key) for key, value in row.items() if key not in _READ}
-    if not kept:
-        return kept
-    for key in kept:
+    extra = [key for key in row if key not in _READ]
+    if not extra:
+        return {}
+    for key in extra:  # first: errors about a value name its key
         check_storable(key, field="metadata")
+    kept = {key: _json_value(row[key], key) for key in extra}
     size = len(orjson.dumps(kept))
     if size > MAX_METADATA_BYTES:
         raise ValidationError(
