@@ -155,7 +155,9 @@ def _conversation(prompt: Any, history: list[dict] | None, field_name: str) -> l
 
 def _short_text(value: Any, field_name: str) -> str:
     """An id or a model name: text that fits its 200-character column."""
-    text = check_storable(str(value or ""), field=field_name)
+    if not value:  # most rows: no id, no model names
+        return ""
+    text = check_storable(str(value), field=field_name)
     if len(text) > 200:
         raise ValidationError(f"{field_name} is longer than 200 characters.")
     return text
