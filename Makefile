@@ -10,7 +10,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 SQLITE_TESTS = tests/feedback/test_services.py tests/feedback/test_queue_concurrency.py \
-	tests/feedback/test_views.py tests/feedback/test_hostile_input.py tests/feedback/test_auth.py
+	tests/feedback/test_views.py tests/feedback/test_hostile_input.py tests/feedback/test_auth.py \
+	tests/feedback/test_hostile_edges.py
 
 .PHONY: run demo setup test install chromium lint format clean
 

@@ -32,6 +32,12 @@ app.conf.beat_schedule = {
         "schedule": settings.VEREDICTO_JOB_SWEEP_SECONDS,
         "options": {"queue": CeleryQueue.DEFAULT.value, "expires": 60},
     },
+    # Uploads previewed and never imported (feedback.services.imports.uploads).
+    "uploads-sweep": {
+        "task": "feedback.tasks.sweep_uploads",
+        "schedule": 3600,
+        "options": {"queue": CeleryQueue.DEFAULT.value, "expires": 600},
+    },
 }
 
 

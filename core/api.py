@@ -9,17 +9,28 @@ browser session (with its CSRF token) for the interactive docs at /api/docs.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import (
+    PermissionDenied,
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+    ValidationError,
+)
 from django.http import Http404, HttpRequest, HttpResponse
-from ninja import NinjaAPI, Schema
+from ninja import Field, NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as SchemaValidationError
+from ninja.pagination import LimitOffsetPagination
+from ninja.parser import Parser
 from ninja.security import HttpBearer
 
 from core.api_auth import session_auth
 from core.errors import NotYourTask, TaskUnavailable
+from core.text import lone_surrogate, refuse_lone_surrogates_in
 from core.tokens import token_authenticate
 
 
@@ -31,12 +42,63 @@ class TokenAuth(HttpBearer):
         return user
 
 
+class UnreadableBody(ValueError):
+    """A request body that is not one JSON object of text (the API answers 422)."""
+
+
+# A JSON string spells a lone surrogate only as an escape, so bodies without one are not walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class ObjectParser(Parser):
+    """Every body the API takes is a JSON object; anything else is refused before a schema sees
+    it (ninja would read `null` or `[]` as "no fields given" and apply the defaults). Form
+    fields, query strings and file names must be text, as on the pages (config.middleware)."""
+
+    def parse_body(self, request: HttpRequest) -> dict[str, Any]:
+        try:
+            data = json.loads(request.body)
+        except RecursionError:
+            raise UnreadableBody("The body is nested too deeply to read.") from None
+        except UnicodeDecodeError:
+            raise UnreadableBody("The body is not UTF-8 text.") from None
+        except ValueError as exc:
+            raise UnreadableBody(f"The body is not JSON: {exc}.") from None
+        if not isinstance(data, dict):
+            raise UnreadableBody("The body must be a JSON object.")
+        if _SURROGATE_ESCAPE.search(request.body) and _has_lone_surrogate(data):
+            raise UnreadableBody(
+                "The body holds an unpaired surrogate (\\ud800-\\udfff): not text."
+            )
+        return data
+
+    def parse_querydict(self, data, list_fields: list[str], request: HttpRequest):
+        refuse_lone_surrogates_in(data)  # a ValidationError: 422 (on_validation_error)
+        return super().parse_querydict(data, list_fields, request)
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """In any key or string of decoded JSON; a loop, not recursion: JSON may nest deeply."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str) and lone_surrogate(value):
+            return True
+        if isinstance(value, dict):
+            stack += value.keys()
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
+    return False
+
+
 api = NinjaAPI(
     title="Veredicto API",
     version="1",
     description="Projects, imports, items, judgements and dataset snapshots.",
     auth=[TokenAuth(), session_auth],
     urls_namespace="api",
+    parser=ObjectParser(),
 )
 
 
@@ -50,8 +112,22 @@ class Error(Schema):
     error: ErrorBody
 
 
-# The documented error responses of an endpoint: `response={200: Out, **ERRORS}`.
-ERRORS = {401: Error, 403: Error, 404: Error, 409: Error, 422: Error}
+# The documented error responses of an endpoint: `response={200: Out, **ERRORS}`. 413: a body
+# over DATA_UPLOAD_MAX_MEMORY_SIZE (files aside); 422: one that is not a JSON object, or that
+# does not match the schema.
+ERRORS = {401: Error, 403: Error, 404: Error, 409: Error, 413: Error, 422: Error}
+
+
+# Page windows every database here can serve: an OFFSET past bigint is a database error.
+MAX_LIMIT, MAX_OFFSET = 1000, 2**31 - 1
+
+
+class Pagination(LimitOffsetPagination):
+    """ninja's limit/offset pagination, bounded in the schema (an absurd window is a 422)."""
+
+    class Input(Schema):
+        limit: int = Field(100, ge=1, le=MAX_LIMIT)
+        offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 def lookup(model, pk: int | None, field: str, missing: dict[str, str], what: str = ""):
@@ -110,4 +186,15 @@ def on_unauthenticated(request, exc: AuthenticationError) -> HttpResponse:
 
 @api.exception_handler(HttpError)
 def on_http_error(request, exc: HttpError) -> HttpResponse:
+    # ninja turns whatever the parser raised into a 400 "Cannot parse request body".
+    if isinstance(exc.__cause__, UnreadableBody):
+        return error(request, 422, "invalid_json", str(exc.__cause__))
     return error(request, exc.status_code, "error", str(exc))
+
+
+def on_too_large(request, exc: Exception) -> HttpResponse:
+    return error(request, 413, "too_large", f"The request is too large: {exc}")
+
+
+for _too_large in (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent):
+    api.exception_handler(_too_large)(on_too_large)

@@ -24,9 +24,9 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
 
-from core.api import ERRORS, lookup  # one error shape for the whole API
+from core.api import ERRORS, Pagination, lookup  # one error shape for the whole API
 from core.errors import PermissionDenied
 from core.idempotency import idempotent
 from core.roles import Role, has_role
@@ -223,7 +223,7 @@ def list_suites(request):
 
 
 @router.get("/evals/runs", response={200: list[EvalRunOut], **ERRORS})
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_runs(
     request,
     checkpoint_id: int | None = None,

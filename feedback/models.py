@@ -94,7 +94,7 @@ class Project(models.Model):
 
     def clean(self) -> None:
         """Normalise what the field validators accepted (they run first, in full_clean)."""
-        self.name = (self.name or "").strip()
+        self.name = validators.normalise_name(self.name or "")
         if not self.name:
             raise ValidationError({"name": "A project needs a name."})
         # A bad schema is already reported by the field's validator.
@@ -181,6 +181,9 @@ class Item(models.Model):
     # never exported as ordinary labels. Every annotator may get each gold item once.
     is_gold = models.BooleanField(default=False)
     gold_answer = models.JSONField(default=dict, blank=True)
+    # The other keys of the imported row that made this item (UltraFeedback's scores, a
+    # prompt_id...), kept as they were.
+    metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -35,3 +35,9 @@ def run_import(import_id: int) -> str:
     return services.imports.data_import_run(
         data_import=data_import, worker_host=worker_name()
     ).status
+
+
+@shared_task(name="feedback.tasks.sweep_uploads")
+def sweep_uploads() -> int:
+    """Celery beat, hourly: uploads previewed and never imported, once their token expired."""
+    return services.imports.uploads_sweep()

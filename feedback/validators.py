@@ -9,6 +9,7 @@ replaces the message of an error whose code it knows ("invalid", "required") wit
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -28,6 +29,15 @@ MIN_OVERLAP, MAX_OVERLAP = 1, 50
 # item to someone else; then the first answer is refused.
 MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 60, 7 * 24 * 3600
 MAX_GOLD_RATE = 0.5
+
+
+def normalise_name(value: Any) -> Any:
+    """A name as stored: NFC, without surrounding whitespace. "é" typed as one code point or
+    as "e" and a combining accent looks the same, so it must be the same name (and a duplicate
+    of it); NFC is also what keyboards and most files produce."""
+    if not isinstance(value, str):
+        return value
+    return unicodedata.normalize("NFC", value).strip()
 
 
 def validate_task_kinds(value: Any) -> None:

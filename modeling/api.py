@@ -21,9 +21,9 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
 
-from core.api import ERRORS, lookup  # one error shape for the whole API
+from core.api import ERRORS, Pagination, lookup  # one error shape for the whole API
 from core.errors import PermissionDenied
 from core.idempotency import idempotent
 from core.roles import Role, has_role
@@ -136,7 +136,7 @@ class JobIn(Schema):
 
 
 @router.get("/jobs", response={200: list[JobOut], **ERRORS})
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_jobs(request, status: JobStatus | None = None, kind: JobKind | None = None):
     _require_admin(request)
     jobs = selectors.jobs_all()
@@ -218,7 +218,7 @@ def rerun_job(request, job_id: int):
 
 
 @router.get("/checkpoints", response={200: list[CheckpointOut], **ERRORS})
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_checkpoints(request, kind: CheckpointKind | None = None):
     _require_admin(request)
     checkpoints = selectors.checkpoints_all()

@@ -7,9 +7,9 @@ from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from ninja import File, Form, Router
 from ninja.files import UploadedFile
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
 
-from core.api import ERRORS
+from core.api import ERRORS, Pagination
 from core.idempotency import idempotent
 from core.roles import Role, has_role
 from feedback import services
@@ -40,7 +40,7 @@ router = Router()
 
 
 @router.get("/projects/{project_id}/items", response={200: list[ItemOut], **ERRORS}, tags=["data"])
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_items(
     request, project_id: int, kind: Literal["demonstration", "pairwise", "ranking"] | None = None
 ):
@@ -81,7 +81,7 @@ class _ItemPage:
     tags=["data"],
     summary="Judgements: all of them for admins and reviewers, your own for annotators",
 )
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_judgements(
     request, project_id: int, kind: Literal["demonstration", "pairwise", "ranking"] = "pairwise"
 ):

@@ -66,14 +66,13 @@ def project_create(
     annotators: Iterable[AbstractBaseUser] | None = None,
 ) -> Project:
     """Every setting is checked by the model (Project.full_clean), as the Django admin does."""
+    texts = _project_texts(name=name, guidelines=guidelines, description=description)
     project = Project(
-        name=clean_text(name, field="name").strip(),
+        **texts,
         # A tuple is fine; a bare string is not a list of kinds, and the model says so.
         task_kinds=list(task_kinds) if isinstance(task_kinds, list | tuple) else task_kinds,
         overlap=overlap,
         lease_seconds=lease_seconds,
-        guidelines=clean_text(guidelines, field="guidelines", allow_blank=True),
-        description=description,
         label_schema=label_schema or [],
         gold_rate=gold_rate,
         reveal_models=reveal_models,
@@ -92,10 +91,7 @@ def project_update(
     unknown = set(changes) - set(PROJECT_SETTINGS)
     if unknown:
         raise ValidationError(f"Unknown project settings: {', '.join(sorted(unknown))}.")
-    if "guidelines" in changes:
-        changes["guidelines"] = clean_text(
-            changes["guidelines"], field="guidelines", allow_blank=True
-        )
+    changes |= _project_texts(**{f: changes[f] for f in _PROJECT_TEXTS if f in changes})
     before = {field: getattr(project, field) for field in changes}
     for field, value in changes.items():
         setattr(project, field, value)
@@ -105,6 +101,18 @@ def project_update(
         for field, value in before.items():  # the caller's object must not keep refused values
             setattr(project, field, value)
         raise
+
+
+# The project's free texts, and whether each may be blank. The model stores the name in NFC
+# (Project.clean), so that names that look the same are the same name.
+_PROJECT_TEXTS = {"name": False, "description": True, "guidelines": True}
+
+
+def _project_texts(**texts: Any) -> dict[str, str]:
+    return {
+        field: clean_text(value, field=field, allow_blank=_PROJECT_TEXTS[field])
+        for field, value in texts.items()
+    }
 
 
 @transaction.atomic

@@ -7,13 +7,13 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from core.text import clean_text
+from core.text import check_storable, clean_text
 from feedback.validators import normalise_label_schema
 
 ROLES = ("system", "user", "assistant")
 MAX_MESSAGES = 64
 
-__all__ = ["clean_label_schema", "clean_labels", "clean_messages", "clean_text"]
+__all__ = ["check_storable", "clean_label_schema", "clean_labels", "clean_messages", "clean_text"]
 
 
 def clean_messages(messages: Any, system: Any = "") -> tuple[str, list[dict[str, str]]]:

@@ -80,16 +80,20 @@ def import_preview(request: HttpRequest, project_id: int) -> HttpResponse:
     form = ImportForm(request.POST, request.FILES)
     preview = token = None
     if form.is_valid():
+        path = None
         try:
             path = services.imports.upload_store(
                 uploaded=form.cleaned_data["file"], project=project
             )
             preview = services.imports.import_preview(path=path, options=form.options())
+        except ValidationError as exc:
+            form.add_error("file", exc.messages)
+            if path:  # a refused upload is not kept (upload_store removes its own refusals)
+                services.imports.upload_discard(path)
+        else:
             relative = str(path.relative_to(Path(settings.MEDIA_ROOT)))
             token = signing.dumps([project.pk, relative, form.cleaned_data["file"].name],
                                   salt=_UPLOAD_SALT)  # fmt: skip
-        except ValidationError as exc:
-            form.add_error("file", exc.messages)
     context = _data_context(project, import_form=form, preview=preview, upload_token=token)
     template = "feedback/data.html#import-panel" if request.htmx else "feedback/data.html"
     return render(request, template, context, status=200 if form.is_valid() else 422)
@@ -103,10 +107,14 @@ def import_start(request: HttpRequest, project_id: int) -> HttpResponse:
     form.fields["file"].required = False
     try:
         signed_project, relative, original = signing.loads(
-            request.POST.get("upload_token", ""), salt=_UPLOAD_SALT, max_age=24 * 3600
+            request.POST.get("upload_token", ""),
+            salt=_UPLOAD_SALT,
+            max_age=services.imports.UPLOAD_KEPT_SECONDS,
         )
     except signing.BadSignature:
         return HttpResponse("That upload is unknown or expired; upload the file again.", status=400)
+    if not (Path(settings.MEDIA_ROOT) / relative).exists():
+        return HttpResponse("That upload was imported already; upload the file again.", status=400)
     if signed_project != project.pk or not form.is_valid():
         return HttpResponse("The import options are invalid.", status=400)
     with transaction.atomic():

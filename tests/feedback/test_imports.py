@@ -2,6 +2,7 @@ import csv
 import gc
 import hashlib
 import json
+import os
 import threading
 from io import StringIO
 
@@ -518,3 +519,263 @@ def test_import_data_command(project, importer, tmp_path):
     bad.write_text('{"prompt": ""}\n')
     with pytest.raises(CommandError, match="nothing was imported"):
         call_command("import_data", str(bad), project="Imports", user=importer.username)
+
+
+# --- conversations kept exactly ----------------------------------------------------------------
+
+HISTORY = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell a joke"
+THREE_TURNS = [
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Tell a joke"},
+]
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["Tell a joke", [{"role": "user", "content": "Tell a joke"}], THREE_TURNS],
+    ids=["last-turn-as-text", "last-turn-as-messages", "whole-conversation"],
+)
+def test_a_multi_turn_preference_row_with_an_explicit_prompt_keeps_every_turn(
+    project, importer, tmp_path, prompt
+):
+    row = {
+        "prompt": prompt,
+        "chosen": HISTORY + "\n\nAssistant: A pun.",
+        "rejected": [*THREE_TURNS, {"role": "assistant", "content": "No."}],
+    }
+    report = run(project, write_jsonl(tmp_path / "hh.jsonl", [row]), importer)
+    assert report.ok, report.errors
+    assert Prompt.objects.get().messages == THREE_TURNS
+    assert [c.text for c in Item.objects.get().ordered_completions()] == ["A pun.", "No."]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            {"prompt": "Something else", "chosen": HISTORY + "\n\nAssistant: A", "rejected": "B"},
+            "prompt does not match the conversation in chosen",
+        ),
+        (
+            {"prompt": "Tell a joke", "chosen": HISTORY + "\n\nAssistant: A",
+             "rejected": "\n\nHuman: Tell a joke\n\nAssistant: B"},
+            "chosen and rejected continue different conversations",
+        ),
+        (
+            {"chosen": "Preamble" + HISTORY + "\n\nAssistant: A", "rejected": "B"},
+            "text before the first Human: turn",
+        ),
+        (
+            {"prompt": "Other", "completion": HISTORY + "\n\nAssistant: A"},
+            "prompt does not match the conversation in completion",
+        ),
+    ],
+    ids=["prompt-disagrees", "histories-differ", "preamble", "sft-prompt-disagrees"],
+)  # fmt: skip
+def test_a_row_whose_conversation_cannot_be_kept_exactly_is_refused(
+    project, importer, tmp_path, row, message
+):
+    report = run(project, write_jsonl(tmp_path / "bad.jsonl", [row]), importer)
+    assert [e["row"] for e in report.errors] == [1]
+    assert message in report.errors[0]["message"]
+    assert counts() == (0, 0, 0)
+
+
+def test_hh_turns_keep_their_surrounding_spaces(project, importer, tmp_path):
+    history = "\n\nHuman:  Hi there \n\nAssistant: Hello!\t\n\nHuman: Tell a joke "
+    row = {"chosen": history + "\n\nAssistant:  A pun. ", "rejected": history + "\n\nAssistant: No"}
+    report = run(project, write_jsonl(tmp_path / "hh.jsonl", [row]), importer)
+    assert report.ok, report.errors
+    assert Prompt.objects.get().messages == [
+        {"role": "user", "content": " Hi there "},
+        {"role": "assistant", "content": "Hello!\t"},
+        {"role": "user", "content": "Tell a joke "},
+    ]
+    assert [c.text for c in Item.objects.get().ordered_completions()] == [" A pun. ", "No"]
+
+
+def test_an_sft_completion_in_the_hh_layout_keeps_its_earlier_turns(project, importer, tmp_path):
+    row = {"prompt": "Tell a joke", "completion": HISTORY + "\n\nAssistant: A pun."}
+    report = run(project, write_jsonl(tmp_path / "sft.jsonl", [row]), importer)
+    assert report.ok, report.errors
+    assert Prompt.objects.get().messages == THREE_TURNS
+    assert Demonstration.objects.get().text == "A pun."
+
+
+# --- metadata the rows carried -------------------------------------------------------------------
+
+
+def test_ultrafeedback_scores_and_prompt_id_are_kept_on_the_item(project, importer, tmp_path):
+    turns = [{"role": "user", "content": "Name a prime."}]
+    row = {
+        "prompt": "Name a prime.",
+        "prompt_id": "abc123",
+        "chosen": [*turns, {"role": "assistant", "content": "7"}],
+        "rejected": [*turns, {"role": "assistant", "content": "9"}],
+        "messages": [*turns, {"role": "assistant", "content": "7"}],
+        "score_chosen": 9.0,
+        "score_rejected": 2.0,
+        "source": {"dataset": "uf", "tags": ["math"]},
+    }
+    report = run(project, write_jsonl(tmp_path / "uf.jsonl", [row]), importer)
+    assert report.ok, report.errors
+    assert Item.objects.get().metadata == {
+        "prompt_id": "abc123",
+        "score_chosen": 9.0,
+        "score_rejected": 2.0,
+        "source": {"dataset": "uf", "tags": ["math"]},
+    }
+
+
+def test_every_item_a_row_makes_carries_its_metadata(project, importer, tmp_path):
+    rows = [
+        {"prompt": "Q", "completions": ["a", "b", "c"], "batch": 7},
+        {"prompt": "Hi", "completion": "Hey", "quality": "gold"},
+        {"prompt": "Plain", "chosen": "x", "rejected": "y"},
+    ]
+    report = run(project, write_jsonl(tmp_path / "m.jsonl", rows), importer)
+    assert report.ok, report.errors
+    by_kind = {}
+    for item in Item.objects.order_by("id"):
+        by_kind.setdefault(item.kind, []).append(item.metadata)
+    assert by_kind["pairwise"] == [{"batch": 7}] * 3 + [{}]
+    assert by_kind["demonstration"] == [{"quality": "gold"}]
+
+
+def test_metadata_from_parquet_keeps_dates_as_text_and_refuses_bytes(project, importer, tmp_path):
+    from datetime import datetime
+
+    when = datetime(2024, 5, 1, 12, 30)
+    table = pa.table(
+        {"prompt": ["Q1", "Q2"], "completion": ["A1", "A2"], "collected": [when, when],
+         "blob": [None, b"\x00\x01"]}
+    )  # fmt: skip
+    pq.write_table(table, tmp_path / "m.parquet")
+    report = run(project, tmp_path / "m.parquet", importer)
+    assert report.errors == [
+        {"row": 2, "message": "blob: bytes cannot be kept as metadata (JSON values only)."}
+    ]
+    pq.write_table(table.drop(["blob"]), tmp_path / "ok.parquet")
+    assert run(project, tmp_path / "ok.parquet", importer).ok
+    assert Item.objects.first().metadata == {"collected": "2024-05-01T12:30:00"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"big": 2**70}, "big: the number is too large"),
+        ({"deep": json.loads("[" * 40 + "]" * 40)}, "nested more than 20 levels"),
+        ({"huge": "x" * 70_000}, "bytes as JSON; the limit is 65,536"),
+    ],
+    ids=["bigint", "deep", "huge"],
+)
+def test_metadata_that_cannot_be_stored_is_a_row_error(project, importer, tmp_path, extra, message):
+    row = {"prompt": "Q", "chosen": "a", "rejected": "b", **extra}
+    report = run(project, write_jsonl(tmp_path / "m.jsonl", [row]), importer)
+    assert [e["row"] for e in report.errors] == [1]
+    assert message in report.errors[0]["message"], report.errors
+
+
+# --- uploaded files ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+def uploaded_files(media) -> list:
+    """The files under uploads/, and the folders made for each."""
+    return sorted([*media.glob("uploads/*/*"), *media.glob("uploads/*/*/*")])
+
+
+def queued_import(project, importer, content: bytes):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    path = services.imports.upload_store(
+        uploaded=SimpleUploadedFile("rows.jsonl", content), project=project
+    )
+    return services.imports.data_import_create(
+        project=project, path=path, original_name="rows.jsonl", options=ImportOptions(),
+        user=importer,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [(b'{"prompt": "Hello?"}\n', "succeeded"), (b'{"prompt": ""}\n', "failed")],
+)
+def test_the_uploaded_file_is_removed_once_its_import_finishes(
+    project, importer, media, content, status
+):
+    data_import = queued_import(project, importer, content)
+    assert len(uploaded_files(media)) == 2  # the upload's folder and the file
+
+    finished = services.imports.data_import_run(data_import=data_import)
+
+    assert finished.status == status
+    assert uploaded_files(media) == []
+
+
+def test_an_import_whose_file_is_gone_fails_with_a_clear_reason(project, importer, media):
+    data_import = queued_import(project, importer, b'{"prompt": "Hello?"}\n')
+    (media / data_import.file).unlink()
+
+    finished = services.imports.data_import_run(data_import=data_import)
+
+    assert finished.status == "failed"
+    assert "the uploaded file is gone" in finished.error
+
+
+def test_a_refused_preview_keeps_no_file(client, admin_user, project, media):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(admin_user)
+    for name, content in [("empty.jsonl", b""), ("data.xlsx", b"x")]:
+        response = client.post(
+            f"/projects/{project.pk}/data/preview/",
+            {"file": SimpleUploadedFile(name, content), "shape": "auto",
+             "comparison_mode": "pairwise", "pairing": "all_pairs"},
+        )  # fmt: skip
+        assert response.status_code == 422
+    response = client.post(
+        f"/api/projects/{project.pk}/imports", {"file": SimpleUploadedFile("e.jsonl", b"")}
+    )
+    assert response.status_code == 422
+    assert uploaded_files(media) == []
+
+
+def test_uploads_left_after_a_preview_are_swept_once_their_token_expires(project, importer, media):
+    import os
+    import time
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    stale_preview = services.imports.upload_store(
+        uploaded=SimpleUploadedFile("a.jsonl", b'{"prompt": "A?"}\n'), project=project
+    )
+    fresh_preview = services.imports.upload_store(
+        uploaded=SimpleUploadedFile("b.jsonl", b'{"prompt": "B?"}\n'), project=project
+    )
+    waiting = queued_import(project, importer, b'{"prompt": "C?"}\n')
+    day_ago = time.time() - services.imports.UPLOAD_KEPT_SECONDS - 60
+    for path in (stale_preview, media / waiting.file):
+        os.utime(path.parent, (day_ago, day_ago))
+        os.utime(path, (day_ago, day_ago))
+
+    removed = services.imports.uploads_sweep()
+
+    assert removed == 1
+    assert not stale_preview.exists() and not stale_preview.parent.exists()
+    assert fresh_preview.exists() and (media / waiting.file).exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_readably(project, importer, tmp_path):
+    # A command-line path with undecodable bytes reaches Python as lone surrogates.
+    path = write_jsonl(tmp_path / os.fsdecode(b"rows-\xff.jsonl"), [{"prompt": "Hi?"}])
+    assert run(project, path, importer).ok
+    assert Prompt.objects.get().source == "rows-\\xff.jsonl"
+    with pytest.raises(services.imports.ValidationError, match="unpaired surrogate"):
+        ImportOptions(source=os.fsdecode(b"\xff"))

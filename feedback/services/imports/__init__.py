@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -55,11 +55,13 @@ from .parsing import (
     required_kinds,
 )
 from .readers import BATCH, BadRow, check_limits, detect_format, read_rows
+from .uploads import UPLOAD_KEPT_SECONDS, upload_discard, upload_store, uploads_sweep
 from .writing import BatchWriter, database
 
 __all__ = [
     "PAIRINGS",
     "SHAPES",
+    "UPLOAD_KEPT_SECONDS",
     "BadRow",
     "ImportOptions",
     "ImportReport",
@@ -71,7 +73,9 @@ __all__ = [
     "import_validate",
     "parse_row",
     "read_rows",
+    "upload_discard",
     "upload_store",
+    "uploads_sweep",
 ]
 
 MAX_ERRORS_LISTED = 50
@@ -194,7 +198,7 @@ def import_file(
                 project=project,
                 user=user,
                 options=options,
-                source=options.source or path.name,
+                source=_source(options, path),
                 db=db,
             )
             skipped = _write_while_valid(validation, path, writer, progress)
@@ -207,6 +211,13 @@ def import_file(
     report.skipped_duplicates = skipped
     report.created = writer.created
     return report
+
+
+def _source(options: ImportOptions, path: Path) -> str:
+    """What rows record as their source (a 200-character column): the option, else the file's
+    name, whose undecodable bytes (a command-line path) are shown, not stored as surrogates."""
+    name = os.fsencode(path.name).decode("utf-8", "backslashreplace")
+    return (options.source or name)[:200]
 
 
 def _write_while_valid(
@@ -255,25 +266,6 @@ def _no_cycle_collection() -> Iterator[None]:
 
 PREVIEW_ROWS = 5
 PREVIEW_VALIDATE = 200
-
-
-def upload_store(*, uploaded, project: Project) -> Path:
-    """Save an uploaded file under MEDIA_ROOT/uploads/ and return its path."""
-    name = Path(uploaded.name).name or "upload"
-    detect_format(Path(name))
-    if uploaded.size > settings.VEREDICTO_IMPORT_MAX_BYTES:
-        raise ValidationError(
-            {"file": f"File is {uploaded.size:,} bytes; the limit is "
-                     f"{settings.VEREDICTO_IMPORT_MAX_BYTES:,}."}
-        )  # fmt: skip
-    directory = Path(settings.MEDIA_ROOT) / "uploads" / str(project.pk) / uuid4().hex
-    directory.mkdir(parents=True)
-    path = directory / name
-    with path.open("wb") as out:
-        for chunk in uploaded.chunks():
-            out.write(chunk)
-    check_limits(path)
-    return path
 
 
 def import_preview(*, path: Path, options: ImportOptions) -> dict[str, Any]:
@@ -333,12 +325,18 @@ def data_import_run(*, data_import: DataImport, worker_host: str = "") -> DataIm
     if not work_claim(DataImport, pk=data_import.pk, worker_host=worker_host, phase="validating"):
         return DataImport.objects.get(pk=data_import.pk)
     data_import = DataImport.objects.select_related("project", "created_by").get(pk=data_import.pk)
+    path = Path(settings.MEDIA_ROOT) / data_import.file
     with Heartbeat(DataImport, data_import.pk):
         try:
+            if not path.exists():
+                raise ValidationError(
+                    "the uploaded file is gone (imported already, or kept past its day): "
+                    "upload it again"
+                )
             with _published_progress(data_import) as progress:
                 report = import_file(
                     project=data_import.project,
-                    path=Path(settings.MEDIA_ROOT) / data_import.file,
+                    path=path,
                     user=data_import.created_by,
                     options=ImportOptions(**data_import.options),
                     progress=progress,
@@ -360,6 +358,7 @@ def data_import_run(*, data_import: DataImport, worker_host: str = "") -> DataIm
         rows_done=report.rows,
         report=report.as_dict(),
     )
+    upload_discard(path)  # the file has been read in full: the rows are in, or never will be
     return DataImport.objects.get(pk=data_import.pk)
 
 

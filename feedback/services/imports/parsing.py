@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime, time
 from functools import cached_property
 from json.encoder import encode_basestring_ascii as _quote  # what json.dumps quotes with
 from pathlib import Path
 from typing import Any
 
+import orjson
 from django.core.exceptions import ValidationError
 
 from feedback.models import Split, TaskKind
 
 from ..projects import MAX_RANKED, MIN_RANKED, prompt_hash
-from ..validation import clean_messages, clean_text
-from .readers import BadRow, read_rows
+from ..validation import check_storable, clean_messages, clean_text
+from .readers import TOO_DEEP, BadRow, read_rows
 
 SHAPES = ("prompts", "comparisons", "preference", "sft")
 PAIRINGS = ("all_pairs", "adjacent", "first_vs_rest")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+_SIDES = ("chosen", "rejected")
 _SPLITS = tuple(Split.values)  # a tuple, not a set: a bad split may be unhashable JSON
 
 
@@ -39,6 +43,7 @@ class ImportOptions:
             raise ValidationError({"comparison_mode": "Comparison mode is pairwise or ranking."})
         if self.pairing not in PAIRINGS:
             raise ValidationError({"pairing": f"Pairing is one of {', '.join(PAIRINGS)}."})
+        check_storable(self.source, field="source")
 
 
 @dataclass
@@ -51,6 +56,7 @@ class ParsedRow:
     external_id: str = ""
     completions: list[tuple[str, str]] = field(default_factory=list)  # (text, model)
     demonstration: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)  # the row's other keys
 
     # Cached: writing a row looks both up several times.
     @cached_property
@@ -96,26 +102,29 @@ def _as_conversation(value: Any, field_name: str) -> list[dict]:
     raise ValidationError(f"{field_name} must be text or a list of messages.")
 
 
-def _hh_turns(text: str) -> list[dict[str, str]]:
-    """'\\n\\nHuman: hi\\n\\nAssistant: hello' -> messages (Anthropic HH-RLHF text layout)."""
+def _hh_turns(text: str, field_name: str) -> list[dict[str, str]]:
+    """'\\n\\nHuman: hi\\n\\nAssistant: hello' -> messages (Anthropic HH-RLHF text layout), each
+    turn's text exactly as written between the markers, spaces included."""
     parts = _HH_TURN.split("\n\n" + text.lstrip("\n"))
     if len(parts) < 3:
         raise ValidationError("expected Human:/Assistant: turns")
+    if parts[0]:
+        raise ValidationError(f"{field_name} has text before the first Human: turn.")
     roles = {"Human": "user", "Assistant": "assistant"}
     return [
-        {"role": roles[role], "content": content.strip()}
+        {"role": roles[role], "content": content}
         for role, content in zip(parts[1::2], parts[2::2], strict=True)
     ]
 
 
 def _reply(value: Any, field_name: str) -> tuple[list[dict] | None, str]:
-    """A chosen/rejected value as (conversation before the reply | None, reply text)."""
+    """A chosen/rejected/completion value as (conversation before the reply | None, reply)."""
     if isinstance(value, str):
         if "\n\nHuman:" in value or value.startswith("Human:"):
-            turns = _hh_turns(value)
+            turns = _hh_turns(value, field_name)
             if turns[-1]["role"] != "assistant":
                 raise ValidationError(f"{field_name} must end with an Assistant turn.")
-            return turns[:-1], turns[-1]["content"]
+            return (turns[:-1] or None), turns[-1]["content"]
         return None, value
     if isinstance(value, list) and value and isinstance(value[-1], dict):
         if value[-1].get("role") != "assistant":
@@ -124,41 +133,129 @@ def _reply(value: Any, field_name: str) -> tuple[list[dict] | None, str]:
     raise ValidationError(f"{field_name} must be text or a list of messages.")
 
 
+def _conversation(prompt: Any, history: list[dict] | None, field_name: str) -> list[dict]:
+    """The conversation a reply continues, kept whole: the row's `prompt`, or the `history`
+    the reply came with (HH and UltraFeedback carry it in chosen/rejected), or that history
+    when the prompt only repeats its last turns. Any other disagreement is refused: choosing
+    one of them would silently drop turns."""
+    if prompt in (None, ""):
+        if history is None:
+            raise ValidationError("a prompt is needed when the replies come without one.")
+        return history
+    stated = _as_conversation(prompt, "prompt")
+    if history is None or history == stated:
+        return stated
+    if len(stated) < len(history) and history[-len(stated) :] == stated:
+        return history
+    raise ValidationError(
+        f"prompt does not match the conversation in {field_name}: give the whole conversation "
+        "or its last turns."
+    )
+
+
+def _short_text(value: Any, field_name: str) -> str:
+    """An id or a model name: text that fits its 200-character column."""
+    if not value:  # most rows: no id, no model names
+        return ""
+    text = check_storable(str(value), field=field_name)
+    if len(text) > 200:
+        raise ValidationError(f"{field_name} is longer than 200 characters.")
+    return text
+
+
+# Keys a shape reads; any other key a row carries is kept on its items as metadata.
+# (UltraFeedback's `messages` repeats its chosen conversation.)
+_READ = frozenset(
+    {"prompt", "messages", "system", "tags", "split", "id", "completions", "completion",
+     "chosen", "rejected", "chosen_model", "rejected_model"}
+)  # fmt: skip
+MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_DEPTH = 20
+
+
+def _metadata(row: dict) -> dict[str, Any]:
+    """The row's other keys as JSON that every database here stores (UltraFeedback's scores,
+    prompt_id...); Parquet dates become ISO text."""
+    extra = [key for key in row if key not in _READ]
+    if not extra:
+        return {}
+    for key in extra:  # first: errors about a value name its key
+        check_storable(key, field="metadata")
+    kept = {key: _json_value(row[key], key) for key in extra}
+    size = len(orjson.dumps(kept))
+    if size > MAX_METADATA_BYTES:
+        raise ValidationError(
+            f"the other keys (metadata) are {size:,} bytes as JSON; the limit is "
+            f"{MAX_METADATA_BYTES:,}."
+        )
+    return kept
+
+
+def _json_value(value: Any, where: str, depth: int = 1) -> Any:
+    if depth > MAX_METADATA_DEPTH:
+        raise ValidationError(f"{where}: nested more than {MAX_METADATA_DEPTH} levels.")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return check_storable(value)
+        except ValidationError as exc:
+            raise ValidationError(f"{where}: {exc.messages[0]}") from None
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValidationError(f"{where}: the number is too large to keep.")
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # JSON has no NaN or infinity
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_json_value(item, where, depth + 1) for item in value]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        for key in value:
+            check_storable(key, field="metadata")
+        return {key: _json_value(item, where, depth + 1) for key, item in value.items()}
+    raise ValidationError(
+        f"{where}: {type(value).__name__} cannot be kept as metadata (JSON values only)."
+    )
+
+
 def parse_row(row: dict, options: ImportOptions) -> ParsedRow:
     shape = detect_shape(row) if options.shape == "auto" else options.shape
     split = row.get("split") or Split.TRAIN
     if split not in _SPLITS:
         raise ValidationError(f"split must be train or test, not {split!r}.")
     tags = row.get("tags") or []
-    if not isinstance(tags, list):
-        raise ValidationError("tags must be a list.")
-    base = {"split": split, "tags": [str(t) for t in tags], "external_id": str(row.get("id") or "")}
+    if not isinstance(tags, list) or not all(isinstance(tag, str | int | float) for tag in tags):
+        raise ValidationError("tags must be a list of text.")
+    base = {
+        "split": split,
+        "tags": [check_storable(str(tag), field="tags") for tag in tags],
+        "external_id": _short_text(row.get("id"), "id"),
+        "metadata": _metadata(row),
+    }
     system = row.get("system") or ""
 
     if shape == "preference":
-        chosen_prefix, chosen = _reply(row.get("chosen"), "chosen")
-        rejected_prefix, rejected = _reply(row.get("rejected"), "rejected")
-        if row.get("prompt") not in (None, ""):
-            conversation = _as_conversation(row["prompt"], "prompt")
-        elif chosen_prefix is not None:
-            if rejected_prefix is not None and rejected_prefix != chosen_prefix:
-                raise ValidationError("chosen and rejected continue different conversations.")
-            conversation = chosen_prefix
-        else:
-            raise ValidationError("a prompt is needed when chosen/rejected are bare replies.")
+        chosen_history, chosen = _reply(row.get("chosen"), "chosen")
+        rejected_history, rejected = _reply(row.get("rejected"), "rejected")
+        if None not in (chosen_history, rejected_history) and chosen_history != rejected_history:
+            raise ValidationError("chosen and rejected continue different conversations.")
+        history = rejected_history if chosen_history is None else chosen_history
+        conversation = _conversation(row.get("prompt"), history, "chosen")
         system, messages = clean_messages(conversation, system)
         chosen = clean_text(chosen, field="chosen")
         rejected = clean_text(rejected, field="rejected")
         if chosen == rejected:
             raise ValidationError("chosen and rejected are the same text.")
-        models = (str(row.get("chosen_model") or ""), str(row.get("rejected_model") or ""))
+        models = [_short_text(row.get(f"{side}_model"), f"{side}_model") for side in _SIDES]
         pair = [(chosen, models[0]), (rejected, models[1])]
         return ParsedRow(shape, system, messages, completions=pair, **base)
 
     if shape == "sft":
         if "completion" in row:
-            conversation = _as_conversation(row.get("prompt"), "prompt")
-            _, reply = _reply(row["completion"], "completion")
+            history, reply = _reply(row["completion"], "completion")
+            conversation = _conversation(row.get("prompt"), history, "completion")
         else:
             messages = row.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -184,7 +281,7 @@ def parse_row(row: dict, options: ImportOptions) -> ParsedRow:
     for index, entry in enumerate(raw):
         text, model = (entry, "") if isinstance(entry, str) else (None, "")
         if isinstance(entry, dict):
-            text, model = entry.get("text"), str(entry.get("model") or "")
+            text, model = entry.get("text"), _short_text(entry.get("model"), "model")
         completions.append((clean_text(text, field=f"completions[{index}]"), model))
     if len({text for text, _ in completions}) != len(completions):
         raise ValidationError("completions repeat the same text.")
@@ -210,6 +307,10 @@ def parsed_rows(path: Path, options: ImportOptions) -> Iterator[tuple[int, Parse
             yield number, str(row)
             continue
         try:
-            yield number, parse_row(row, options)
+            parsed = parse_row(row, options)
         except ValidationError as exc:
             yield number, "; ".join(exc.messages)
+        except RecursionError:  # nested values that json.loads followed and str() cannot
+            yield number, TOO_DEEP
+        else:
+            yield number, parsed

@@ -21,6 +21,10 @@ BATCH = 5000
 _JSON_COLUMNS = ("messages", "completions", "chosen", "rejected", "tags", "prompt", "completion")
 
 
+# What a row nested past what the JSON decoder can follow (a "nesting bomb") reads as.
+TOO_DEEP = "nested too deeply to read"
+
+
 class BadRow(Exception):
     """A row that cannot be read at all (bad UTF-8, bad JSON)."""
 
@@ -67,6 +71,9 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict | BadRow]]:
             except json.JSONDecodeError as exc:
                 yield number, BadRow(f"invalid JSON: {exc.msg} (column {exc.colno})")
                 continue
+            except RecursionError:
+                yield number, BadRow(TOO_DEEP)
+                continue
             yield number, row if isinstance(row, dict) else BadRow("a row must be a JSON object")
 
 
@@ -77,7 +84,10 @@ def _csv(path: Path) -> Iterator[tuple[int, dict | BadRow]]:
         number = 1
         try:
             for number, row in enumerate(reader, start=2):  # line 1 is the header
-                yield number, {key: _csv_value(key, value) for key, value in row.items() if key}
+                try:
+                    yield number, {k: _csv_value(k, value) for k, value in row.items() if k}
+                except RecursionError:
+                    yield number, BadRow(TOO_DEEP)
         except UnicodeDecodeError as exc:
             yield number + 1, BadRow(f"invalid UTF-8 near byte {exc.start}; reading stopped")
         except csv.Error as exc:

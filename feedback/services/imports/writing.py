@@ -171,13 +171,14 @@ class BatchWriter:
         completion_ids = self._completions(fresh, prompt_ids, now)
         item_ids = self.insert(
             Item,
-            ("kind", "prompt_id", "import_key", "submitted_count"),
+            ("kind", "prompt_id", "import_key", "submitted_count", "metadata"),
             [
                 (
                     plan.kind,
                     prompt_ids[plan.row.prompt_hash],
                     plan.key,
                     int(plan.row.shape in _JUDGED),
+                    plan.row.metadata,
                 )
                 for plan in fresh
             ],

@@ -70,6 +70,7 @@ from feedback.quality.trust import TrustDecision, annotator_trust
 from jobs.models import Status
 from jobs.services import Heartbeat, work_claim, work_finish
 
+from ..validation import clean_text
 from .files import write_companions, write_rows
 from .policy import MEASURED, clean_policy, conversation, origins, prompt_split
 from .rows import DROPPED, ROWS, Build
@@ -123,7 +124,8 @@ def snapshot_request(
 ) -> DatasetSnapshot:
     """Validate and record a queued snapshot; `snapshot_build` fills it."""
     cleaned = clean_policy(kind, policy)
-    name = (name or "").strip() or f"{project.name} {kind} {timezone.now():%Y-%m-%d %H:%M}"
+    name = clean_text(name, field="name", allow_blank=True).strip()
+    name = name or f"{project.name} {kind} {timezone.now():%Y-%m-%d %H:%M}"
     return DatasetSnapshot.objects.create(
         project=project, kind=kind, name=name[:200], policy=cleaned, created_by=created_by
     )
