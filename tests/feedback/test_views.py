@@ -959,7 +959,7 @@ def test_history_lists_own_judgements_with_edit_links(
     assert "My words" in html
     assert f'href="{task_url(mine)}"' in html
     assert task_url(theirs) not in html
-    assert [row.assignment for row in response.context["rows"]] == [mine]
+    assert [row.assignment for row in response.context["page"]] == [mine]
 
 
 def test_history_hides_edit_link_for_closed_projects(client, annotator, demo_item):
