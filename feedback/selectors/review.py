@@ -77,8 +77,8 @@ class QueuePage:
     rows: list[QueueRow]
     number: int
     has_next: bool
-    count: int  # matching judgements, up to QUEUE_COUNT_CAP + 1
-    cap: int = QUEUE_COUNT_CAP
+    count: int  # matching judgements, up to `cap` + 1
+    cap: int
 
     @property
     def has_previous(self) -> bool:
@@ -87,6 +87,11 @@ class QueuePage:
     @property
     def capped(self) -> bool:
         return self.count > self.cap
+
+    @property
+    def shown_count(self) -> int:
+        """What the page says: the count, or the cap followed by "+"."""
+        return min(self.count, self.cap)
 
     @property
     def first_index(self) -> int:
@@ -139,12 +144,13 @@ def review_queue_page(
     number = max(1, number)
     start = (number - 1) * REVIEW_PAGE_SIZE
     keys = list(_queue(reviewer, filters)[start : start + REVIEW_PAGE_SIZE + 1])
+    cap = QUEUE_COUNT_CAP
     count = sum(
-        _matching(kind, reviewer, filters).values("pk")[: QUEUE_COUNT_CAP + 1].count()
+        _matching(kind, reviewer, filters).values("pk")[: cap + 1].count()
         for kind in _kinds(filters)
     )
     rows = queue_rows([(kind, pk) for _, kind, pk in keys[:REVIEW_PAGE_SIZE]])
-    return QueuePage(rows, number, has_next=len(keys) > REVIEW_PAGE_SIZE, count=count)
+    return QueuePage(rows, number, len(keys) > REVIEW_PAGE_SIZE, min(count, cap + 1), cap)
 
 
 def review_queue_next(
