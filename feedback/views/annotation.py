@@ -168,8 +168,12 @@ def history(request: HttpRequest) -> HttpResponse:
         ("status", "Status", statuses, filters.status, "Any"),
     ]
     context = {"page": page, "filters": filters, "query": filters.query(), "selects": selects}
-    template = "feedback/history.html" + ("#results" if request.htmx else "")
-    return render(request, template, context)
+    if not request.htmx:
+        return render(request, "feedback/history.html", context)
+    response = render(request, "feedback/history.html#results", context)
+    # The address bar shows the filters chosen, not every empty field the form sent.
+    response["HX-Push-Url"] = reverse("feedback:history") + filters.query()
+    return response
 
 
 @require_GET

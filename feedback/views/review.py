@@ -44,8 +44,12 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         ("status", "Status", review_selectors.STATUS_CHOICES, filters.status, ""),
     ]
     context = {"filters": filters, "page": page, "query": filters.query(), "selects": selects}
-    template = "feedback/review_queue.html" + ("#queue" if request.htmx else "")
-    return render(request, template, context)
+    if not request.htmx:
+        return render(request, "feedback/review_queue.html", context)
+    response = render(request, "feedback/review_queue.html#queue", context)
+    # The address bar shows the filters chosen, not every empty field the form sent.
+    response["HX-Push-Url"] = reverse("feedback:review-queue") + filters.query()
+    return response
 
 
 @require_http_methods(["GET", "POST"])
