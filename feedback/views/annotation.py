@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from core.errors import NotYourTask, TaskUnavailable
+from core.htmx import render_filtered
 from core.roles import Role, has_role, role_required
 from feedback import markdown, selectors, services
 from feedback.forms import (
@@ -160,20 +161,21 @@ def history(request: HttpRequest) -> HttpResponse:
         user=request.user, filters=filters, number=request.GET.get("page")
     )
     markdown.prefetch(text for row in page for text in row.markdown_texts())
+    context = {"page": page, "filters": filters, "query": filters.query(),
+               "selects": _history_selects(request, filters)}  # fmt: skip
+    url = reverse("feedback:history") + filters.query()
+    return render_filtered(request, "feedback/history.html", "results", context, url)
+
+
+def _history_selects(request: HttpRequest, filters: HistoryFilters) -> list[tuple]:
+    """The filter form's drop-downs: (parameter, title, options, chosen, blank choice)."""
     projects = history_selectors.history_projects(user=request.user).values_list("pk", "name")
     statuses = [("submitted", "Waiting for review"), *JudgementStatus.choices[1:]]
-    selects = [
+    return [
         ("project", "Project", projects, filters.project, "Any"),
         ("kind", "Kind", TaskKind.choices, filters.kind, "Every kind"),
         ("status", "Status", statuses, filters.status, "Any"),
     ]
-    context = {"page": page, "filters": filters, "query": filters.query(), "selects": selects}
-    if not request.htmx:
-        return render(request, "feedback/history.html", context)
-    response = render(request, "feedback/history.html#results", context)
-    # The address bar shows the filters chosen, not every empty field the form sent.
-    response["HX-Push-Url"] = reverse("feedback:history") + filters.query()
-    return response
 
 
 @require_GET

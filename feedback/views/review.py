@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from core.errors import TaskUnavailable
+from core.htmx import render_filtered
 from core.roles import Role, role_required
 from feedback import markdown, selectors
 from feedback.models import JUDGEMENT_MODELS, Project, ReviewDecision, TaskKind
@@ -44,12 +45,8 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         ("status", "Status", review_selectors.STATUS_CHOICES, filters.status, ""),
     ]
     context = {"filters": filters, "page": page, "query": filters.query(), "selects": selects}
-    if not request.htmx:
-        return render(request, "feedback/review_queue.html", context)
-    response = render(request, "feedback/review_queue.html#queue", context)
-    # The address bar shows the filters chosen, not every empty field the form sent.
-    response["HX-Push-Url"] = reverse("feedback:review-queue") + filters.query()
-    return response
+    url = reverse("feedback:review-queue") + filters.query()
+    return render_filtered(request, "feedback/review_queue.html", "queue", context, url)
 
 
 @require_http_methods(["GET", "POST"])

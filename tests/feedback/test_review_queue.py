@@ -315,3 +315,23 @@ def test_a_login_lands_reviewers_on_the_review_queue(client, request, user_fixtu
     response = client.post("/accounts/login/", {"username": user.username, "password": "pw"},
                            follow=True)  # fmt: skip
     assert response.redirect_chain[-1][0] == landing
+
+
+def test_a_filter_change_swaps_the_list_and_puts_only_the_chosen_filters_in_the_url(
+    client, work, reviewer, annotator
+):
+    """The filter form sends every field, empty ones too; the address bar shows what counts."""
+    client.force_login(reviewer)
+    response = client.get(
+        "/review/?project=&annotator=&kind=pairwise&status=submitted",
+        headers={"HX-Request": "true"},
+    )
+    html = response.content.decode()
+    assert response["HX-Push-Url"] == "/review/?kind=pairwise"
+    assert html.lstrip().startswith('<section id="queue">') and "<html" not in html
+    client.force_login(annotator)
+    response = client.get(
+        "/history/?project=&kind=&status=submitted", headers={"HX-Request": "true"}
+    )
+    assert response["HX-Push-Url"] == "/history/?status=submitted"
+    assert response.content.decode().lstrip().startswith('<section id="history">')
