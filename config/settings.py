@@ -169,7 +169,8 @@ AXES_LOCKOUT_CALLABLE = "config.throttle.lockout_response"
 PASSWORD_RESET_LIMIT = env.int("PASSWORD_RESET_LIMIT", 5)
 PASSWORD_RESET_WINDOW_SECONDS = env.int("PASSWORD_RESET_WINDOW_SECONDS", 3600)
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "feedback:home"
+# A reviewer who does not annotate lands on the review queue (feedback.views.landing).
+LOGIN_REDIRECT_URL = "feedback:landing"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"

@@ -140,10 +140,10 @@ class DataImportAdmin(admin.ModelAdmin):
 
 @admin.register(Review)
 class ReviewAdmin(admin.ModelAdmin):
-    list_display = ["id", "demonstration", "reviewer", "decision", "created_at"]
-    list_filter = ["decision", "demonstration__item__project"]
+    list_display = ["id", "assignment", "reviewer", "decision", "created_at"]
+    list_filter = ["decision", "assignment__item__project"]
     search_fields = ["reviewer__username", "comment"]
-    raw_id_fields = ["demonstration", "reviewer"]
+    raw_id_fields = ["assignment", "reviewer"]
 
 
 @admin.register(Adjudication)

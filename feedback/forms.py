@@ -164,6 +164,12 @@ class ProjectForm(forms.Form):
         label="Reveal models after each vote",
         help_text="Arena battles: show which model wrote each side once the vote is in.",
     )
+    strength_optional = forms.BooleanField(
+        required=False,
+        label="A/B votes may skip “how much better”",
+        help_text="One key casts a comparison (1 left, 2 right), as in Chatbot Arena; "
+        "Shift+1–3 first still records how much.",
+    )
     is_active = forms.BooleanField(
         required=False, initial=True, label="Open", help_text="A closed project hands out no work."
     )
@@ -302,7 +308,8 @@ class SnapshotForm(forms.Form):
     )
     keep_ties = forms.BooleanField(required=False, help_text="Keep ties / both-bad as rows.")
     accepted_only = forms.BooleanField(
-        required=False, help_text="SFT: reviewed demonstrations only."
+        required=False,
+        help_text="Only judgements a reviewer accepted (rejected ones are always left out).",
     )
     min_annotator_agreement = forms.FloatField(
         required=False,
@@ -331,7 +338,7 @@ class SnapshotForm(forms.Form):
     SECTIONS = (
         ("Snapshot", ("kind", "name", "test_fraction")),
         ("Preference pairs", ("aggregation", "min_agreement", "min_item_agreement", "keep_ties")),
-        ("SFT demonstrations", ("accepted_only",)),
+        ("Review (SFT and preference)", ("accepted_only",)),
         (
             "Annotator trust (SFT and preference)",
             ("min_annotator_agreement", "min_gold_accuracy", "exclude_flagged"),
@@ -350,6 +357,9 @@ class SnapshotForm(forms.Form):
             "include_simulated": data["include_simulated"],
         }
         if data["kind"] in ("preference", "sft"):
+            policy["statuses"] = (
+                ["accepted"] if data["accepted_only"] else ["submitted", "accepted"]
+            )
             policy |= {
                 "min_annotator_agreement": data["min_annotator_agreement"],
                 "min_gold_accuracy": data["min_gold_accuracy"],
@@ -362,8 +372,4 @@ class SnapshotForm(forms.Form):
                 "min_item_agreement": data["min_item_agreement"],
                 "keep_ties": data["keep_ties"],
             }
-        if data["kind"] == "sft":
-            policy["statuses"] = (
-                ["accepted"] if data["accepted_only"] else ["submitted", "accepted"]
-            )
         return policy

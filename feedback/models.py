@@ -84,6 +84,13 @@ class Project(models.Model):
         help_text="Arena battles: after each comparison vote, tell the annotator which model "
         "wrote each side. Names are never shown before the vote.",
     )
+    # Off by default: how much better a reply is feeds the strength-weighted agreement and the
+    # exports' `strength`. An arena, where one click per battle is the point, turns it on.
+    strength_optional = models.BooleanField(
+        default=False,
+        help_text="Pairwise: an A/B vote may leave out how much better (slightly, clearly, much), "
+        "so one key or click casts it, as in Chatbot Arena.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -91,6 +98,13 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def votes_in_one_key(self) -> bool:
+        """A comparison is cast by its first key: no strength asked for, no label required."""
+        return self.strength_optional and not any(
+            spec.get("required") for spec in self.label_schema
+        )
 
     def clean(self) -> None:
         """Normalise what the field validators accepted (they run first, in full_clean)."""
@@ -290,6 +304,18 @@ class Origin(models.TextChoices):
     SIMULATED = "simulated", "Simulated annotator"
 
 
+class JudgementStatus(models.TextChoices):
+    """Where a judgement stands with review; every kind can be accepted or rejected."""
+
+    SUBMITTED = "submitted", "Submitted"
+    ACCEPTED = "accepted", "Accepted"
+    REJECTED = "rejected", "Rejected"
+
+
+# Demonstrations were reviewed first; their code and the SFT policy's `statuses` use this name.
+DemonstrationStatus = JudgementStatus
+
+
 class JudgementBase(models.Model):
     assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE)
     item = models.ForeignKey(Item, on_delete=models.CASCADE)
@@ -299,24 +325,21 @@ class JudgementBase(models.Model):
     source = models.CharField(max_length=200, blank=True, help_text="File or dataset it came from.")
     labels = models.JSONField(default=dict, blank=True)
     seconds_spent = models.FloatField(null=True, blank=True)
+    # A reviewer's decision (feedback.services.review); snapshots leave rejected ones out.
+    status = models.CharField(
+        max_length=12, choices=JudgementStatus.choices, default=JudgementStatus.SUBMITTED
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         abstract = True
-
-
-class DemonstrationStatus(models.TextChoices):
-    SUBMITTED = "submitted", "Submitted"
-    ACCEPTED = "accepted", "Accepted"
-    REJECTED = "rejected", "Rejected"
+        # The review queue: judgements waiting for review, oldest first, a page at a time.
+        indexes = [models.Index(fields=["status", "updated_at"], name="%(class)s_review")]
 
 
 class Demonstration(JudgementBase):
     text = models.TextField()
-    status = models.CharField(
-        max_length=12, choices=DemonstrationStatus.choices, default=DemonstrationStatus.SUBMITTED
-    )
 
     def __str__(self) -> str:
         return f"Demonstration by {self.annotator} on item {self.item_id}"
@@ -355,6 +378,14 @@ class RankingJudgement(JudgementBase):
 
     def __str__(self) -> str:
         return f"Ranking by {self.annotator} on item {self.item_id}"
+
+
+# The judgement each kind of task produces.
+JUDGEMENT_MODELS: dict[str, type[JudgementBase]] = {
+    TaskKind.DEMONSTRATION: Demonstration,
+    TaskKind.PAIRWISE: PairwiseJudgement,
+    TaskKind.RANKING: RankingJudgement,
+}
 
 
 class JudgementRevision(models.Model):
@@ -469,11 +500,10 @@ class ReviewDecision(models.TextChoices):
 
 
 class Review(models.Model):
-    """A reviewer's decision on a demonstration; edits keep the text before and after."""
+    """A reviewer's decision on a judgement of any kind, found through its assignment (one
+    judgement per assignment); an edit (demonstrations only) keeps the text before and after."""
 
-    demonstration = models.ForeignKey(
-        Demonstration, on_delete=models.CASCADE, related_name="reviews"
-    )
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="reviews")
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews_given"
     )
@@ -487,7 +517,7 @@ class Review(models.Model):
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"{self.get_decision_display()} by {self.reviewer} on {self.demonstration_id}"
+        return f"{self.get_decision_display()} by {self.reviewer} on {self.assignment}"
 
 
 class Adjudication(models.Model):

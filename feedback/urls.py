@@ -1,6 +1,7 @@
 from django.urls import path
 
 from . import views
+from .models import TaskKind
 
 # The labelling workspace is the site's root: every page not under /account/, /train/, /evals/,
 # /loop/, /api/ or /admin/ is this app's.
@@ -8,6 +9,7 @@ app_name = "feedback"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("start/", views.landing, name="landing"),
     path("projects/<int:project_id>/work/", views.work, name="work"),
     path("projects/<int:project_id>/progress/", views.progress, name="progress"),
     path("tasks/<int:assignment_id>/", views.task, name="task"),
@@ -24,7 +26,19 @@ urlpatterns += [
     path("projects/<int:project_id>/records/bulk/", views.records_bulk, name="records-bulk"),
     path("records/<int:item_id>/", views.record, name="record"),
     path("review/", views.review_queue, name="review-queue"),
-    path("review/<int:demonstration_id>/", views.review_demonstration, name="review-demonstration"),
+    path("review/accept/", views.review_accept, name="review-accept"),
+    path(
+        "review/<str:kind>/<int:judgement_id>/",
+        views.review_judgement,
+        name="review-judgement",
+    ),
+    # Demonstrations were the only kind reviewed once: their links keep working.
+    path(
+        "review/<int:judgement_id>/",
+        views.review_judgement,
+        {"kind": TaskKind.DEMONSTRATION},
+        name="review-demonstration",
+    ),
     path("projects/<int:project_id>/quality/", views.quality, name="quality"),
     path("projects/<int:project_id>/disagreements/", views.disagreements, name="disagreements"),
     path("items/<int:item_id>/adjudicate/", views.adjudicate, name="adjudicate"),

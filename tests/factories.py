@@ -8,7 +8,7 @@ from django.contrib.auth.models import Group
 
 from core.roles import Role
 from feedback import services
-from feedback.models import Project, TaskKind
+from feedback.models import Assignment, Item, Project, TaskKind
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -63,3 +63,20 @@ def make_item(project: Project, kind: str = TaskKind.PAIRWISE, *, n: int | None 
         for i, text in enumerate(texts)
     ]
     return services.item_create(project=project, kind=kind, prompt=prompt, completions=completions)
+
+
+def submit_judgement(item: Item, user, **answer):
+    """`user` judges `item` through the submit services, on an assignment made directly (the
+    test decides who judges what): pairwise takes `choice` (and `strength`), a ranking its
+    `ranking` (by default the replies in position order), a demonstration its `text`."""
+    assignment = Assignment.objects.create(
+        item=item, annotator=user, expires_at="2100-01-01T00:00Z"
+    )
+    if item.kind == TaskKind.PAIRWISE:
+        return services.pairwise_submit(assignment_id=assignment.pk, annotator=user, **answer)
+    if item.kind == TaskKind.RANKING:
+        ids = [ic.completion_id for ic in item.item_completions.all()]
+        ranking = answer.get("ranking") or [[cid] for cid in ids]
+        return services.ranking_submit(assignment_id=assignment.pk, annotator=user, ranking=ranking)
+    text = answer.get("text", "A reply.")
+    return services.demonstration_submit(assignment_id=assignment.pk, annotator=user, text=text)

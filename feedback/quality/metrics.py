@@ -1,25 +1,29 @@
-"""Agreement statistics, each delegating to a maintained implementation.
+"""Agreement statistics, each following a published definition and tested against a maintained
+implementation (tests/feedback/test_quality_metrics.py).
 
 - Krippendorff's alpha: the ``krippendorff`` package (Krippendorff 2011, "Computing
   Krippendorff's Alpha-Reliability"), nominal / ordinal / interval levels of measurement.
-- Fleiss' kappa: ``statsmodels.stats.inter_rater.fleiss_kappa`` (Fleiss 1971).
-- Kendall's tau-b between two annotators' rankings of the same item: ``scipy.stats.kendalltau``.
+- Fleiss' kappa (Fleiss 1971), as ``statsmodels.stats.inter_rater.fleiss_kappa(method="fleiss")``.
+- Kendall's tau-b between two annotators' rankings of the same item, as
+  ``scipy.stats.kendalltau`` (its default, variant "b").
+- The exact two-sided binomial test, as ``scipy.stats.binomtest(k, n, p).pvalue``.
 - Confidence intervals: percentile bootstrap over items (units), seeded, so a CI says how much
   the figure would move with a different sample of items.
+
+The last three are a few lines of numpy here rather than imports: scipy.stats and statsmodels take
+3 to 6 s to import cold, which the first Quality page of each server process paid (8.1 s against
+0.4 s later; issue #17), and add over 100 MB to it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
 import krippendorff
 import numpy as np
-
-# scipy.stats and statsmodels are imported where they are used: together they add over 100 MB
-# to every process that imports this module (snapshot builds and Celery workers do, through
-# feedback.services) and only the quality page needs them.
 
 LEVELS = ("nominal", "ordinal", "interval")
 
@@ -54,26 +58,53 @@ def krippendorff_alpha(
 
 def fleiss_kappa(table: np.ndarray) -> float | None:
     """Kappa for a units × categories count table with the same number of ratings per unit."""
-    from statsmodels.stats.inter_rater import fleiss_kappa as _fleiss_kappa
-
     counts = np.asarray(table, dtype=float)
     if counts.shape[0] < 2 or len(set(counts.sum(axis=1))) != 1 or counts.sum(axis=1)[0] < 2:
         return None
-    value = _fleiss_kappa(counts, method="fleiss")
-    return None if np.isnan(value) else float(value)
+    raters = counts.sum(axis=1)[0]
+    category_share = counts.sum(axis=0) / counts.sum()
+    unit_agreement = ((counts * counts).sum(axis=1) - raters) / (raters * (raters - 1))
+    expected = float((category_share * category_share).sum())
+    if expected == 1.0:  # every rating in one category: chance explains it all, kappa undefined
+        return None
+    return float((unit_agreement.mean() - expected) / (1 - expected))
+
+
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
+    """Tau-b of two rankings of the same items: (concordant − discordant) pairs over the square
+    root of the product of the pairs not tied in each. NaN when either ranking is all ties."""
+    first, second = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    i, j = np.triu_indices(len(first), 1)
+    dx, dy = np.sign(first[i] - first[j]), np.sign(second[i] - second[j])
+    untied = float(np.count_nonzero(dx)) * float(np.count_nonzero(dy))
+    return float((dx * dy).sum() / math.sqrt(untied)) if untied else math.nan
 
 
 def mean_kendall_tau(rank_vectors_by_item: Sequence[Sequence[Sequence[float]]]) -> float | None:
     """Mean tau-b over every pair of annotators who ranked the same item (ties allowed)."""
-    from scipy.stats import kendalltau
-
     taus = []
     for vectors in rank_vectors_by_item:
         for x, y in combinations(vectors, 2):
-            tau = kendalltau(x, y).statistic
-            if not np.isnan(tau):
+            tau = kendall_tau_b(x, y)
+            if not math.isnan(tau):
                 taus.append(tau)
     return float(np.mean(taus)) if taus else None
+
+
+def binomial_test_p(k: int, n: int, p: float = 0.5) -> float:
+    """Two-sided exact binomial test: the probability of every outcome no more likely than `k`
+    successes in `n` trials (scipy's rule, with its 1e-7 relative tolerance for equal ones)."""
+    if n == 0:
+        return 1.0
+    outcomes = np.arange(n + 1)
+    log_pmf = (
+        math.lgamma(n + 1)
+        - np.array([math.lgamma(i + 1) + math.lgamma(n - i + 1) for i in outcomes])
+        + outcomes * math.log(p)
+        + (n - outcomes) * math.log1p(-p)
+    )
+    as_likely = log_pmf <= log_pmf[k] + math.log1p(1e-7)
+    return min(1.0, float(np.exp(log_pmf[as_likely]).sum()))
 
 
 def bootstrap(

@@ -26,7 +26,14 @@ from feedback.models import (
     TaskKind,
 )
 
-from .metrics import Estimate, bootstrap, fleiss_kappa, krippendorff_alpha, mean_kendall_tau
+from .metrics import (
+    Estimate,
+    binomial_test_p,
+    bootstrap,
+    fleiss_kappa,
+    krippendorff_alpha,
+    mean_kendall_tau,
+)
 
 CHOICE_CODES = {"a": 0, "b": 1, "tie": 2, "both_bad": 3}
 STRENGTH = {"slight": 1, "clear": 2, "strong": 3}
@@ -300,8 +307,6 @@ def _gold_accuracy(
 
 
 def _flags(row: AnnotatorRow, project_median: float | None) -> list[str]:
-    from scipy.stats import binomtest  # imported here: see the note in metrics.py
-
     flags = []
     if row.median_seconds is not None and row.judgements >= MIN_FOR_FLAGS:
         floor = max(TOO_FAST_SECONDS, TOO_FAST_SHARE_OF_MEDIAN * (project_median or 0))
@@ -309,7 +314,7 @@ def _flags(row: AnnotatorRow, project_median: float | None) -> list[str]:
             flags.append(f"too fast (median {row.median_seconds}s)")
     if row.decisive >= 2 * MIN_FOR_FLAGS:
         left = round(row.left_share * row.decisive)
-        if binomtest(left, row.decisive, 0.5).pvalue < SIDE_BIAS_P:
+        if binomial_test_p(left, row.decisive) < SIDE_BIAS_P:
             flags.append(f"side bias ({row.left_share:.0%} left)")
     loo_evidence = row.loo_agreement is not None and row.loo_n >= MIN_FOR_FLAGS
     if loo_evidence and row.loo_agreement < LOW_AGREEMENT:

@@ -25,6 +25,7 @@ from django.utils import timezone
 from core import rows
 from core.roles import Role, has_role
 from feedback.models import (
+    JUDGEMENT_MODELS,
     Assignment,
     AssignmentStatus,
     Completion,
@@ -36,7 +37,6 @@ from feedback.models import (
     Project,
     Prompt,
     RankingJudgement,
-    TaskKind,
 )
 
 
@@ -186,12 +186,7 @@ class TaskView:
 def _judgement_for(assignment: Assignment) -> Any | None:
     if assignment.status != AssignmentStatus.SUBMITTED:
         return None
-    model = {
-        TaskKind.DEMONSTRATION: Demonstration,
-        TaskKind.PAIRWISE: PairwiseJudgement,
-        TaskKind.RANKING: RankingJudgement,
-    }[assignment.item.kind]
-    return model.objects.filter(assignment=assignment).first()
+    return JUDGEMENT_MODELS[assignment.item.kind].objects.filter(assignment=assignment).first()
 
 
 def canonical_a_id(assignment: Assignment) -> int:
@@ -242,59 +237,6 @@ def _assignment_sql() -> str:
         JOIN {Prompt._meta.db_table} pr ON pr.id = i.prompt_id
         WHERE a.id = %s AND a.annotator_id = %s
     """
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    assignment: Assignment
-    judgement: Any
-    summary: str
-
-
-def history_for_annotator(*, user: AbstractBaseUser, limit: int = 100) -> list[HistoryRow]:
-    """The user's recent submitted judgements, newest first, with a one-line summary each."""
-    assignments = list(
-        Assignment.objects.filter(annotator=user, status=AssignmentStatus.SUBMITTED)
-        .select_related("item__project", "item__prompt")
-        .prefetch_related("item__item_completions__completion")
-        .order_by("-finished_at")[:limit]
-    )
-    ids = [a.pk for a in assignments]
-    judgements: dict[int, Any] = {}
-    for model in (Demonstration, PairwiseJudgement, RankingJudgement):
-        found = model.objects.filter(assignment_id__in=ids)
-        if model is Demonstration:
-            found = found.prefetch_related("reviews")  # a rejection's comment is shown
-        for judgement in found:
-            judgements[judgement.assignment_id] = judgement
-    rows = []
-    for assignment in assignments:
-        judgement = judgements.get(assignment.pk)
-        if judgement is None:
-            continue
-        rows.append(HistoryRow(assignment, judgement, _summary(assignment.item, judgement)))
-    return rows
-
-
-def _snippet(text: str, length: int = 60) -> str:
-    text = " ".join(text.split())
-    return f"“{text[:length]}…”" if len(text) > length else f"“{text}”"
-
-
-def _summary(item: Item, judgement: Any) -> str:
-    """In the annotator's terms: what they preferred, not canonical A/B or completion ids."""
-    if item.kind == TaskKind.DEMONSTRATION:
-        return judgement.text[:120]
-    texts = {ic.completion_id: ic.completion.text for ic in item.item_completions.all()}
-    if item.kind == TaskKind.PAIRWISE:
-        if judgement.choice not in ("a", "b"):
-            return judgement.get_choice_display()
-        position = 0 if judgement.choice == "a" else 1
-        chosen = item.item_completions.all()[position].completion.text
-        return f"Preferred {_snippet(chosen)} ({judgement.get_strength_display().lower()})"
-    best = judgement.ranking[0]
-    tied = f" tied with {len(best) - 1} more" if len(best) > 1 else ""
-    return f"Best of {len(texts)}: {_snippet(texts.get(best[0], ''))}{tied}"
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,13 @@ from django.utils import timezone
 
 from core.errors import NotYourTask, TaskUnavailable
 from feedback.models import (
+    JUDGEMENT_MODELS,
     Assignment,
     AssignmentStatus,
     Demonstration,
-    DemonstrationStatus,
     Item,
     JudgementRevision,
+    JudgementStatus,
     Origin,
     PairwiseChoice,
     PairwiseJudgement,
@@ -35,12 +36,6 @@ from feedback.selectors import canonical_a_id
 
 from .queue import slots_taken
 from .validation import clean_labels, clean_text
-
-JUDGEMENT_MODELS: dict[str, type[Model]] = {
-    TaskKind.DEMONSTRATION: Demonstration,
-    TaskKind.PAIRWISE: PairwiseJudgement,
-    TaskKind.RANKING: RankingJudgement,
-}
 
 
 def _clean_seconds(seconds_spent: float | None) -> float | None:
@@ -54,7 +49,9 @@ def _clean_pairwise(assignment: Assignment, choice: str, strength: str, rational
     if choice not in PairwiseChoice.values:
         raise ValidationError({"choice": "Choose A, B, tie or both bad."})
     decisive = choice in (PairwiseChoice.A, PairwiseChoice.B)
-    if decisive and strength not in Strength.values:
+    # A project may let an A/B vote leave the strength out (arena battles: one key per vote).
+    optional = strength == "" and assignment.item.project.strength_optional
+    if decisive and strength not in Strength.values and not optional:
         raise ValidationError({"strength": "Say how much better: slightly, clearly or much."})
     order = assignment.display_order
     a_id = canonical_a_id(assignment)
@@ -283,8 +280,8 @@ def judgement_edit(
             raise TaskUnavailable("This project is closed.", code="closed")
         kind = assignment.item.kind
         judgement = JUDGEMENT_MODELS[kind].objects.select_for_update().get(assignment=assignment)
-        if kind == TaskKind.DEMONSTRATION and judgement.status == DemonstrationStatus.ACCEPTED:
-            raise TaskUnavailable("An accepted demonstration can no longer be edited.")
+        if judgement.status == JudgementStatus.ACCEPTED:
+            raise TaskUnavailable("A reviewer accepted this judgement: it can no longer be edited.")
         unknown = set(changes) - set(_EDITABLE[kind])
         if unknown:
             raise ValidationError(f"Cannot edit {', '.join(sorted(unknown))}.")
@@ -306,8 +303,8 @@ def judgement_edit(
         for name, value in fields.items():
             setattr(judgement, name, value)
         judgement.updated_at = timezone.now()
-        if kind == TaskKind.DEMONSTRATION and judgement.status == DemonstrationStatus.REJECTED:
-            judgement.status = DemonstrationStatus.SUBMITTED  # resubmitted for review
+        if judgement.status == JudgementStatus.REJECTED:
+            judgement.status = JudgementStatus.SUBMITTED  # fixed: back in the review queue
         judgement.save()
         return judgement
 

@@ -46,6 +46,7 @@ PROJECT_SETTINGS = (
     "lease_seconds",
     "gold_rate",
     "reveal_models",
+    "strength_optional",
     "is_active",
     "label_schema",
 )
@@ -62,6 +63,7 @@ def project_create(
     label_schema: list[dict] | None = None,
     gold_rate: float = 0.0,
     reveal_models: bool = False,
+    strength_optional: bool = False,
     is_active: bool = True,
     annotators: Iterable[AbstractBaseUser] | None = None,
 ) -> Project:
@@ -76,6 +78,7 @@ def project_create(
         label_schema=label_schema or [],
         gold_rate=gold_rate,
         reveal_models=reveal_models,
+        strength_optional=strength_optional,
         is_active=is_active,
     )
     return _project_save(project, annotators=annotators)

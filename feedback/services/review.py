@@ -1,30 +1,32 @@
-"""Review and adjudication: reviewers accept, edit or reject demonstrations, and settle items
-whose judgements split. Admins mark gold items.
+"""Review and adjudication: reviewers accept, edit or reject judgements of every kind, and settle
+items whose judgements split. Admins mark gold items.
 
-Rules: annotators cannot review; nobody reviews their own work; a demonstration is reviewed once
+Rules: annotators cannot review; nobody reviews their own work; a judgement is reviewed once
 (the decision is claimed with a conditional UPDATE, so two reviewers racing get one decision);
-a rejection needs a comment, which the annotator sees in their history.
+a rejection needs a comment, which the annotator sees in their history; only a demonstration's
+text can be edited (a vote or a ranking is the annotator's to change, after a rejection).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import QuerySet
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
 from core.errors import TaskUnavailable
 from core.roles import Role, has_role
 from feedback.models import (
+    JUDGEMENT_MODELS,
     Adjudication,
-    Demonstration,
-    DemonstrationStatus,
     Item,
     JudgementRevision,
+    JudgementStatus,
     Origin,
     PairwiseChoice,
     Review,
@@ -34,76 +36,105 @@ from feedback.models import (
 
 from .validation import clean_text
 
+# One bulk accept takes at most this many judgements: a few pages of the queue.
+MAX_BULK_ACCEPT = 500
+
 
 def _ensure_reviewer(user: AbstractBaseUser) -> None:
     if not has_role(user, Role.REVIEWER, Role.ADMIN):
         raise PermissionDenied("Only reviewers and admins can review.")
 
 
-def review_queue(*, reviewer: AbstractBaseUser, project=None) -> QuerySet[Demonstration]:
-    """Submitted human demonstrations waiting for review, oldest first, never one's own."""
-    _ensure_reviewer(reviewer)
-    pending = Demonstration.objects.filter(
-        status=DemonstrationStatus.SUBMITTED, origin=Origin.HUMAN
-    ).exclude(annotator=reviewer)
-    if project is not None:
-        pending = pending.filter(item__project=project)
-    return pending.select_related("item__prompt", "item__project", "annotator").order_by(
-        "updated_at", "id"
-    )
-
-
 @transaction.atomic
-def demonstration_review(
+def judgement_review(
     *,
-    demonstration_id: int,
+    kind: str,
+    judgement_id: int,
     reviewer: AbstractBaseUser,
     decision: str,
     comment: str = "",
     edited_text: str | None = None,
 ) -> Review:
     _ensure_reviewer(reviewer)
-    demonstration = Demonstration.objects.select_for_update().filter(pk=demonstration_id).first()
-    if demonstration is None:
-        raise ValidationError("No such demonstration.")
-    if demonstration.annotator_id == reviewer.pk:
+    model = JUDGEMENT_MODELS.get(kind)
+    judgement = model.objects.select_for_update().filter(pk=judgement_id).first() if model else None
+    if judgement is None:
+        raise ValidationError("No such judgement.")
+    if judgement.annotator_id == reviewer.pk:
         raise PermissionDenied("You cannot review your own work.")
     if decision not in ReviewDecision.values:
         raise ValidationError({"decision": "Accept, edit or reject."})
+    if decision == ReviewDecision.EDIT and kind != TaskKind.DEMONSTRATION:
+        raise ValidationError({"decision": "Only a demonstration's text can be edited."})
     comment = clean_text(comment, field="comment", allow_blank=True)
     if decision == ReviewDecision.REJECT and not comment.strip():
         raise ValidationError({"comment": "Say why, so the annotator can fix it."})
-    before = demonstration.text
+    before = getattr(judgement, "text", "")
     after = ""
     if decision == ReviewDecision.EDIT:
         after = clean_text(edited_text, field="text")
         if after == before:
             raise ValidationError({"text": "The text is unchanged: accept it instead."})
     status = (
-        DemonstrationStatus.REJECTED
-        if decision == ReviewDecision.REJECT
-        else DemonstrationStatus.ACCEPTED
+        JudgementStatus.REJECTED if decision == ReviewDecision.REJECT else JudgementStatus.ACCEPTED
     )
-    claimed = Demonstration.objects.filter(
-        pk=demonstration.pk, status=DemonstrationStatus.SUBMITTED
-    ).update(status=status, updated_at=timezone.now())
+    claimed = model.objects.filter(pk=judgement.pk, status=JudgementStatus.SUBMITTED).update(
+        status=status, updated_at=timezone.now()
+    )
     if not claimed:
-        raise TaskUnavailable("This demonstration was already reviewed.", code="reviewed")
+        raise TaskUnavailable("This judgement was already reviewed.", code="reviewed")
     if decision == ReviewDecision.EDIT:
         JudgementRevision.objects.create(
-            assignment_id=demonstration.assignment_id,
-            payload=model_to_dict(demonstration, fields=["text", "labels", "status"]),
+            assignment_id=judgement.assignment_id,
+            payload=model_to_dict(judgement, fields=["text", "labels", "status"]),
             edited_by=reviewer,
         )
-        Demonstration.objects.filter(pk=demonstration.pk).update(text=after)
+        model.objects.filter(pk=judgement.pk).update(text=after)
     return Review.objects.create(
-        demonstration=demonstration,
+        assignment_id=judgement.assignment_id,
         reviewer=reviewer,
         decision=decision,
         comment=comment,
         text_before=before if decision == ReviewDecision.EDIT else "",
         text_after=after,
     )
+
+
+def demonstration_review(*, demonstration_id: int, **decision: Any) -> Review:
+    return judgement_review(kind=TaskKind.DEMONSTRATION, judgement_id=demonstration_id, **decision)
+
+
+@transaction.atomic
+def judgements_accept(*, reviewer: AbstractBaseUser, selected: Iterable[tuple[str, int]]) -> int:
+    """Accept many (kind, id) judgements at once; returns how many were accepted. Those that are
+    not waiting any more (another reviewer was quicker), one's own, and imported or simulated
+    ones are passed over, as the single review refuses them."""
+    _ensure_reviewer(reviewer)
+    ids_by_kind: dict[str, set[int]] = defaultdict(set)
+    for kind, judgement_id in selected:
+        if kind in JUDGEMENT_MODELS:
+            ids_by_kind[kind].add(judgement_id)
+    if sum(map(len, ids_by_kind.values())) > MAX_BULK_ACCEPT:
+        raise ValidationError(f"Accept at most {MAX_BULK_ACCEPT} judgements at once.")
+    now = timezone.now()
+    reviews = []
+    for kind, ids in ids_by_kind.items():
+        model = JUDGEMENT_MODELS[kind]
+        # Locked, then claimed: a reviewer deciding one of them meanwhile gets it, not both of us.
+        waiting = dict(
+            model.objects.select_for_update()
+            .filter(pk__in=ids, status=JudgementStatus.SUBMITTED, origin=Origin.HUMAN)
+            .exclude(annotator=reviewer)
+            .values_list("pk", "assignment_id")
+        )
+        model.objects.filter(pk__in=waiting).update(status=JudgementStatus.ACCEPTED, updated_at=now)
+        reviews += [
+            Review(assignment_id=assignment_id, reviewer=reviewer, decision=ReviewDecision.ACCEPT,
+                   created_at=now)
+            for assignment_id in waiting.values()
+        ]  # fmt: skip
+    Review.objects.bulk_create(reviews)
+    return len(reviews)
 
 
 def item_adjudicate(

@@ -1,4 +1,14 @@
-from .annotation import history, home, markdown_preview, progress, skip, submit, task, work
+from .annotation import (
+    history,
+    home,
+    landing,
+    markdown_preview,
+    progress,
+    skip,
+    submit,
+    task,
+    work,
+)
 from .data import (
     data_page,
     import_detail,
@@ -9,8 +19,9 @@ from .data import (
     snapshot_download,
 )
 from .projects import project_edit, project_new
-from .quality import adjudicate, disagreements, quality, review_demonstration, review_queue
+from .quality import adjudicate, disagreements, quality
 from .records import record, records, records_bulk
+from .review import review_accept, review_judgement, review_queue
 
 __all__ = [
     "adjudicate",
@@ -21,6 +32,7 @@ __all__ = [
     "import_detail",
     "import_preview",
     "import_start",
+    "landing",
     "markdown_preview",
     "progress",
     "project_edit",
@@ -29,7 +41,8 @@ __all__ = [
     "record",
     "records",
     "records_bulk",
-    "review_demonstration",
+    "review_accept",
+    "review_judgement",
     "review_queue",
     "skip",
     "snapshot_create",

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from core.errors import NotYourTask, TaskUnavailable
+from core.htmx import render_filtered
 from core.roles import Role, has_role, role_required
 from feedback import markdown, selectors, services
 from feedback.forms import (
@@ -28,7 +29,16 @@ from feedback.forms import (
     label_inputs,
     labels_from_post,
 )
-from feedback.models import Assignment, AssignmentStatus, PairwiseChoice, Project, TaskKind
+from feedback.models import (
+    Assignment,
+    AssignmentStatus,
+    JudgementStatus,
+    PairwiseChoice,
+    Project,
+    TaskKind,
+)
+from feedback.selectors import history as history_selectors
+from feedback.selectors.history import HistoryFilters
 
 ANNOTATING = (Role.ANNOTATOR, Role.ADMIN)
 
@@ -52,6 +62,14 @@ def home(request: HttpRequest) -> HttpResponse:
         "reviewer_projects": reviewer_projects,
     }
     return render(request, "feedback/home.html", context)
+
+
+@require_GET
+def landing(request: HttpRequest) -> HttpResponse:
+    """Where a login leads: a reviewer who does not annotate starts at the review queue."""
+    if has_role(request.user, Role.REVIEWER) and not has_role(request.user, *ANNOTATING):
+        return redirect("feedback:review-queue")
+    return redirect("feedback:home")
 
 
 @require_GET
@@ -138,8 +156,26 @@ def skip(request: HttpRequest, assignment_id: int) -> HttpResponse:
 @require_GET
 @role_required(*ANNOTATING)
 def history(request: HttpRequest) -> HttpResponse:
-    rows = selectors.history_for_annotator(user=request.user)
-    return render(request, "feedback/history.html", {"rows": rows})
+    filters = HistoryFilters.from_query(request.GET)
+    page = history_selectors.history_page(
+        user=request.user, filters=filters, number=request.GET.get("page")
+    )
+    markdown.prefetch(text for row in page for text in row.markdown_texts())
+    context = {"page": page, "filters": filters, "query": filters.query(),
+               "selects": _history_selects(request, filters)}  # fmt: skip
+    url = reverse("feedback:history") + filters.query()
+    return render_filtered(request, "feedback/history.html", "results", context, url)
+
+
+def _history_selects(request: HttpRequest, filters: HistoryFilters) -> list[tuple]:
+    """The filter form's drop-downs: (parameter, title, options, chosen, blank choice)."""
+    projects = history_selectors.history_projects(user=request.user).values_list("pk", "name")
+    statuses = [("submitted", "Waiting for review"), *JudgementStatus.choices[1:]]
+    return [
+        ("project", "Project", projects, filters.project, "Any"),
+        ("kind", "Kind", TaskKind.choices, filters.kind, "Every kind"),
+        ("status", "Status", statuses, filters.status, "Any"),
+    ]
 
 
 @require_GET

@@ -34,7 +34,7 @@ POLICY_LABELS = {
     "min_agreement": "Majority: winner's least share",
     "min_item_agreement": "Min item agreement",
     "keep_ties": "Keep ties / both-bad",
-    "statuses": "Demonstration statuses",
+    "statuses": "Review statuses",
     "format": "Format",
     "min_annotator_agreement": "Min annotator agreement",
     "min_gold_accuracy": "Min gold accuracy",

@@ -1,71 +1,19 @@
-"""Quality screens: the review queue, adjudication of split items, and the project report."""
+"""Quality screens: the project report, and adjudication of split items (review: review.py)."""
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from core.errors import TaskUnavailable
 from core.roles import Role, role_required
 from feedback.forms import RankingForm
-from feedback.models import Demonstration, Item, PairwiseChoice, Project, ReviewDecision, TaskKind
+from feedback.models import Item, PairwiseChoice, Project, TaskKind
 from feedback.quality.reports import disagreement_items, plurality_share, project_quality
 from feedback.services import review as review_services
 
-REVIEWING = (Role.REVIEWER, Role.ADMIN)
-# What the reviewer does (ReviewDecision's labels name the outcome, as the history shows it).
-DECISIONS = [
-    (ReviewDecision.ACCEPT, "Accept as it is"),
-    (ReviewDecision.EDIT, "Accept with my edits"),
-    (ReviewDecision.REJECT, "Reject, with a comment"),
-]
+from .review import REVIEWING
+
 CHOICE_LABELS = {"a": "A", "b": "B", "tie": "tie", "both_bad": "both bad"}
-
-
-@require_GET
-@role_required(*REVIEWING)
-def review_queue(request: HttpRequest) -> HttpResponse:
-    pending = review_services.review_queue(reviewer=request.user)
-    return render(request, "feedback/review_queue.html", {"pending": pending[:100],
-                  "pending_count": pending.count()})  # fmt: skip
-
-
-@require_http_methods(["GET", "POST"])
-@role_required(*REVIEWING)
-def review_demonstration(request: HttpRequest, demonstration_id: int) -> HttpResponse:
-    demonstration = get_object_or_404(
-        Demonstration.objects.select_related("item__prompt", "item__project", "annotator"),
-        pk=demonstration_id,
-    )
-    if demonstration.annotator_id == request.user.pk:
-        raise PermissionDenied("You cannot review your own work.")
-    error = ""
-    if request.method == "POST":
-        try:
-            review_services.demonstration_review(
-                demonstration_id=demonstration.pk,
-                reviewer=request.user,
-                decision=request.POST.get("decision", ""),
-                comment=request.POST.get("comment", ""),
-                edited_text=request.POST.get("text"),
-            )
-        except (ValidationError, TaskUnavailable) as exc:
-            error = "; ".join(exc.messages)
-        else:
-            following = review_services.review_queue(reviewer=request.user).first()
-            if following is None:
-                return redirect("feedback:review-queue")
-            return redirect("feedback:review-demonstration", demonstration_id=following.pk)
-    context = {
-        "demonstration": demonstration,
-        "prompt": demonstration.item.prompt,
-        "project": demonstration.item.project,
-        "decisions": DECISIONS,
-        "earlier_reviews": demonstration.reviews.select_related("reviewer"),
-        "posted": request.POST if request.method == "POST" else {},
-        "error": error,
-    }
-    return render(request, "feedback/review.html", context, status=422 if error else 200)
 
 
 @require_GET

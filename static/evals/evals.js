@@ -143,3 +143,45 @@
   document.addEventListener("DOMContentLoaded", render);
   document.addEventListener("htmx:afterSettle", render);
 })();
+
+// Wide tables (the dashboard's metric columns): a table that scrolls inside its box says how many
+// columns lie out of view and on which side, and shades that edge. Without it, 4 of 13 metric
+// columns showed and nothing said that more existed (issue #17).
+(() => {
+  "use strict";
+
+  function updateCue(scroller) {
+    const frame = scroller.closest("[data-scroll-frame]");
+    const cue = frame?.querySelector("[data-scroll-cue]");
+    if (!frame || !cue) return;
+    const box = scroller.getBoundingClientRect();
+    const sticky = scroller.querySelector("thead .sticky")?.getBoundingClientRect().right ?? box.left;
+    const columns = [...scroller.querySelectorAll("thead th[data-column]")];
+    const right = columns.filter((th) => th.getBoundingClientRect().right > box.right + 1).length;
+    const left = columns.filter((th) => th.getBoundingClientRect().left < sticky - 1).length;
+    frame.classList.toggle("more-right", right > 0);
+    frame.classList.toggle("more-left", left > 0);
+    cue.hidden = right === 0 && left === 0;
+    const parts = [];
+    if (left) parts.push(`← ${left} to the left`);
+    if (right) parts.push(`${right} more to the right →`);
+    const what = columns[0]?.dataset.column || "column";
+    cue.textContent =
+      `${columns.length - left - right} of ${columns.length} ${what} columns in view; ` +
+      `${parts.join(", ")}. Scroll the table sideways (Shift + wheel, or swipe).`;
+  }
+
+  function watch() {
+    document.querySelectorAll("[data-scroll-frame] .table-scroll").forEach((scroller) => {
+      if (!scroller.dataset.cueReady) {
+        scroller.dataset.cueReady = "1";
+        scroller.addEventListener("scroll", () => updateCue(scroller), { passive: true });
+      }
+      updateCue(scroller);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", watch);
+  document.addEventListener("htmx:afterSettle", watch);
+  window.addEventListener("resize", watch);
+})();

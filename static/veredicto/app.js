@@ -123,11 +123,26 @@
   );
 
   // --- keyboard -------------------------------------------------------------------------------
-  function check(selector) {
-    const input = workspace()?.querySelector(selector);
-    if (input) input.checked = true;
+  function check(selector, root = workspace()) {
+    const input = root?.querySelector(selector);
+    if (input) {
+      input.checked = true;
+      // As a click would: whatever listens for a change (the error clean-up below) hears it.
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+    }
     return !!input;
   }
+
+  // An answer given since the form came back with errors makes their messages stale: "Pick the
+  // better reply" must go once a reply is picked (and a strength is moot after tie / both bad).
+  document.addEventListener("change", (e) => {
+    const form = e.target.closest?.("#task-form");
+    if (!form || e.target.type !== "radio") return;
+    e.target.closest("fieldset")?.querySelectorAll(".errorlist").forEach((list) => list.remove());
+    if (e.target.name === "side" && ["tie", "both_bad"].includes(e.target.value)) {
+      form.querySelectorAll("fieldset.strength .errorlist").forEach((list) => list.remove());
+    }
+  });
 
   document.addEventListener("keydown", (e) => {
     const ws = workspace();
@@ -161,6 +176,8 @@
       handled = e.shiftKey
         ? check(`input[name=strength][data-shift-key="${digit}"]`)
         : check(`input[name=side][data-key="${digit}"]`);
+      // A project whose votes need no strength: the pick is the vote (Shift+1–3 goes first).
+      if (handled && !e.shiftKey && form?.hasAttribute("data-submit-on-pick")) form.requestSubmit();
     } else if (ws.dataset.taskKind === "ranking") {
       handled = rankingKeys(e, ws);
     }
@@ -169,6 +186,85 @@
 
   document.addEventListener("click", (e) => {
     if (e.target.closest("[data-action=help]")) workspace()?.querySelector("#keys-help")?.showModal();
+  });
+
+  // --- review ---------------------------------------------------------------------------------
+  // The queue: j / k move between rows, x ticks one, Enter opens it, Shift+A accepts the ticked.
+  // A judgement's page: a accepts at once, r rejects (say why, then Ctrl+Enter), e edits the
+  // reply, j / k open the next / previous judgement. No key acts while typing in a text box.
+  function queueKeys(e, queue) {
+    const rows = [...queue.querySelectorAll("[data-review-row]")];
+    const current = queue.querySelector("[data-review-row].current");
+    const at = rows.indexOf(current);
+    const key = e.key;
+    let next = null;
+    if (key === "j") next = rows[Math.min(at + 1, rows.length - 1)];
+    else if (key === "k") next = rows[Math.max(at - 1, 0)];
+    else if (key === "x" && current) {
+      const box = current.querySelector("input[name=selected]:not(:disabled)");
+      if (box) box.checked = !box.checked;
+      countTicked(queue);
+      return true;
+    } else if (key === "A") {
+      queue.querySelector("[data-bulk-accept]")?.click();
+      return true;
+    } else return false;
+    if (!next) return true;
+    current?.classList.remove("current");
+    next.classList.add("current");
+    next.querySelector("a")?.focus(); // Enter opens it
+    return true;
+  }
+
+  function decisionKeys(e, page) {
+    const form = page.querySelector("form[data-decision]");
+    const key = e.key;
+    if (key === "j" || key === "k") {
+      page.querySelector(key === "j" ? "a[rel=next]" : "a[rel=prev]")?.click();
+      return true;
+    }
+    if (!form || !["a", "r", "e"].includes(key)) return false;
+    if (!check(`input[name=decision][data-key="${key}"]`, form)) return false;
+    if (key === "a") form.requestSubmit();
+    else form.querySelector(key === "r" ? "textarea[name=comment]" : "textarea[name=text]")?.focus();
+    return true;
+  }
+
+  document.addEventListener("keydown", (e) => {
+    const page = document.querySelector("[data-review]");
+    const queue = document.querySelector("[data-review-queue]");
+    if (!page && !queue) return;
+    if (page && (e.ctrlKey || e.metaKey) && e.key === "Enter") {
+      e.preventDefault();
+      page.querySelector("form[data-decision]")?.requestSubmit();
+      return;
+    }
+    if (isTyping(document.activeElement)) {
+      if (e.key === "Escape") document.activeElement.blur();
+      return;
+    }
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (page ? decisionKeys(e, page) : queueKeys(e, queue)) e.preventDefault();
+  });
+
+  // Bulk accept says how many it would take before its confirmation page says which.
+  function countTicked(root) {
+    const ticked = root.querySelectorAll("input[name=selected]:checked").length;
+    const label = root.querySelector("[data-selected-count]");
+    if (label) label.textContent = ticked ? `${ticked} ticked.` : "None ticked.";
+    const button = root.querySelector("[data-bulk-accept]");
+    if (button) button.textContent = ticked ? `Accept ${ticked} ticked…` : "Accept ticked…";
+  }
+
+  document.addEventListener("change", (e) => {
+    const queue = e.target.closest?.("[data-review-queue]");
+    if (!queue) return;
+    if (e.target.matches("[data-select-all]")) {
+      queue.querySelectorAll("input[name=selected]:not(:disabled)").forEach((box) => {
+        box.checked = e.target.checked;
+      });
+    }
+    countTicked(queue);
   });
 
   // --- htmx wiring ----------------------------------------------------------------------------

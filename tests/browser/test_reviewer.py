@@ -60,7 +60,7 @@ def test_reviewer_accepts_one_demonstration_and_rejects_another_with_a_comment(
     good, bad = Demonstration.objects.order_by("pk")
     assert good.status == DemonstrationStatus.ACCEPTED
     assert bad.status == DemonstrationStatus.REJECTED
-    assert Review.objects.get(demonstration=bad).comment == COMMENT
+    assert Review.objects.get(assignment=bad.assignment).comment == COMMENT
 
     # The annotator sees the rejection and the reviewer's comment in their history.
     context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})

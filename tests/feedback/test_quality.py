@@ -18,6 +18,7 @@ from feedback.models import (
     TaskKind,
 )
 from feedback.quality.reports import annotator_rows, disagreement_items, project_agreement
+from feedback.selectors.review import ReviewFilters, review_queue_page
 from feedback.services import review as review_services
 from tests.factories import ProjectFactory, UserFactory, annotator, make_item
 
@@ -78,7 +79,8 @@ def test_rejection_needs_a_comment_and_returns_the_work_to_its_annotator(
     services.judgement_edit(
         assignment_id=demo.assignment_id, annotator=annotator, changes={"text": "Specific."}
     )
-    assert list(review_services.review_queue(reviewer=reviewer)) == [Demonstration.objects.get()]
+    waiting = review_queue_page(reviewer=reviewer, filters=ReviewFilters())
+    assert [row.judgement for row in waiting.rows] == [Demonstration.objects.get()]
 
 
 def test_a_demonstration_is_reviewed_once(demo, reviewer, admin_user):
@@ -152,7 +154,7 @@ def test_nobody_reviews_their_own_work(client, roles):
     project = ProjectFactory(task_kinds=[TaskKind.DEMONSTRATION])
     make_item(project, TaskKind.DEMONSTRATION)
     own = write_demo(project, both)
-    assert not review_services.review_queue(reviewer=both).exists()
+    assert not review_queue_page(reviewer=both, filters=ReviewFilters()).rows
     with pytest.raises(PermissionDenied):
         review_services.demonstration_review(
             demonstration_id=own.pk, reviewer=both, decision="accept"
@@ -173,7 +175,7 @@ def test_review_screen_walks_the_queue(client, roles, reviewer):
     bad = client.post(f"/review/{first.pk}/", {"decision": "reject"})
     assert bad.status_code == 422 and "Say why" in bad.content.decode()
     response = client.post(f"/review/{first.pk}/", {"decision": "accept"})
-    assert response["Location"] == f"/review/{second.pk}/"
+    assert response["Location"] == f"/review/demonstration/{second.pk}/"
     response = client.post(f"/review/{second.pk}/", {"decision": "edit", "text": "edited"})
     assert response["Location"] == "/review/"
 

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from feedback.quality.metrics import bootstrap, fleiss_kappa, krippendorff_alpha, mean_kendall_tau
+from feedback.quality.metrics import (
+    binomial_test_p,
+    bootstrap,
+    fleiss_kappa,
+    kendall_tau_b,
+    krippendorff_alpha,
+    mean_kendall_tau,
+)
 
 NAN = np.nan
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", section E: 4 observers,
@@ -79,3 +86,38 @@ def test_kendall_tau_b_matches_hand_counts_with_and_without_ties():
     # [1, 1, 2, 3] against [1, 2, 2, 3]: 4 concordant, 0 discordant, one pair tied in each of
     # the two rankings: tau-b = 4 / sqrt((6 - 1) * (6 - 1)) = 0.8.
     assert mean_kendall_tau([[[1, 1, 2, 3], [1, 2, 2, 3]]]) == pytest.approx(0.8)
+
+
+# --- the same numbers as the maintained implementations (imported here, never by the app) ---------
+
+
+def test_fleiss_kappa_is_statsmodels_fleiss_kappa():
+    from statsmodels.stats.inter_rater import fleiss_kappa as reference
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        table = rng.multinomial(int(rng.integers(2, 8)), [0.4, 0.3, 0.2, 0.1], rng.integers(2, 40))
+        assert fleiss_kappa(table) == pytest.approx(reference(table, method="fleiss"), abs=1e-12)
+    assert fleiss_kappa(np.array([[3, 0], [3, 0]])) is None  # every rating alike: undefined
+
+
+def test_kendall_tau_b_is_scipys_kendalltau():
+    from scipy.stats import kendalltau
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(2, 9))
+        x, y = rng.integers(1, 4, n), rng.integers(1, 4, n)  # many ties
+        expected = kendalltau(x, y).statistic
+        got = kendall_tau_b(x, y)
+        assert (np.isnan(got) and np.isnan(expected)) or got == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 20, 21, 40, 101, 2000])
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_binomial_test_is_scipys_two_sided_binomtest(n, p):
+    from scipy.stats import binomtest
+
+    for k in range(0, n + 1, max(1, n // 25)):
+        expected = binomtest(k, n, p).pvalue if n else 1.0
+        assert binomial_test_p(k, n, p) == pytest.approx(expected, rel=1e-9, abs=1e-15)

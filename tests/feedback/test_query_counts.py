@@ -90,3 +90,46 @@ def test_api_submit_and_next_stay_within_query_budget_and_count_nothing(
         assert "COUNT(" not in sql.upper() or "FROM feedback_assignment a WHERE a.item_id" in sql, (
             sql
         )
+
+
+# The review queue page (issue #17): the user with their roles and the session, the page's
+# judgements (one UNION over the three kinds), the waiting count (a capped count per kind), each
+# kind's rows on the page (pairwise and ranking rows with their items' completions, for the
+# summary), and the filter form's projects and annotators. The same for 3 rows as for 30.
+REVIEW_QUEUE_QUERIES = 16
+
+
+@pytest.mark.django_db
+def test_review_queue_costs_the_same_for_a_few_rows_as_for_many(client, roles, reviewer):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from core.roles import Role
+    from tests.factories import ProjectFactory, UserFactory
+
+    project = ProjectFactory(overlap=1)
+    writers = [UserFactory(username=f"w{n}", roles=[Role.ANNOTATOR]) for n in range(30)]
+    client.force_login(reviewer)
+    client.get("/review/")  # session and caches, as a browser that just logged in
+    counts = []
+    for batch in (writers[:3], writers[3:]):
+        for n, writer in enumerate(batch):
+            item = make_item(project, TaskKind.values[n % 3])
+            assignment = services.task_next_for_annotator(project=project, annotator=writer)
+            assert assignment.item == item
+            if item.kind == TaskKind.PAIRWISE:
+                services.pairwise_submit(assignment_id=assignment.pk, annotator=writer,
+                                         choice="a", strength="clear")  # fmt: skip
+            elif item.kind == TaskKind.RANKING:
+                ids = [ic.completion_id for ic in item.item_completions.all()]
+                services.ranking_submit(assignment_id=assignment.pk, annotator=writer,
+                                        ranking=[[i] for i in ids])  # fmt: skip
+            else:
+                services.demonstration_submit(assignment_id=assignment.pk, annotator=writer,
+                                              text="A reply.")  # fmt: skip
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get("/review/")
+        assert response.status_code == 200
+        counts.append(len(queries))
+    assert len(response.context["page"].rows) == 30
+    assert counts[0] == counts[1] <= REVIEW_QUEUE_QUERIES, counts

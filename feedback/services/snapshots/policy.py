@@ -8,7 +8,7 @@ import orjson
 from django.core.exceptions import ValidationError
 
 from feedback.models import (
-    DemonstrationStatus,
+    JudgementStatus,
     Origin,
     SnapshotKind,
     Split,
@@ -29,6 +29,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         **TRUST_DEFAULTS,
     },
     SnapshotKind.PREFERENCE: {
+        # A vote or ranking a reviewer rejected is left out, as a rejected demonstration is.
+        "statuses": ["submitted", "accepted"],
         "aggregation": "majority",
         "min_agreement": 0.5,
         "min_item_agreement": None,
@@ -94,7 +96,7 @@ def _check(key: str, value: Any) -> str:
         isinstance(value, list)
         and value
         and all(isinstance(status, str) for status in value)
-        and set(value) <= set(DemonstrationStatus.values)
+        and set(value) <= set(JudgementStatus.values)
     ):
         return "statuses is a list of submitted, accepted, rejected."
     if key == "aggregation" and value not in ("majority", "all"):

@@ -218,8 +218,16 @@ def _verdicts(project: Project) -> dict[int, tuple]:
 def _preference_rows(build: Build) -> Iterator[tuple[str, dict]]:
     verdicts = _verdicts(build.project)
     sources = [
-        (build.judgements(PairwiseJudgement), ("id", "choice", "strength"), _pairwise_votes),
-        (build.judgements(RankingJudgement), ("id", "ranking"), _ranking_votes),
+        (
+            build.judgements(PairwiseJudgement, status__in=build.policy["statuses"]),
+            ("id", "choice", "strength"),
+            _pairwise_votes,
+        ),
+        (
+            build.judgements(RankingJudgement, status__in=build.policy["statuses"]),
+            ("id", "ranking"),
+            _ranking_votes,
+        ),
     ]
     for queryset, fields, to_votes in sources:
         judgements = queryset.order_by("item_id", "id").values_list("item_id", *fields)
