@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("feedback", "0014_review_every_kind_and_optional_strength")]
+    dependencies = [("feedback", "0016_review_every_kind_and_optional_strength")]
 
     operations = [
         migrations.AlterField(

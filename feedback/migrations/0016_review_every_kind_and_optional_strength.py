@@ -41,7 +41,7 @@ def reviews_point_at_demonstrations(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("feedback", "0013_records_text_search")]
+    dependencies = [("feedback", "0015_project_names_in_nfc")]
 
     operations = [
         migrations.AddField(model_name="pairwisejudgement", name="status", field=STATUS),
