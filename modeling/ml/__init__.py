@@ -27,6 +27,7 @@ _EXPORTS = {
     "TrainResult": "training",
     "train": "training",
     "generate": "generation",
+    "chat_reply": "generation",
     "sampling_engine": "generation",
     "load_causal_lm": "loading",
     "load_reward_model": "loading",
