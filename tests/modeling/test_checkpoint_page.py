@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from evals.models import EvalResult, EvalRun, RunStatus, Suite
 from jobs.models import Status
+from jobs.services import work_claim
 from loop.models import ComparisonBatch
 from modeling import services
 from modeling.models import Checkpoint, JobStatus, PlaygroundTurn, TrainingJob
@@ -355,3 +356,18 @@ def test_the_poll_stops_once_the_reply_is_there_and_escapes_it(admin_client, tra
     assert "&lt;script&gt;alert(1)&lt;/script&gt; Four." in page and "<script>" not in page
     # without htmx, the poll address is the page itself
     assert admin_client.get(poll_url)["Location"].endswith(f"?turn={turn.pk}#playground")
+
+
+def test_a_reply_longer_than_the_model_reads_fails_with_the_reason(admin_client, trained):
+    # The tiny model reads 512 tokens; 1,000 new ones cannot fit whatever the prompt. Sampled
+    # in this process, as the launched one would (test_playground_worker.py goes through it).
+    playground_post(admin_client, trained, max_new_tokens="1000")
+    turn = PlaygroundTurn.objects.get()
+    assert work_claim(PlaygroundTurn, pk=turn.pk, worker_host="here")
+    turn = services.playground_turn_execute(turn)
+
+    assert turn.status == Status.FAILED
+    assert turn.error.startswith("The conversation is ")  # the reason, not an exception's name
+    assert "this model reads at most 512 tokens in all" in turn.error
+    page = admin_client.get(url(trained)).content.decode()
+    assert "ask for fewer new tokens or start a new conversation" in page
