@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 
 from core.forms import add_service_errors
@@ -253,6 +254,11 @@ class PlaygroundForm(SamplingForm):
         if turn.status == Status.FAILED:
             initial["prompt"] = turn.prompt
         return cls(initial=initial)
+
+    def previous_turn(self, *, user: AbstractBaseUser) -> PlaygroundTurn | None:
+        """The turn the message was sent after, if it parsed and is the user's."""
+        previous = getattr(self, "cleaned_data", {}).get("previous")
+        return previous if previous and previous.requested_by_id == user.pk else None
 
     def request_kwargs(self) -> dict[str, Any]:
         # "Start over" sends the message as the first of a new conversation.

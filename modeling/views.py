@@ -126,6 +126,7 @@ def checkpoint(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
 def playground(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     checkpoint = get_object_or_404(selectors.checkpoints_all(), pk=checkpoint_id)
     form = PlaygroundForm(request.POST)
+    turn = None
     if form.is_valid():
         try:
             turn = services.playground_turn_request(
@@ -133,19 +134,12 @@ def playground(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
             )
         except ValidationError as exc:
             add_service_errors(form, exc)
-        else:
-            if not request.htmx:
-                url = reverse("modeling:checkpoint", args=[checkpoint.pk])
-                return redirect(f"{url}?turn={turn.pk}#playground")
-            context = {"checkpoint": checkpoint, "turn": turn, "form": PlaygroundForm.after(turn)}
-            return render(request, "modeling/checkpoint_detail.html#playground", context)
-    # The conversation the message was meant for stays on screen above the refused form.
-    previous = form.cleaned_data.get("previous") if hasattr(form, "cleaned_data") else None
-    turn = previous if previous and previous.requested_by_id == request.user.pk else None
-    if request.htmx:
-        context = {"checkpoint": checkpoint, "turn": turn, "form": form}
-        return render(request, "modeling/checkpoint_detail.html#playground", context, status=422)
-    return _render_checkpoint(request, checkpoint, turn=turn, form=form, status=422)
+    if turn is None:  # refused: the conversation it was meant for stays above the form
+        previous = form.previous_turn(user=request.user)
+        return _render_playground(request, checkpoint, turn=previous, form=form, status=422)
+    if not request.htmx:
+        return redirect(_turn_url(checkpoint.pk, turn.pk))
+    return _render_playground(request, checkpoint, turn=turn, form=PlaygroundForm.after(turn))
 
 
 @require_GET
@@ -156,12 +150,30 @@ def playground_turn(request: HttpRequest, checkpoint_id: int, turn_id: int) -> H
         PlaygroundTurn, pk=turn_id, checkpoint_id=checkpoint_id, requested_by=request.user
     )
     if not request.htmx:
-        url = reverse("modeling:checkpoint", args=[checkpoint_id])
-        return redirect(f"{url}?turn={turn.pk}#playground")
+        return redirect(_turn_url(checkpoint_id, turn.pk))
     return render(request, "modeling/checkpoint_detail.html#playground-reply", {"turn": turn})
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _turn_url(checkpoint_id: int, turn_id: int) -> str:
+    return reverse("modeling:checkpoint", args=[checkpoint_id]) + f"?turn={turn_id}#playground"
+
+
+def _render_playground(
+    request: HttpRequest,
+    checkpoint: Checkpoint,
+    *,
+    turn: PlaygroundTurn | None,
+    form: PlaygroundForm,
+    status: int = 200,
+) -> HttpResponse:
+    """The playground's box for htmx, else the whole page around it."""
+    if not request.htmx:
+        return _render_checkpoint(request, checkpoint, turn=turn, form=form, status=status)
+    context = {"checkpoint": checkpoint, "turn": turn, "form": form}
+    return render(request, "modeling/checkpoint_detail.html#playground", context, status=status)
 
 
 def _render_checkpoint(

@@ -28,6 +28,7 @@ _EXPORTS = {
     "train": "training",
     "generate": "generation",
     "chat_reply": "generation",
+    "ReplyRefused": "generation",
     "sampling_engine": "generation",
     "load_causal_lm": "loading",
     "load_reward_model": "loading",

@@ -104,7 +104,7 @@ def playground_turn_execute(turn: PlaygroundTurn) -> PlaygroundTurn:
     """Sample the reply of a claimed turn: what jobs/entrypoint.py runs. The reply, or the
     reason there is none, is written to the row, never raised."""
     # torch: only ever imported in the launched process
-    from modeling.ml.generation import ReplyRefused, chat_reply
+    from modeling.ml import ReplyRefused, chat_reply
 
     turn = PlaygroundTurn.objects.select_related("checkpoint").get(pk=turn.pk)
     checkpoint = turn.checkpoint
