@@ -126,6 +126,7 @@ def checkpoint(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
 def playground(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     checkpoint = get_object_or_404(selectors.checkpoints_all(), pk=checkpoint_id)
     form = PlaygroundForm(request.POST)
+    is_htmx = bool(request.htmx)
     turn = None
     if form.is_valid():
         try:
@@ -136,10 +137,13 @@ def playground(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
             add_service_errors(form, exc)
     if turn is None:  # refused: the conversation it was meant for stays above the form
         previous = form.previous_turn(user=request.user)
-        return _render_playground(request, checkpoint, turn=previous, form=form, status=422)
-    if not request.htmx:
+        return _render_checkpoint(
+            request, checkpoint, turn=previous, form=form, status=422, playground_only=is_htmx
+        )
+    if not is_htmx:
         return redirect(_turn_url(checkpoint.pk, turn.pk))
-    return _render_playground(request, checkpoint, turn=turn, form=PlaygroundForm.after(turn))
+    form = PlaygroundForm.after(turn)
+    return _render_checkpoint(request, checkpoint, turn=turn, form=form, playground_only=True)
 
 
 @require_GET
@@ -161,21 +165,6 @@ def _turn_url(checkpoint_id: int, turn_id: int) -> str:
     return reverse("modeling:checkpoint", args=[checkpoint_id]) + f"?turn={turn_id}#playground"
 
 
-def _render_playground(
-    request: HttpRequest,
-    checkpoint: Checkpoint,
-    *,
-    turn: PlaygroundTurn | None,
-    form: PlaygroundForm,
-    status: int = 200,
-) -> HttpResponse:
-    """The playground's box for htmx, else the whole page around it."""
-    if not request.htmx:
-        return _render_checkpoint(request, checkpoint, turn=turn, form=form, status=status)
-    context = {"checkpoint": checkpoint, "turn": turn, "form": form}
-    return render(request, "modeling/checkpoint_detail.html#playground", context, status=status)
-
-
 def _render_checkpoint(
     request: HttpRequest,
     checkpoint: Checkpoint,
@@ -183,7 +172,12 @@ def _render_checkpoint(
     turn: PlaygroundTurn | None,
     form: PlaygroundForm,
     status: int = 200,
+    playground_only: bool = False,
 ) -> HttpResponse:
+    """The page, or only its playground's box (what an htmx post swaps)."""
+    if playground_only:
+        context = {"checkpoint": checkpoint, "turn": turn, "form": form}
+        return render(request, "modeling/checkpoint_detail.html#playground", context, status=status)
     lineage = selectors.checkpoint_lineage(checkpoint=checkpoint)
     context = {
         "checkpoint": checkpoint,
