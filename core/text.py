@@ -82,3 +82,10 @@ def clean_text(value: Any, *, field: str = "text", allow_blank: bool = False) ->
     if not allow_blank and is_blank(value):
         raise ValidationError({field: "Must not be empty."}, code="blank")
     return value
+
+
+def storable_text(text: Any, *, limit: int | None = None) -> str:
+    """Model output made fit to store: PostgreSQL refuses NUL in text, and a runaway generation
+    should cost its tail (past `limit`, VEREDICTO_MAX_TEXT_CHARS by default), not the whole run."""
+    limit = settings.VEREDICTO_MAX_TEXT_CHARS if limit is None else limit
+    return str(text).replace("\x00", "")[:limit]

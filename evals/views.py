@@ -13,6 +13,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from core.forms import add_service_errors
@@ -79,16 +80,9 @@ def compare(request: HttpRequest) -> HttpResponse:
 @require_GET
 @role_required(*VIEWING)
 def checkpoint_evals(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
-    checkpoint = get_object_or_404(
-        Checkpoint.objects.select_related("base_model", "parent", "job", "snapshot__project"),
-        pk=checkpoint_id,
-    )
-    context = {
-        "checkpoint": checkpoint,
-        "metrics": selectors.checkpoint_metrics(checkpoint=checkpoint),
-        "runs": selectors.checkpoint_runs(checkpoint=checkpoint),
-    }
-    return render(request, "evals/checkpoint.html", context)
+    """The old address of a checkpoint's evaluations: they are a section of its one page now."""
+    checkpoint = get_object_or_404(Checkpoint, pk=checkpoint_id)
+    return redirect(_evaluations_url(checkpoint), permanent=True)
 
 
 @require_GET
@@ -151,7 +145,7 @@ def checkpoint_defaults(request: HttpRequest, checkpoint_id: int) -> HttpRespons
         messages.success(request, f"Queued {len(runs)} evaluation runs for a GPU worker.")
     else:
         messages.error(request, f"A {checkpoint.kind} model has no default evaluation.")
-    return redirect("evals:eval-checkpoint", checkpoint_id=checkpoint.pk)
+    return redirect(_evaluations_url(checkpoint))
 
 
 @require_GET
@@ -184,6 +178,10 @@ def _request_run(request: HttpRequest, form: EvalRunForm) -> EvalRun:
     except ValidationError:
         services.eval_task_file_discard(path)
         raise
+
+
+def _evaluations_url(checkpoint: Checkpoint) -> str:
+    return reverse("modeling:checkpoint", args=[checkpoint.pk]) + "#evaluations"
 
 
 def _recent_runs() -> dict:

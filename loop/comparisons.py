@@ -16,42 +16,23 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from core.roles import require_admin
+from core.text import storable_text
 from feedback import services as feedback_services
 from feedback.models import Completion, CompletionSource, Project, Prompt, Split, TaskKind
 from jobs.models import Status
 from jobs.services import Heartbeat, failure_reason, work_claim, work_enqueue, work_finish
 from loop.models import ComparisonBatch
 from modeling.models import Checkpoint, CheckpointKind
+from modeling.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 
 MAX_PROMPTS = 500
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 128
-    temperature: float = 0.8
-    top_p: float = 0.95
-    seed: int = 0
-
-    def clean(self) -> SamplingParams:
-        errors = {}
-        if not 1 <= self.max_new_tokens <= 4096:
-            errors["max_new_tokens"] = "Between 1 and 4096 new tokens."
-        if not 0 <= self.temperature <= 5:
-            errors["temperature"] = "Temperature is between 0 and 5."
-        if not 0 < self.top_p <= 1:
-            errors["top_p"] = "top_p is in (0, 1]."
-        if errors:
-            raise ValidationError(errors)
-        return self
 
 
 @dataclass
@@ -204,7 +185,7 @@ def comparisons_generate(
     new_texts = generate(checkpoint.load_path(), conversations, **options)
     reference_texts = generate(reference.load_path(), conversations, **options)
     for prompt, (new,), (old,) in zip(prompts, new_texts, reference_texts, strict=True):
-        new, old = _storable(new), _storable(old)
+        new, old = storable_text(new), storable_text(old)
         if not new.strip() or not old.strip():
             outcome.skipped_empty += 1
             continue
@@ -222,12 +203,6 @@ def comparisons_generate(
         outcome.items += 1
     logger.info("Comparisons %s for %s vs %s: %s", batch, checkpoint, reference, outcome)
     return outcome
-
-
-def _storable(text: str) -> str:
-    # Model output is untrusted like any text, but a NUL or an over-long reply should cost one
-    # character or the tail, not the whole batch.
-    return text.replace("\x00", "")[: settings.VEREDICTO_MAX_TEXT_CHARS]
 
 
 def _completion(

@@ -7,7 +7,8 @@ from typing import Any
 from django import forms
 
 from feedback.models import Project, TaskKind
-from loop.comparisons import MAX_PROMPTS, SamplingParams
+from loop.comparisons import MAX_PROMPTS
+from modeling.forms import SamplingForm
 from modeling.models import Checkpoint, CheckpointKind
 
 
@@ -17,7 +18,7 @@ def pairwise_projects():
     return Project.objects.filter(pk__in=ids)
 
 
-class ComparisonForm(forms.Form):
+class ComparisonForm(SamplingForm):
     project = forms.ModelChoiceField(queryset=Project.objects.none(), empty_label=None)
     reference = forms.ModelChoiceField(
         queryset=Checkpoint.objects.none(),
@@ -26,14 +27,8 @@ class ComparisonForm(forms.Form):
         label="Compare with",
     )
     n_prompts = forms.IntegerField(min_value=1, max_value=MAX_PROMPTS, initial=20, label="Prompts")
-    max_new_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)
-    temperature = forms.FloatField(
-        min_value=0, max_value=5, initial=0.8, widget=forms.NumberInput(attrs={"step": "any"})
-    )
-    top_p = forms.FloatField(
-        min_value=0.01, max_value=1, initial=0.95, widget=forms.NumberInput(attrs={"step": "any"})
-    )
-    seed = forms.IntegerField(min_value=0, initial=0)
+
+    field_order = ["project", "reference", "n_prompts"]  # then the sampling settings
 
     def __init__(self, *args, checkpoint: Checkpoint, **kwargs):
         super().__init__(*args, **kwargs)
@@ -50,10 +45,5 @@ class ComparisonForm(forms.Form):
             "project": data["project"],
             "reference": data["reference"],
             "n_prompts": data["n_prompts"],
-            "sampling": SamplingParams(
-                max_new_tokens=data["max_new_tokens"],
-                temperature=data["temperature"],
-                top_p=data["top_p"],
-                seed=data["seed"],
-            ),
+            "sampling": self.sampling(),
         }

@@ -12,14 +12,17 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 
 from core.forms import add_service_errors
 from feedback.models import DatasetSnapshot
+from jobs.models import Status
 from modeling import selectors, services
 from modeling.ml import CONFIG_CLASSES  # plain pydantic, imported lazily: no torch here
-from modeling.models import JOBS_NEEDING_REWARD_MODEL, Checkpoint
+from modeling.models import JOBS_NEEDING_REWARD_MODEL, Checkpoint, PlaygroundTurn
 from modeling.presets import PRESETS, preset_values
+from modeling.sampling import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, SamplingParams
 
 CONFIG_PREFIX = "cfg_"
 
@@ -173,4 +176,96 @@ class JobLaunchForm(forms.Form):
             "reward_model": self.cleaned_data.get("reward_model"),
             "config": self.cleaned_config,
             "time_limit_seconds": self.cleaned_data["time_limit_minutes"] * 60,
+        }
+
+
+class SamplingForm(forms.Form):
+    """The sampling settings of every form that asks a checkpoint for replies (the playground
+    here, the loop's next-round comparisons). The limits repeat SamplingParams.clean's, so the
+    browser refuses what the service would."""
+
+    max_new_tokens = forms.IntegerField(min_value=1, max_value=MAX_NEW_TOKENS, initial=128)
+    temperature = forms.FloatField(
+        min_value=0,
+        max_value=MAX_TEMPERATURE,
+        initial=0.8,
+        widget=forms.NumberInput(attrs={"step": "any"}),
+        help_text="0 always picks the likeliest token.",
+    )
+    top_p = forms.FloatField(
+        min_value=0.01, max_value=1, initial=0.95, widget=forms.NumberInput(attrs={"step": "any"})
+    )
+    seed = forms.IntegerField(min_value=0, max_value=MAX_SEED, initial=0)
+
+    def sampling_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in ("temperature", "top_p", "max_new_tokens", "seed")]
+
+    def sampling(self) -> SamplingParams:
+        data = self.cleaned_data
+        return SamplingParams(
+            max_new_tokens=data["max_new_tokens"],
+            temperature=data["temperature"],
+            top_p=data["top_p"],
+            seed=data["seed"],
+        )
+
+
+class PlaygroundForm(SamplingForm):
+    prompt = forms.CharField(
+        strip=False,  # the service strips, and a message of spaces gets its own error
+        widget=forms.Textarea(attrs={"rows": 3}),
+        error_messages={"required": "Type a message for the model."},
+        label="Message",
+    )
+    system = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="System prompt",
+        help_text="Optional; sent before the conversation.",
+    )
+    max_new_tokens = forms.IntegerField(
+        min_value=1,
+        max_value=services.PLAYGROUND_MAX_NEW_TOKENS,
+        initial=64,
+        label="Max new tokens",
+        error_messages={
+            "max_value": f"At most {services.PLAYGROUND_MAX_NEW_TOKENS} new tokens.",
+            "min_value": "At least 1 new token.",
+        },
+    )
+    # The turn this message answers; checked against the user and checkpoint by the service.
+    previous = forms.ModelChoiceField(
+        queryset=PlaygroundTurn.objects.all(),
+        required=False,
+        widget=forms.HiddenInput,
+        error_messages={"invalid_choice": "That conversation is gone: start a new one."},
+    )
+
+    field_order = ["prompt", "system", "temperature", "top_p", "max_new_tokens", "seed"]
+
+    @classmethod
+    def after(cls, turn: PlaygroundTurn | None) -> PlaygroundForm:
+        """The form under a turn: its settings kept, ready for the next message (or, after a
+        failure, for the same message again)."""
+        if turn is None:
+            return cls()
+        initial = {**turn.sampling, "system": turn.system, "previous": turn.pk}
+        if turn.status == Status.FAILED:
+            initial["prompt"] = turn.prompt
+        return cls(initial=initial)
+
+    def previous_turn(self, *, user: AbstractBaseUser) -> PlaygroundTurn | None:
+        """The turn the message was sent after, if it parsed and is the user's."""
+        previous = getattr(self, "cleaned_data", {}).get("previous")
+        return previous if previous and previous.requested_by_id == user.pk else None
+
+    def request_kwargs(self) -> dict[str, Any]:
+        # "Start over" sends the message as the first of a new conversation.
+        previous = None if self.data.get("new") else self.cleaned_data["previous"]
+        return {
+            "prompt": self.cleaned_data["prompt"],
+            "system": self.cleaned_data["system"],
+            "sampling": self.sampling(),
+            "previous": previous,
         }

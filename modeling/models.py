@@ -251,3 +251,59 @@ class TrainingJob(BackgroundWork):
         if self.status != JobStatus.RUNNING or not elapsed or not self.step or not self.total_steps:
             return None
         return elapsed / self.step * max(0, self.total_steps - self.step)
+
+
+class PlaygroundTurn(BackgroundWork):
+    """One message typed into a checkpoint's playground and the checkpoint's reply to it.
+
+    A conversation is a chain of turns (`previous`); each turn keeps the whole conversation it
+    sent (`messages`, user and assistant alternating, the new user message last), so one row is
+    enough to show it and to continue it. The reply is sampled by a GPU worker with the shared
+    lifecycle (jobs.models), never in the web process.
+    """
+
+    # CASCADE, unlike the lineage's PROTECT: a playground chat is scratch work, not a record a
+    # checkpoint must keep.
+    checkpoint = models.ForeignKey(
+        Checkpoint, on_delete=models.CASCADE, related_name="playground_turns"
+    )
+    previous = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    system = models.TextField(blank=True, help_text="The system prompt, if any.")
+    messages = models.JSONField(help_text='[{"role": "user", "content": "…"}, …]')
+    sampling = models.JSONField(help_text="max_new_tokens, temperature, top_p, seed")
+    reply = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    # One reply on a model that fits one worker: minutes at most, even on a CPU.
+    time_limit_seconds = 15 * 60
+    entrypoint = "modeling.services.playground.playground_turn_execute"
+    task_name = "modeling.tasks.playground_reply"
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["checkpoint", "requested_by", "-created_at"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Playground turn #{self.pk} on {self.checkpoint}"
+
+    def conversation(self) -> list[dict[str, str]]:
+        """What the model reads: the system prompt, then the messages."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + list(self.messages)
+
+    @property
+    def prompt(self) -> str:
+        """The message this turn asked the model to answer."""
+        return self.messages[-1]["content"] if self.messages else ""
+
+    @property
+    def user_turns(self) -> int:
+        return sum(1 for message in self.messages if message.get("role") == "user")

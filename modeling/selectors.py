@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q, QuerySet
 
-from feedback.models import Completion, CompletionSource, DatasetSnapshot
+from feedback.models import DatasetSnapshot
 from jobs.models import Status
 from modeling.ml import CONFIG_CLASSES, estimate_steps, parse_job_config  # no torch: pydantic
 from modeling.models import (
@@ -16,6 +17,7 @@ from modeling.models import (
     Checkpoint,
     CheckpointKind,
     JobKind,
+    PlaygroundTurn,
     TrainingJob,
 )
 
@@ -134,13 +136,12 @@ def _tree_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def checkpoint_comparisons(*, checkpoint: Checkpoint) -> list[dict[str, Any]]:
-    """Per project: how many replies of this checkpoint were turned into comparison items."""
-    return list(
-        Completion.objects.filter(
-            source=CompletionSource.CHECKPOINT, generation_params__checkpoint_id=checkpoint.pk
-        )
-        .values("prompt__project_id", "prompt__project__name")
-        .annotate(completions=Count("id"), items=Count("items", distinct=True))
-        .order_by("prompt__project__name")
-    )
+def playground_turn_shown(
+    *, checkpoint: Checkpoint, user: AbstractBaseUser, turn_id: int | None = None
+) -> PlaygroundTurn | None:
+    """The turn the playground shows: the one asked for, else the user's latest on this
+    checkpoint. Only the user's own: nobody reads another's conversation."""
+    turns = PlaygroundTurn.objects.filter(checkpoint=checkpoint, requested_by=user)
+    if turn_id is not None:
+        return turns.filter(pk=turn_id).first()
+    return turns.first()

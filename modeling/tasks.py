@@ -17,9 +17,10 @@ from django.db import InterfaceError, OperationalError
 
 from jobs.backends import launch
 from jobs.models import HARD_LIMIT_GRACE_SECONDS
+from jobs.services import work_claim
 from jobs.tasks import worker_name
 from modeling import services
-from modeling.models import TrainingJob
+from modeling.models import PlaygroundTurn, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +51,24 @@ def train_job(self, job_id: int) -> str:
         return TrainingJob.objects.get(pk=job_id).status
     # This worker only steers: the training runs in its own process group (or Ray job).
     return launch(TrainingJob.objects.get(pk=job_id)).status
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    soft_time_limit=PlaygroundTurn.time_limit_seconds,
+    time_limit=PlaygroundTurn.time_limit_seconds + HARD_LIMIT_GRACE_SECONDS,
+    autoretry_for=TRANSIENT_ERRORS,
+    max_retries=3,
+    retry_backoff=5,
+)
+def playground_reply(self, turn_id: int) -> str:
+    """One reply of the checkpoint page's playground (modeling.services.playground)."""
+    if not PlaygroundTurn.objects.filter(pk=turn_id).exists():
+        return "missing"
+    host = worker_name(self.request.hostname)
+    backend = settings.VEREDICTO_JOB_BACKEND
+    if not work_claim(PlaygroundTurn, pk=turn_id, worker_host=host, backend=backend):
+        return PlaygroundTurn.objects.get(pk=turn_id).status
+    # As for training: the model is loaded in the launched process, never in this worker.
+    return launch(PlaygroundTurn.objects.get(pk=turn_id)).status

@@ -12,4 +12,10 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
     path("jobs/<int:job_id>/rerun/", views.job_rerun, name="job-rerun"),
     path("checkpoints/<int:checkpoint_id>/", views.checkpoint, name="checkpoint"),
+    path("checkpoints/<int:checkpoint_id>/playground/", views.playground, name="playground"),
+    path(
+        "checkpoints/<int:checkpoint_id>/playground/<int:turn_id>/",
+        views.playground_turn,
+        name="playground-turn",
+    ),
 ]

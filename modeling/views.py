@@ -1,5 +1,7 @@
-"""Training screens (admins only): jobs and models, the launch form, a job's live progress and a
-checkpoint's lineage. Each view checks the method and role, calls one service, renders.
+"""Training screens (admins only): jobs and models, the launch form, a job's live progress; and
+the checkpoint page (admins and reviewers): lineage, files, training metrics, the sections apps
+above contribute (modeling.page_sections) and the playground. Each view checks the method and
+role, calls one service, renders.
 
 A dead worker's job reads `failed` within the heartbeat window: the scheduled sweep
 (jobs.tasks.sweep) decides that, not these pages.
@@ -11,13 +13,15 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from core.forms import add_service_errors
 from core.roles import Role, role_required
 from modeling import selectors, services
-from modeling.forms import CONFIG_PREFIX, JobLaunchForm
-from modeling.models import JobKind, TrainingJob
+from modeling.forms import CONFIG_PREFIX, JobLaunchForm, PlaygroundForm
+from modeling.models import Checkpoint, JobKind, PlaygroundTurn, TrainingJob
+from modeling.page_sections import checkpoint_sections_render
 
 
 @require_GET
@@ -105,21 +109,86 @@ def job_rerun(request: HttpRequest, job_id: int) -> HttpResponse:
 
 
 @require_GET
-@role_required(Role.ADMIN)
+@role_required(*services.PLAYGROUND_ROLES)
 def checkpoint(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     checkpoint = get_object_or_404(selectors.checkpoints_all(), pk=checkpoint_id)
-    context = {
-        "checkpoint": checkpoint,
-        "lineage": selectors.checkpoint_lineage(checkpoint=checkpoint),
-        "files": selectors.checkpoint_files(checkpoint=checkpoint),
-        "children": checkpoint.children.all(),
-        "jobs": checkpoint.jobs.all()[:20],
-        "comparisons": selectors.checkpoint_comparisons(checkpoint=checkpoint),
-    }
-    return render(request, "modeling/checkpoint_detail.html", context)
+    turn_id = request.GET.get("turn", "")
+    turn = selectors.playground_turn_shown(
+        checkpoint=checkpoint,
+        user=request.user,
+        turn_id=int(turn_id) if turn_id.isdigit() else None,
+    )
+    return _render_checkpoint(request, checkpoint, turn=turn, form=PlaygroundForm.after(turn))
+
+
+@require_POST
+@role_required(*services.PLAYGROUND_ROLES)
+def playground(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    checkpoint = get_object_or_404(selectors.checkpoints_all(), pk=checkpoint_id)
+    form = PlaygroundForm(request.POST)
+    is_htmx = bool(request.htmx)
+    turn = None
+    if form.is_valid():
+        try:
+            turn = services.playground_turn_request(
+                checkpoint=checkpoint, requested_by=request.user, **form.request_kwargs()
+            )
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+    if turn is None:  # refused: the conversation it was meant for stays above the form
+        previous = form.previous_turn(user=request.user)
+        return _render_checkpoint(
+            request, checkpoint, turn=previous, form=form, status=422, playground_only=is_htmx
+        )
+    if not is_htmx:
+        return redirect(_turn_url(checkpoint.pk, turn.pk))
+    form = PlaygroundForm.after(turn)
+    return _render_checkpoint(request, checkpoint, turn=turn, form=form, playground_only=True)
+
+
+@require_GET
+@role_required(*services.PLAYGROUND_ROLES)
+def playground_turn(request: HttpRequest, checkpoint_id: int, turn_id: int) -> HttpResponse:
+    """htmx: a turn's reply, polled until it is there."""
+    turn = get_object_or_404(
+        PlaygroundTurn, pk=turn_id, checkpoint_id=checkpoint_id, requested_by=request.user
+    )
+    if not request.htmx:
+        return redirect(_turn_url(checkpoint_id, turn.pk))
+    return render(request, "modeling/checkpoint_detail.html#playground-reply", {"turn": turn})
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _turn_url(checkpoint_id: int, turn_id: int) -> str:
+    return reverse("modeling:checkpoint", args=[checkpoint_id]) + f"?turn={turn_id}#playground"
+
+
+def _render_checkpoint(
+    request: HttpRequest,
+    checkpoint: Checkpoint,
+    *,
+    turn: PlaygroundTurn | None,
+    form: PlaygroundForm,
+    status: int = 200,
+    playground_only: bool = False,
+) -> HttpResponse:
+    """The page, or only its playground's box (what an htmx post swaps)."""
+    if playground_only:
+        context = {"checkpoint": checkpoint, "turn": turn, "form": form}
+        return render(request, "modeling/checkpoint_detail.html#playground", context, status=status)
+    lineage = selectors.checkpoint_lineage(checkpoint=checkpoint)
+    context = {
+        "checkpoint": checkpoint,
+        "lineage": lineage,
+        "files": selectors.checkpoint_files(checkpoint=checkpoint),
+        "jobs": checkpoint.jobs.select_related("checkpoint")[:20],
+        "sections": checkpoint_sections_render(request, checkpoint=checkpoint, lineage=lineage),
+        "turn": turn,
+        "form": form,
+    }
+    return render(request, "modeling/checkpoint_detail.html", context, status=status)
 
 
 def _job_kind(kind: str) -> str:

@@ -14,6 +14,7 @@ from .dashboard import (
     dashboard,
     dashboard_checkpoints,
     dashboard_csv_rows,
+    lineage_board,
     spreadsheet_safe,
 )
 from .results import (
@@ -52,6 +53,7 @@ __all__ = [
     "dashboard_csv_rows",
     "eval_runs",
     "latest_results",
+    "lineage_board",
     "run_detail",
     "run_samples",
     "runs_recent",

@@ -66,6 +66,14 @@ class Dashboard:
         }
 
 
+def lineage_board(*, checkpoints: list[Checkpoint]) -> Dashboard:
+    """The latest results of a lineage's checkpoints, base first: the checkpoint page charts a
+    metric along it with Dashboard.series."""
+    results = latest_results(checkpoints=[checkpoint.pk for checkpoint in checkpoints])
+    columns, rows = results_table(checkpoints=checkpoints, results=results)
+    return Dashboard(columns, rows, sort="")
+
+
 def dashboard_checkpoints(
     *,
     project: Project | None = None,

@@ -19,6 +19,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import transaction
 
+from core.text import storable_text
 from evals.models import (
     EvalResult,
     EvalRun,
@@ -90,8 +91,7 @@ def _succeed(run_id: int, outcome: Outcome) -> EvalRun:
 
 
 def _storable(text: str) -> str:
-    # PostgreSQL refuses NUL in text; a runaway generation should cost its tail, not the run.
-    return str(text).replace("\x00", "")[:MAX_SAMPLE_CHARS]
+    return storable_text(text, limit=MAX_SAMPLE_CHARS)
 
 
 def _reason(exc: BaseException) -> str:

@@ -27,6 +27,8 @@ _EXPORTS = {
     "TrainResult": "training",
     "train": "training",
     "generate": "generation",
+    "chat_reply": "generation",
+    "ReplyRefused": "generation",
     "sampling_engine": "generation",
     "load_causal_lm": "loading",
     "load_reward_model": "loading",

@@ -41,9 +41,7 @@ def generate(
     options = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     if sampling_engine() == "vllm":
         return vllm_generate(model_path, prompts, seed=seed, **options)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model = load_causal_lm(model_path, dtype=dtype, device=device)
+    model = _load_for_sampling(model_path)
     tokenizer = load_tokenizer(model_path)
     return sample(
         model,
@@ -56,6 +54,51 @@ def generate(
         batch_size=batch_size,
         seed=seed,
     )
+
+
+class ReplyRefused(ValueError):
+    """chat_reply's refusal, worded for the person who asked."""
+
+
+def chat_reply(
+    model_path: str,
+    conversation: list[dict],
+    *,
+    tokenizer_path: str | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+) -> str:
+    """The model's next assistant message in a chat (the checkpoint page's playground), read
+    through the chat template of its tokenizer (`tokenizer_path`, else the model's own).
+
+    Always transformers' generate, never vLLM: one reply does not repay vLLM's start-up, and a
+    seed then repeats the same reply on every host. Raises ReplyRefused, in words a user can
+    act on, when the model cannot chat or the conversation and the reply would not fit its
+    context.
+    """
+    model = _load_for_sampling(model_path)
+    tokenizer = load_tokenizer(tokenizer_path or model_path)
+    if not tokenizer.chat_template:
+        raise ReplyRefused("This checkpoint's tokenizer has no chat template: it cannot chat.")
+    context = getattr(model.config, "max_position_embeddings", None)
+    length = len(chat_prompt_ids(tokenizer, conversation))
+    if context and length + max_new_tokens > context:
+        raise ReplyRefused(
+            f"The conversation is {length} tokens long and {max_new_tokens} new tokens were "
+            f"asked for, but this model reads at most {context} tokens in all: ask for fewer "
+            "new tokens or start a new conversation."
+        )
+    options = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    return sample(model, tokenizer, [conversation], n=1, seed=seed, **options)[0][0]
+
+
+def _load_for_sampling(model_path: str) -> PreTrainedModel:
+    """On the GPU in bf16 when there is one, else on the CPU in fp32."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return load_causal_lm(model_path, dtype=dtype, device=device)
 
 
 @torch.no_grad()

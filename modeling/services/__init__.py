@@ -8,6 +8,12 @@ from .jobs import (
     job_launch,
     job_rerun,
 )
+from .playground import (
+    PLAYGROUND_MAX_NEW_TOKENS,
+    PLAYGROUND_ROLES,
+    playground_turn_execute,
+    playground_turn_request,
+)
 from .runner import (
     JobReporter,
     job_output_dir,
@@ -17,6 +23,8 @@ from .runner import (
 )
 
 __all__ = [
+    "PLAYGROUND_MAX_NEW_TOKENS",
+    "PLAYGROUND_ROLES",
     "JobConfigInvalid",
     "JobReporter",
     "checkpoint_describe",
@@ -27,6 +35,8 @@ __all__ = [
     "job_launch",
     "job_output_dir",
     "job_rerun",
+    "playground_turn_execute",
+    "playground_turn_request",
     "run_training_job",
     "training_job_claim",
     "training_job_execute",

@@ -126,9 +126,7 @@ def test_admin_imports_snapshots_trains_and_sees_the_checkpoint_on_the_dashboard
     runs = EvalRun.objects.filter(checkpoint=checkpoint)
     assert {run.status for run in runs} == {RunStatus.SUCCEEDED}, [run.error for run in runs]
     page.goto("/evals/dashboard/")
-    row = page.locator(
-        "tr", has=page.locator(f"a[href='/evals/dashboard/checkpoints/{checkpoint.pk}/']")
-    )
+    row = page.locator("tr", has=page.locator(f"a[href='/train/checkpoints/{checkpoint.pk}/']"))
     assert row.locator("td.num").count() >= 1
     assert any(cell.strip() not in ("", "–") for cell in row.locator("td.num").all_inner_texts())
     page.wait_for_function(

@@ -270,7 +270,7 @@ def test_leaderboard_page_has_the_table_and_chart_data_with_local_chartjs(client
     assert '<script src="/static/vendor/chartjs/chart.umd.min.js"' in page
     assert "cdn" not in page.lower()
     dpo = Checkpoint.objects.get(name="dpo")
-    assert f'href="/evals/dashboard/checkpoints/{dpo.pk}/">dpo</a>' in page  # registered: linked
+    assert f'href="/train/checkpoints/{dpo.pk}/">dpo</a>' in page  # registered: linked
     assert '<span class="badge">reference</span>' in page
     assert 'data-eval-chart="leaderboard"' in page
 

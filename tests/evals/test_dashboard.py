@@ -106,7 +106,7 @@ def pages(lineage) -> list[str]:
         "/evals/dashboard/",
         "/evals/dashboard/evaluations.csv",
         f"/evals/dashboard/compare/?a={lineage['base'].pk}&b={lineage['sft'].pk}",
-        f"/evals/dashboard/checkpoints/{lineage['sft'].pk}/",
+        f"/train/checkpoints/{lineage['sft'].pk}/",  # the checkpoint page, with its evaluations
         f"/evals/runs/{run.pk}/",
         f"/evals/projects/{lineage['sft'].snapshot.project_id}/leaderboard/",
     ]
@@ -256,11 +256,10 @@ def test_admins_queue_the_default_suites_of_a_registered_model(
     assert client.post(url).status_code == 403
     client.force_login(admin_user)
     assert (
-        b"Run the default suites"
-        in client.get(f"/evals/dashboard/checkpoints/{lineage['base'].pk}/").content
+        b"Run the default suites" in client.get(f"/train/checkpoints/{lineage['base'].pk}/").content
     )
     response = client.post(url)
-    assert response["Location"] == f"/evals/dashboard/checkpoints/{lineage['base'].pk}/"
+    assert response["Location"] == f"/train/checkpoints/{lineage['base'].pk}/#evaluations"
     queued = EvalRun.objects.filter(checkpoint=lineage["base"], status=RunStatus.QUEUED)
     assert queued.count() == 5 and {run.created_by for run in queued} == {admin_user}
 
@@ -458,7 +457,7 @@ def test_compare_without_both_checkpoints_shows_the_form(client, reviewer, linea
 
 def test_checkpoint_page_lists_latest_results_and_the_whole_history(client, reviewer, lineage):
     client.force_login(reviewer)
-    page = client.get(f"/evals/dashboard/checkpoints/{lineage['sft'].pk}/").content.decode()
+    page = client.get(f"/train/checkpoints/{lineage['sft'].pk}/").content.decode()
     assert page.count('href="/evals/runs/') >= 4  # every run, failed one included
     assert "0.72 – 0.88" in page and "Failed" in page
 

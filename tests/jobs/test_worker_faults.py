@@ -1,7 +1,8 @@
 """Fault drills: a real `celery worker` process is SIGKILLed while it runs one of each kind of
-background work (training, evaluation, comparison generation, import, snapshot), with a real
-`celery beat` scheduling the sweep. Nobody opens a page: every row must end `failed` with a
-reason within the heartbeat window, and a redelivered message must not run the work again.
+background work (training, evaluation, comparison generation, a playground reply, import,
+snapshot), with a real `celery beat` scheduling the sweep. Nobody opens a page: every row must
+end `failed` with a reason within the heartbeat window, and a redelivered message must not run
+the work again.
 
 The worker pauses right after each claim (VEREDICTO_FAULT_DRILL_PAUSE_SECONDS, allowed only
 under DEBUG or tests) with its heartbeat beating, so "killed mid-run" holds for work of any size.
@@ -38,8 +39,8 @@ from loop.comparisons import SamplingParams, comparisons_request
 from loop.models import ComparisonBatch
 from loop.tasks import generate_comparisons
 from modeling import services as modeling_services
-from modeling.models import TrainingJob
-from modeling.tasks import train_job
+from modeling.models import PlaygroundTurn, TrainingJob
+from modeling.tasks import playground_reply, train_job
 from tests.factories import ProjectFactory
 from tests.modeling.helpers import HEARTBEAT_SECONDS, STALE_SECONDS, wait_for
 
@@ -103,7 +104,7 @@ def queues_clean():
 
 
 def _queue_one_of_each(admin_user, base_checkpoint, make_snapshot, labelled_project, tmp_path):
-    """Rows of the five kinds, each queued as the app queues it."""
+    """Rows of the six kinds, each queued as the app queues it."""
     other = modeling_services.checkpoint_register(
         name="tiny-again", storage_path=base_checkpoint.storage_path
     )
@@ -120,6 +121,12 @@ def _queue_one_of_each(admin_user, base_checkpoint, make_snapshot, labelled_proj
         project=labelled_project,
         reference=other,
         n_prompts=3,
+        sampling=SamplingParams(max_new_tokens=8),
+        requested_by=admin_user,
+    )
+    turn = modeling_services.playground_turn_request(
+        checkpoint=base_checkpoint,
+        prompt="What is 2 plus 2?",
         sampling=SamplingParams(max_new_tokens=8),
         requested_by=admin_user,
     )
@@ -143,6 +150,7 @@ def _queue_one_of_each(admin_user, base_checkpoint, make_snapshot, labelled_proj
         "training job": (TrainingJob, job.pk, train_job),
         "evaluation run": (EvalRun, run.pk, run_eval),
         "comparison batch": (ComparisonBatch, batch.pk, generate_comparisons),
+        "playground turn": (PlaygroundTurn, turn.pk, playground_reply),
         "import": (DataImport, data_import.pk, feedback_tasks.run_import),
         "snapshot": (DatasetSnapshot, snapshot.pk, feedback_tasks.build_snapshot),
     }, target
@@ -169,7 +177,7 @@ def test_a_killed_worker_leaves_every_kind_of_work_failed_and_a_redelivery_runs_
         tmp_path / "beat.log",
     )
     worker = _start(
-        ["worker", "-Q", "default,gpu", "--pool", "threads", "--concurrency", "6", "-n", name,
+        ["worker", "-Q", "default,gpu", "--pool", "threads", "--concurrency", "7", "-n", name,
          "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "INFO"],
         tmp_path / "worker.log",
     )  # fmt: skip
@@ -226,6 +234,7 @@ def test_a_killed_worker_leaves_every_kind_of_work_failed_and_a_redelivery_runs_
     assert not EvalResult.objects.filter(run_id=work["evaluation run"][1]).exists()
     batch = ComparisonBatch.objects.get(pk=work["comparison batch"][1])
     assert batch.outcome == {}
+    assert PlaygroundTurn.objects.get(pk=work["playground turn"][1]).reply == ""
     assert not Prompt.objects.filter(project=import_target).exists()
     snapshot = DatasetSnapshot.objects.get(pk=work["snapshot"][1])
     assert snapshot.directory == "" and not snapshot.content_hash

@@ -13,7 +13,7 @@ from django.utils import timezone
 from feedback.models import DatasetSnapshot
 from jobs.services import work_sweep
 from modeling import services
-from modeling.models import Checkpoint, JobStatus, TrainingJob
+from modeling.models import JobStatus, TrainingJob
 from tests.modeling.helpers import queued_messages
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_gpu_queue")]
@@ -39,8 +39,7 @@ def pages(job) -> list[str]:
         "/train/jobs/new/sft/",
         "/train/jobs/new/grpo/",
         f"/train/jobs/{job.pk}/",
-        f"/train/checkpoints/{job.parent_id}/",
-    ]
+    ]  # the checkpoint page is reviewers' too: tests/modeling/test_checkpoint_page.py
 
 
 # --- who may see what ------------------------------------------------------------------------
@@ -273,35 +272,7 @@ def test_cancel_and_rerun_buttons(admin_client, job):
     assert "has already finished" in response.content.decode()
 
 
-# --- the checkpoint page ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def trained(job, base_checkpoint, tiny_model_dir):
-    """A checkpoint as a finished job registers it (pointing at real files)."""
-    TrainingJob.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED)
-    return Checkpoint.objects.create(
-        name="tiny-sft-1",
-        kind="policy",
-        storage_path=tiny_model_dir,
-        base_model=base_checkpoint,
-        parent=base_checkpoint,
-        job=job,
-        snapshot=job.snapshot,
-        parameter_count=1234,
-        size_bytes=2_000_000,
-    )
-
-
-def test_checkpoint_page_shows_lineage_files_and_the_comparison_form(admin_client, trained, job):
-    page = admin_client.get(f"/train/checkpoints/{trained.pk}/").content.decode()
-    lineage = page[page.index('<ol class="lineage">') : page.index("</ol>")]
-    assert lineage.index("tiny</a>") < lineage.index("tiny-sft-1</a>")
-    assert f'<a href="/train/jobs/{job.pk}/">SFT job #{job.pk}</a>' in lineage
-    assert job.snapshot.name in lineage
-    assert "model.safetensors" in page
-    assert "1.9\xa0MB" in page  # filesizeformat's non-breaking space
-    assert "Generate next-round comparisons" in page
+# --- what users wrote -------------------------------------------------------------------------
 
 
 def test_names_from_users_are_escaped(admin_client, job, base_checkpoint):
