@@ -506,7 +506,7 @@ class Integrity:
     over_judged: int  # items with more than k judgements
     over_slots: int  # items with more than k live slots (submitted + unexpired leases)
     duplicate_pairs: int  # (item, annotator) pairs judged twice
-    count_drift: int  # items whose submitted_count differs from their judgement rows
+    count_drift: int  # items whose submitted_count differs from their human judgements
     live_leases: int
 
     @property
@@ -519,18 +519,25 @@ class Integrity:
 
 
 def check_integrity(project_id: int, overlap: int, judged_before: int = 0) -> Integrity:
-    from django.db.models import Count, F
+    from django.db.models import Count, F, Q
     from django.utils import timezone
 
     from feedback.models import (
         Assignment,
         AssignmentStatus,
         Item,
+        Origin,
         PairwiseJudgement,
         live_lease_q,
     )
 
-    judgements = PairwiseJudgement.objects.filter(item__project_id=project_id).order_by()
+    # Imported labels take none of an item's k slots (README "Data in and out"): the
+    # invariants are about the judgements annotators made.
+    judgements = (
+        PairwiseJudgement.objects.filter(item__project_id=project_id)
+        .exclude(origin=Origin.IMPORTED)
+        .order_by()
+    )
     slots = Assignment.objects.filter(live_lease_q(), item__project_id=project_id).order_by()
     items = Item.objects.filter(project_id=project_id).order_by()
 
@@ -542,7 +549,9 @@ def check_integrity(project_id: int, overlap: int, judged_before: int = 0) -> In
         over_judged=groups_over(judgements, ("item",), overlap),
         over_slots=groups_over(slots, ("item",), overlap),
         duplicate_pairs=groups_over(judgements, ("item", "annotator"), 1),
-        count_drift=items.annotate(n=Count("pairwisejudgement"))
+        count_drift=items.annotate(
+            n=Count("pairwisejudgement", filter=~Q(pairwisejudgement__origin=Origin.IMPORTED))
+        )
         .exclude(submitted_count=F("n"))
         .count(),
         live_leases=slots.filter(

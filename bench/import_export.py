@@ -25,7 +25,7 @@ Steps, each in a fresh Python process so that its memory figures are its own:
    (train/test JSONL, Parquet, save_to_disk and hf.tar).
 5. load: `datasets.load_dataset("json", ...)` on the snapshot's JSONL, counting rows.
 
-Setup (untimed): `manage.py migrate`, an importing user and the project. Every step checks its
+Setup (untimed): `manage.py migrate` and the project. Every step checks its
 counts (N items, N judgements, 2N completions, N snapshot rows, nothing added by the re-import)
 and the bench exits 1 if a check fails.
 
@@ -104,7 +104,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Internal: one step in this process (the parent runs each step this way).
     parser.add_argument("--step", choices=[*STEPS, "setup"], help=argparse.SUPPRESS)
     parser.add_argument("--project", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--user", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("no database: run under config/devservices.py test, or pass --database-url")
@@ -296,7 +295,6 @@ def _counts(project_id: int) -> dict[str, int]:
 
 
 def setup(args: argparse.Namespace) -> dict[str, Any]:
-    from django.contrib.auth import get_user_model
     from django.db import connection
 
     from feedback import services
@@ -305,7 +303,6 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     if connection.vendor != "postgresql":
         sys.exit(f"refusing to run on {connection.vendor}: the bench needs PostgreSQL")
     tag = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    user = get_user_model().objects.create_user(username=f"importer-{tag}", is_staff=True)
     project = services.project_create(name=f"Import bench {tag}", task_kinds=[TaskKind.PAIRWISE])
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
@@ -313,24 +310,20 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         cursor.execute("SELECT has_parameter_privilege('session_replication_role', 'SET')")
         by_construction = cursor.fetchone()[0]
     keys = "by construction" if by_construction else "row by row"
-    return {"project": project.pk, "user": user.pk, "postgres": version, "keys": keys}
+    return {"project": project.pk, "postgres": version, "keys": keys}
 
 
 def import_once(args: argparse.Namespace) -> dict[str, Any]:
-    from django.contrib.auth import get_user_model
-
     from feedback.models import Project
     from feedback.services import ImportOptions, import_file
 
     project = Project.objects.get(pk=args.project)
-    user = get_user_model().objects.get(pk=args.user)
     before = _counts(project.pk)
     progress = Progress(args.rows)
     started = time.perf_counter()
     report = import_file(
         project=project,
         path=data_file(args),
-        user=user,
         options=ImportOptions(),
         progress=progress,
     )
@@ -518,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         check=True,
     )
     facts = spawn(args, "setup").result
-    ids = {"project": facts["project"], "user": facts["user"]}
+    ids = {"project": facts["project"]}
     results = []
     for step in STEPS:
         log(f"{step}: {args.rows:,} rows")

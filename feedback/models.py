@@ -246,6 +246,10 @@ class AssignmentStatus(models.TextChoices):
     LEASED = "leased", "Leased"
     SUBMITTED = "submitted", "Submitted"
     SKIPPED = "skipped", "Skipped"
+    # The slot an imported label hangs off: held by the imported-labels owner, it is no
+    # annotator's work and is not one of the item's `overlap` slots (the queue counts only
+    # submitted and live leased ones).
+    IMPORTED = "imported", "Imported label"
 
 
 class Assignment(models.Model):
@@ -336,6 +340,14 @@ class JudgementBase(models.Model):
         abstract = True
         # The review queue: judgements waiting for review, oldest first, a page at a time.
         indexes = [models.Index(fields=["status", "updated_at"], name="%(class)s_review")]
+
+    @property
+    def credited_to(self) -> str:
+        """Whose work the pages say this is: a person's, or for an imported label its source
+        (its `annotator` is then the imported-labels owner, never the user who imported it)."""
+        if self.origin == Origin.IMPORTED:
+            return f"imported from {self.source}" if self.source else "imported"
+        return self.annotator.get_username()
 
 
 class Demonstration(JudgementBase):

@@ -117,7 +117,9 @@ class JudgementOut(Schema):
     kind: str
     item_id: int
     assignment_id: int
-    annotator: str
+    annotator: str = Field(
+        description='Username of who judged; an imported label says "imported from <source>".'
+    )
     origin: str
     created_at: datetime
     updated_at: datetime
@@ -203,7 +205,7 @@ def _judgement_out(judgement) -> JudgementOut:
         kind=kind,
         item_id=judgement.item_id,
         assignment_id=judgement.assignment_id,
-        annotator=judgement.annotator.get_username(),
+        annotator=judgement.credited_to,
         origin=judgement.origin,
         created_at=judgement.created_at,
         updated_at=judgement.updated_at,

@@ -33,6 +33,7 @@ from feedback.models import (
     DemonstrationStatus,
     Item,
     ItemCompletion,
+    Origin,
     PairwiseJudgement,
     Project,
     Prompt,
@@ -266,6 +267,7 @@ class ProjectProgress:
     per_annotator: list[AnnotatorStats]
     skipped: list[StuckItem]
     stuck_count: int
+    imported: int = 0  # labels that came with imported files: nobody's work, no slot taken
 
 
 def eligible_annotators(*, project: Project) -> QuerySet:
@@ -291,12 +293,18 @@ def project_progress(*, project: Project) -> ProjectProgress:
     items = project.items.aggregate(
         total=Count("pk"), complete=Count("pk", filter=Q(submitted_count__gte=project.overlap))
     )
-    assignments = Assignment.objects.filter(item__project=project)
+    # Imported labels are their source's, not a person's (feedback.services.imports.owner):
+    # they are counted apart, never as an annotator's work.
+    assignments = Assignment.objects.filter(item__project=project).exclude(
+        status=AssignmentStatus.IMPORTED
+    )
     seconds_by_user: dict[str, list[float]] = {}
     all_seconds: list[float] = []
     for model in (Demonstration, PairwiseJudgement, RankingJudgement):
-        rows = model.objects.filter(item__project=project).values_list(
-            "annotator__username", "seconds_spent"
+        rows = (
+            model.objects.filter(item__project=project)
+            .exclude(origin=Origin.IMPORTED)
+            .values_list("annotator__username", "seconds_spent")
         )
         for username, seconds in rows:
             seconds_by_user.setdefault(username, [])
@@ -367,6 +375,9 @@ def project_progress(*, project: Project) -> ProjectProgress:
         per_annotator=per_annotator,
         skipped=skipped,
         stuck_count=stuck,
+        imported=Assignment.objects.filter(
+            item__project=project, status=AssignmentStatus.IMPORTED
+        ).count(),
     )
 
 

@@ -80,20 +80,21 @@ def import_preview(request: HttpRequest, project_id: int) -> HttpResponse:
     form = ImportForm(request.POST, request.FILES)
     preview = token = None
     if form.is_valid():
-        path = None
+        uploaded = form.cleaned_data["file"]
         try:
-            path = services.imports.upload_store(
-                uploaded=form.cleaned_data["file"], project=project
+            preview, path = services.imports.upload_preview(
+                uploaded=uploaded, project=project, options=form.options()
             )
-            preview = services.imports.import_preview(path=path, options=form.options())
         except ValidationError as exc:
             form.add_error("file", exc.messages)
-            if path:  # a refused upload is not kept (upload_store removes its own refusals)
-                services.imports.upload_discard(path)
         else:
-            relative = str(path.relative_to(Path(settings.MEDIA_ROOT)))
-            token = signing.dumps([project.pk, relative, form.cleaned_data["file"].name],
-                                  salt=_UPLOAD_SALT)  # fmt: skip
+            if path is not None:  # only a file without errors in its preview may be imported
+                relative = str(path.relative_to(Path(settings.MEDIA_ROOT)))
+                token = signing.dumps([project.pk, relative, uploaded.name], salt=_UPLOAD_SALT)
+    return _import_panel(request, project, form, preview, token)
+
+
+def _import_panel(request, project, form, preview, token=None) -> HttpResponse:
     context = _data_context(project, import_form=form, preview=preview, upload_token=token)
     template = "feedback/data.html#import-panel" if request.htmx else "feedback/data.html"
     return render(request, template, context, status=200 if form.is_valid() else 422)
@@ -117,10 +118,17 @@ def import_start(request: HttpRequest, project_id: int) -> HttpResponse:
         return HttpResponse("That upload was imported already; upload the file again.", status=400)
     if signed_project != project.pk or not form.is_valid():
         return HttpResponse("The import options are invalid.", status=400)
+    path = Path(settings.MEDIA_ROOT) / relative
+    # Read again with the options given here, which need not be those previewed.
+    if services.imports.import_preview(path=path, options=form.options())["errors"]:
+        return HttpResponse(
+            "The first rows of that file have errors with these options: preview it again.",
+            status=422,
+        )
     with transaction.atomic():
         data_import = services.imports.data_import_create(
             project=project,
-            path=Path(settings.MEDIA_ROOT) / relative,
+            path=path,
             original_name=original,
             options=form.options(),
             user=request.user,

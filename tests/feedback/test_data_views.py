@@ -1,6 +1,7 @@
 """The admin data screens, with imports and snapshots run by a real Celery worker on Redis."""
 
 import json
+import re
 import time
 
 import pytest
@@ -92,8 +93,11 @@ def test_an_import_with_bad_rows_fails_with_row_numbers_and_writes_nothing(
 ):
     project = ProjectFactory(name="Data")
     client.force_login(admin_user)
-    content = PREFS + b'{"prompt": "x", "chosen": "", "rejected": "y"}\n'
+    # Past the rows a preview checks: only the import itself reads that far.
+    good = PREFS * 20
+    content = good + b'{"prompt": "x", "chosen": "", "rejected": "y"}\n'
     page = preview(client, project, content)
+    assert page.context["upload_token"]
     client.post(
         f"/projects/{project.pk}/data/import/",
         {"upload_token": page.context["upload_token"], "shape": "auto",
@@ -101,10 +105,107 @@ def test_an_import_with_bad_rows_fails_with_row_numbers_and_writes_nothing(
     )  # fmt: skip
     data_import = wait_for(lambda: DataImport.objects.get(), lambda d: d.is_finished)
     assert data_import.status == "failed"
-    assert data_import.report["errors"] == [{"row": 13, "message": "Must not be empty."}]
+    assert data_import.report["errors"] == [{"row": 241, "message": "chosen: Must not be empty."}]
     assert not Item.objects.exists()
     html = client.get(f"/imports/{data_import.pk}/").content.decode()
-    assert "Nothing was imported" in html and "Row 13" in html
+    assert "Nothing was imported" in html and "Row 241" in html
+
+
+def import_button(html: str) -> str:
+    return re.search(r"<button[^>]*>Import the whole file</button>", html).group(0)
+
+
+@pytest.mark.django_db
+def test_a_preview_flags_rows_of_a_known_shape_with_a_field_missing_or_of_the_wrong_type(
+    client, admin_user, media
+):
+    """Half a preference pair, or messages that are not a list, used to be read as a plain
+    prompt without a word (issue #17): each is a row error naming the field, and a file whose
+    preview shows errors cannot be imported."""
+    project = ProjectFactory(name="Data")
+    client.force_login(admin_user)
+    rows = [
+        {"prompt": "Fine?", "chosen": "yes", "rejected": "no"},
+        {"prompt": "Half a pair?", "chosen": "yes"},
+        {"messages": "not a list"},
+        {"prompt": "The other half?", "rejected": "no"},
+        {"completions": ["a", "b"]},
+        {"prompt": "Odd reply?", "chosen": "yes", "rejected": 7},
+    ]
+    content = "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+    page = preview(client, project, content)
+
+    html = page.content.decode()
+    assert page.status_code == 200
+    for expected in (
+        "Row 2: rejected is missing",
+        "Row 3: messages must be a list of {role, content} messages, not text",
+        "Row 4: chosen is missing",
+        "Row 5: prompt is missing",
+        "Row 6: rejected must be text or a list of messages",
+    ):
+        assert expected in html
+    assert "5 rows cannot be imported" in html
+    assert "disabled" in import_button(html)
+    assert page.context["upload_token"] is None
+    assert not list(media.glob("uploads/*/*/*"))  # nothing kept for an import that cannot run
+
+
+@pytest.mark.django_db
+def test_the_server_refuses_an_import_whose_first_rows_have_errors(client, admin_user, media):
+    """The button is not the only guard: options changed after the preview are checked again."""
+    project = ProjectFactory(name="Data")
+    client.force_login(admin_user)
+    page = preview(client, project)
+    assert "disabled" not in import_button(page.content.decode())
+
+    response = client.post(
+        f"/projects/{project.pk}/data/import/",
+        {"upload_token": page.context["upload_token"], "shape": "sft",
+         "comparison_mode": "pairwise", "pairing": "all_pairs"},
+    )  # fmt: skip
+
+    assert response.status_code == 422
+    assert "errors" in response.content.decode()
+    assert not DataImport.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_preview_says_how_many_rows_it_shows(client, admin_user, media):
+    """ "The first 7 rows" above a table of 5 (issue #17): each count says what it counts."""
+    project = ProjectFactory(name="Data")
+    client.force_login(admin_user)
+    seven = b"".join(PREFS.splitlines(keepends=True)[:7])
+
+    html = preview(client, project, seven).content.decode()
+
+    assert "Checked the first 7 rows" in html
+    assert "The first 5 valid rows, as they will be imported" in html
+    body = html.split('<table class="data preview">')[1].split("</tbody>")[0]
+    assert body.count("<tr>") == 6  # the header row and 5 rows
+
+
+@pytest.mark.django_db
+def test_a_preview_shows_each_reply_on_its_own_with_its_model(client, admin_user, media):
+    project = ProjectFactory(name="Data")
+    client.force_login(admin_user)
+    rows = [
+        {"prompt": "Pick one", "completions": [{"text": "first", "model": "model-a"},
+                                               {"text": "second", "model": "model-b"}, "third"]},
+        {"prompt": "Better?", "chosen": "good", "rejected": "bad", "chosen_model": "model-c"},
+    ]  # fmt: skip
+    content = "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+    html = preview(client, project, content).content.decode()
+
+    replies = re.findall(r'<div class="preview-reply">(.*?)</div></div>', html, re.S)
+    assert len(replies) == 5
+    assert "reply 1" in replies[0] and "model-a" in replies[0] and "first" in replies[0]
+    assert "model-b" in replies[1] and "second" in replies[1]
+    assert "badge" not in replies[2] and "third" in replies[2]
+    assert "chosen" in replies[3] and "model-c" in replies[3] and "good" in replies[3]
+    assert "rejected" in replies[4] and "bad" in replies[4]
 
 
 @pytest.mark.django_db

@@ -84,8 +84,8 @@ def write_jsonl(path, lines: list[str]):
     return path
 
 
-def run_import(project, path, user, **options):
-    return import_file(project=project, path=path, user=user, options=ImportOptions(**options))
+def run_import(project, path, **options):
+    return import_file(project=project, path=path, options=ImportOptions(**options))
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ GOOD = json.dumps({"prompt": "Q?", "chosen": "yes", "rejected": "no"})
 def test_a_nesting_bomb_is_an_error_naming_its_row_in_an_import(project, admin_user, tmp_path):
     path = write_jsonl(tmp_path / "bomb.jsonl", [GOOD, '{"prompt": ' + BOMB + "}"])
 
-    report = run_import(project, path, admin_user)
+    report = run_import(project, path)
 
     assert report.errors == [{"row": 2, "message": "nested too deeply to read"}]
 
@@ -113,7 +113,7 @@ def test_a_nesting_bomb_in_a_csv_json_column_names_its_row(project, admin_user, 
     bomb = "[" * 30_000 + "]" * 30_000
     path.write_text(f'prompt,chosen,rejected\nQ?,yes,no\n"{bomb}",a,b\n')
 
-    report = run_import(project, path, admin_user)
+    report = run_import(project, path)
 
     assert [e["row"] for e in report.errors] == [3]
     assert "nested too deeply" in report.errors[0]["message"]
@@ -140,9 +140,7 @@ def test_import_data_names_the_row_of_a_nesting_bomb(project, admin_user, tmp_pa
     err = StringIO()
 
     with pytest.raises(CommandError, match="nothing was imported"):
-        call_command(
-            "import_data", str(path), project=project.name, user=admin_user.username, stderr=err
-        )
+        call_command("import_data", str(path), project=project.name, stderr=err)
 
     assert "row 2: nested too deeply" in err.getvalue()
 
@@ -305,7 +303,7 @@ def test_a_lone_surrogate_or_nul_anywhere_in_an_import_row_is_a_row_error(
 ):
     path = write_jsonl(tmp_path / "s.jsonl", [GOOD, json.dumps(row)])
 
-    report = run_import(project, path, admin_user)
+    report = run_import(project, path)
 
     assert [e["row"] for e in report.errors] == [2], report.errors
     assert "surrogate" in report.errors[0]["message"] or "NUL" in report.errors[0]["message"]

@@ -1,6 +1,7 @@
 import csv
 import gc
 import hashlib
+import importlib
 import json
 import os
 import threading
@@ -14,10 +15,14 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import IntegrityError, connection
 from django.db.models import Q
+from django.utils import timezone
 
-from feedback import services
+from core.roles import Role
+from core.tokens import token_create
+from feedback import selectors, services
 from feedback.models import (
     Assignment,
+    AssignmentStatus,
     Completion,
     Demonstration,
     DemonstrationStatus,
@@ -29,8 +34,9 @@ from feedback.models import (
     Prompt,
     TaskKind,
 )
+from feedback.quality.reports import annotator_rows
 from feedback.services import ImportOptions, import_file
-from tests.factories import ProjectFactory
+from tests.factories import ProjectFactory, UserFactory, make_item
 
 pytestmark = pytest.mark.django_db
 
@@ -54,14 +60,14 @@ def counts():
     return (Prompt.objects.count(), Completion.objects.count(), Item.objects.count())
 
 
-def run(project, path, user, **options):
-    return import_file(project=project, path=path, user=user, options=ImportOptions(**options))
+def run(project, path, **options):
+    return import_file(project=project, path=path, options=ImportOptions(**options))
 
 
 # --- formats -------------------------------------------------------------------------------------
 
 
-def test_jsonl_prompts_in_both_shapes(project, importer, tmp_path):
+def test_jsonl_prompts_in_both_shapes(project, tmp_path):
     path = write_jsonl(
         tmp_path / "p.jsonl",
         [
@@ -77,7 +83,7 @@ def test_jsonl_prompts_in_both_shapes(project, importer, tmp_path):
             },
         ],
     )
-    report = run(project, path, importer)
+    report = run(project, path)
     assert report.ok, report.errors
     assert report.shapes == {"prompts": 2}
     first, second = Prompt.objects.order_by("id")
@@ -85,13 +91,13 @@ def test_jsonl_prompts_in_both_shapes(project, importer, tmp_path):
     assert second.system == "Be terse." and second.split == "test" and len(second.messages) == 3
 
 
-def test_csv_with_json_columns(project, importer, tmp_path):
+def test_csv_with_json_columns(project, tmp_path):
     path = tmp_path / "c.csv"
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["prompt", "completions", "tags"])
         writer.writerow(["Name a colour", json.dumps(["red", "blue"]), "easy, colours"])
-    report = run(project, path, importer)
+    report = run(project, path)
     assert report.ok, report.errors
     item = Item.objects.get()
     assert item.kind == TaskKind.PAIRWISE
@@ -99,7 +105,7 @@ def test_csv_with_json_columns(project, importer, tmp_path):
     assert item.prompt.tags == ["easy", "colours"]
 
 
-def test_parquet_and_save_to_disk_folders(project, importer, tmp_path):
+def test_parquet_and_save_to_disk_folders(project, tmp_path):
     rows = [
         {"prompt": f"Question {n}?", "chosen": f"yes {n}", "rejected": f"no {n}"} for n in range(3)
     ]
@@ -111,8 +117,8 @@ def test_parquet_and_save_to_disk_folders(project, importer, tmp_path):
         }
     ).save_to_disk(str(tmp_path / "hf"))
 
-    assert run(project, tmp_path / "prefs.parquet", importer).created["items"] == 3
-    report = run(project, tmp_path / "hf", importer, shape="auto")
+    assert run(project, tmp_path / "prefs.parquet").created["items"] == 3
+    report = run(project, tmp_path / "hf", shape="auto")
     assert report.ok, report.errors
     assert report.skipped_duplicates == 2  # the two train rows came in with the Parquet file
     assert Prompt.objects.get(messages__0__content="Held out?").split == "test"
@@ -129,9 +135,9 @@ def test_parquet_and_save_to_disk_folders(project, importer, tmp_path):
         ("first_vs_rest", [("x", "y"), ("x", "z")]),
     ],
 )
-def test_comparison_pairing_policies(project, importer, tmp_path, pairing, expected):
+def test_comparison_pairing_policies(project, tmp_path, pairing, expected):
     row = {"prompt": "Pick", "completions": [{"text": "x", "model": "m1"}, "y", {"text": "z"}]}
-    run(project, write_jsonl(tmp_path / "c.jsonl", [row]), importer, pairing=pairing)
+    run(project, write_jsonl(tmp_path / "c.jsonl", [row]), pairing=pairing)
     pairs = [
         tuple(c.text for c in item.ordered_completions()) for item in Item.objects.order_by("id")
     ]
@@ -140,28 +146,28 @@ def test_comparison_pairing_policies(project, importer, tmp_path, pairing, expec
     assert not PairwiseJudgement.objects.exists()  # comparisons still need annotators
 
 
-def test_comparisons_as_ranking_items(project, importer, tmp_path):
+def test_comparisons_as_ranking_items(project, tmp_path):
     row = {"prompt": "Rank", "completions": ["a", "b", "c", "d"]}
-    run(project, write_jsonl(tmp_path / "r.jsonl", [row]), importer, comparison_mode="ranking")
+    run(project, write_jsonl(tmp_path / "r.jsonl", [row]), comparison_mode="ranking")
     item = Item.objects.get()
     assert item.kind == TaskKind.RANKING and len(item.ordered_completions()) == 4
 
 
-def test_preference_pairs_arrive_judged_and_marked_imported(project, importer, tmp_path):
+def test_preference_pairs_arrive_judged_and_marked_imported(project, tmp_path):
     rows = [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "chosen_model": "good"}]
-    run(project, write_jsonl(tmp_path / "pref.jsonl", rows), importer, source="unit-test")
+    run(project, write_jsonl(tmp_path / "pref.jsonl", rows), source="unit-test")
     judgement = PairwiseJudgement.objects.get()
     assert judgement.choice == "a"
     assert judgement.origin == Origin.IMPORTED and judgement.source == "unit-test"
     assert [c.text for c in judgement.item.ordered_completions()] == ["4", "5"]
-    assert judgement.item.submitted_count == 1
+    assert judgement.item.submitted_count == 0  # no annotator's slot: see the section below
     assert Completion.objects.get(text="4").model_name == "good"
 
 
-def test_anthropic_hh_text_layout(project, importer, tmp_path):
+def test_anthropic_hh_text_layout(project, tmp_path):
     history = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell a joke"
     row = {"chosen": history + "\n\nAssistant: A pun.", "rejected": history + "\n\nAssistant: No."}
-    report = run(project, write_jsonl(tmp_path / "hh.jsonl", [row]), importer)
+    report = run(project, write_jsonl(tmp_path / "hh.jsonl", [row]))
     assert report.ok, report.errors
     prompt = Prompt.objects.get()
     assert prompt.messages == [
@@ -172,7 +178,7 @@ def test_anthropic_hh_text_layout(project, importer, tmp_path):
     assert [c.text for c in Item.objects.get().ordered_completions()] == ["A pun.", "No."]
 
 
-def test_ultrafeedback_binarized_layout(project, importer, tmp_path):
+def test_ultrafeedback_binarized_layout(project, tmp_path):
     row = {
         "prompt": "Name a prime.",
         "chosen": [
@@ -186,30 +192,28 @@ def test_ultrafeedback_binarized_layout(project, importer, tmp_path):
         "score_chosen": 9.0,
         "score_rejected": 2.0,
     }
-    report = run(project, write_jsonl(tmp_path / "uf.jsonl", [row]), importer)
+    report = run(project, write_jsonl(tmp_path / "uf.jsonl", [row]))
     assert report.ok, report.errors
     assert Prompt.objects.get().messages == [{"role": "user", "content": "Name a prime."}]
     assert [c.text for c in Item.objects.get().ordered_completions()] == ["7", "9"]
 
 
-def test_sft_rows_become_accepted_imported_demonstrations(project, importer, tmp_path):
+def test_sft_rows_become_accepted_imported_demonstrations(project, tmp_path):
     rows = [
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]},
         {"prompt": "Capital of France?", "completion": "Paris."},
     ]
-    run(project, write_jsonl(tmp_path / "sft.jsonl", rows), importer)
+    run(project, write_jsonl(tmp_path / "sft.jsonl", rows))
     demos = Demonstration.objects.order_by("id")
     assert [d.text for d in demos] == ["Hey", "Paris."]
     assert {d.status for d in demos} == {DemonstrationStatus.ACCEPTED}
     assert {d.origin for d in demos} == {Origin.IMPORTED}
 
 
-def test_imported_preferences_can_seed_a_reward_model_snapshot(
-    project, importer, tmp_path, settings
-):
+def test_imported_preferences_can_seed_a_reward_model_snapshot(project, tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path / "media"
     rows = [{"prompt": f"Q{n}?", "chosen": f"good {n}", "rejected": f"bad {n}"} for n in range(5)]
-    run(project, write_jsonl(tmp_path / "pref.jsonl", rows), importer)
+    run(project, write_jsonl(tmp_path / "pref.jsonl", rows))
     snapshot = services.snapshot_create(
         project=project,
         kind="preference",
@@ -218,6 +222,141 @@ def test_imported_preferences_can_seed_a_reward_model_snapshot(
     assert snapshot.row_counts["train"] == 5
     default = services.snapshot_create(project=project, kind="preference")
     assert sum(default.row_counts.values()) == 0
+
+
+# --- imported labels belong to their source ----------------------------------------------------
+
+BOILING = [{"prompt": "Water boils at?", "chosen": "100 °C.", "rejected": "50 °C."}]
+
+
+def test_imported_labels_are_no_persons_work(client, project, admin_user, tmp_path):
+    """The admin who uploads a preference file did not judge it (issue #17): their history,
+    the Progress page and the quality page show none of it, and where imported labels are shown
+    at all they are "imported from <source>"."""
+    run(project, write_jsonl(tmp_path / "pref.jsonl", BOILING), source="boiling.jsonl")
+    judgement = PairwiseJudgement.objects.get()
+    owner = judgement.annotator
+    assert owner != admin_user and judgement.assignment.annotator == owner
+    assert not owner.is_active and not owner.has_usable_password()
+    assert not owner.groups.exists()
+    assert judgement.assignment.status == AssignmentStatus.IMPORTED
+    assert judgement.credited_to == "imported from boiling.jsonl"
+
+    client.force_login(admin_user)
+    history = client.get("/history/").content.decode()
+    assert "100 °C." not in history
+    progress = selectors.project_progress(project=project)
+    assert progress.per_annotator == [] and progress.judgements == 0
+    assert progress.imported == 1
+    page = client.get(f"/projects/{project.pk}/progress/").content.decode()
+    annotators = page.split("<h2>Annotators</h2>")[1].split("</table>")[0]
+    assert "No work yet." in annotators and owner.username not in annotators
+    assert annotators.count("<tr>") == 2  # the header, and "No work yet"
+    assert [row.username for row in annotator_rows(project)] == []
+    record = client.get(f"/records/{judgement.item_id}/").content.decode()
+    assert "imported from boiling.jsonl" in record and owner.username not in record
+    assert selectors.projects_for_annotator(user=admin_user).get(pk=project.pk).my_done == 0
+
+
+def test_imported_labels_are_shown_by_the_api_as_their_sources(client, project, tmp_path):
+    run(project, write_jsonl(tmp_path / "pref.jsonl", BOILING), source="boiling.jsonl")
+    _, key = token_create(user=UserFactory(username="api-admin", roles=[Role.ADMIN]), name="t")
+    response = client.get(
+        f"/api/projects/{project.pk}/judgements", headers={"Authorization": f"Bearer {key}"}
+    )
+    [judgement] = response.json()["items"]
+    assert judgement["annotator"] == "imported from boiling.jsonl"
+    assert judgement["origin"] == Origin.IMPORTED
+
+
+def test_an_item_with_an_imported_label_still_takes_its_annotators(
+    project, annotator, other_annotator, tmp_path
+):
+    """Imported labels take none of an item's overlap slots: at overlap 1 the item is still
+    served, and submitted_count counts the human judgements only (bench/annotation_load.py
+    checks the same invariant under load)."""
+    from bench.annotation_load import check_integrity
+
+    project.overlap = 1
+    project.save()
+    run(project, write_jsonl(tmp_path / "pref.jsonl", BOILING))
+    item = Item.objects.get()
+    assert item.submitted_count == 0
+
+    assignment = services.task_next_for_annotator(project=project, annotator=annotator)
+    assert assignment is not None and assignment.item_id == item.pk
+    services.pairwise_submit(
+        assignment_id=assignment.pk, annotator=annotator, choice="a", strength="clear"
+    )
+    item.refresh_from_db()
+    assert item.submitted_count == 1  # the annotator's judgement, not the imported one
+    assert services.task_next_for_annotator(project=project, annotator=other_annotator) is None
+
+    integrity = check_integrity(project.pk, project.overlap)
+    assert integrity.count_drift == 0 and integrity.over_assigned == 0
+    assert integrity.judgements == 1
+    # Snapshots still take the imported label when asked to.
+    labels = PairwiseJudgement.objects.filter(item=item)
+    assert sorted(labels.values_list("origin", flat=True)) == [Origin.HUMAN, Origin.IMPORTED]
+
+
+def test_snapshots_take_imported_labels_only_when_asked(project, tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    run(project, write_jsonl(tmp_path / "pref.jsonl", BOILING))
+    asked = services.snapshot_create(
+        project=project, kind="preference", policy={"include_imported": True, "test_fraction": 0}
+    )
+    rows = [json.loads(line) for line in (asked.path() / "train.jsonl").read_text().splitlines()]
+    assert [row["chosen"][0]["content"] for row in rows] == ["100 °C."]
+    default = services.snapshot_create(project=project, kind="preference")
+    assert sum(default.row_counts.values()) == 0
+
+
+def submitted_slot(item, user):
+    now = timezone.now()
+    return Assignment.objects.create(
+        item=item, annotator=user, status="submitted", expires_at=now, finished_at=now
+    )
+
+
+def test_the_migration_gives_labels_imported_before_it_back_to_their_source(
+    project, admin_user, annotator
+):
+    """Labels imported before the fix were the importing admin's, on a submitted assignment
+    that held a slot: the data migration re-owns them and counts the items' slots again."""
+    from django.apps import apps
+
+    migration = importlib.import_module(
+        "feedback.migrations.0016_imported_labels_belong_to_their_source"
+    )
+    imported_item = make_item(project, TaskKind.PAIRWISE)
+    judged_too = make_item(project, TaskKind.PAIRWISE)
+    human_only = make_item(project, TaskKind.PAIRWISE)
+    for item in (imported_item, judged_too):  # as the import left them
+        slot = submitted_slot(item, admin_user)
+        PairwiseJudgement.objects.create(
+            assignment=slot, item=item, annotator=admin_user, origin=Origin.IMPORTED,
+            source="old.jsonl", choice="a", shown_left="a",
+        )  # fmt: skip
+    for item in (judged_too, human_only):
+        slot = submitted_slot(item, annotator)
+        PairwiseJudgement.objects.create(
+            assignment=slot, item=item, annotator=annotator, choice="b", shown_left="a"
+        )
+    Item.objects.filter(pk__in=[imported_item.pk, human_only.pk]).update(submitted_count=1)
+    Item.objects.filter(pk=judged_too.pk).update(submitted_count=2)
+
+    migration.reown_imported_labels(apps, None)
+
+    owner = services.imports.imported_labels_owner()
+    imported = PairwiseJudgement.objects.filter(origin=Origin.IMPORTED)
+    assert set(imported.values_list("annotator", flat=True)) == {owner.pk}
+    assert set(
+        Assignment.objects.filter(pairwisejudgement__in=imported).values_list("annotator", "status")
+    ) == {(owner.pk, AssignmentStatus.IMPORTED)}
+    assert not Assignment.objects.filter(annotator=admin_user).exists()
+    counts_now = dict(Item.objects.values_list("pk", "submitted_count"))
+    assert counts_now == {imported_item.pk: 0, judged_too.pk: 1, human_only.pk: 1}
 
 
 # --- idempotence and atomicity ---------------------------------------------------------------
@@ -236,7 +375,7 @@ def test_import_keys_stay_the_hash_of_json_dumps(completions):
     assert row.key == hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
-def test_importing_the_same_file_twice_adds_nothing(project, importer, tmp_path):
+def test_importing_the_same_file_twice_adds_nothing(project, tmp_path):
     rows = [
         {"prompt": "A?"},
         {"prompt": "B?", "completions": ["1", "2", "3"]},
@@ -246,41 +385,35 @@ def test_importing_the_same_file_twice_adds_nothing(project, importer, tmp_path)
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
     project.task_kinds = [TaskKind.PAIRWISE, TaskKind.DEMONSTRATION]
     project.save()
-    first = run(project, path, importer)
+    first = run(project, path)
     before = counts()
-    second = run(project, path, importer)
+    second = run(project, path)
     assert first.ok and second.ok
     assert counts() == before
     assert second.skipped_duplicates == 4
     assert second.created == {"prompts": 0, "completions": 0, "items": 0, "judgements": 0}
 
 
-def test_same_prompt_with_new_completions_adds_items_to_the_existing_prompt(
-    project, importer, tmp_path
-):
+def test_same_prompt_with_new_completions_adds_items_to_the_existing_prompt(project, tmp_path):
     run(
         project,
         write_jsonl(tmp_path / "a.jsonl", [{"prompt": "P?", "completions": ["1", "2"]}]),
-        importer,
     )
     run(
         project,
         write_jsonl(tmp_path / "b.jsonl", [{"prompt": "P?", "completions": ["3", "4"]}]),
-        importer,
     )
     assert Prompt.objects.count() == 1
     assert Item.objects.count() == 2
 
 
-def test_prompts_imported_before_are_found_by_rows_that_judge_them(
-    project, importer, tmp_path, monkeypatch
-):
+def test_prompts_imported_before_are_found_by_rows_that_judge_them(project, tmp_path, monkeypatch):
     """A project with prompts but no import keys: keys are known to be new, prompts are not."""
     monkeypatch.setattr(services.imports, "BATCH", 2)
     prompts = [{"prompt": f"P{n}?"} for n in range(5)]
-    run(project, write_jsonl(tmp_path / "prompts.jsonl", prompts), importer)
+    run(project, write_jsonl(tmp_path / "prompts.jsonl", prompts))
     pairs = [{"prompt": f"P{n % 5}?", "chosen": f"c{n}", "rejected": "r"} for n in range(9)]
-    report = run(project, write_jsonl(tmp_path / "pairs.jsonl", pairs), importer)
+    report = run(project, write_jsonl(tmp_path / "pairs.jsonl", pairs))
     assert report.ok, report.errors
     assert report.created == {"prompts": 0, "completions": 18, "items": 9, "judgements": 9}
     assert Prompt.objects.count() == 5
@@ -309,6 +442,14 @@ BAD_ROWS = [
     (b'{"prompt": "x", "completions": ["only one"]}\n', "row 1", "2 or more"),
     (b'{"prompt": "x", "split": "validation"}\n', "row 1", "split must be"),
     (b'{"unrelated": 1}\n', "row 1", "Cannot tell the shape"),
+    # Half a preference pair, or messages as text, used to go in as a plain prompt (issue #17).
+    (b'{"prompt": "x", "chosen": "y"}\n', "row 1", "rejected is missing"),
+    (b'{"prompt": "x", "rejected": "y", "rejected_model": "m"}\n', "row 1", "chosen is missing"),
+    (b'{"messages": "not a list"}\n', "row 1", "messages must be a list"),
+    (b'{"messages": {"role": "user"}}\n', "row 1", "not an object"),
+    (b'{"completions": ["a", "b"]}\n', "row 1", "prompt is missing"),
+    (b'{"prompt": "x", "chosen": "y", "rejected": null}\n', "row 1", "rejected is missing"),
+    (b'{"prompt": "x", "chosen": "", "rejected": "y"}\n', "row 1", "chosen: Must not be empty"),
     (
         b'{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", '
         b'"rejected": "\\n\\nHuman: c\\n\\nAssistant: d"}\n',
@@ -320,11 +461,11 @@ BAD_ROWS = [
 
 @pytest.mark.parametrize(("content", "where", "message"), BAD_ROWS)
 def test_bad_rows_are_reported_with_row_numbers_and_nothing_is_written(
-    project, importer, tmp_path, content, where, message
+    project, tmp_path, content, where, message
 ):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b'{"prompt": "a fine first row"}\n' * 0 + content)
-    report = run(project, path, importer)
+    report = run(project, path)
     assert not report.ok
     row_number = int(where.split()[1])
     assert any(e["row"] == row_number and message in e["message"] for e in report.errors), (
@@ -333,37 +474,37 @@ def test_bad_rows_are_reported_with_row_numbers_and_nothing_is_written(
     assert counts() == (0, 0, 0)
 
 
-def test_oversized_text_and_too_many_messages_are_refused(project, importer, tmp_path, settings):
+def test_oversized_text_and_too_many_messages_are_refused(project, tmp_path, settings):
     settings.VEREDICTO_MAX_TEXT_CHARS = 100
     turns = [{"role": r, "content": "x"} for r in ["user", "assistant"] * 40] + [
         {"role": "user", "content": "x"}
     ]
     path = write_jsonl(tmp_path / "big.jsonl", [{"prompt": "y" * 101}, {"messages": turns}])
-    report = run(project, path, importer)
+    report = run(project, path)
     messages = [e["message"] for e in report.errors]
     assert any("limit is 100" in m for m in messages)
     assert any("At most 64 messages" in m for m in messages)
     assert counts() == (0, 0, 0)
 
 
-def test_project_that_does_not_collect_the_kind_is_refused(roles, importer, tmp_path):
+def test_project_that_does_not_collect_the_kind_is_refused(roles, tmp_path):
     project = ProjectFactory(task_kinds=[TaskKind.DEMONSTRATION])
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "x", "chosen": "a", "rejected": "b"}])
-    report = run(project, path, importer)
+    report = run(project, path)
     assert "does not collect pairwise tasks" in report.errors[0]["message"]
     assert counts() == (0, 0, 0)
 
 
-def test_empty_and_unknown_files_are_refused(project, importer, tmp_path):
+def test_empty_and_unknown_files_are_refused(project, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "data.xlsx").write_text("x")
     with pytest.raises(services.imports.ValidationError, match="empty"):
-        run(project, tmp_path / "empty.jsonl", importer)
+        run(project, tmp_path / "empty.jsonl")
     with pytest.raises(services.imports.ValidationError, match="Unknown file type"):
-        run(project, tmp_path / "data.xlsx", importer)
+        run(project, tmp_path / "data.xlsx")
 
 
-def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_path, monkeypatch):
+def test_a_failure_while_writing_rolls_everything_back(project, tmp_path, monkeypatch):
     monkeypatch.setattr(services.imports, "BATCH", 1000)
     rows = [{"prompt": f"Q{n}?", "chosen": "a", "rejected": "b"} for n in range(1500)]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
@@ -378,16 +519,14 @@ def test_a_failure_while_writing_rolls_everything_back(project, importer, tmp_pa
 
     monkeypatch.setattr(services.imports.writing, "_write_judgements", fail_on_second_batch)
     with pytest.raises(RuntimeError):
-        run(project, path, importer)
+        run(project, path)
     assert counts() == (0, 0, 0)
     assert foreign_keys_checked()
     assert gc.isenabled()
     assert not [t for t in threading.enumerate() if t.name.startswith("import-")]
 
 
-def test_a_failure_while_reading_reaches_the_import_and_rolls_back(
-    project, importer, tmp_path, monkeypatch
-):
+def test_a_failure_while_reading_reaches_the_import_and_rolls_back(project, tmp_path, monkeypatch):
     monkeypatch.setattr(services.imports, "BATCH", 1000)  # two batches written first
     rows = [{"prompt": f"Q{n}?", "chosen": "a", "rejected": "b"} for n in range(2500)]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
@@ -400,13 +539,16 @@ def test_a_failure_while_reading_reaches_the_import_and_rolls_back(
 
     monkeypatch.setattr(services.imports.parsing, "parse_row", fail_on_row_2100)
     with pytest.raises(RuntimeError, match="reader broke"):
-        run(project, path, importer)
+        run(project, path)
     assert counts() == (0, 0, 0)
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="SQLite cannot add a CHECK constraint to a table"
+)
 def test_a_database_error_while_rows_go_in_rolls_back_and_reaches_the_import(
-    project, importer, tmp_path, monkeypatch
+    project, tmp_path, monkeypatch
 ):
     """Rows reach PostgreSQL from a thread of their own (imports/postgres.py): an error there,
     two batches after the first rows were sent, must stop the import with the database's own
@@ -421,14 +563,14 @@ def test_a_database_error_while_rows_go_in_rolls_back_and_reaches_the_import(
             "CHECK (text <> 'refused by the database')"
         )
     with pytest.raises(IntegrityError, match="refuse_one"):
-        run(project, path, importer)
+        run(project, path)
     assert counts() == (0, 0, 0)
     assert foreign_keys_checked()
     assert gc.isenabled()
     assert not [t for t in threading.enumerate() if t.name.startswith("import-")]
     # The connection is usable again, and the same file without the bad row goes in.
     rows[2100]["chosen"] = "fine"
-    report = run(project, write_jsonl(tmp_path / "q.jsonl", rows), importer)
+    report = run(project, write_jsonl(tmp_path / "q.jsonl", rows))
     assert report.ok and report.created["items"] == 3500
 
 
@@ -475,7 +617,7 @@ MIXED = [
 
 @pytest.mark.parametrize("triggers", ["off while writing", "on, row by row", "on by default"])
 def test_every_reference_points_at_a_row_whichever_way_keys_are_checked(
-    project, importer, tmp_path, monkeypatch, settings, triggers
+    project, tmp_path, monkeypatch, settings, triggers
 ):
     # Turning triggers off is an explicit opt-in, even for a role that may (issue #19).
     settings.VEREDICTO_IMPORT_TRIGGERS_OFF = triggers != "on by default"
@@ -493,9 +635,9 @@ def test_every_reference_points_at_a_row_whichever_way_keys_are_checked(
     project.save()
     # Batches of 2 rows: the shared prompt is created by one batch and found by the next.
     monkeypatch.setattr(services.imports, "BATCH", 2)
-    first = run(project, write_jsonl(tmp_path / "a.jsonl", MIXED * 3), importer)
+    first = run(project, write_jsonl(tmp_path / "a.jsonl", MIXED * 3))
     more = [{"prompt": "Shared?", "chosen": "maybe", "rejected": "never"}]
-    second = run(project, write_jsonl(tmp_path / "b.jsonl", more), importer)
+    second = run(project, write_jsonl(tmp_path / "b.jsonl", more))
     assert first.ok and second.ok, (first.errors, second.errors)
     assert first.created == {"prompts": 2, "completions": 5, "items": 5, "judgements": 2}
     assert first.skipped_duplicates == 8
@@ -510,15 +652,15 @@ def test_every_reference_points_at_a_row_whichever_way_keys_are_checked(
 # --- management command ----------------------------------------------------------------------
 
 
-def test_import_data_command(project, importer, tmp_path):
+def test_import_data_command(project, tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hello?"}])
     out = StringIO()
-    call_command("import_data", str(path), project="Imports", user=importer.username, stdout=out)
+    call_command("import_data", str(path), project="Imports", stdout=out)
     assert "Imported 1 rows" in out.getvalue()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": ""}\n')
     with pytest.raises(CommandError, match="nothing was imported"):
-        call_command("import_data", str(bad), project="Imports", user=importer.username)
+        call_command("import_data", str(bad), project="Imports")
 
 
 # --- conversations kept exactly ----------------------------------------------------------------
@@ -537,14 +679,14 @@ THREE_TURNS = [
     ids=["last-turn-as-text", "last-turn-as-messages", "whole-conversation"],
 )
 def test_a_multi_turn_preference_row_with_an_explicit_prompt_keeps_every_turn(
-    project, importer, tmp_path, prompt
+    project, tmp_path, prompt
 ):
     row = {
         "prompt": prompt,
         "chosen": HISTORY + "\n\nAssistant: A pun.",
         "rejected": [*THREE_TURNS, {"role": "assistant", "content": "No."}],
     }
-    report = run(project, write_jsonl(tmp_path / "hh.jsonl", [row]), importer)
+    report = run(project, write_jsonl(tmp_path / "hh.jsonl", [row]))
     assert report.ok, report.errors
     assert Prompt.objects.get().messages == THREE_TURNS
     assert [c.text for c in Item.objects.get().ordered_completions()] == ["A pun.", "No."]
@@ -574,18 +716,18 @@ def test_a_multi_turn_preference_row_with_an_explicit_prompt_keeps_every_turn(
     ids=["prompt-disagrees", "histories-differ", "preamble", "sft-prompt-disagrees"],
 )  # fmt: skip
 def test_a_row_whose_conversation_cannot_be_kept_exactly_is_refused(
-    project, importer, tmp_path, row, message
+    project, tmp_path, row, message
 ):
-    report = run(project, write_jsonl(tmp_path / "bad.jsonl", [row]), importer)
+    report = run(project, write_jsonl(tmp_path / "bad.jsonl", [row]))
     assert [e["row"] for e in report.errors] == [1]
     assert message in report.errors[0]["message"]
     assert counts() == (0, 0, 0)
 
 
-def test_hh_turns_keep_their_surrounding_spaces(project, importer, tmp_path):
+def test_hh_turns_keep_their_surrounding_spaces(project, tmp_path):
     history = "\n\nHuman:  Hi there \n\nAssistant: Hello!\t\n\nHuman: Tell a joke "
     row = {"chosen": history + "\n\nAssistant:  A pun. ", "rejected": history + "\n\nAssistant: No"}
-    report = run(project, write_jsonl(tmp_path / "hh.jsonl", [row]), importer)
+    report = run(project, write_jsonl(tmp_path / "hh.jsonl", [row]))
     assert report.ok, report.errors
     assert Prompt.objects.get().messages == [
         {"role": "user", "content": " Hi there "},
@@ -595,9 +737,9 @@ def test_hh_turns_keep_their_surrounding_spaces(project, importer, tmp_path):
     assert [c.text for c in Item.objects.get().ordered_completions()] == [" A pun. ", "No"]
 
 
-def test_an_sft_completion_in_the_hh_layout_keeps_its_earlier_turns(project, importer, tmp_path):
+def test_an_sft_completion_in_the_hh_layout_keeps_its_earlier_turns(project, tmp_path):
     row = {"prompt": "Tell a joke", "completion": HISTORY + "\n\nAssistant: A pun."}
-    report = run(project, write_jsonl(tmp_path / "sft.jsonl", [row]), importer)
+    report = run(project, write_jsonl(tmp_path / "sft.jsonl", [row]))
     assert report.ok, report.errors
     assert Prompt.objects.get().messages == THREE_TURNS
     assert Demonstration.objects.get().text == "A pun."
@@ -606,7 +748,7 @@ def test_an_sft_completion_in_the_hh_layout_keeps_its_earlier_turns(project, imp
 # --- metadata the rows carried -------------------------------------------------------------------
 
 
-def test_ultrafeedback_scores_and_prompt_id_are_kept_on_the_item(project, importer, tmp_path):
+def test_ultrafeedback_scores_and_prompt_id_are_kept_on_the_item(project, tmp_path):
     turns = [{"role": "user", "content": "Name a prime."}]
     row = {
         "prompt": "Name a prime.",
@@ -618,7 +760,7 @@ def test_ultrafeedback_scores_and_prompt_id_are_kept_on_the_item(project, import
         "score_rejected": 2.0,
         "source": {"dataset": "uf", "tags": ["math"]},
     }
-    report = run(project, write_jsonl(tmp_path / "uf.jsonl", [row]), importer)
+    report = run(project, write_jsonl(tmp_path / "uf.jsonl", [row]))
     assert report.ok, report.errors
     assert Item.objects.get().metadata == {
         "prompt_id": "abc123",
@@ -628,13 +770,13 @@ def test_ultrafeedback_scores_and_prompt_id_are_kept_on_the_item(project, import
     }
 
 
-def test_every_item_a_row_makes_carries_its_metadata(project, importer, tmp_path):
+def test_every_item_a_row_makes_carries_its_metadata(project, tmp_path):
     rows = [
         {"prompt": "Q", "completions": ["a", "b", "c"], "batch": 7},
         {"prompt": "Hi", "completion": "Hey", "quality": "gold"},
         {"prompt": "Plain", "chosen": "x", "rejected": "y"},
     ]
-    report = run(project, write_jsonl(tmp_path / "m.jsonl", rows), importer)
+    report = run(project, write_jsonl(tmp_path / "m.jsonl", rows))
     assert report.ok, report.errors
     by_kind = {}
     for item in Item.objects.order_by("id"):
@@ -643,7 +785,7 @@ def test_every_item_a_row_makes_carries_its_metadata(project, importer, tmp_path
     assert by_kind["demonstration"] == [{"quality": "gold"}]
 
 
-def test_metadata_from_parquet_keeps_dates_as_text_and_refuses_bytes(project, importer, tmp_path):
+def test_metadata_from_parquet_keeps_dates_as_text_and_refuses_bytes(project, tmp_path):
     from datetime import datetime
 
     when = datetime(2024, 5, 1, 12, 30)
@@ -652,12 +794,12 @@ def test_metadata_from_parquet_keeps_dates_as_text_and_refuses_bytes(project, im
          "blob": [None, b"\x00\x01"]}
     )  # fmt: skip
     pq.write_table(table, tmp_path / "m.parquet")
-    report = run(project, tmp_path / "m.parquet", importer)
+    report = run(project, tmp_path / "m.parquet")
     assert report.errors == [
         {"row": 2, "message": "blob: bytes cannot be kept as metadata (JSON values only)."}
     ]
     pq.write_table(table.drop(["blob"]), tmp_path / "ok.parquet")
-    assert run(project, tmp_path / "ok.parquet", importer).ok
+    assert run(project, tmp_path / "ok.parquet").ok
     assert Item.objects.first().metadata == {"collected": "2024-05-01T12:30:00"}
 
 
@@ -670,9 +812,9 @@ def test_metadata_from_parquet_keeps_dates_as_text_and_refuses_bytes(project, im
     ],
     ids=["bigint", "deep", "huge"],
 )
-def test_metadata_that_cannot_be_stored_is_a_row_error(project, importer, tmp_path, extra, message):
+def test_metadata_that_cannot_be_stored_is_a_row_error(project, tmp_path, extra, message):
     row = {"prompt": "Q", "chosen": "a", "rejected": "b", **extra}
-    report = run(project, write_jsonl(tmp_path / "m.jsonl", [row]), importer)
+    report = run(project, write_jsonl(tmp_path / "m.jsonl", [row]))
     assert [e["row"] for e in report.errors] == [1]
     assert message in report.errors[0]["message"], report.errors
 
@@ -772,10 +914,10 @@ def test_uploads_left_after_a_preview_are_swept_once_their_token_expires(project
     assert fresh_preview.exists() and (media / waiting.file).exists()
 
 
-def test_a_file_name_that_is_not_utf8_is_recorded_readably(project, importer, tmp_path):
+def test_a_file_name_that_is_not_utf8_is_recorded_readably(project, tmp_path):
     # A command-line path with undecodable bytes reaches Python as lone surrogates.
     path = write_jsonl(tmp_path / os.fsdecode(b"rows-\xff.jsonl"), [{"prompt": "Hi?"}])
-    assert run(project, path, importer).ok
+    assert run(project, path).ok
     assert Prompt.objects.get().source == "rows-\\xff.jsonl"
     with pytest.raises(services.imports.ValidationError, match="unpaired surrogate"):
         ImportOptions(source=os.fsdecode(b"\xff"))

@@ -627,9 +627,7 @@ def test_a_snapshot_requested_before_the_new_options_builds_with_their_defaults(
 def _import(project, tmp_path, admin_user, rows):
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    report = services.import_file(
-        project=project, path=path, user=admin_user, options=services.ImportOptions()
-    )
+    report = services.import_file(project=project, path=path, options=services.ImportOptions())
     assert report.ok, report.errors
 
 

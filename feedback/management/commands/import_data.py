@@ -1,7 +1,6 @@
 import sys
 from pathlib import Path
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
@@ -16,7 +15,6 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("path", type=Path)
         parser.add_argument("--project", required=True, help="Project name or id.")
-        parser.add_argument("--user", required=True, help="Username the import is recorded as.")
         parser.add_argument("--shape", default="auto", choices=["auto", *SHAPES])
         parser.add_argument(
             "--comparison-mode", default="pairwise", choices=["pairwise", "ranking"]
@@ -28,9 +26,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, path: Path, **options) -> None:
         project = _project(options["project"])
-        user = get_user_model().objects.filter(username=options["user"]).first()
-        if user is None:
-            raise CommandError(f"No user {options['user']!r}.")
         if not path.exists():
             raise CommandError(f"No such file: {path}")
         try:
@@ -40,9 +35,7 @@ class Command(BaseCommand):
                 pairing=options["pairing"],
                 source=options["source"],
             )
-            report = import_file(
-                project=project, path=path, user=user, options=opts, progress=self._progress
-            )
+            report = import_file(project=project, path=path, options=opts, progress=self._progress)
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
         sys.stderr.write("\n")

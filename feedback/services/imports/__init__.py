@@ -16,6 +16,9 @@ Shapes (detected per row, or forced with ``shape``):
 - ``sft``: ``{"messages": [..., assistant]}`` or ``{"prompt", "completion"}``: accepted, imported
   demonstrations.
 
+Imported labels belong to their source, not to whoever imported the file: they are owned by one
+system user (``owner``) and take none of an item's ``overlap`` slots, which stay for annotators.
+
 The import is atomic and idempotent: every row is validated (errors carry the row number), nothing
 is written unless all rows are valid, and a row whose content was imported before is skipped, so
 importing the same file twice adds nothing. Validation and writing share one pass over the file,
@@ -38,13 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import UploadedFile
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 
 from feedback.models import DataImport, ImportStatus, Project
 from jobs.services import Heartbeat, work_claim, work_finish
 
+from .owner import imported_labels_owner
 from .parsing import (
     PAIRINGS,
     SHAPES,
@@ -71,9 +75,11 @@ __all__ = [
     "import_file",
     "import_preview",
     "import_validate",
+    "imported_labels_owner",
     "parse_row",
     "read_rows",
     "upload_discard",
+    "upload_preview",
     "upload_store",
     "uploads_sweep",
 ]
@@ -179,11 +185,11 @@ def import_file(
     *,
     project: Project,
     path: Path,
-    user: AbstractBaseUser,
     options: ImportOptions | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> ImportReport:
     """Validate and write the file in one transaction; any error means nothing is written.
+    Nobody is named on the rows: the labels belong to their source (see `owner`).
 
     `progress(phase, rows)` is called every batch: "writing" while rows are going in, and
     "validating" once an invalid row has stopped the writing.
@@ -192,11 +198,12 @@ def import_file(
     check_limits(path)
     report = ImportReport()
     validation = _Validation(project, options, report)
+    owner = imported_labels_owner()
     with transaction.atomic():
-        with database(project=project, user=user) as db:
+        with database(project=project, owner=owner) as db:
             writer = BatchWriter(
                 project=project,
-                user=user,
+                owner=owner,
                 options=options,
                 source=_source(options, path),
                 db=db,
@@ -269,7 +276,8 @@ PREVIEW_VALIDATE = 200
 
 
 def import_preview(*, path: Path, options: ImportOptions) -> dict[str, Any]:
-    """The first rows as they will be imported, the detected shapes, and early errors."""
+    """The first PREVIEW_ROWS valid rows as they will be imported, and the shapes and errors of
+    the first PREVIEW_VALIDATE rows (`checked` of them: fewer in a shorter file)."""
     shown: list[dict[str, Any]] = []
     shapes: dict[str, int] = {}
     errors: list[dict[str, Any]] = []
@@ -287,7 +295,10 @@ def import_preview(*, path: Path, options: ImportOptions) -> dict[str, Any]:
                         "shape": parsed.shape,
                         "system": parsed.system,
                         "messages": parsed.messages,
-                        "completions": [text for text, _ in parsed.completions],
+                        "completions": [
+                            {"label": _reply_label(parsed.shape, i), "text": text, "model": model}
+                            for i, (text, model) in enumerate(parsed.completions)
+                        ],
                         "demonstration": parsed.demonstration,
                     }
                 )
@@ -298,8 +309,34 @@ def import_preview(*, path: Path, options: ImportOptions) -> dict[str, Any]:
         "rows": shown,
         "shapes": shapes,
         "errors": errors[:MAX_ERRORS_LISTED],
+        "error_count": len(errors),
         "checked": checked,
     }
+
+
+def upload_preview(
+    *, uploaded: UploadedFile, project: Project, options: ImportOptions
+) -> tuple[dict[str, Any], Path | None]:
+    """Store an upload and preview it: (the preview, the stored file's path). The file is kept
+    only if the preview found no errors (the path is None otherwise): one that cannot be
+    imported as it is waits for no import. A refused file raises ValidationError, kept neither."""
+    path = upload_store(uploaded=uploaded, project=project)
+    try:
+        preview = import_preview(path=path, options=options)
+    except ValidationError:
+        upload_discard(path)
+        raise
+    if preview["errors"]:
+        upload_discard(path)
+        return preview, None
+    return preview, path
+
+
+def _reply_label(shape: str, index: int) -> str:
+    """How the preview names a row's reply: a preference row's are chosen and rejected."""
+    if shape == "preference":
+        return ("chosen", "rejected")[index]
+    return f"reply {index + 1}"
 
 
 def data_import_create(
@@ -337,7 +374,6 @@ def data_import_run(*, data_import: DataImport, worker_host: str = "") -> DataIm
                 report = import_file(
                     project=data_import.project,
                     path=path,
-                    user=data_import.created_by,
                     options=ImportOptions(**data_import.options),
                     progress=progress,
                 )

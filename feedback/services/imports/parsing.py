@@ -79,6 +79,12 @@ class ParsedRow:
 def detect_shape(row: dict) -> str:
     if "chosen" in row and "rejected" in row:
         return "preference"
+    for given, missing in (_SIDES, _SIDES[::-1]):
+        # Half a preference pair is no prompt: read as one, its reply would be dropped unseen.
+        if given in row:
+            raise ValidationError(
+                f"{missing} is missing: a preference row needs both chosen and rejected."
+            )
     if "completions" in row:
         return "comparisons"
     if "completion" in row:
@@ -95,6 +101,8 @@ def detect_shape(row: dict) -> str:
 
 
 def _as_conversation(value: Any, field_name: str) -> list[dict]:
+    if value is None:
+        raise ValidationError(f"{field_name} is missing.")
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if isinstance(value, list):
@@ -119,6 +127,8 @@ def _hh_turns(text: str, field_name: str) -> list[dict[str, str]]:
 
 def _reply(value: Any, field_name: str) -> tuple[list[dict] | None, str]:
     """A chosen/rejected/completion value as (conversation before the reply | None, reply)."""
+    if value is None:
+        raise ValidationError(f"{field_name} is missing.")
     if isinstance(value, str):
         if "\n\nHuman:" in value or value.startswith("Human:"):
             turns = _hh_turns(value, field_name)
@@ -269,8 +279,18 @@ def parse_row(row: dict, options: ImportOptions) -> ParsedRow:
             shape, system, messages, demonstration=clean_text(reply, field="completion"), **base
         )
 
-    conversation = row.get("messages") if "messages" in row else row.get("prompt")
-    system, messages = clean_messages(_as_conversation(conversation, "prompt"), system)
+    if "messages" in row:
+        conversation = row["messages"]
+        # Text is a prompt's shorthand, never a messages list's: taking it as one user turn
+        # would import a malformed row as if it were fine.
+        if not isinstance(conversation, list):
+            raise ValidationError(
+                f"messages must be a list of {{role, content}} messages, not "
+                f"{_json_type(conversation)}."
+            )
+    else:
+        conversation = _as_conversation(row.get("prompt"), "prompt")
+    system, messages = clean_messages(conversation, system)
     if shape == "prompts":
         return ParsedRow(shape, system, messages, **base)
 
@@ -288,6 +308,27 @@ def parse_row(row: dict, options: ImportOptions) -> ParsedRow:
     if options.comparison_mode == "ranking" and not MIN_RANKED <= len(completions) <= MAX_RANKED:
         raise ValidationError(f"ranking needs {MIN_RANKED} to {MAX_RANKED} completions.")
     return ParsedRow(shape, system, messages, completions=completions, **base)
+
+
+def _json_type(value: Any) -> str:
+    """What a JSON value is, in the words of an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "text", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def row_error(exc: ValidationError) -> str:
+    """A row's problems in one line, each naming the field it is about where it has one."""
+    if not hasattr(exc, "error_dict"):
+        return "; ".join(exc.messages)
+    named = [
+        (field, message) for field, messages in exc.message_dict.items() for message in messages
+    ]
+    return "; ".join(f"{field}: {message}" for field, message in named)
 
 
 def required_kinds(shape: str, options: ImportOptions) -> set[str]:
@@ -309,7 +350,7 @@ def parsed_rows(path: Path, options: ImportOptions) -> Iterator[tuple[int, Parse
         try:
             parsed = parse_row(row, options)
         except ValidationError as exc:
-            yield number, "; ".join(exc.messages)
+            yield number, row_error(exc)
         except RecursionError:  # nested values that json.loads followed and str() cannot
             yield number, TOO_DEEP
         else:

@@ -344,7 +344,7 @@ class Postgres:
                 self.execute(f"ANALYZE {quote(table)}")
 
     @contextlib.contextmanager
-    def foreign_keys_by_construction(self, *, project: Project, user: AbstractBaseUser):
+    def foreign_keys_by_construction(self, *, project: Project, owner: AbstractBaseUser):
         """Foreign keys kept by construction instead of checked row by row, where allowed.
 
         PostgreSQL checks each foreign key of each new row with a query of its own: 14 per
@@ -354,13 +354,13 @@ class Postgres:
         session_replication_role`), those triggers are off while the rows go in, and what they
         guarantee is kept another way: every reference points at a row this transaction
         inserted (invisible to others until commit) or at a row it holds locked FOR KEY SHARE,
-        as the triggers would have locked it: the project and user here, existing prompts in
-        the lookups. Elsewhere the triggers stay on and run at the end of each COPY (deferred,
-        they would queue one pending check per row until commit: server memory growing with
-        the file).
+        as the triggers would have locked it: the project and the labels' owner here,
+        existing prompts in the lookups. Elsewhere the triggers stay on and run at the end of
+        each COPY (deferred, they would queue one pending check per row until commit: server
+        memory growing with the file).
         """
         quote = connection.ops.quote_name
-        for row in (project, user):
+        for row in (project, owner):
             meta = row._meta
             self.execute(
                 f"SELECT 1 FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s "

@@ -1,9 +1,10 @@
 """Writing validated rows into a project, one batch at a time with a fixed number of queries.
 
 For each batch: find which prompts and import keys the project already has, then insert the new
-prompts, completions, items and item positions, and for judged shapes (preference, sft) a
-submitted assignment of the importing user with its imported judgement. A row whose items all
-exist already counts as a skipped duplicate, which is what makes a second import add nothing.
+prompts, completions, items and item positions, and for judged shapes (preference, sft) an
+assignment of the imported-labels owner (see `owner`) with its imported judgement. A row whose
+items all exist already counts as a skipped duplicate, which is what makes a second import add
+nothing.
 
 A batch's lookups are made before the previous batch is written, so that on PostgreSQL (see
 `postgres`) they reach the server while this thread encodes that batch: what they cannot see,
@@ -81,12 +82,12 @@ class BatchWriter:
         self,
         *,
         project: Project,
-        user: AbstractBaseUser,
+        owner: AbstractBaseUser,
         options: ImportOptions,
         source: str,
         db: Database,
     ) -> None:
-        self.project, self.user, self.options, self.source = project, user, options, source
+        self.project, self.owner, self.options, self.source = project, owner, options, source
         self.db = db
         self.insert = db.insert
         self.created = {"prompts": 0, "completions": 0, "items": 0, "judgements": 0}
@@ -171,15 +172,11 @@ class BatchWriter:
         completion_ids = self._completions(fresh, prompt_ids, now)
         item_ids = self.insert(
             Item,
-            ("kind", "prompt_id", "import_key", "submitted_count", "metadata"),
+            # submitted_count stays 0: it counts the human slots taken, and an imported label
+            # takes none.
+            ("kind", "prompt_id", "import_key", "metadata"),
             [
-                (
-                    plan.kind,
-                    prompt_ids[plan.row.prompt_hash],
-                    plan.key,
-                    int(plan.row.shape in _JUDGED),
-                    plan.row.metadata,
-                )
+                (plan.kind, prompt_ids[plan.row.prompt_hash], plan.key, plan.row.metadata)
                 for plan in fresh
             ],
             same={"project_id": self.project.pk, "created_at": now},
@@ -307,7 +304,8 @@ def item_plans(row: ParsedRow, options: ImportOptions) -> list[tuple[str, list[i
 def _write_judgements(
     writer: BatchWriter, item_ids: list[int], plans: list[_Plan], now: datetime
 ) -> int:
-    """Imported labels hang off submitted assignments of the importing user, like any other."""
+    """Imported labels hang off assignments like any other judgement, owned by the imported-
+    labels owner with the status `imported`: no person's work, and none of the item's slots."""
     judged = [
         (item_id, plan.row)
         for item_id, plan in zip(item_ids, plans, strict=True)
@@ -320,8 +318,8 @@ def _write_judgements(
         ("item_id",),
         [(item_id,) for item_id, _ in judged],
         same={
-            "annotator_id": writer.user.pk,
-            "status": AssignmentStatus.SUBMITTED,
+            "annotator_id": writer.owner.pk,
+            "status": AssignmentStatus.IMPORTED,
             "leased_at": now,
             "expires_at": now,
             "finished_at": now,
@@ -330,7 +328,7 @@ def _write_judgements(
     )
     labelled = list(zip(assignment_ids, judged, strict=True))
     same = {
-        "annotator_id": writer.user.pk,
+        "annotator_id": writer.owner.pk,
         "origin": Origin.IMPORTED,
         "source": writer.source[:200],
         "created_at": now,
@@ -397,10 +395,10 @@ class Database(Protocol):
 
 
 @contextlib.contextmanager
-def database(*, project: Project, user: AbstractBaseUser) -> Iterator[Database]:
-    """The way rows go in on this database, for one import into `project` by `user` (inside
-    the import's transaction). Leaving the block waits until every row is in, and raises the
-    first error any of them met."""
+def database(*, project: Project, owner: AbstractBaseUser) -> Iterator[Database]:
+    """The way rows go in on this database, for one import into `project` whose labels `owner`
+    holds (inside the import's transaction). Leaving the block waits until every row is in, and
+    raises the first error any of them met."""
     if connection.vendor != "postgresql":
         yield _Orm()
         return
@@ -413,7 +411,7 @@ def database(*, project: Project, user: AbstractBaseUser) -> Iterator[Database]:
         postgres = Postgres(cursor)
         stop = True
         try:
-            with postgres.foreign_keys_by_construction(project=project, user=user):
+            with postgres.foreign_keys_by_construction(project=project, owner=owner):
                 yield postgres
             stop = False
         finally:
