@@ -327,7 +327,7 @@ def test_the_migration_gives_labels_imported_before_it_back_to_their_source(
     from django.apps import apps
 
     migration = importlib.import_module(
-        "feedback.migrations.0016_imported_labels_belong_to_their_source"
+        "feedback.migrations.0018_imported_labels_belong_to_their_source"
     )
     imported_item = make_item(project, TaskKind.PAIRWISE)
     judged_too = make_item(project, TaskKind.PAIRWISE)
