@@ -309,6 +309,11 @@ def start_postgres() -> Server:
         pwfile.unlink()
         if initdb.returncode:
             raise ServiceError(f"initdb failed:\n{output}")
+        # Durability is pointless for a throwaway database. These go in postgresql.conf, not on
+        # the command line, which would outrank ALTER SYSTEM: a bench can turn them back on
+        # with ALTER SYSTEM and pg_reload_conf() (bench/import_export.py does).
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.write("\nfsync = off\nfull_page_writes = off\nsynchronous_commit = off\n")
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -317,9 +322,6 @@ def start_postgres() -> Server:
         "port": port,
         "unix_socket_directories": "",  # TCP only: no socket file to place, secure or clean up
         "max_connections": 200,  # the suite's concurrency tests open many connections
-        "fsync": "off",  # durability is pointless for a throwaway database
-        "full_page_writes": "off",
-        "synchronous_commit": "off",
     }
     argv = [bindir / "postgres", "-D", data, *(f"-c{k}={v}" for k, v in settings.items())]
     login = {"host": "127.0.0.1", "port": port, "user": DB_USER, "password": password}

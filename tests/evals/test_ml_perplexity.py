@@ -189,6 +189,50 @@ def test_rolling_loglikelihood_matches_lm_eval_hf_backend_when_installed(lm64):
     assert ours == pytest.approx(theirs, rel=1e-7, abs=1e-9)
 
 
+def uneven_texts(n: int, seed: int) -> list[str]:
+    """Documents of very uneven lengths: word counts log-uniform from 1 to ~150, so from one
+    token to about twenty windows of MAX_LENGTH. Words drawn at random, not slices of one
+    text: with documents that repeat each other's text, lm-eval 0.4.13 at batch size 8 gave
+    totals off the token-by-token reference by 1e-4 relative, and agreed with it with its
+    logits cache (logits_cache, on by default) turned off."""
+    words = " ".join(TEXTS).split()
+    rng = random.Random(seed)
+    lengths = [round(math.exp(rng.uniform(0, math.log(150)))) for _ in range(n)]
+    return [" ".join(rng.choices(words, k=length)) for length in lengths]
+
+
+@pytest.mark.parametrize("pass_positions", [512, 20])
+def test_uneven_lengths_match_lm_eval_and_the_reference(lm64, monkeypatch, pass_positions):
+    """One-token documents beside many-window ones, scored together: every document equals the
+    token-by-token reference, and the total equals lm-eval's HF backend at batch sizes 1 and 8,
+    whether a CPU pass may hold all of a batch or only two full windows (20 positions)."""
+    monkeypatch.setattr("evals.ml.lm.CPU_PASS_POSITIONS", pass_positions)
+    model, tokenizer = lm64
+    texts = uneven_texts(24, seed=3)
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert min(lengths) <= 2 and max(lengths) > 10 * MAX_LENGTH
+    ours = rolling_loglikelihood(model, tokenizer, texts, max_length=MAX_LENGTH, batch_size=8)
+    for text, value in zip(texts, ours, strict=True):
+        expected = rolling_reference(model, tokenizer, text, MAX_LENGTH)
+        assert value == pytest.approx(expected, rel=1e-7, abs=1e-9), text
+    try:
+        from lm_eval.api.instance import Instance
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        return
+    requests = [
+        Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=i)
+        for i, t in enumerate(texts)
+    ]
+    for batch_size in (1, 8):
+        hflm = HFLM(
+            pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=MAX_LENGTH
+        )
+        theirs = hflm.loglikelihood_rolling(requests, disable_tqdm=True)
+        assert math.fsum(ours) == pytest.approx(math.fsum(theirs), rel=1e-6)
+        assert ours == pytest.approx(theirs, rel=1e-7, abs=1e-9)
+
+
 def test_batch_size_does_not_change_results(lm32):
     model, tokenizer = lm32
     by_batch = {
@@ -274,12 +318,20 @@ def test_batches_hold_every_request_once_longest_first(batch_size):
     assert len(batches[0]) == min(batch_size, 5)  # the widest batch is also the fullest
 
 
+@pytest.mark.parametrize("capped", [False, True])
 @pytest.mark.parametrize("seed", range(20))
-def test_batches_cost_the_least_of_every_way_to_cut_the_sorted_rows(seed):
-    """Against all 2**(n-1) ways to cut n sorted rows into runs of at most batch_size."""
+def test_batches_cost_the_least_of_every_way_to_cut_the_sorted_rows(seed, capped):
+    """Against all 2**(n-1) ways to cut n sorted rows into runs of at most batch_size, and with
+    max_positions (capped) of at most that many positions unless a run is one row."""
     rng = random.Random(seed)
     lengths = [rng.choice([rng.randint(1, 40), rng.randint(1, 512)]) for _ in range(9)]
     batch_size, forward_cost = rng.choice([2, 3, 8]), rng.choice([0, 32, 200])
+    cap = rng.choice([100, 512, 1024]) if capped else None
+
+    def allowed(run):
+        small = cap is None or len(run) == 1 or len(run) * lengths[run[0]] <= cap
+        return len(run) <= batch_size and small
+
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     least = math.inf
     for cuts in itertools.product([False, True], repeat=len(order) - 1):
@@ -290,10 +342,18 @@ def test_batches_cost_the_least_of_every_way_to_cut_the_sorted_rows(seed):
                 run = []
             run.append(i)
         runs.append(run)
-        if all(len(r) <= batch_size for r in runs):
+        if all(allowed(r) for r in runs):
             least = min(least, batches_cost(lengths, runs, forward_cost))
-    batches = length_batches(lengths, batch_size, forward_cost)
+    batches = length_batches(lengths, batch_size, forward_cost, max_positions=cap)
+    assert all(allowed(batch) for batch in batches)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
     assert batches_cost(lengths, batches, forward_cost) == least
+
+
+def test_a_cpu_pass_holds_one_full_window_and_many_short_ones():
+    lengths = [512] * 8 + [64] * 16
+    batches = length_batches(lengths, 8, max_positions=512)
+    assert [len(batch) for batch in batches] == [1] * 8 + [8, 8]
 
 
 def test_free_passes_mean_no_padding_and_dear_ones_full_batches():
