@@ -30,6 +30,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.postgres.search import SearchQuery, SearchVectorField
+from django.core.cache import cache
 from django.db import OperationalError, connection, transaction
 from django.db.models import Exists, Expression, OuterRef, Q, QuerySet
 from django.db.models.expressions import Col
@@ -60,6 +61,7 @@ COUNT_BUDGET_MS = 100  # the count gives up after this long: "more than" what it
 NUMBERED_PAGES = COUNT_CAP // PAGE_SIZE  # pages with a number when there are too many to count
 MATCHES_LISTED = 2000  # prompts (or replies) a search names one by one; more are "common"
 TEXT_BUDGET_MS = 100  # to find them; slower, and they are treated as common
+ANNOTATORS_CACHED_S = 60
 
 
 @dataclass(frozen=True)
@@ -130,24 +132,26 @@ def _text_branches(project: Project, words: str) -> list[Q]:
         replies = ItemCompletion.objects.filter(completion__text__icontains=words)
         return [Q(prompt__messages__icontains=words), Q(pk__in=replies.values("item_id"))]
     query = SearchQuery(words, config=SEARCH_CONFIG, search_type="websearch")
-    prompts = Prompt.objects.filter(project=project).alias(found=SearchDocument())
-    completions = Completion.objects.filter(prompt__project=project).alias(found=SearchDocument())
+    prompts = Prompt.objects.alias(found=SearchDocument()).filter(found=query)
+    completions = Completion.objects.alias(found=SearchDocument()).filter(found=query)
     deadline = time.perf_counter() + TEXT_BUDGET_MS / 1000
-    prompts = _ids_if_few(prompts.filter(found=query), deadline)
-    completions = _ids_if_few(completions.filter(found=query), deadline)
+    listed = _ids_if_few(prompts.filter(project=project), deadline)
+    prompts = prompts if listed is None else listed
+    listed = _ids_if_few(completions.filter(prompt__project=project), deadline)
+    completions = completions if listed is None else listed
     replies = ItemCompletion.objects.filter(completion__in=completions)
     return [Q(prompt__in=prompts), Q(pk__in=replies.values("item_id"))]
 
 
-def _ids_if_few(matching: QuerySet, deadline: float) -> QuerySet | list[int]:
-    """The ids of the rows found, when at most MATCHES_LISTED by the deadline; else the query."""
+def _ids_if_few(matching: QuerySet, deadline: float) -> list[int] | None:
+    """The ids of the rows found, when at most MATCHES_LISTED by the deadline."""
     try:
         with _time_limit() as limit:
             limit(deadline)
             ids = list(matching.values_list("pk", flat=True)[: MATCHES_LISTED + 1])
     except _Cancelled:
-        return matching
-    return ids if len(ids) <= MATCHES_LISTED else matching
+        return None
+    return ids if len(ids) <= MATCHES_LISTED else None
 
 
 def _origin_branches(origin: str) -> list[Q]:
@@ -191,8 +195,8 @@ def _filtered(project: Project, filters: RecordFilters) -> tuple[QuerySet[Item],
 
 
 def records_for_project(*, project: Project, filters: RecordFilters) -> QuerySet[Item]:
-    """Every record found, newest first, with prompt and completions loaded (one query: fine
-    for a few thousand; records_page is what the browser pages through)."""
+    """Every record found, newest first, with prompt and completions loaded: for a few thousand
+    records at most (records_page is what the browser pages through)."""
     items, alternatives = _filtered(project, filters)
     for branches in alternatives:
         items = items.filter(Q(*branches, _connector=Q.OR))
@@ -300,7 +304,9 @@ def _count(branches: list[QuerySet[Item]]) -> tuple[int | None, int]:
         with _time_limit() as limit:
             for items in branches:
                 limit(deadline)
-                found.update(items.order_by().values_list("pk", flat=True)[: COUNT_CAP + 1])
+                # Newest first, like a page: unordered, PostgreSQL may merge-join in some
+                # other order and wade through other projects' rows before this one's.
+                found.update(items.order_by("-pk").values_list("pk", flat=True)[: COUNT_CAP + 1])
                 if len(found) > COUNT_CAP:
                     return None, COUNT_CAP
     except _Cancelled:
@@ -356,12 +362,19 @@ def _load(ids: list[int]) -> list[Item]:
 
 
 def record_annotators(*, project: Project) -> list[str]:
-    """Usernames with submitted work in the project, for the annotator filter.
+    """Usernames with submitted work in the project, for the annotator filter (kept a minute in
+    the cache: a newcomer's name shows up within a minute of their first submission).
 
     One probe per user down the assignments' (annotator, status) index until one on an item of
     this project turns up, rather than a DISTINCT over every assignment of the project (a
     million rows for a big one). A user whose submitted work is all elsewhere costs a walk
-    through that work."""
+    through that work: a second on a site whose other projects hold a few hundred thousand
+    judgements, hence the cache."""
+    key = f"records:annotators:{project.pk}:{project.created_at.timestamp()}"
+    return cache.get_or_set(key, lambda: _annotators(project), ANNOTATORS_CACHED_S)
+
+
+def _annotators(project: Project) -> list[str]:
     worked = Assignment.objects.filter(
         annotator=OuterRef("pk"), status=AssignmentStatus.SUBMITTED, item__project=project
     )
