@@ -32,7 +32,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.postgres.search import SearchQuery, SearchVectorField
 from django.core.cache import cache
 from django.db import OperationalError, connection, transaction
-from django.db.models import Exists, Expression, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, Expression, F, OuterRef, Q, QuerySet
 from django.db.models.expressions import Col
 from django.http import QueryDict
 
@@ -136,11 +136,34 @@ def _text_branches(project: Project, words: str) -> list[Q]:
     completions = Completion.objects.alias(found=SearchDocument()).filter(found=query)
     deadline = time.perf_counter() + TEXT_BUDGET_MS / 1000
     listed = _ids_if_few(prompts.filter(project=project), deadline)
-    prompts = prompts if listed is None else listed
+    in_prompt = Q(prompt__in=prompts) if listed is None else Q(AnyOf("prompt_id", listed))
     listed = _ids_if_few(completions.filter(prompt__project=project), deadline)
-    completions = completions if listed is None else listed
-    replies = ItemCompletion.objects.filter(completion__in=completions)
-    return [Q(prompt__in=prompts), Q(pk__in=replies.values("item_id"))]
+    replies = ItemCompletion.objects.filter(
+        Q(completion__in=completions) if listed is None else Q(AnyOf("completion_id", listed))
+    )
+    return [in_prompt, Q(pk__in=replies.values("item_id"))]
+
+
+class AnyOf(Expression):
+    """`column = ANY(ids)`, the ids sent as one array (PostgreSQL): two thousand ids are one
+    parameter rather than two thousand placeholders for Django to write and the server to
+    parse."""
+
+    output_field = BooleanField()
+
+    def __init__(self, column: str, ids: list[int]) -> None:
+        super().__init__()
+        self.column, self.ids = F(column), ids
+
+    def get_source_expressions(self) -> list:
+        return [self.column]
+
+    def set_source_expressions(self, expressions: list) -> None:
+        (self.column,) = expressions
+
+    def as_sql(self, compiler, connection) -> tuple[str, tuple]:
+        sql, params = compiler.compile(self.column)
+        return f"{sql} = ANY(%s::bigint[])", (*params, self.ids)
 
 
 def _ids_if_few(matching: QuerySet, deadline: float) -> list[int] | None:

@@ -251,6 +251,9 @@ def test_pages_show_what_the_query_finds_once_each_newest_first(
     # Too many to count: the same records, paged by the ids at the pages' edges.
     monkeypatch.setattr(record_selectors, "COUNT_CAP", 10)
     assert _every_page(project, RecordFilters(**filters)) == expected
+    # Words too common to list their texts one by one: the same records again.
+    monkeypatch.setattr(record_selectors, "MATCHES_LISTED", 0)
+    assert _every_page(project, RecordFilters(**filters)) == expected
 
 
 def test_more_than_the_cap_says_more_than_and_pages_by_id(client, reviewer, project, monkeypatch):
