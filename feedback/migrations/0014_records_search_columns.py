@@ -14,9 +14,11 @@ PostgreSQL only; SQLite has no tsvector, and its browser falls back to substring
    human" or "simulated" finds its items without reading the imported ones; imported rows are
    most of a big project and are found from the item instead (the item_id index), which also
    keeps imports from paying for the index.
-3. Items get a (project_id, id) index: a project's records newest first, without walking the
-   other projects' (item_queue_order puts submitted_count between the two). New ids land at
-   its right-hand end, the cheapest kind of index to keep up.
+3. Items get (project_id, id) and (project_id, kind, id) indexes: a project's records newest
+   first without walking the other projects' (item_queue_order puts submitted_count between
+   the two), and those of one kind without walking the others (a kind the project has none of
+   would otherwise read every record). New ids land at their right-hand ends, the cheapest
+   kind of index to keep up.
 
 Adding a generated column rewrites the table: about four minutes per million prompts with two
 replies each on 2 cores.
@@ -33,7 +35,10 @@ OLD_INDEXES = {  # 0013's, on the expression
     "feedback_prompt_text_search": "feedback_prompt",
     "feedback_completion_text_search": "feedback_completion",
 }
-ITEM_INDEX = "feedback_item_project_newest"
+ITEM_INDEXES = {
+    "feedback_item_project_newest": "project_id, id",
+    "feedback_item_project_kind_newest": "project_id, kind, id",
+}
 JUDGEMENT_TABLES = (
     "feedback_demonstration",
     "feedback_pairwisejudgement",
@@ -57,13 +62,15 @@ def create(apps, schema_editor):
             f"CREATE INDEX {table}_origin_not_imported ON {table} (origin, item_id) "
             "WHERE origin <> 'imported'"
         )
-    schema_editor.execute(f"CREATE INDEX {ITEM_INDEX} ON feedback_item (project_id, id)")
+    for name, columns in ITEM_INDEXES.items():
+        schema_editor.execute(f"CREATE INDEX {name} ON feedback_item ({columns})")
 
 
 def drop(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
-    schema_editor.execute(f"DROP INDEX IF EXISTS {ITEM_INDEX}")
+    for name in ITEM_INDEXES:
+        schema_editor.execute(f"DROP INDEX IF EXISTS {name}")
     for table in JUDGEMENT_TABLES:
         schema_editor.execute(f"DROP INDEX IF EXISTS {table}_origin_not_imported")
     for table, text in COLUMNS.items():

@@ -57,10 +57,12 @@ JUDGEMENT_MODELS = (Demonstration, PairwiseJudgement, RankingJudgement)
 STATUSES = (("open", "Open"), ("complete", "Complete"))
 PAGE_SIZE = 25
 COUNT_CAP = 1000  # records counted exactly; more and the page says "more than 1,000"
-COUNT_BUDGET_MS = 100  # the count gives up after this long: "more than" what it found by then
+COUNT_BUDGET_MS = 60  # the count gives up after this long: "more than" what it found by then
+COUNT_CHUNK = 100
+PAGE_BUDGET_MS = 3000  # a page's queries are stopped after this long (each)
 NUMBERED_PAGES = COUNT_CAP // PAGE_SIZE  # pages with a number when there are too many to count
 MATCHES_LISTED = 2000  # prompts (or replies) a search names one by one; more are "common"
-TEXT_BUDGET_MS = 100  # to find them; slower, and they are treated as common
+TEXT_BUDGET_MS = 60  # to find them; slower, and they are treated as common
 ANNOTATORS_CACHED_S = 60
 
 
@@ -137,7 +139,8 @@ def _text_branches(project: Project, words: str) -> list[Q]:
     deadline = time.perf_counter() + TEXT_BUDGET_MS / 1000
     listed = _ids_if_few(prompts.filter(project=project), deadline)
     in_prompt = Q(prompt__in=prompts) if listed is None else Q(AnyOf("prompt_id", listed))
-    listed = _ids_if_few(completions.filter(prompt__project=project), deadline)
+    # Replies of every project: asking for this one's would join each to its prompt.
+    listed = _ids_if_few(completions, deadline)
     replies = ItemCompletion.objects.filter(
         Q(completion__in=completions) if listed is None else Q(AnyOf("completion_id", listed))
     )
@@ -239,6 +242,7 @@ class RecordsPage:
     num_pages: int | None  # known with the count
     newer: dict[str, int] | None  # the parameters of the page before this one ({"page": 2})
     older: dict[str, int] | None  # and after it ({"page": 4} or {"before": id})
+    too_slow: bool = False  # the search ran past PAGE_BUDGET_MS and was stopped
 
 
 def _positive(value: str | None) -> int | None:
@@ -261,6 +265,19 @@ def records_page(
     branches = [items]  # one query for every combination of branches: the union is the result
     for alternative in alternatives:
         branches = [found.filter(branch) for found in branches for branch in alternative]
+    try:
+        with _time_limit() as limit:
+            # A safety net, not a budget: a phrase of two common words that hardly ever meet
+            # has PostgreSQL test record after record; a sync web worker must not hang on it.
+            limit(time.perf_counter() + PAGE_BUDGET_MS / 1000)
+            return _page(branches, page, before, after)
+    except _Cancelled:
+        return RecordsPage([], None, 0, None, None, None, None, too_slow=True)
+
+
+def _page(
+    branches: list[QuerySet[Item]], page: str | None, before: str | None, after: str | None
+) -> RecordsPage:
     number = _positive(page) or 1
     older_than, newer_than = _positive(before), _positive(after)
     first: list[int] | None = None
@@ -320,7 +337,10 @@ def _oldest(branches: list[QuerySet[Item]], n: int, *, above: int) -> list[int]:
 
 def _count(branches: list[QuerySet[Item]]) -> tuple[int | None, int]:
     """(how many records the branches find together, or None when more than COUNT_CAP or not
-    known within COUNT_BUDGET_MS; the number known to match)."""
+    known within COUNT_BUDGET_MS; the number known to match).
+
+    The ids come through a cursor, COUNT_CHUNK at a time, so that a count that runs out of time
+    still knows how many it had found ("more than 340", not "more than 25")."""
     found: set[int] = set()
     deadline = time.perf_counter() + COUNT_BUDGET_MS / 1000
     try:
@@ -329,9 +349,13 @@ def _count(branches: list[QuerySet[Item]]) -> tuple[int | None, int]:
                 limit(deadline)
                 # Newest first, like a page: unordered, PostgreSQL may merge-join in some
                 # other order and wade through other projects' rows before this one's.
-                found.update(items.order_by("-pk").values_list("pk", flat=True)[: COUNT_CAP + 1])
-                if len(found) > COUNT_CAP:
-                    return None, COUNT_CAP
+                ids = items.order_by("-pk").values_list("pk", flat=True)[: COUNT_CAP + 1]
+                for pk in ids.iterator(chunk_size=COUNT_CHUNK):
+                    found.add(pk)
+                    if len(found) > COUNT_CAP:
+                        return None, COUNT_CAP
+                    if time.perf_counter() > deadline:
+                        raise _Cancelled
     except _Cancelled:
         return None, len(found)
     return len(found), len(found)

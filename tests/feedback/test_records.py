@@ -320,3 +320,15 @@ def test_annotator_choices_are_people_with_submitted_work_here(
     _judge(make_item(elsewhere, TaskKind.PAIRWISE), other_annotator)
     services.task_next_for_annotator(project=project, annotator=other_annotator)  # a lease only
     assert record_annotators(project=project) == [annotator.username]
+
+
+def test_a_search_that_runs_too_long_is_stopped_with_a_message(
+    client, reviewer, project, records, monkeypatch
+):
+    monkeypatch.setattr(record_selectors, "PAGE_BUDGET_MS", 0)
+    client.force_login(reviewer)
+    page = client.get(f"/projects/{project.pk}/records/?q=cats")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "took too long and was stopped" in html
+    assert f">#{records['cats'].pk}<" not in html
