@@ -61,7 +61,7 @@ COUNT_BUDGET_MS = 60  # the count gives up after this long: "more than" what it 
 COUNT_CHUNK = 100
 PAGE_BUDGET_MS = 3000  # a page's queries are stopped after this long (each)
 NUMBERED_PAGES = COUNT_CAP // PAGE_SIZE  # pages with a number when there are too many to count
-MATCHES_LISTED = 2000  # prompts (or replies) a search names one by one; more are "common"
+MATCHES_LISTED = 10_000  # prompts (or replies) a search names one by one; more are "common"
 TEXT_BUDGET_MS = 60  # to find them; slower, and they are treated as common
 ANNOTATORS_CACHED_S = 60
 
@@ -370,7 +370,11 @@ def _time_limit() -> Iterator:
     """A function `limit(deadline)` that cancels the next statements at that time.perf_counter()
     (PostgreSQL's statement_timeout; elsewhere only the check that it is not past already). A
     statement cancelled, or the deadline past, raises _Cancelled; a savepoint keeps the
-    connection usable either way."""
+    connection usable either way.
+
+    Cursors in the block are planned for all their rows (cursor_tuple_fraction 1): the counts
+    read theirs a chunk at a time, and planned for a fast first tenth, a count of a rare
+    word's records walked the newest records one by one instead of looking its few up."""
 
     def limit(deadline: float) -> None:
         left = int(1000 * (deadline - time.perf_counter()))
@@ -389,10 +393,18 @@ def _time_limit() -> Iterator:
         with transaction.atomic(), connection.cursor() as cursor:
             # set_config(..., true) lasts until the transaction ends, which may be an outer one:
             # put the old value back when done (a rollback to the savepoint does that itself).
-            cursor.execute("SELECT current_setting('statement_timeout')")
-            previous = cursor.fetchone()[0]
+            cursor.execute(
+                "SELECT current_setting('statement_timeout'), "
+                "current_setting('cursor_tuple_fraction'), "
+                "set_config('cursor_tuple_fraction', '1', true)"
+            )
+            timeout, fraction, _ = cursor.fetchone()
             yield limit
-            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+            cursor.execute(
+                "SELECT set_config('statement_timeout', %s, true), "
+                "set_config('cursor_tuple_fraction', %s, true)",
+                [timeout, fraction],
+            )
     except OperationalError as exc:
         if isinstance(exc.__cause__, QueryCanceled):
             raise _Cancelled from exc
