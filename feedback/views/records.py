@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -17,7 +16,8 @@ from feedback.selectors import records as record_selectors
 from feedback.services import records as record_services
 
 READERS = (Role.ADMIN, Role.REVIEWER)
-PAGE_SIZE = 25
+FILTERS = ("q", "split", "kind", "origin", "status", "annotator", "gold")
+PAGING = ("page", "before", "after")
 
 
 @require_GET
@@ -25,14 +25,19 @@ PAGE_SIZE = 25
 def records(request: HttpRequest, project_id: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=project_id)
     filters = record_selectors.RecordFilters.from_query(request.GET)
-    found = record_selectors.records_for_project(project=project, filters=filters)
-    page = Paginator(found, PAGE_SIZE).get_page(request.GET.get("page"))
+    paging = {name: request.GET.get(name) for name in PAGING}
+    page = record_selectors.records_page(project=project, filters=filters, **paging)
+    query = _query(request.GET, keep=FILTERS)
+    url = reverse("feedback:records", args=[project.pk])
     context = {
         "project": project,
         "filters": filters,
         "page": page,
-        "query": _query(request.GET, drop="page"),
-        "records_url": reverse("feedback:records", args=[project.pk]),
+        "query": query,
+        "here": _query(request.GET),
+        "records_url": url,
+        "newer_url": _page_url(url, request.GET, page.newer),
+        "older_url": _page_url(url, request.GET, page.older),
         "selects": _selects(project, filters),
         "split_choices": Split.choices,
     }
@@ -97,10 +102,19 @@ def _selects(project: Project, filters) -> list[tuple[str, str, list, str]]:
     return [(name, title, choices, getattr(filters, name)) for name, title, choices in options]
 
 
-def _query(data: QueryDict, drop: str = "") -> str:
+def _query(data: QueryDict, keep: tuple[str, ...] = FILTERS + PAGING) -> str:
     """`?a=1&b=2` of the filters that are set (never a URL: links and redirects stay here)."""
-    keep = QueryDict(mutable=True)
-    for key in ("q", "split", "kind", "origin", "status", "annotator", "gold", "page"):
-        if key != drop and data.get(key):
-            keep[key] = data[key]
-    return f"?{keep.urlencode()}" if keep else ""
+    kept = QueryDict(mutable=True)
+    for key in keep:
+        if data.get(key):
+            kept[key] = data[key]
+    return f"?{kept.urlencode()}" if kept else ""
+
+
+def _page_url(url: str, data: QueryDict, paging: dict[str, int] | None) -> str:
+    """The link to another page of the same search: its filters, then where the page is."""
+    if paging is None:
+        return ""
+    where = QueryDict(_query(data, keep=FILTERS).lstrip("?"), mutable=True)
+    where.update({name: str(value) for name, value in paging.items()})
+    return f"{url}?{where.urlencode()}"

@@ -5,7 +5,8 @@ from django.db import connection
 
 from feedback import services
 from feedback.models import Item, Origin, Prompt, TaskKind
-from feedback.selectors.records import RecordFilters, records_for_project
+from feedback.selectors import records as record_selectors
+from feedback.selectors.records import RecordFilters, records_for_project, records_page
 from tests.factories import make_item, make_prompt
 
 
@@ -47,9 +48,10 @@ def test_search_finds_words_in_prompts_and_in_replies(project, records):
     assert _found(project, q="giraffe") == set()
 
 
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
 def test_search_does_not_match_the_json_keys(project, records):
-    # PostgreSQL's full-text search (make test's database; this file is not in the SQLite run,
-    # whose substring fallback matches over the stored JSON, keys included).
+    # PostgreSQL's full-text search only: SQLite's substring fallback matches the stored JSON,
+    # keys included.
     assert _found(project, q="role") == set()
     assert _found(project, q="user") == set()
 
@@ -79,20 +81,28 @@ def test_unknown_filter_values_are_dropped_not_refused():
 
 
 @pytest.mark.skipif("connection.vendor != 'postgresql'")
-def test_search_uses_the_gin_indexes(project, records):
+def test_search_uses_the_gin_indexes_on_the_stored_vectors(project, records):
     from django.contrib.postgres.search import SearchQuery
 
-    from feedback.selectors.records import completion_search_vector, prompt_search_vector
+    from feedback.models import Completion
+    from feedback.selectors.records import SearchDocument
 
     query = SearchQuery("cats", config="english", search_type="websearch")
-    prompts = Prompt.objects.annotate(found=prompt_search_vector()).filter(found=query)
-    from feedback.models import Completion
-
-    completions = Completion.objects.annotate(found=completion_search_vector()).filter(found=query)
+    prompts = Prompt.objects.alias(found=SearchDocument()).filter(found=query)
+    completions = Completion.objects.alias(found=SearchDocument()).filter(found=query)
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
-        assert "feedback_prompt_text_search" in prompts.explain()
-        assert "feedback_completion_text_search" in completions.explain()
+        assert "feedback_prompt_search" in prompts.explain()
+        assert "feedback_completion_search" in completions.explain()
+    assert list(prompts) == [records["cats"].prompt]
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_search_syntax_phrases_minus_and_or(project, records):
+    assert _found(project, q='"cats purr"') == {records["cats"].pk}
+    assert _found(project, q='"purr cats"') == set()  # word order counts in a phrase
+    assert _found(project, q="loudly -purr") == set()  # each text on its own: the prompt has both
+    assert _found(project, q="bark or purr") == {records["cats"].pk, records["dogs"].pk}
 
 
 def test_records_page_lists_filters_in_the_url_and_pages(client, reviewer, project, records):
@@ -202,3 +212,123 @@ def test_prompt_text_is_escaped(client, reviewer, project):
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;" in html
     assert "<script>alert(1)" not in client.get(f"/records/{item.pk}/").content.decode()
+
+
+def _every_page(project, filters: RecordFilters) -> list[int]:
+    """Item ids on every page of records_page, following the Next links from the first."""
+    shown, paging = [], {}
+    while True:
+        page = records_page(project=project, filters=filters, **paging)
+        shown += [item.pk for item in page.records]
+        if page.older is None:
+            return shown
+        paging = {name: str(value) for name, value in page.older.items()}
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"q": "purr"},
+        {"q": "ferrets"},
+        {"origin": "human"},
+        {"origin": "simulated", "q": "bark"},
+        {"q": "ferrets", "split": "train", "status": "open"},
+        {"annotator": "ann", "origin": "human"},
+    ],
+)
+def test_pages_show_what_the_query_finds_once_each_newest_first(
+    project, records, annotator, other_annotator, filters, monkeypatch
+):
+    for n in range(40):
+        make_item(project, TaskKind.PAIRWISE, texts=[f"Reply {n} about ferrets", "other"])
+    _judge(records["cats"], annotator)
+    _judge(records["dogs"], other_annotator, origin=Origin.SIMULATED)
+    expected = [
+        item.pk for item in records_for_project(project=project, filters=RecordFilters(**filters))
+    ]
+    assert _every_page(project, RecordFilters(**filters)) == expected
+    # Too many to count: the same records, paged by the ids at the pages' edges.
+    monkeypatch.setattr(record_selectors, "COUNT_CAP", 10)
+    assert _every_page(project, RecordFilters(**filters)) == expected
+    # Words too common to list their texts one by one: the same records again.
+    monkeypatch.setattr(record_selectors, "MATCHES_LISTED", 0)
+    assert _every_page(project, RecordFilters(**filters)) == expected
+
+
+def test_more_than_the_cap_says_more_than_and_pages_by_id(client, reviewer, project, monkeypatch):
+    monkeypatch.setattr(record_selectors, "COUNT_CAP", 30)
+    items = [make_item(project, TaskKind.PAIRWISE) for _ in range(60)]
+    newest = sorted((item.pk for item in items), reverse=True)
+    client.force_login(reviewer)
+    url = f"/projects/{project.pk}/records/"
+    html = client.get(url).content.decode()
+    assert "More than 30 records" in html and "page 1 of" not in html
+    assert f'href="{url}?before={newest[24]}"' in html  # Next: the records older than the last
+    second = client.get(f"{url}?before={newest[24]}").content.decode()
+    assert f">#{newest[25]}<" in second and f">#{newest[24]}<" not in second
+    assert f"{url}?after={newest[25]}" in second  # back to the newer page
+    back = client.get(f"{url}?after={newest[25]}").content.decode()
+    assert f">#{newest[0]}<" in back and f">#{newest[25]}<" not in back
+    # The filters travel with the paging, and a deep page by number still opens.
+    filtered = client.get(f"{url}?kind=pairwise&before={newest[24]}").content.decode()
+    assert f"?kind=pairwise&after={newest[25]}" in filtered.replace("&amp;", "&")
+    assert client.get(f"{url}?page=9999").status_code == 200
+
+
+def test_the_count_gives_up_after_its_time_budget(client, reviewer, project, monkeypatch):
+    monkeypatch.setattr(record_selectors, "COUNT_BUDGET_MS", 0)
+    for _ in range(30):
+        make_item(project, TaskKind.PAIRWISE)
+    client.force_login(reviewer)
+    html = client.get(f"/projects/{project.pk}/records/").content.decode()
+    assert "More than 25 records" in html and "Next" in html
+    # A short list needs no count: the first page holds all of it.
+    make_item(project, TaskKind.DEMONSTRATION)
+    short = client.get(f"/projects/{project.pk}/records/?kind=demonstration").content.decode()
+    assert "1 record matches" in short
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_time_limit_cancels_a_slow_statement_and_leaves_the_connection_as_it_was(db):
+    import time
+
+    from feedback.selectors.records import _Cancelled, _time_limit
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        before = cursor.fetchone()[0]
+        with pytest.raises(_Cancelled), _time_limit() as limit:
+            limit(time.perf_counter() + 0.05)
+            cursor.execute("SELECT pg_sleep(2)")
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == before
+        with _time_limit() as limit:
+            limit(time.perf_counter() + 5)
+            cursor.execute("SELECT 1")
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == before
+
+
+def test_annotator_choices_are_people_with_submitted_work_here(
+    project, records, annotator, other_annotator
+):
+    from feedback.selectors.records import record_annotators
+
+    _judge(records["cats"], annotator)
+    elsewhere = services.project_create(name="Elsewhere", task_kinds=["pairwise"])
+    _judge(make_item(elsewhere, TaskKind.PAIRWISE), other_annotator)
+    services.task_next_for_annotator(project=project, annotator=other_annotator)  # a lease only
+    assert record_annotators(project=project) == [annotator.username]
+
+
+def test_a_search_that_runs_too_long_is_stopped_with_a_message(
+    client, reviewer, project, records, monkeypatch
+):
+    monkeypatch.setattr(record_selectors, "PAGE_BUDGET_MS", 0)
+    client.force_login(reviewer)
+    page = client.get(f"/projects/{project.pk}/records/?q=cats")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "took too long and was stopped" in html
+    assert f">#{records['cats'].pk}<" not in html
