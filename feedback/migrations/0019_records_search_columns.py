@@ -84,6 +84,6 @@ def drop(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("feedback", "0013_records_text_search")]
+    dependencies = [("feedback", "0018_imported_labels_belong_to_their_source")]
 
     operations = [migrations.RunPython(create, drop)]
