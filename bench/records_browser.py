@@ -250,9 +250,7 @@ def build(cfg: Config) -> Project:
         overlap=OVERLAP,
     )
     started = time.perf_counter()
-    report = import_file(
-        project=project, path=path, user=admin, options=ImportOptions(source="bench.jsonl")
-    )
+    report = import_file(project=project, path=path, options=ImportOptions(source="bench.jsonl"))
     path.unlink()
     if not report.ok:
         sys.exit(f"the import failed: {report.errors[:3]}")
