@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -34,6 +35,26 @@ class Outcome:
     ok: bool  # the process (or Ray job) ended cleanly
     reason: str = ""  # why not, in words
     cancelled: bool = False  # the user asked it to stop and it was stopped
+
+
+def stop_reason(
+    row: BackgroundWork, deadline: float, ended_since: float | None
+) -> tuple[str, float | None]:
+    """Whether to stop the work now, and since when its row has been ended. A row that is no
+    longer running was usually ended by the work itself, which still has things to do after it
+    (announce the checkpoint, which schedules its evaluations): it gets
+    VEREDICTO_JOB_EXIT_GRACE_SECONDS to exit by itself before it is stopped as taken over."""
+    current = type(row).objects.filter(pk=row.pk).first()
+    if current is None or current.status != Status.RUNNING:
+        ended_since = ended_since if ended_since is not None else time.monotonic()
+        if time.monotonic() - ended_since > settings.VEREDICTO_JOB_EXIT_GRACE_SECONDS:
+            return "taken over", ended_since  # the sweep (or a delete) decided first
+        return "", ended_since
+    if current.stop_requested():
+        return "cancelled", None
+    if time.monotonic() > deadline:
+        return "time limit", None
+    return "", None
 
 
 def entry_command(row: BackgroundWork, *, python: str = sys.executable) -> list[str]:

@@ -5,7 +5,9 @@ new session (its own process group), then watches the row and the group until th
 
 - Cancel (the row's stop flag) sends SIGTERM to the whole group, SIGKILL after
   VEREDICTO_JOB_KILL_GRACE_SECONDS. The hard time limit does the same.
-- If someone else ends the row (the sweep), the group is killed: the row is no longer its own.
+- If the row ends while the group runs (the work wrote its own outcome and is finishing up, or
+  the sweep decided first), the group gets VEREDICTO_JOB_EXIT_GRACE_SECONDS to exit, then is
+  stopped: the row is no longer its own.
 - If the worker dies, its children follow: the direct child has PR_SET_PDEATHSIG=SIGKILL, and
   every process of the entry point exits when the worker's pid, or its own parent, disappears
   (torchrun starts ranks in sessions of their own, out of the group's reach).
@@ -28,8 +30,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
-from jobs.backends import Outcome, entry_command
-from jobs.models import BackgroundWork, Status
+from jobs.backends import Outcome, entry_command, stop_reason
+from jobs.models import BackgroundWork
 
 logger = logging.getLogger(__name__)
 
@@ -114,20 +116,14 @@ def run_locally(row: BackgroundWork) -> Outcome:
 
 
 def _supervise(row: BackgroundWork, child: subprocess.Popen, log: Path) -> Outcome:
-    model = type(row)
     deadline = time.monotonic() + row.time_limit_seconds
     stopping_since: float | None = None
+    ended_since: float | None = None
     why_stopping = ""
     while (code := child.poll()) is None:
         time.sleep(POLL_SECONDS)
-        current = model.objects.filter(pk=row.pk).first()
         if stopping_since is None:
-            if current is None or current.status != Status.RUNNING:
-                why_stopping = "taken over"  # the sweep (or a delete) decided first
-            elif current.stop_requested():
-                why_stopping = "cancelled"
-            elif time.monotonic() > deadline:
-                why_stopping = "time limit"
+            why_stopping, ended_since = stop_reason(row, deadline, ended_since)
             if why_stopping:
                 logger.warning("%s: stopping its process group (%s)", row, why_stopping)
                 signal_group(child.pid, signal.SIGTERM)

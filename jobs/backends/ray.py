@@ -19,9 +19,9 @@ import uuid
 
 from django.conf import settings
 
-from jobs.backends import Outcome, entry_command
+from jobs.backends import Outcome, entry_command, stop_reason
 from jobs.backends.local import child_environment
-from jobs.models import BackgroundWork, Status
+from jobs.models import BackgroundWork
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def run_on_ray(row: BackgroundWork) -> Outcome:
     logger.info("%s: submitted Ray job %s", row, submission_id)
     deadline = time.monotonic() + row.time_limit_seconds
     why_stopping = ""
+    ended_since: float | None = None
     while True:
         status = str(client.get_job_status(submission_id))
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
@@ -89,13 +90,7 @@ def run_on_ray(row: BackgroundWork) -> Outcome:
         time.sleep(POLL_SECONDS)
         if why_stopping:
             continue
-        current = model.objects.filter(pk=row.pk).first()
-        if current is None or current.status != Status.RUNNING:
-            why_stopping = "taken over"
-        elif current.stop_requested():
-            why_stopping = "cancelled"
-        elif time.monotonic() > deadline:
-            why_stopping = "time limit"
+        why_stopping, ended_since = stop_reason(row, deadline, ended_since)
         if why_stopping:
             logger.warning("%s: stopping Ray job %s (%s)", row, submission_id, why_stopping)
             client.stop_job(submission_id)

@@ -53,9 +53,14 @@ def two_devices(settings):
     settings.VEREDICTO_WORKER_DEVICES = 2  # announced when the test worker starts
 
 
-def launch(admin_user, kind, parent, snapshot, config) -> TrainingJob:
+def launch(admin_user, kind, parent, snapshot, config, *, enqueue: bool = True) -> TrainingJob:
     return services.job_launch(
-        kind=kind, parent=parent, snapshot=snapshot, config=config, launched_by=admin_user
+        kind=kind,
+        parent=parent,
+        snapshot=snapshot,
+        config=config,
+        launched_by=admin_user,
+        enqueue=enqueue,
     )
 
 
@@ -327,3 +332,40 @@ def test_the_time_limit_stops_the_whole_process_group(
     assert job.error == "time limit of 20 s exceeded"
     assert not any(alive(pid) for pid in processes)
     assert not Checkpoint.objects.filter(job=job).exists()
+
+
+# What a child does after writing its own outcome: announce the checkpoint (evaluations are
+# created and their messages sent), then exit. Here it takes a few poll intervals.
+FINISHES_THEN_WORKS = """
+import os, sys, time
+import django
+django.setup()
+from jobs.models import Status
+from modeling.models import TrainingJob
+TrainingJob.objects.filter(pk=int(sys.argv[1])).update(status=Status.SUCCEEDED)
+time.sleep(2)
+open(sys.argv[2], "w").write("announced")
+"""
+
+
+def test_a_child_that_ended_its_own_row_is_left_to_finish_what_follows(
+    admin_user, base_checkpoint, make_snapshot, tmp_path, monkeypatch
+):
+    """A trainer marks its job succeeded, then announces the new checkpoint (which schedules
+    the evaluations) before it exits. The worker must not kill it in between: that lost the
+    evaluations' messages, and they stayed queued for ever (CI failure, stop 20)."""
+    from jobs.backends import local
+
+    job = launch(admin_user, "sft", base_checkpoint, make_snapshot("sft"), SFT, enqueue=False)
+    assert services.training_job_claim(job=job)
+    marker = tmp_path / "announced"
+    monkeypatch.setattr(
+        local,
+        "entry_command",
+        lambda row: [sys.executable, "-c", FINISHES_THEN_WORKS, str(row.pk), str(marker)],
+    )
+
+    outcome = local.run_locally(TrainingJob.objects.get(pk=job.pk))
+
+    assert outcome.ok
+    assert marker.read_text() == "announced"
