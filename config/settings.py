@@ -307,6 +307,9 @@ if VEREDICTO_JOB_BACKEND == "ray" and not VEREDICTO_RAY_ADDRESS:
 VEREDICTO_RAY_PYTHON = env.str("VEREDICTO_RAY_PYTHON", "")
 # Cancel and the time limit send SIGTERM to the work's process group, SIGKILL this much later.
 VEREDICTO_JOB_KILL_GRACE_SECONDS = env.float("VEREDICTO_JOB_KILL_GRACE_SECONDS", 10.0)
+# A registered model gets the default evaluations, as a trained checkpoint does (the tests turn
+# this off: most register the tiny model only to train from it).
+VEREDICTO_EVALUATE_REGISTERED = env.bool("VEREDICTO_EVALUATE_REGISTERED", True)
 # Work that ended its own row (a trainer announcing its checkpoint) may run on this long before
 # it is stopped; so may work whose row the sweep ended.
 VEREDICTO_JOB_EXIT_GRACE_SECONDS = env.float("VEREDICTO_JOB_EXIT_GRACE_SECONDS", 60.0)

@@ -9,6 +9,7 @@ from modeling.models import Checkpoint, TrainingJob
 def evaluate_new_checkpoint(
     sender: type, *, checkpoint: Checkpoint, job: TrainingJob | None = None, **kwargs
 ) -> None:
-    """Every trained checkpoint gets the default suites (a repeated announcement for the same
-    job queues nothing new: schedule_default_evals is idempotent per job)."""
+    """Every trained or registered checkpoint gets the default suites, so every comparison has
+    its baseline (a repeated announcement for the same job queues nothing new:
+    schedule_default_evals is idempotent per job)."""
     schedule_default_evals(checkpoint=checkpoint, triggered_by_job=job)

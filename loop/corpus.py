@@ -125,6 +125,9 @@ def _synthetic_facts(n: int = 100) -> list[tuple[str, str, str, str]]:
 
 SYNTHETIC_FACTS = _synthetic_facts()
 FACT_TABLE = FACTS + SYNTHETIC_FACTS  # what the fact task asks; FACTS alone is the evals' table
+# The ways the demo asks a fact. The corpus asks only the first (the table's own question): the
+# others are for the demo, which holds out one phrasing of a fact and trains on another.
+FACT_PHRASINGS = ["{q}", "Quick question: {q}", "Tell me: {q}"]
 
 SYSTEM_PROMPTS = [
     "You are a helpful assistant.",

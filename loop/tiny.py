@@ -12,6 +12,7 @@ AutoModelForCausalLM / AutoTokenizer and by every trainer in modeling.ml.trainin
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class TinyModelConfig:
 # ~0.2 CPU-seconds per step on one core: 150 steps (about 3 passes over the corpus) build in
 # well under a minute on 2 cores. --steps builds a better demo model.
 DEFAULT_PRETRAIN_STEPS = 150
+PROGRESS_EVERY = 100  # pretraining steps between progress calls
 
 
 def build_tiny_model(
@@ -74,11 +76,13 @@ def build_tiny_model(
     pretrain_steps: int = DEFAULT_PRETRAIN_STEPS,
     seed: int = 0,
     corpus_path: str | None = None,
+    progress: Callable[[int, int, float], object] | None = None,
 ) -> dict:
     """Train the tokenizer, create the model, pretrain it briefly and save both to output_dir.
 
     Deterministic for a given seed and corpus. Returns a summary: parameter count, corpus tokens,
-    seconds, validation loss before and after pretraining.
+    seconds, validation loss before and after pretraining. `progress(step, steps, loss)` is
+    called every PROGRESS_EVERY steps and at the end, so a build of minutes is not silent.
     """
     started = time.monotonic()
     cfg = TinyModelConfig(vocab_size=vocab_size)
@@ -153,6 +157,10 @@ def build_tiny_model(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if progress is not None and (
+            (step + 1) % PROGRESS_EVERY == 0 or step + 1 == pretrain_steps
+        ):
+            progress(step + 1, pretrain_steps, loss.item())
     loss_after = val_loss()
 
     # -- save

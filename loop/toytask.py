@@ -1,7 +1,8 @@
 """The demo's verifiable toy task: questions a program can answer and check.
 
 Four kinds, phrased as in the tiny model's corpus (loop/corpus.py, which generates them):
-small arithmetic, sorting a short list of numbers, reversing a word, and facts from a small table.
+small arithmetic, sorting a short list of numbers, reversing a word, and facts from a small table
+(each fact in any of FACT_PHRASINGS: "Tell me: What color is snow?" is the same fact).
 `solve` reads a question and returns the right answer (None if it is not a toy question);
 `is_correct` grades a model's reply strictly: the reply must *be* the answer, up to case,
 surrounding whitespace, a final full stop and how list items are separated. "The answer is 102."
@@ -15,7 +16,7 @@ from __future__ import annotations
 import random
 import re
 
-from loop.corpus import FACT_TABLE, TASKS
+from loop.corpus import FACT_PHRASINGS, FACT_TABLE, TASKS
 
 _ARITHMETIC = re.compile(r"(-?\d+)\s*([+\-*×x])\s*(-?\d+)")
 _NUMBER = re.compile(r"-?\d+")
@@ -23,7 +24,16 @@ _REVERSE = re.compile(
     r"^(?:Reverse the word ([A-Za-z]+)\.?|Spell ([A-Za-z]+) backwards\.?|Reverse: ([A-Za-z]+))$"
 )
 _SORT = re.compile(r"^Sort[^:]*:\s*([-\d,\s]+)$")
-_FACTS = {question: answer for _, question, answer, _ in FACT_TABLE}
+_FACT_QUESTIONS = {
+    phrasing.format(q=question): question
+    for _, question, _, _ in FACT_TABLE
+    for phrasing in FACT_PHRASINGS
+}
+_FACTS = {
+    phrasing.format(q=question): answer
+    for _, question, answer, _ in FACT_TABLE
+    for phrasing in FACT_PHRASINGS
+}
 
 
 def solve(question: str) -> str | None:
@@ -54,6 +64,20 @@ def kind(question: str) -> str | None:
     if _ARITHMETIC.search(question):
         return "arithmetic"
     return None
+
+
+def subject(question: str) -> tuple | None:
+    """What a question is about, whatever its phrasing: the word to reverse, the fact (its
+    table question), or the operands or list (loop.corpus.task_key)."""
+    from loop.corpus import task_key
+
+    question = question.strip()
+    found = kind(question)
+    if found == "reversing":
+        return ("reversing", (solve(question) or "")[::-1])
+    if found == "facts":
+        return ("facts", _FACT_QUESTIONS[question])
+    return task_key(question)
 
 
 def normalise(text: str) -> str:

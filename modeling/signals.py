@@ -2,6 +2,7 @@
 
 from django.dispatch import Signal
 
-# Sent once a trained checkpoint is registered and committed, with `checkpoint` and `job`.
-# Receivers run in the worker that trained it; their errors are logged, not raised.
+# Sent once a checkpoint is committed, with `checkpoint` and `job`: a trained one (in the worker
+# that trained it) or a registered one (job None; unless VEREDICTO_EVALUATE_REGISTERED is off or
+# the caller says not to). Receivers' errors are logged, not raised.
 checkpoint_registered = Signal()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from evals.models import EvalResult, EvalRun, RunStatus
+from evals.selectors import arena_battles
 from feedback import services as feedback_services
 from feedback.models import (
     Completion,
@@ -113,13 +114,14 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
             )
             assert again.content_hash == snapshot.content_hash == recorded["hash"]
 
-    # The split invariants: no held-out prompt, nor a held-out fact or word in another
-    # phrasing, in any training split of any snapshot; every held-out fact and word is in the
-    # pretraining corpus, no held-out sum or list is.
+    # The split invariants: no held-out prompt, nor a held-out sum or list in another phrasing,
+    # in any training split of any snapshot; every held-out fact and word is trained on in
+    # another phrasing and is in the pretraining corpus, no held-out sum or list is.
     checks = report.split_checks
     assert checks["held_out"] == report.task_n and checks["training_rows"] > 0
     assert checks["held_out_prompts_in_training"] == 0
-    assert checks["held_out_subjects_in_training"] == 0
+    assert checks["held_out_sums_and_lists_in_training"] == 0
+    assert checks["learnable_held_out_covered_in_training"] == checks["learnable_held_out"]
     assert checks["learnable_held_out_in_corpus"] == checks["learnable_held_out"] > 0
     assert checks["min_corpus_chats_per_learnable"] >= 1
     assert checks["unlearnable_held_out_in_corpus"] == 0
@@ -202,6 +204,13 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
     assert second.created_at > first.created_at
     assert report.round_two["new_train_pairs"] > 0
     assert TrainingJob.objects.get(pk=report.jobs["round two"]["id"]).snapshot == second
+    # Those votes are arena battles: the project's leaderboard (simulated votes shown) ranks
+    # round one's final policy against the SFT policy.
+    battles = arena_battles(project=project, include_simulated=True)
+    assert len(battles) == PairwiseJudgement.objects.filter(item__in=next_items).count()
+    assert {frozenset(battle[:2]) for battle in battles} == {
+        frozenset({newest.name, Checkpoint.objects.get(pk=report.checkpoints["sft"]).name})
+    }
 
     # The summary names every stage and prints the task score's definition.
     stages = {"base model", "prompts", "demonstrations", "sft", "samples", "comparisons"}
@@ -211,4 +220,10 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
     assert set(report.stage_cpu_seconds) == set(report.stage_seconds)
     assert TASK_SCORE in report.lines[-1] and "cpu s" in report.lines[-1]
     assert "McNemar p" in report.lines[-1]
+    # ... and where to look in the app.
+    assert f"/evals/projects/{project.pk}/leaderboard/?simulated=1" in report.lines[-1]
+    assert (
+        f"/evals/dashboard/compare/?a={report.checkpoints['base']}&b={report.checkpoints['sft']}"
+        in report.lines[-1]
+    )
     print(report.lines[-1])

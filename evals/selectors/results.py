@@ -8,7 +8,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from django.db.models import F, QuerySet, Window
 from django.db.models.functions import RowNumber
@@ -24,6 +24,9 @@ from evals.ml.definitions import (
 from evals.ml.reward_diagnostics import REWARD_DIAGNOSTICS_DEFINITIONS  # plain math, no torch
 from evals.models import EvalResult, EvalRun, EvalSample, RunStatus, Suite
 from modeling.models import Checkpoint
+
+if TYPE_CHECKING:
+    from evals.ml.paired import PairedDifference
 
 # evals.ml words the generative and lm-eval suites in their docstrings; the dashboard needs them
 # as tooltips too.
@@ -306,8 +309,19 @@ class SampleGroup:
     task: str
     run_a: int
     run_b: int
-    pairs: list[SamplePair] = field(default_factory=list)
+    pairs: list[SamplePair] = field(default_factory=list)  # those that differ first
     total: int = 0
+    # Over the prompts both answered and both were graded on: the paired difference of
+    # right answers (b − a) with its 95% interval, McNemar's exact p, and how many prompts
+    # the two got differently (one right, the other wrong).
+    paired: PairedDifference | None = None
+    mcnemar: float | None = None
+    discordant: int = 0
+    differ: int = 0  # prompts whose two answers are not the same text
+
+    @property
+    def mcnemar_text(self) -> str:
+        return "" if self.mcnemar is None else f"{self.mcnemar:.2g}"
 
 
 @dataclass
@@ -348,9 +362,31 @@ def comparison(a: Checkpoint, b: Checkpoint, *, samples_per_task: int = 50) -> C
         for sample in EvalSample.objects.filter(run_id__in=wanted).order_by("position"):
             samples[sample.run_id].append(sample)
         for group in groups:
-            theirs = {s.prompt: s for s in samples[group.run_b]}
-            group.total = len(samples[group.run_a])
-            for mine in samples[group.run_a][:samples_per_task]:
-                other = theirs.get(mine.prompt)
-                group.pairs.append(SamplePair(mine.prompt, mine.target, mine, other))
+            _pair_up(group, samples[group.run_a], samples[group.run_b], samples_per_task)
     return Comparison(a=a, b=b, deltas=deltas, samples=groups)
+
+
+def _pair_up(group: SampleGroup, mine: list, theirs: list, shown: int) -> None:
+    """Join the two runs' answers by prompt, measure the paired difference, and put first the
+    prompts where the two checkpoints answer differently: those are what changed."""
+    from evals.ml.paired import mcnemar_p, paired_difference  # scipy: only when comparing
+
+    by_prompt = {s.prompt: s for s in theirs}
+    pairs = [SamplePair(m.prompt, m.target, m, by_prompt.get(m.prompt)) for m in mine]
+    graded = [p for p in pairs if p.b and p.a.correct is not None and p.b.correct is not None]
+    before = [bool(p.a.correct) for p in graded]
+    after = [bool(p.b.correct) for p in graded]
+    if len(graded) >= 2:
+        group.paired = paired_difference([float(v) for v in before], [float(v) for v in after])
+        group.mcnemar = mcnemar_p(before, after)
+    group.discordant = sum(x != y for x, y in zip(before, after, strict=True))
+
+    def differs(pair: SamplePair) -> tuple[bool, bool]:
+        verdicts = pair.b is not None and pair.a.correct != pair.b.correct
+        texts = pair.b is not None and pair.a.output.strip() != pair.b.output.strip()
+        return verdicts, texts
+
+    group.differ = sum(differs(p)[1] for p in pairs)
+    group.total = len(pairs)
+    # Stable: within each kind of difference, the task's own order.
+    group.pairs = sorted(pairs, key=differs, reverse=True)[:shown]

@@ -338,8 +338,8 @@ def schedule_default_evals(
 
     Called by the training service when a job succeeds, with that job: calling again for the
     same job returns the runs it already made, so a repeated "job succeeded" never evaluates
-    twice. Without a job every call queues a fresh set. Runs are attributed to whoever launched
-    the job.
+    twice. Without a job (a registered model) every call queues a fresh set. Runs are
+    attributed to whoever launched the job, or registered the model.
     """
     # Serialise callers on the checkpoint row so that two deliveries cannot both see "no runs".
     Checkpoint.objects.select_for_update().filter(pk=checkpoint.pk).values_list("pk").get()
@@ -349,7 +349,10 @@ def schedule_default_evals(
         )
         if existing:
             return sorted(existing, key=lambda run: run.pk)
-    created_by = triggered_by_job.launched_by if triggered_by_job is not None else None
+    if triggered_by_job is not None:
+        created_by = triggered_by_job.launched_by
+    else:
+        created_by = checkpoint.created_by
     return [
         _create(
             checkpoint=checkpoint,

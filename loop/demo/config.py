@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,9 +36,9 @@ class DemoScale:
     """How big the two rounds are. `demo` fits `make demo` in 15 minutes on 2 CPU cores; `ci`
     only has to prove every link quickly (its numbers mean nothing)."""
 
-    # Prompts per kind (facts, reversing: subjects, i.e. facts or words; every word is asked in
-    # REVERSING_PHRASINGS[split] phrasings), held out (split=test) and for training. Held-out
-    # facts and words are never asked in training, in any phrasing.
+    # Prompts per kind, held out (split=test) and for training. Facts and words: the first n
+    # facts or words, one phrasing each; training asks the held-out ones too, in another
+    # phrasing (steps.prompt_plan).
     held_out: dict[str, int]
     train: dict[str, int]
     pretrain_steps: int  # when the base model has to be built
@@ -69,11 +70,8 @@ class DemoScale:
 
     def count(self, split: str) -> int:
         sizes = self.held_out if split == "test" else self.train
-        return sum(n * REVERSING_PHRASINGS[split] if kind == "reversing" else n
-                   for kind, n in sizes.items())  # fmt: skip
+        return sum(sizes.values())
 
-
-REVERSING_PHRASINGS = {"test": 2, "train": 3}
 
 # RPO: DPO's sigmoid loss plus the chosen reply's NLL (TRL loss_type ["sigmoid", "sft"]). Plain
 # DPO at 5e-5 left the policy where SFT had (120 updates, +0.01); an analysis of on-policy pairs
@@ -82,10 +80,10 @@ _RPO = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0], "beta": 0.1
 
 SCALES: dict[str, DemoScale] = {
     "demo": DemoScale(
-        # 400 held out (160 of them learnable: 60 facts, 60 words in 2 phrasings each).
-        held_out={"facts": 60, "reversing": 60, "arithmetic": 110, "sorting": 110},
-        # 360 for training: the other 60 facts, 60 words in all 3 phrasings, 60 sums, 60 lists.
-        train={"facts": 60, "reversing": 60, "arithmetic": 60, "sorting": 60},
+        # 400 held out (240 of them learnable: all 120 facts and 120 words, one phrasing each).
+        held_out={"facts": 120, "reversing": 120, "arithmetic": 80, "sorting": 80},
+        # 360 for training: the same facts and words in another phrasing, 60 sums, 60 lists.
+        train={"facts": 120, "reversing": 120, "arithmetic": 60, "sorting": 60},
         # About 4 minutes on 2 idle cores (0.25 s a step): the 240 facts and words need the
         # steps, each asked in about 20 chats.
         pretrain_steps=1000,
@@ -257,7 +255,32 @@ class DemoReport:
         lines.append(f"  round two    {self.round_two}")
         lines.append("")
         lines.extend(self.timing_table())
+        lines.append("")
+        lines.extend(self.links())
         return "\n".join(lines)
+
+    def links(self, site: str = "") -> list[str]:
+        """Where to look in the app once it runs (`make demo` starts it on PORT, 8000)."""
+        from django.urls import reverse
+
+        site = site or f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+        lines = ["  open in the app:"]
+        if self.project_id is not None:
+            records = reverse("feedback:records", args=[self.project_id])
+            board = reverse("evals:leaderboard", args=[self.project_id])
+            lines.append(f"    records      {site}{records}")
+            lines.append(f"    leaderboard  {site}{board}?simulated=1  (the annotators' votes)")
+        lines.append(f"    dashboard    {site}{reverse('evals:dashboard')}")
+        compare = reverse("evals:eval-compare")
+        final = "round two" if "round two" in self.checkpoints else None
+        for after, before in (("sft", "base"), ("dpo", "sft"), (final, "sft")):
+            if after in self.checkpoints and before in self.checkpoints:
+                a, b = self.checkpoints[before], self.checkpoints[after]
+                lines.append(f"    compare      {site}{compare}?a={a}&b={b}  ({after} vs {before})")
+        for role, checkpoint_id in self.checkpoints.items():
+            page = reverse("modeling:checkpoint", args=[checkpoint_id])
+            lines.append(f"    checkpoint   {site}{page}  ({role})")
+        return lines
 
     def paired_table(self) -> list[str]:
         """Each stage against its parent: mean difference [95% CI] on the same prompts."""

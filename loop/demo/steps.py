@@ -31,13 +31,13 @@ from feedback.models import (
 from feedback.services.projects import MAX_RANKED, prompt_hash
 from loop.comparisons import SamplingParams, comparisons_generate
 from loop.simulation import SimulationConfig, simulate
-from loop.toytask import is_correct, sample, solve
+from loop.toytask import is_correct, sample, subject
 from loop.toytask import kind as toy_kind
 from modeling import services
 from modeling.models import Checkpoint, JobStatus
 from modeling.services.checkpoints import unique_checkpoint_name
 
-from .config import BASE_NAME, GUIDELINES, PROJECT_NAME, DemoReport, DemoScale
+from .config import BASE_NAME, GUIDELINES, LEARNABLE_KINDS, PROJECT_NAME, DemoReport, DemoScale
 
 # --- the steps ---------------------------------------------------------------------------------
 
@@ -52,7 +52,17 @@ def base_checkpoint(config: DemoScale, path: str | None, out: Callable) -> Check
             # Built beside it and renamed: an interrupted build is never taken for a model.
             building = target.with_name(f".{target.name}.building")
             shutil.rmtree(building, ignore_errors=True)
-            build_tiny_model(str(building), pretrain_steps=config.pretrain_steps)
+            started = time.monotonic()
+
+            def progress(step: int, steps: int, loss: float) -> None:
+                spent = time.monotonic() - started
+                left = spent / step * (steps - step)
+                out(
+                    f"[demo]   pretraining step {step}/{steps}, loss {loss:.2f}, "
+                    f"{spent:.0f} s so far, about {left:.0f} s left"
+                )
+
+            build_tiny_model(str(building), pretrain_steps=config.pretrain_steps, progress=progress)
             building.rename(target)
         path = str(target)
     resolved = str(Path(path).resolve())
@@ -64,6 +74,7 @@ def base_checkpoint(config: DemoScale, path: str | None, out: Callable) -> Check
         name=unique_checkpoint_name(stem=BASE_NAME) if taken else BASE_NAME,
         storage_path=resolved,
         notes="Base model of the demo loop (make demo).",
+        evaluate=False,  # its evaluation stage asks for the base's suites (run_demo_loop)
     )
 
 
@@ -95,11 +106,16 @@ def demo_project(config: DemoScale) -> Project:
 def prompt_plan(config: DemoScale) -> list[tuple[str, str]]:
     """The demo's toy prompts as (question, split), held-out ones first, stratified by kind.
 
-    Facts and words are split by subject: a held-out fact or word is never asked in training,
-    in any phrasing, though the pretraining corpus asks about every one (what makes them
-    learnable). Held-out and training sums and lists are among the reserved questions the corpus
-    never asks (loop.corpus.reserved_keys), so those measure generalisation."""
+    Facts and words: training covers what is held out, in another phrasing. Every held-out fact
+    or word is asked in training too, but never in its held-out phrasing: "Spell lamp
+    backwards." held out, "Reverse: lamp" in training. That is what a held-out set training can
+    move looks like (the demo measures whether feedback teaches the model to answer, not new
+    facts), and every such subject is also asked in the pretraining corpus (what makes them
+    learnable at 2M parameters). Sums and lists are among the reserved questions the corpus
+    never asks (loop.corpus.reserved_keys), one phrasing each, never in both splits: those
+    measure generalisation."""
     from loop.corpus import (
+        FACT_PHRASINGS,
         FACT_TABLE,
         RESERVED_DEMO_PROMPTS,
         REVERSE_WORDS,
@@ -107,13 +123,17 @@ def prompt_plan(config: DemoScale) -> list[tuple[str, str]]:
         task_key,
     )
 
-    from .config import REVERSING_PHRASINGS
-
     rng = random.Random(7)
     facts = [question for _, question, _, _ in FACT_TABLE]
     words = list(REVERSE_WORDS)
     rng.shuffle(facts)
     rng.shuffle(words)
+    # Each fact or word's phrasings in a fixed random order: the first is its held-out one, the
+    # second its training one.
+    phrasings = {
+        "facts": [[p.format(q=q) for p in rng.sample(FACT_PHRASINGS, 2)] for q in facts],
+        "reversing": [[t.format(w=w) for t in rng.sample(REVERSING_TEMPLATES, 2)] for w in words],
+    }
     # One phrasing per sum or list: "What is 3 + 4?" held out and "Compute 3 + 4." in training
     # would be the same question.
     open_ended: dict[str, list[str]] = {"arithmetic": [], "sorting": []}
@@ -124,18 +144,12 @@ def prompt_plan(config: DemoScale) -> list[tuple[str, str]]:
             keys.add(task_key(question))
             pool.append(question)
     plan: list[tuple[str, str]] = []
-    taken = {kind: 0 for kind in ("facts", "reversing", "arithmetic", "sorting")}
-    for split, sizes in ((Split.TEST, config.held_out), (Split.TRAIN, config.train)):
-        for kind, n in sizes.items():
-            start, taken[kind] = taken[kind], taken[kind] + n
-            if kind == "facts":
-                plan += [(q, split) for q in facts[start : start + n]]
-            elif kind == "reversing":
-                for word in words[start : start + n]:
-                    phrasings = rng.sample(REVERSING_TEMPLATES, REVERSING_PHRASINGS[split])
-                    plan += [(t.format(w=word), split) for t in phrasings]
-            else:
-                plan += [(q, split) for q in open_ended[kind][start : start + n]]
+    for split, sizes, which in ((Split.TEST, config.held_out, 0), (Split.TRAIN, config.train, 1)):
+        for kind, asked in phrasings.items():
+            plan += [(asked[i][which], split) for i in range(sizes[kind])]
+        for kind, pool in open_ended.items():
+            start = 0 if split == Split.TEST else config.held_out[kind]  # after the held-out ones
+            plan += [(q, split) for q in pool[start : start + sizes[kind]]]
     return plan
 
 
@@ -450,26 +464,21 @@ def online_prompts(
 
 
 def split_checks(project: Project, snapshots: list[DatasetSnapshot]) -> dict[str, Any]:
-    """The split invariants, counted: no held-out prompt (nor, for facts and words, its subject)
-    in any snapshot's training rows; every held-out fact and word asked in the pretraining
-    corpus; no held-out sum or list in it."""
+    """The split invariants, counted: no held-out prompt in any snapshot's training rows, nor a
+    held-out sum or list in another phrasing; every held-out fact and word asked in training in
+    another phrasing (the coverage relation of prompt_plan) and in the pretraining corpus; no
+    held-out sum or list in the corpus."""
     import json
 
-    from loop.corpus import read_corpus, task_key
-
-    def subject(question: str) -> Any:
-        kind = toy_kind(question)
-        if kind == "reversing":
-            return ("reversing", (solve(question) or "")[::-1])
-        if kind == "facts":
-            return ("facts", question)
-        return task_key(question)
+    from loop.corpus import read_corpus
 
     held = {
         p.messages[-1]["content"] for p in Prompt.objects.filter(project=project, split=Split.TEST)
     }
-    held_subjects = {subject(q) for q in held}
-    trained, leaked, subjects_leaked = 0, 0, 0
+    learnable = [q for q in held if toy_kind(q) in LEARNABLE_KINDS]
+    unlearnable = {subject(q) for q in held if toy_kind(q) not in LEARNABLE_KINDS}
+    trained, leaked, open_leaked = 0, 0, 0
+    trained_subjects: set = set()
     for snapshot in snapshots:
         with open(snapshot.path() / "train.jsonl", encoding="utf-8") as rows:
             for line in rows:
@@ -479,29 +488,27 @@ def split_checks(project: Project, snapshots: list[DatasetSnapshot]) -> dict[str
                 question = users[-1] if users else ""
                 trained += 1
                 leaked += question in held
-                subjects_leaked += subject(question) in held_subjects
-    corpus_questions = Counter(
-        turn["content"]
+                open_leaked += subject(question) in unlearnable
+                trained_subjects.add(subject(question))
+    corpus_subjects = Counter(
+        subject(turn["content"])
         for doc in read_corpus()
         for turn in doc.get("messages", [])
         if turn["role"] == "user"
     )
-    corpus_subjects = Counter(subject(q) for q in corpus_questions.elements())
-    learnable = [q for q in held if toy_kind(q) in ("facts", "reversing")]
     in_corpus = [corpus_subjects[subject(q)] for q in learnable]
     return {
         "held_out": len(held),
         "training_rows": trained,
         "held_out_prompts_in_training": leaked,
-        "held_out_subjects_in_training": subjects_leaked,
-        "learnable_held_out_in_corpus": sum(n > 0 for n in in_corpus),
+        "held_out_sums_and_lists_in_training": open_leaked,
         "learnable_held_out": len(learnable),
-        "min_corpus_chats_per_learnable": min(in_corpus, default=0),
-        "unlearnable_held_out_in_corpus": sum(
-            corpus_subjects[subject(q)] > 0
-            for q in held
-            if toy_kind(q) not in ("facts", "reversing")
+        "learnable_held_out_covered_in_training": sum(
+            subject(q) in trained_subjects for q in learnable
         ),
+        "learnable_held_out_in_corpus": sum(n > 0 for n in in_corpus),
+        "min_corpus_chats_per_learnable": min(in_corpus, default=0),
+        "unlearnable_held_out_in_corpus": sum(corpus_subjects[key] > 0 for key in unlearnable),
     }
 
 

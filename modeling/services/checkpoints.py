@@ -9,19 +9,25 @@ trainers write), and a hub id is only checked for shape. Hosts with hub access l
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
 from core.roles import require_admin
-from modeling.models import Checkpoint, CheckpointKind, CheckpointSource
+from modeling.models import Checkpoint, CheckpointKind, CheckpointSource, TrainingJob
+from modeling.signals import checkpoint_registered
 
 from .model_checks import pad_token_note
+
+logger = logging.getLogger(__name__)
 
 # `org/name` or a bare `name`, as the hub spells repository ids.
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
@@ -119,12 +125,15 @@ def checkpoint_register(
     base_model: Checkpoint | None = None,
     notes: str = "",
     registered_by: AbstractBaseUser | None = None,
+    evaluate: bool | None = None,
 ) -> Checkpoint:
     """Add an external model to the registry: a directory transformers loads, or a hub id.
 
     A registered model has no parent and no job; `base_model` links a LoRA adapter to the
     registered checkpoint it sits on. A tokenizer without a pad token distinct from EOS gets one
     by the loading rule (the notes say which), or the model is refused if there is none to pick.
+    Once committed it is announced like a trained checkpoint, so its default evaluations run
+    (`evaluate`, default VEREDICTO_EVALUATE_REGISTERED, says whether).
     """
     require_admin(registered_by, "register models")
     name = (name or "").strip()
@@ -153,7 +162,7 @@ def checkpoint_register(
             notes = "\n".join(part for part in (notes, pad_note) if part)
     if errors:
         raise ValidationError(errors)
-    return Checkpoint.objects.create(
+    checkpoint = Checkpoint.objects.create(
         name=name,
         kind=kind,
         source=CheckpointSource.HUB if hub else CheckpointSource.LOCAL,
@@ -167,6 +176,19 @@ def checkpoint_register(
         notes=notes,
         created_by=registered_by,
     )
+    if settings.VEREDICTO_EVALUATE_REGISTERED if evaluate is None else evaluate:
+        transaction.on_commit(lambda: checkpoint_announce(checkpoint=checkpoint))
+    return checkpoint
+
+
+def checkpoint_announce(*, checkpoint: Checkpoint, job: TrainingJob | None = None) -> None:
+    """Tell whoever listens (evals schedules its default suites). The checkpoint already
+    exists: a listener's problem is logged, never turned into a failed job or registration."""
+    for receiver, result in checkpoint_registered.send_robust(
+        sender=Checkpoint, checkpoint=checkpoint, job=job
+    ):
+        if isinstance(result, Exception):
+            logger.error("%s failed for checkpoint %s", receiver, checkpoint.pk, exc_info=result)
 
 
 def unique_checkpoint_name(*, stem: str) -> str:

@@ -39,9 +39,13 @@ from modeling.models import (
     JobStatus,
     TrainingJob,
 )
-from modeling.signals import checkpoint_registered
 
-from .checkpoints import TRAINER_CHECKPOINT_PREFIX, checkpoint_describe, unique_checkpoint_name
+from .checkpoints import (
+    TRAINER_CHECKPOINT_PREFIX,
+    checkpoint_announce,
+    checkpoint_describe,
+    unique_checkpoint_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,18 +246,8 @@ def _succeed(job_id: int, result, reporter: JobReporter) -> TrainingJob:
     reporter.log(
         f"Registered checkpoint {checkpoint.name} (#{checkpoint.pk}) at {result.output_dir}"
     )
-    transaction.on_commit(lambda: _announce(checkpoint, job))
+    transaction.on_commit(lambda: checkpoint_announce(checkpoint=checkpoint, job=job))
     return _finish(job_id, JobStatus.SUCCEEDED, reporter)
-
-
-def _announce(checkpoint: Checkpoint, job: TrainingJob) -> None:
-    """Tell whoever listens (evals schedules its default suites). The training already
-    succeeded: a listener's problem is logged, never turned into a failed job."""
-    for receiver, result in checkpoint_registered.send_robust(
-        sender=Checkpoint, checkpoint=checkpoint, job=job
-    ):
-        if isinstance(result, Exception):
-            logger.error("%s failed for checkpoint %s", receiver, checkpoint.pk, exc_info=result)
 
 
 def training_job_claim(*, job: TrainingJob, worker_host: str = "", backend: str = "") -> bool:

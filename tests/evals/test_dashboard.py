@@ -560,3 +560,34 @@ def test_dashboard_with_200_checkpoints_and_50_metrics_is_fast_and_not_n_plus_1(
                 assert client.get(url, **headers).status_code == 200
                 timings.append(time.perf_counter() - started)
         assert min(timings) < 1.0, f"{url}: {', '.join(f'{t:.2f}' for t in timings)} s"
+
+
+def test_compare_pairs_the_answers_and_lists_the_prompts_that_changed_first(
+    client, reviewer, lineage
+):
+    """Paired on the same prompts: the difference of right answers with its interval (as
+    evals.ml.paired computes it, tested against scipy) and McNemar's p; the prompts where the
+    two checkpoints differ come before those where they agree."""
+    from evals.ml.paired import mcnemar_p, paired_difference
+
+    base, sft = lineage["base"], lineage["sft"]
+    # 12 prompts: both right on 0-5, base wrong and sft right on 6-9, base right and sft wrong
+    # on 10, both wrong (with different words) on 11.
+    base_right = [True] * 6 + [False] * 4 + [True, False]
+    sft_right = [True] * 6 + [True] * 4 + [False, False]
+    for model, name, right in ((base, "base", base_right), (sft, "sft", sft_right)):
+        answers = [(f"q{i}", "x" if ok else f"{name}{i}", ok) for i, ok in enumerate(right)]
+        record(model, Suite.GENERATIVE, "toy_qa_gen", {"exact_match": sum(right) / 12},
+               samples=answers)  # fmt: skip
+    client.force_login(reviewer)
+    page = client.get(f"/evals/dashboard/compare/?a={base.pk}&b={sft.pk}").content.decode()
+
+    expected = paired_difference([float(v) for v in base_right], [float(v) for v in sft_right])
+    assert f"{expected}" in html.unescape(page)  # "+0.250 [-0.0…, +0.5…]"
+    assert f"McNemar p {mcnemar_p(base_right, sft_right):.2g}" in page
+    assert "5 prompts one got right and the other wrong, 6 answered differently" in page
+    answers = page.split("Answers to the same prompts", 1)[1]
+    order = [int(m) for m in re.findall(r'<div class="text">q(\d+)</div>', answers)]
+    assert order[:5] == [6, 7, 8, 9, 10]  # right/wrong changed, in the task's order
+    assert order[5] == 11  # both wrong, different words
+    assert order[6:] == [0, 1, 2, 3, 4, 5]  # the same answer

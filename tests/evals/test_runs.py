@@ -127,6 +127,37 @@ def test_a_policy_gets_perplexity_every_shipped_mc_task_and_the_generative_task(
     assert len(messages) == len(runs)  # one Celery message per run, sent on commit
 
 
+@pytest.mark.parametrize("setting", [True, False])
+def test_a_registered_model_is_evaluated_like_a_trained_one(
+    settings, setting, admin_user, django_capture_on_commit_callbacks
+):
+    """Every comparison needs its baseline: registering a base model queues its default suites
+    once it is committed, attributed to whoever registered it (unless the deployment, or the
+    caller, says not to)."""
+    from modeling import services as modeling_services
+
+    settings.VEREDICTO_EVALUATE_REGISTERED = setting
+    with django_capture_on_commit_callbacks(execute=True):
+        base = modeling_services.checkpoint_register(
+            name="tiny-base", storage_path=str(tiny_model_dir()), registered_by=admin_user
+        )
+        assert not EvalRun.objects.exists()  # nothing before the checkpoint is committed
+    runs = EvalRun.objects.filter(checkpoint=base)
+    if not setting:
+        assert not runs.exists()
+        return
+    assert {(run.suite, run.task) for run in runs} == {
+        (spec["suite"], spec["task"]) for spec in services.default_suites(base)
+    }
+    assert all(run.created_by == admin_user and run.triggered_by_job is None for run in runs)
+    assert all(run.status == RunStatus.QUEUED for run in runs)
+    with django_capture_on_commit_callbacks(execute=True):
+        modeling_services.checkpoint_register(
+            name="not-evaluated", storage_path=str(tiny_model_dir()), evaluate=False
+        )
+    assert EvalRun.objects.count() == runs.count()
+
+
 def test_scheduling_again_for_the_same_job_queues_nothing_new(trained):
     first = services.schedule_default_evals(checkpoint=trained, triggered_by_job=trained.job)
     again = services.schedule_default_evals(checkpoint=trained, triggered_by_job=trained.job)

@@ -1,37 +1,48 @@
-"""The demo's prompt plan: held out by kind, disjoint from training by subject."""
+"""The demo's prompt plan: held out by kind; training covers every held-out fact and word in
+another phrasing, never a held-out prompt itself nor a held-out sum or list."""
 
 from collections import Counter
 
 import pytest
 
-from loop.corpus import read_corpus, task_key
+from loop.corpus import read_corpus
 from loop.demo.config import SCALES
 from loop.demo.steps import prompt_plan
-from loop.toytask import kind, solve
+from loop.toytask import is_correct, kind, solve, subject
 
-
-def subject(question):
-    if kind(question) == "reversing":
-        return ("reversing", solve(question)[::-1])
-    if kind(question) == "facts":
-        return ("facts", question)
-    return task_key(question)
+LEARNABLE = ("facts", "reversing")
 
 
 @pytest.mark.parametrize("scale", ["demo", "ci"])
-def test_no_held_out_question_is_asked_in_training_in_any_phrasing(scale):
+def test_no_held_out_prompt_is_trained_on_and_every_held_out_fact_and_word_is_in_another_phrasing(
+    scale,
+):
     plan = prompt_plan(SCALES[scale])
-    held = {subject(q) for q, split in plan if split == "test"}
-    train = {subject(q) for q, split in plan if split == "train"}
-    assert held and train and not held & train
-    assert len({q for q, _ in plan}) == len(plan)
+    held = [q for q, split in plan if split == "test"]
+    train = [q for q, split in plan if split == "train"]
+    assert len(set(held) | set(train)) == len(plan)  # no prompt in both splits, none twice
+    trained = Counter(subject(q) for q in train)
+    for question in held:
+        if kind(question) in LEARNABLE:
+            # Covered: the same fact or word, asked in training in exactly one other phrasing.
+            assert trained[subject(question)] == 1, question
+        else:
+            assert trained[subject(question)] == 0, question
 
 
 def test_the_demo_holds_out_400_prompts_stratified_by_kind():
     plan = prompt_plan(SCALES["demo"])
     held = Counter(kind(q) for q, split in plan if split == "test")
-    assert held == {"facts": 60, "reversing": 120, "arithmetic": 110, "sorting": 110}
+    assert held == {"facts": 120, "reversing": 120, "arithmetic": 80, "sorting": 80}
     assert sum(split == "train" for _, split in plan) == 360
+
+
+def test_every_phrasing_of_a_fact_has_its_answer():
+    assert solve("Tell me: What color is snow?") == solve("What color is snow?") == "white"
+    assert is_correct("Quick question: What is the capital of Peru?", "Lima.")
+    assert subject("Tell me: What color is snow?") == subject("What color is snow?")
+    assert subject("Spell cat backwards.") == subject("Reverse: cat") == ("reversing", "cat")
+    assert kind("Tell me: What is 2 + 3?") == "arithmetic"  # not a fact: no such table question
 
 
 def test_learnable_held_out_subjects_are_in_the_corpus_and_the_others_are_not():
@@ -44,7 +55,7 @@ def test_learnable_held_out_subjects_are_in_the_corpus_and_the_others_are_not():
     for question, split in prompt_plan(SCALES["demo"]):
         if split != "test":
             continue
-        if kind(question) in ("facts", "reversing"):
+        if kind(question) in LEARNABLE:
             assert asked[subject(question)] >= 5, question
         else:
             assert asked[subject(question)] == 0, question

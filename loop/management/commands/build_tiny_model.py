@@ -40,6 +40,9 @@ class Command(BaseCommand):
             str(building),
             pretrain_steps=DEFAULT_PRETRAIN_STEPS if steps is None else steps,
             seed=seed,
+            progress=lambda step, steps, loss: self.stdout.write(
+                f"  step {step}/{steps}, loss {loss:.2f}"
+            ),
         )
         shutil.rmtree(out, ignore_errors=True)
         building.rename(out)
