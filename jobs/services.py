@@ -70,6 +70,12 @@ def work_send(model: Model, *, pk: int) -> bool:
         return False
     app = celery_app()
     task = app.tasks.get(row.task_name)  # its apply_async honours task_always_eager (the demo)
+    if task is None:
+        # Task modules are autodiscovered when a worker starts; a web or command process has
+        # not imported them yet. Without them the demo's eager mode is ignored (send_task always
+        # goes to the broker) and, with no Redis, each send retried for 20 s.
+        app.loader.import_default_modules()
+        task = app.tasks.get(row.task_name)
     try:
         if task is not None:
             task.apply_async(args=[pk], **row.task_options())
