@@ -544,7 +544,9 @@ def test_dashboard_with_200_checkpoints_and_50_metrics_is_fast_and_not_n_plus_1(
     # The page, sorting by a metric (the htmx swap of the table) and the CSV export: each a
     # fixed handful of queries (session, user, roles, stale check, project filter choices,
     # checkpoints, latest results, arena, recent runs and their results), and the best of three
-    # under a second, so that other work on a shared 2-core test machine does not decide it.
+    # under a second of this process's CPU (the page's Python: rendering 200 × 50 cells), so
+    # that other work on a shared 2-core test machine does not decide it (wall time did: 1.4 s
+    # at load 4 in a clean-clone run beside two demo runs).
     for url, headers in [
         ("/evals/dashboard/", {}),
         (
@@ -556,10 +558,10 @@ def test_dashboard_with_200_checkpoints_and_50_metrics_is_fast_and_not_n_plus_1(
         timings = []
         for _ in range(3):
             with django_assert_max_num_queries(10):
-                started = time.perf_counter()
+                started = time.process_time()
                 assert client.get(url, **headers).status_code == 200
-                timings.append(time.perf_counter() - started)
-        assert min(timings) < 1.0, f"{url}: {', '.join(f'{t:.2f}' for t in timings)} s"
+                timings.append(time.process_time() - started)
+        assert min(timings) < 1.0, f"{url}: {', '.join(f'{t:.2f}' for t in timings)} CPU s"
 
 
 def test_compare_pairs_the_answers_and_lists_the_prompts_that_changed_first(
