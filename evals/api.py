@@ -188,6 +188,16 @@ class LeaderboardRowOut(Schema):
     )
     style_low: float | None
     style_high: float | None
+    vs_reference_battles: int = Field(description="Direct battles with the reference.")
+    vs_reference_win_rate: float | None = Field(
+        description="Share of those battles won (a tie half), when at least MIN_ARENA_VOTES."
+    )
+    vs_reference_lc_win_rate: float | None = Field(
+        description="AlpacaEval 2's length-controlled win rate against the reference: the "
+        "logistic regression of the outcome on tanh(length difference / its sd), at equal length."
+    )
+    vs_reference_low: float | None = Field(description="Its 95% bootstrap interval.")
+    vs_reference_high: float | None
     group: int = Field(
         description="Models linked by votes share a scale; group 0 holds the reference. Other "
         "groups never met it and are anchored on their own reference: do not compare across."
@@ -352,6 +362,7 @@ def leaderboard(
             **{key: row[key] for key in ("enough", "group")},
             **{key: _finite(row[key]) for key in ("rating", "low", "high", "elo")},
             **{key: _finite(row[key]) for key in ("style_rating", "style_low", "style_high")},
+            **{key: row[key] for key in row if key.startswith("vs_reference_")},
         )
         for row in board.rows
     ]

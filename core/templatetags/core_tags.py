@@ -30,3 +30,9 @@ def metric(value) -> str:
 def thousands(value) -> str:
     """1956480 -> 1,956,480 (django.contrib.humanize is not installed)."""
     return f"{value:,}" if isinstance(value, int) else "–" if value is None else str(value)
+
+
+@register.filter
+def percent(share) -> str:
+    """0.634 -> 63.4%; "–" for None."""
+    return f"{100 * share:.1f}%" if isinstance(share, int | float) else "–"

@@ -54,6 +54,7 @@ __all__ = [
     "battle_counts",
     "battle_groups",
     "bradley_terry",
+    "length_controlled_win_rates",
     "mle_exists",
     "online_elo",
     "rank_by_intervals",
@@ -394,6 +395,58 @@ def style_controlled(
         "high": dict(zip(models, high.tolist(), strict=True)),
         "coefficients": dict(zip(STYLE_FEATURES, fitted[m:].tolist(), strict=True)),
     }
+
+
+def length_controlled_win_rates(
+    battles: list[tuple[str, str, str]],
+    lengths: list[tuple[float, float]],
+    *,
+    baseline: str,
+    rounds: int = 50,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Each model's win rate against `baseline` over their direct battles, plain and length
+    controlled as AlpacaEval 2 does it (Dubois et al. 2024): a logistic regression of the
+    outcome on an intercept and tanh(d / sd(d)), d the reply's length minus the baseline's
+    reply's length on the same prompt; the controlled win rate is the prediction at d = 0,
+    sigmoid(intercept). A tie is half a win. AlpacaEval's third term, the prompt's difficulty,
+    is left out: it needs each prompt answered by many models, and arena prompts mostly get one
+    battle.
+
+    Returns {model: {"n", "win_rate", "lc_win_rate", "low", "high", "length_effect"}}, the
+    interval from `rounds` seeded bootstrap resamples of the model's battles."""
+    if len(battles) != len(lengths):
+        raise ValueError("one (length of a, length of b) per battle")
+    outcomes: dict[str, list[tuple[float, float]]] = {}
+    for (a, b, winner), (length_a, length_b) in zip(battles, lengths, strict=True):
+        y = {0: 1.0, 1: 0.0, 2: 0.5}[WINNERS[winner]]
+        if b == baseline and a != baseline:
+            outcomes.setdefault(a, []).append((y, length_a - length_b))
+        elif a == baseline and b != baseline:
+            outcomes.setdefault(b, []).append((1.0 - y, length_b - length_a))
+    rng = np.random.default_rng(seed)
+    rates = {}
+    for model, rows in sorted(outcomes.items()):
+        y = np.array([outcome for outcome, _ in rows])
+        d = np.array([difference for _, difference in rows], dtype=float)
+        spread = d.std()
+        x = np.column_stack([np.ones(len(rows)), np.tanh(d / spread) if spread > 0 else 0 * d])
+        fitted = _logistic(x, y, np.ones(len(rows)))
+        boot = [
+            expit(_logistic(x, y, np.bincount(rng.integers(0, len(rows), len(rows)),
+                                              minlength=len(rows)))[0])
+            for _ in range(rounds)
+        ]  # fmt: skip
+        controlled = float(expit(fitted[0]))
+        rates[model] = {
+            "n": len(rows),
+            "win_rate": float(y.mean()),
+            "lc_win_rate": controlled,
+            "low": float(np.quantile(boot, 0.025)) if boot else controlled,
+            "high": float(np.quantile(boot, 0.975)) if boot else controlled,
+            "length_effect": float(fitted[1]),
+        }
+    return rates
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:

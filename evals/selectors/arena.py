@@ -216,6 +216,7 @@ def _rate_group(
 ) -> LeaderboardGroup:
     from evals.ml.arena import (
         bradley_terry,
+        length_controlled_win_rates,
         mle_exists,
         online_elo,
         style_controlled,
@@ -227,6 +228,17 @@ def _rate_group(
     own = [battles[k] for k in mine]
     styled = style_controlled(
         own, [styles[k] for k in mine], reference=reference, rounds=STYLE_ROUNDS, seed=seed
+    )
+    against_reference = (
+        length_controlled_win_rates(
+            own,
+            [(styles[k][0][0], styles[k][1][0]) for k in mine],  # reply lengths in words
+            baseline=reference,
+            rounds=STYLE_ROUNDS,
+            seed=seed,
+        )
+        if reference is not None
+        else {}
     )
     group_counts = subset_counts(counts, members)
     rows = bradley_terry(group_counts, reference=reference, rounds=rounds, seed=seed)
@@ -251,6 +263,13 @@ def _rate_group(
         row["style_rating"] = styled["ratings"][row["model"]]
         row["style_low"] = styled["low"][row["model"]]
         row["style_high"] = styled["high"][row["model"]]
+        # Against the reference, plain and length-controlled (AlpacaEval 2), once they have met
+        # often enough for a win rate to mean something.
+        versus = against_reference.get(row["model"], {})
+        met = versus.get("n", 0) >= MIN_ARENA_VOTES
+        row["vs_reference_battles"] = versus.get("n", 0)
+        for key in ("win_rate", "lc_win_rate", "low", "high"):
+            row[f"vs_reference_{key}"] = versus[key] if met else None
         row["checkpoint_id"] = ids.get(row["model"])
         row["is_reference"] = row["model"] == reference
         row["finite"] = all(math.isfinite(row[k]) for k in ("rating", "low", "high"))

@@ -368,3 +368,97 @@ def test_the_leaderboard_shows_style_controlled_ratings_beside_the_plain_ones(
     assert "Style-controlled" in page and "Style effects on votes" in page
     api_rows = client.get(f"/api/projects/{arena.pk}/leaderboard").json()["rows"]
     assert all(row["style_rating"] is not None for row in api_rows)
+
+
+def _length_biased_battles(rng, *, strength: float, length_bias: float, longer: float, n: int):
+    """Battles of "m" against "base": the voter prefers m by `strength` (logit) and longer
+    replies by `length_bias`; m's replies are `longer` words longer on average."""
+    battles, lengths = [], []
+    for _ in range(n):
+        base_len = rng.integers(5, 60)
+        d = rng.normal(longer, 15)
+        m_len = max(1.0, base_len + d)
+        logit = strength + length_bias * np.tanh((m_len - base_len) / 15)
+        winner = "model_a" if rng.random() < 1 / (1 + np.exp(-logit)) else "model_b"
+        if rng.random() < 0.5:  # m on either side
+            battles.append(("m", "base", winner))
+            lengths.append((m_len, base_len))
+        else:
+            flipped = {"model_a": "model_b", "model_b": "model_a"}[winner]
+            battles.append(("base", "m", flipped))
+            lengths.append((base_len, m_len))
+    return battles, lengths
+
+
+def test_length_controlled_win_rate_is_alpacaeval_s_glm_and_removes_a_length_advantage():
+    import statsmodels.api as sm
+
+    from evals.ml.arena import length_controlled_win_rates
+
+    rng = np.random.default_rng(0)
+    # As good as the baseline, but longer, and voters like longer replies.
+    battles, lengths = _length_biased_battles(rng, strength=0.0, length_bias=1.5, longer=20, n=2000)
+    battles += [("m", "base", "tie")] * 10
+    lengths += [(30.0, 30.0)] * 10
+    rates = length_controlled_win_rates(battles, lengths, baseline="base", rounds=50)["m"]
+
+    # The same regression by statsmodels (a binomial GLM takes the half wins of ties).
+    y, d = [], []
+    for (a, _, winner), (la, lb) in zip(battles, lengths, strict=True):
+        won = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5}[winner]
+        y.append(won if a == "m" else 1 - won)
+        d.append(la - lb if a == "m" else lb - la)
+    d = np.array(d)
+    design = np.column_stack([np.ones(len(d)), np.tanh(d / d.std())])
+    glm = sm.GLM(np.array(y), design, family=sm.families.Binomial()).fit()
+    assert rates["lc_win_rate"] == pytest.approx(1 / (1 + np.exp(-glm.params[0])), abs=1e-4)
+    assert rates["length_effect"] == pytest.approx(glm.params[1], abs=1e-3)
+    assert rates["n"] == 2010 and rates["win_rate"] == pytest.approx(np.mean(y))
+
+    # The plain win rate credits the length; the controlled one does not.
+    assert rates["win_rate"] > 0.6
+    assert rates["low"] < 0.5 < rates["high"] and abs(rates["lc_win_rate"] - 0.5) < 0.05
+
+    # A model that is better at equal length keeps its advantage.
+    better, better_lengths = _length_biased_battles(
+        rng, strength=1.0, length_bias=1.5, longer=0, n=2000
+    )
+    rates = length_controlled_win_rates(better, better_lengths, baseline="base", rounds=20)["m"]
+    assert rates["lc_win_rate"] == pytest.approx(1 / (1 + np.exp(-1.0)), abs=0.05)
+    assert rates["low"] > 0.5
+
+
+def test_the_leaderboard_shows_win_rates_against_the_reference_plain_and_length_controlled(
+    client, reviewer, arena
+):
+    # 30 battles where "verbose" answers at length and wins; 30 at the base's length, won
+    # half the time. Plain: 45 of 60 won; at equal length the regression says one in two.
+    votes = [("verbose", "base", "a")] * 30 + [
+        ("verbose", "base", "a"),
+        ("base", "verbose", "a"),
+    ] * 15
+    cast(arena, votes)
+    long_reply = "reply of verbose " + " ".join(["word"] * 27)
+    for n, completion in enumerate(Completion.objects.filter(model_name="verbose").order_by("id")):
+        if n < 30:
+            completion.text = long_reply
+            completion.save(update_fields=["text"])
+    board = selectors.arena_leaderboard(project=arena, reference="base")
+    row = {row["model"]: row for row in board.rows}["verbose"]
+    assert row["vs_reference_battles"] == 60
+    assert row["vs_reference_win_rate"] == pytest.approx(0.75)
+    assert row["vs_reference_lc_win_rate"] == pytest.approx(0.5, abs=0.01)
+    assert row["vs_reference_low"] < 0.5 < row["vs_reference_high"]
+    assert {r["model"]: r for r in board.rows}["base"]["vs_reference_win_rate"] is None
+
+    client.force_login(reviewer)
+    page = client.get(f"/evals/projects/{arena.pk}/leaderboard/?reference=base").content.decode()
+    assert "Win rate vs base" in page and "Length-controlled" in page
+    verbose_row = re.search(r"<tr>\s*<td[^>]*>[^<]*</td>\s*<td>verbose.*?</tr>", page, re.S).group(
+        0
+    )
+    assert "75.0%" in verbose_row and "50.0%" in verbose_row
+    api_rows = client.get(f"/api/projects/{arena.pk}/leaderboard?reference=base").json()["rows"]
+    api = {r["model"]: r for r in api_rows}["verbose"]
+    assert api["vs_reference_win_rate"] == pytest.approx(0.75)
+    assert api["vs_reference_lc_win_rate"] == pytest.approx(0.5, abs=0.01)
