@@ -76,11 +76,14 @@ def work_send(model: Model, *, pk: int) -> bool:
         # goes to the broker) and, with no Redis, each send retried for 20 s.
         app.loader.import_default_modules()
         task = app.tasks.get(row.task_name)
+    # The row is the result: nobody waits on the task's. Asking for one also subscribes to the
+    # result backend before sending, which with Redis down retried for 20 s per send.
+    options = {"ignore_result": True, **row.task_options()}
     try:
         if task is not None:
-            task.apply_async(args=[pk], **row.task_options())
+            task.apply_async(args=[pk], **options)
         else:
-            app.send_task(row.task_name, args=[pk], **row.task_options())
+            app.send_task(row.task_name, args=[pk], **options)
     except Exception as exc:  # kombu's OperationalError, redis-py's errors: the broker is away
         logger.warning("%s: could not reach the task queue (%s); the sweep will resend", row, exc)
         return False
