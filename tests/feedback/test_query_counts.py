@@ -52,12 +52,13 @@ def test_htmx_submit_and_next_task_stay_within_query_budget(
 
 
 # One API submit and the next lease, as a labelling client drives the queue (issue #19): per
-# request the token (with its user) and the user's roles; the submit then reads the assignment
-# and canonical A, and claims, counts and inserts as the htmx submit does; the next reads the
-# project the annotator may work on (no progress counts), their standing and the queue's
-# candidate. No query may count the project's items: that cost would grow with the project.
-API_SUBMIT_QUERIES = 10
-API_NEXT_QUERIES = 8
+# request the token with its user and the user's roles (one query); the submit then reads the
+# assignment with its item, project, prompt and canonical A (once: the service is handed it), and
+# savepoint, claim, count, insert, release as the htmx submit does; the next reads the project
+# the annotator may work on (no progress counts), their standing, and savepoint, candidate lock,
+# lease, release. No query may count the project's items: that cost would grow with the project.
+API_SUBMIT_QUERIES = 7
+API_NEXT_QUERIES = 7
 
 
 @pytest.mark.django_db
