@@ -93,6 +93,34 @@ def test_api_submit_and_next_stay_within_query_budget_and_count_nothing(
         )
 
 
+# The same submit with an Idempotency-Key, as a client that retries sends it: around it the
+# request's own transaction (a savepoint here), the key taken in one statement (an upsert that
+# waits for a request still holding it) and the response recorded on it.
+API_KEYED_SUBMIT_QUERIES = API_SUBMIT_QUERIES + 4
+
+
+@pytest.mark.django_db
+def test_api_submit_with_an_idempotency_key_stays_within_query_budget(
+    annotator, pairwise_item, django_assert_max_num_queries
+):
+    from django.test import Client
+
+    from core.tokens import token_create
+
+    _, key = token_create(user=annotator, name="client")
+    api = Client(headers={"Authorization": f"Bearer {key}"})
+    lease = api.post(f"/api/projects/{pairwise_item.project.pk}/next").json()
+    path, body = f"/api/assignments/{lease['id']}/pairwise", {"choice": "a", "strength": "clear"}
+    keyed = {"Idempotency-Key": "retry-safe-1"}
+
+    with django_assert_max_num_queries(API_KEYED_SUBMIT_QUERIES):
+        first = api.post(path, body, content_type="application/json", headers=keyed)
+    again = api.post(path, body, content_type="application/json", headers=keyed)
+    assert first.status_code == again.status_code == 200, first.content
+    assert again["Idempotent-Replayed"] == "true" and again.json() == first.json()
+    assert PairwiseJudgement.objects.filter(assignment_id=lease["id"]).count() == 1
+
+
 # The review queue page (issue #17): the user with their roles and the session, the page's
 # judgements (one UNION over the three kinds), the waiting count (a capped count per kind), each
 # kind's rows on the page (pairwise and ranking rows with their items' completions, for the
