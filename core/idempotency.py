@@ -17,7 +17,7 @@ the same request again (after a timeout, a lost response, a 5xx) without creatin
 How: the request runs in one transaction. After authentication, and before the endpoint, the
 key's row is inserted; the endpoint's writes, the row and, once serialised, the response commit
 together. So a committed key always has its response, and of two requests with one key the
-second's insert fails on the unique constraint once the first commits.
+second's insert waits on the unique constraint and, once the first commits, finds its row.
 """
 
 from __future__ import annotations
@@ -28,17 +28,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import wraps
+from functools import cache, wraps
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja.decorators import decorate_view
 from ninja.utils import contribute_operation_callback
 
+from core import rows
 from core.api import error
 from core.models import IdempotencyKey
 
@@ -68,27 +69,54 @@ def idempotency_claim(
 ) -> tuple[IdempotencyKey, bool]:
     """(row, True) when this request holds the key now, in the caller's transaction; else the
     committed row of the request that held it first, and False. A request still running with
-    the key makes this wait for its end."""
+    the key makes this wait for its end.
+
+    One statement, written out since every keyed write runs it (core/rows.py): an INSERT that
+    takes over the key's row only when that has expired, as deleting it first would."""
     now = timezone.now()
-    IdempotencyKey.objects.filter(user=user, key=key, created_at__lt=_expiry(now)).delete()
+    times = [connection.ops.adapt_datetimefield_value(t) for t in (now, _expiry(now))]
     while True:
-        try:
-            with transaction.atomic():
-                row = IdempotencyKey.objects.create(
-                    user=user, key=key, fingerprint=fingerprint, created_at=now
-                )
+        params = [user.pk, key, fingerprint, *times]
+        taken = rows.fetch(_claim_sql(), params)
+        if taken:
+            row = IdempotencyKey(
+                pk=taken[0][0], user=user, key=key, fingerprint=fingerprint, created_at=now
+            )
+            row._state.adding = False
             return row, True
-        except IntegrityError:
-            earlier = IdempotencyKey.objects.filter(user=user, key=key).first()
-            if earlier is not None:  # else it was forgotten in between: claim it again
-                return earlier, False
+        earlier = IdempotencyKey.objects.filter(user=user, key=key).first()
+        if earlier is not None:  # else it was forgotten in between: claim it again
+            return earlier, False
+
+
+@cache
+def _claim_sql() -> str:
+    table, key = IdempotencyKey._meta.db_table, connection.ops.quote_name("key")
+    # ON CONFLICT waits for a transaction that inserted the key and has not ended yet, then
+    # looks at its row again: a committed one is kept (no row returned), a rolled-back one is
+    # gone and this insert takes the key.
+    return f"""
+        INSERT INTO {table} (user_id, {key}, fingerprint, status_code, content_type, body,
+                             created_at)
+        VALUES (%s, %s, %s, NULL, '', '', %s)
+        ON CONFLICT (user_id, {key}) DO UPDATE SET
+          fingerprint = excluded.fingerprint, status_code = NULL, content_type = '', body = '',
+          created_at = excluded.created_at
+        WHERE {table}.created_at < %s
+        RETURNING id
+    """
 
 
 def idempotency_record(*, row: IdempotencyKey, response: HttpResponse) -> None:
     row.status_code = response.status_code
     row.content_type = response.get("Content-Type", "")
     row.body = response.content.decode()
-    row.save(update_fields=["status_code", "content_type", "body"])
+    sql = f"""
+        UPDATE {IdempotencyKey._meta.db_table} SET status_code = %s, content_type = %s, body = %s
+        WHERE id = %s
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [row.status_code, row.content_type, row.body, row.pk])
 
 
 def idempotency_keys_purge(*, now: datetime | None = None) -> int:

@@ -1,6 +1,6 @@
 """Who may call what: the same role rules as the pages."""
 
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 
 from core.errors import PermissionDenied
@@ -19,4 +19,7 @@ def _project_for(request: HttpRequest, project_id: int) -> Project:
         return get_object_or_404(Project, pk=project_id)
     # Who may work on it, without the progress counts the project list shows: this runs on
     # every API request for a task, and counting a large project's items is not cheap.
-    return get_object_or_404(selectors.projects_annotatable(user=request.user), pk=project_id)
+    project = selectors.project_annotatable(project_id=project_id, user=request.user)
+    if project is None:
+        raise Http404
+    return project

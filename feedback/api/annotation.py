@@ -71,6 +71,8 @@ def _assignment_out(assignment: Assignment) -> AssignmentOut:
 
 
 def _own_assignment(request, assignment_id: int) -> Assignment:
+    """The caller's assignment with its item, project, prompt and canonical A, read once: the
+    submit services take it as `loaded` rather than reading it again."""
     _require(request, Role.ANNOTATOR, Role.ADMIN)
     assignment = selectors.assignment_for_user(assignment_id=assignment_id, user=request.user)
     if assignment is None:
@@ -85,10 +87,10 @@ def _own_assignment(request, assignment_id: int) -> Assignment:
 )
 @idempotent
 def submit_demonstration(request, assignment_id: int, body: DemonstrationIn):
-    _own_assignment(request, assignment_id)
+    assignment = _own_assignment(request, assignment_id)
     return _judgement_out(
         services.demonstration_submit(
-            assignment_id=assignment_id, annotator=request.user, **body.dict()
+            assignment_id=assignment_id, annotator=request.user, loaded=assignment, **body.dict()
         )
     )
 
@@ -102,7 +104,7 @@ def submit_demonstration(request, assignment_id: int, body: DemonstrationIn):
 def submit_pairwise(request, assignment_id: int, body: PairwiseIn):
     assignment = _own_assignment(request, assignment_id)
     judgement = services.pairwise_submit(
-        assignment_id=assignment_id, annotator=request.user, **body.dict()
+        assignment_id=assignment_id, annotator=request.user, loaded=assignment, **body.dict()
     )
     out = _judgement_out(judgement)
     if assignment.item.project.reveal_models:  # an arena: the vote is in, so names may be told
@@ -117,9 +119,11 @@ def submit_pairwise(request, assignment_id: int, body: PairwiseIn):
 )
 @idempotent
 def submit_ranking(request, assignment_id: int, body: RankingIn):
-    _own_assignment(request, assignment_id)
+    assignment = _own_assignment(request, assignment_id)
     return _judgement_out(
-        services.ranking_submit(assignment_id=assignment_id, annotator=request.user, **body.dict())
+        services.ranking_submit(
+            assignment_id=assignment_id, annotator=request.user, loaded=assignment, **body.dict()
+        )
     )
 
 

@@ -56,6 +56,26 @@ def projects_annotatable(*, user: AbstractBaseUser) -> QuerySet[Project]:
     return projects
 
 
+def project_annotatable(*, project_id: int, user: AbstractBaseUser) -> Project | None:
+    """The project of `projects_annotatable(user=user)` with this id, or None: one query,
+    written out because every API request for a task runs it (see core/rows.py)."""
+    if not 0 < project_id < 2**63:  # an id from a URL: no row, and SQLite cannot bind it
+        return None
+    found = rows.fetch(_annotatable_sql(), [project_id, has_role(user, Role.ADMIN), user.pk])
+    return rows.instance(Project, found[0]) if found else None
+
+
+@cache
+def _annotatable_sql() -> str:
+    members = Project.annotators.through._meta.db_table
+    return f"""
+        SELECT {rows.columns(Project, "p")} FROM {Project._meta.db_table} p
+        WHERE p.id = %s AND p.is_active
+          AND (%s OR EXISTS (SELECT 1 FROM {members} m WHERE m.project_id = p.id AND m.user_id = %s)
+               OR NOT EXISTS (SELECT 1 FROM {members} m WHERE m.project_id = p.id))
+    """
+
+
 def projects_for_annotator(*, user: AbstractBaseUser) -> QuerySet[Project]:
     """Active projects the user may work on, with their own and overall progress, and their
     rejected demonstrations waiting to be fixed."""

@@ -7,6 +7,7 @@ import time
 import pytest
 import schemathesis
 from celery.contrib.testing.worker import start_worker
+from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
@@ -77,6 +78,27 @@ def test_no_or_bad_token_is_401(api):
     assert_error(api("get", "/projects", headers={"Authorization": "Bearer vdt_nope"}), 401)
 
 
+def test_a_deactivated_users_token_is_401(api, annotator):
+    headers = bearer(annotator)
+    assert api("get", "/projects", headers=headers).status_code == 200
+    get_user_model().objects.filter(pk=annotator.pk).update(is_active=False)
+    assert_error(api("get", "/projects", headers=headers), 401, "unauthenticated")
+
+
+def test_a_token_brings_every_role_of_its_user_and_stamps_its_use(api, annotator, reviewer):
+    from core.roles import Role, user_roles
+    from core.tokens import token_authenticate
+
+    annotator.groups.add(*reviewer.groups.all())
+    token, key = token_create(user=annotator, name="both")
+    user = token_authenticate(key)
+    assert user.pk == annotator.pk
+    assert user_roles(user) == {Role.ANNOTATOR, Role.REVIEWER}
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+    assert token_authenticate(key.replace("vdt_", "vdt_x", 1)) is None
+
+
 def test_duplicate_active_token_name_is_refused(client, annotator):
     client.force_login(annotator)
     client.post("/account/tokens/", {"name": "ci"})
@@ -111,6 +133,16 @@ def test_admin_endpoints_refuse_other_roles(api, request, user_fixture, project)
 
 def test_reviewers_cannot_take_tasks(api, reviewer, project, pairwise_item):
     assert_error(api("post", f"/projects/{project.pk}/next", reviewer), 404)
+
+
+def test_annotators_take_tasks_only_where_they_may_work(api, annotator, other_annotator):
+    members_only, closed = ProjectFactory(), ProjectFactory(is_active=False)
+    members_only.annotators.add(other_annotator)
+    for project in (members_only, closed):
+        make_item(project)
+        assert_error(api("post", f"/projects/{project.pk}/next", annotator), 404, "not_found")
+    assert api("post", f"/projects/{members_only.pk}/next", other_annotator).status_code == 200
+    assert_error(api("post", f"/projects/{2**63}/next", annotator), 404, "not_found")
 
 
 # --- the annotation flow ---------------------------------------------------------------------

@@ -52,12 +52,13 @@ def test_htmx_submit_and_next_task_stay_within_query_budget(
 
 
 # One API submit and the next lease, as a labelling client drives the queue (issue #19): per
-# request the token (with its user) and the user's roles; the submit then reads the assignment
-# and canonical A, and claims, counts and inserts as the htmx submit does; the next reads the
-# project the annotator may work on (no progress counts), their standing and the queue's
-# candidate. No query may count the project's items: that cost would grow with the project.
-API_SUBMIT_QUERIES = 10
-API_NEXT_QUERIES = 8
+# request the token with its user and the user's roles (one query); the submit then reads the
+# assignment with its item, project, prompt and canonical A (once: the service is handed it), and
+# savepoint, claim, count, insert, release as the htmx submit does; the next reads the project
+# the annotator may work on (no progress counts), their standing, and savepoint, candidate lock,
+# lease, release. No query may count the project's items: that cost would grow with the project.
+API_SUBMIT_QUERIES = 7
+API_NEXT_QUERIES = 7
 
 
 @pytest.mark.django_db
@@ -90,6 +91,34 @@ def test_api_submit_and_next_stay_within_query_budget_and_count_nothing(
         assert "COUNT(" not in sql.upper() or "FROM feedback_assignment a WHERE a.item_id" in sql, (
             sql
         )
+
+
+# The same submit with an Idempotency-Key, as a client that retries sends it: around it the
+# request's own transaction (a savepoint here), the key taken in one statement (an upsert that
+# waits for a request still holding it) and the response recorded on it.
+API_KEYED_SUBMIT_QUERIES = API_SUBMIT_QUERIES + 4
+
+
+@pytest.mark.django_db
+def test_api_submit_with_an_idempotency_key_stays_within_query_budget(
+    annotator, pairwise_item, django_assert_max_num_queries
+):
+    from django.test import Client
+
+    from core.tokens import token_create
+
+    _, key = token_create(user=annotator, name="client")
+    api = Client(headers={"Authorization": f"Bearer {key}"})
+    lease = api.post(f"/api/projects/{pairwise_item.project.pk}/next").json()
+    path, body = f"/api/assignments/{lease['id']}/pairwise", {"choice": "a", "strength": "clear"}
+    keyed = {"Idempotency-Key": "retry-safe-1"}
+
+    with django_assert_max_num_queries(API_KEYED_SUBMIT_QUERIES):
+        first = api.post(path, body, content_type="application/json", headers=keyed)
+    again = api.post(path, body, content_type="application/json", headers=keyed)
+    assert first.status_code == again.status_code == 200, first.content
+    assert again["Idempotent-Replayed"] == "true" and again.json() == first.json()
+    assert PairwiseJudgement.objects.filter(assignment_id=lease["id"]).count() == 1
 
 
 # The review queue page (issue #17): the user with their roles and the session, the page's
