@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from django.core.exceptions import (
     PermissionDenied,
@@ -120,6 +120,8 @@ ERRORS = {401: Error, 403: Error, 404: Error, 409: Error, 413: Error, 422: Error
 
 # Page windows every database here can serve: an OFFSET past bigint is a database error.
 MAX_LIMIT, MAX_OFFSET = 1000, 2**31 - 1
+# A row id in a query string: past bigint, SQLite cannot even bind it (a 500, not "no rows").
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 class Pagination(LimitOffsetPagination):

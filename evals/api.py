@@ -26,7 +26,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 from ninja.pagination import paginate
 
-from core.api import ERRORS, Pagination, lookup  # one error shape for the whole API
+from core.api import ERRORS, Pagination, RowId, lookup  # one error shape for the whole API
 from core.errors import PermissionDenied
 from core.idempotency import idempotent
 from core.roles import Role, has_role
@@ -236,7 +236,7 @@ def list_suites(request):
 @paginate(Pagination)
 def list_runs(
     request,
-    checkpoint_id: int | None = None,
+    checkpoint_id: RowId | None = None,
     suite: Suite | None = None,
     status: RunStatus | None = None,
 ):
