@@ -17,12 +17,14 @@ process left running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -64,7 +66,23 @@ def celery_app():
     return import_string(settings.VEREDICTO_CELERY_APP)
 
 
+_SENDS_HELD: ContextVar[bool] = ContextVar("veredicto_sends_held", default=False)
+
+
+@contextlib.contextmanager
+def sends_held() -> Iterator[None]:
+    """Inside, queued work's messages are not sent: the rows stay queued, for the caller to run
+    in its own process (the demo loop runs its evaluations so) or for the outbox sweep."""
+    token = _SENDS_HELD.set(True)
+    try:
+        yield
+    finally:
+        _SENDS_HELD.reset(token)
+
+
 def work_send(model: Model, *, pk: int) -> bool:
+    if _SENDS_HELD.get():
+        return False
     row = model.objects.filter(pk=pk, status=Status.QUEUED).first()
     if row is None:
         return False

@@ -22,9 +22,10 @@ on all held-out prompts under the strict checker; the learnable kinds are report
 
 Every step goes through the same services as the app (validation included); only the workers
 are replaced: training jobs are launched with `enqueue=False` and run here with
-run_training_job, and Celery runs eagerly for the duration, so the evaluations that a job's
-success schedules (and the base model's, scheduled here) run in this process too. No Redis or
-worker is needed.
+run_training_job, and no message is sent for the duration (jobs.services.sends_held): the
+evaluations that a job's success schedules (and the base model's, scheduled here) stay queued and
+run here, in this process, right after (steps.run_queued_evaluations). No Redis or worker is
+needed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any, Literal
 
 from evals.models import EvalRun
 from evals.services import schedule_default_evals
-from jobs.services import celery_app
+from jobs.services import sends_held
 
 from .config import PROJECT_NAME, SCALES, DemoReport, DemoScale
 from .measure import HeldOut, PolicyScores, by_kind, compare, judge_reward_model, measure_policy
@@ -61,19 +62,6 @@ from .steps import (
 )
 
 __all__ = ["PROJECT_NAME", "SCALES", "DemoReport", "DemoScale", "run_demo_loop", "snapshot_policy"]
-
-
-@contextlib.contextmanager
-def _celery_in_process() -> Iterator[None]:
-    """Tasks sent while the loop runs (the evaluations a job's success schedules) run right here."""
-    app = celery_app()  # the project's app (settings.VEREDICTO_CELERY_APP)
-
-    before = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    try:
-        yield
-    finally:
-        app.conf.task_always_eager = before
 
 
 class _Stages:
@@ -120,7 +108,7 @@ def run_demo_loop(
     report = DemoReport(scale=scale)
     stage = _Stages(report, out)
     scores: dict[str, PolicyScores] = {}
-    with _celery_in_process():
+    with sends_held():
         with stage("base model"):
             base = base_checkpoint(config, base_model_path, out)
             report.base_checkpoint_id = base.pk

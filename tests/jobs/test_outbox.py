@@ -82,3 +82,23 @@ def test_work_created_while_the_broker_is_down_is_sent_by_the_sweep_once_it_is_b
         "modeling.tasks.train_job",
     ]
     assert queued_tasks("default") == ["feedback.tasks.build_snapshot"]
+
+
+def test_work_queued_while_sends_are_held_stays_queued_for_its_caller_to_run(
+    labelled_project, empty_gpu_queue
+):
+    """The demo loop holds sends and runs its evaluations itself: no message leaves, the row
+    stays queued and unsent (the outbox would send it later if nobody ran it)."""
+    from jobs.services import sends_held
+
+    with sends_held():
+        snapshot = snapshot_request(
+            project=labelled_project, kind="sft", name="held", created_by=None
+        )
+        work_enqueue(snapshot)
+    snapshot.refresh_from_db()
+    assert snapshot.status == Status.QUEUED and snapshot.enqueued_at is None
+    assert queued_messages("default") == 0
+    work_enqueue(snapshot)  # held no longer: sent
+    snapshot.refresh_from_db()
+    assert snapshot.enqueued_at is not None and queued_messages("default") == 1
