@@ -11,6 +11,10 @@ callers 401).
     GET  /api/evals/checkpoints/{id}/results      the latest succeeded value of every metric
     GET  /api/projects/{id}/leaderboard           the arena: Bradley-Terry ratings, 95% CIs,
                                                   ranks, vote counts, online Elo
+    POST /api/projects/{id}/battles               a live battle on your prompt (annotators)
+    GET  /api/battles/{id}                        its replies as they are written; names
+                                                  only after your vote
+    POST /api/battles/{id}/vote                   your vote, answered with both names
 
 A refused run (unknown suite or checkpoint, wrong kind of model, unknown params, ...) is a 4xx
 whose details name each field, and neither writes a row nor queues a message.
@@ -18,7 +22,7 @@ whose details name each field, and neither writes a row nor queues a message.
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest
@@ -375,3 +379,80 @@ def leaderboard(
         definition=board.definition,
         rows=rows,
     )
+
+
+# --- live arena battles ------------------------------------------------------------------------
+
+BATTLING = (Role.ANNOTATOR, Role.ADMIN)
+
+
+class BattleIn(Schema):
+    prompt: str = Field(description="What the two models are asked.")
+
+
+class BattleVoteIn(Schema):
+    choice: Literal["a", "b", "tie", "both_bad"] = Field(
+        description="a: model A's reply (replies[0]) is better; b: model B's."
+    )
+    strength: Literal["", "slight", "clear", "strong"] = ""
+    seconds_spent: float | None = None
+
+
+class BattleReplyOut(Schema):
+    side: str
+    status: str = Field(description="queued, running (text is the reply so far), succeeded...")
+    text: str
+    error: str
+    model: str | None = Field(description="The checkpoint's name: null until you have voted.")
+    checkpoint_id: int | None = Field(description="null until you have voted.")
+
+
+class BattleOut(Schema):
+    id: int
+    project_id: int
+    prompt: str
+    ready: bool = Field(description="Both replies are written: you may vote.")
+    failed: bool = Field(description="A model could not reply: this battle cannot be voted on.")
+    voted: bool
+    item_id: int | None = Field(description="The pairwise item the vote was stored as.")
+    choice: str | None
+    replies: list[BattleReplyOut]
+
+
+def _own_battle(request: HttpRequest, battle_id: int):
+    found = selectors.battle_of(battle_id=battle_id, user=request.user)
+    if found is None:
+        raise Http404
+    return found
+
+
+@router.post(
+    "/projects/{project_id}/battles",
+    response={201: BattleOut, **ERRORS},
+    tags=["arena"],
+    summary="Start a live battle: two anonymous models answer your prompt",
+)
+@idempotent
+def battle_start(request, project_id: RowId, body: BattleIn):
+    """Poll GET /api/battles/{id} for the replies as they are written; vote once `ready`."""
+    _require(request, *BATTLING)
+    project = get_object_or_404(Project, pk=project_id)
+    started = services.battle_start(project=project, annotator=request.user, prompt=body.prompt)
+    return Status(201, selectors.battle_state(_own_battle(request, started.pk)))
+
+
+@router.get("/battles/{battle_id}", response={200: BattleOut, **ERRORS}, tags=["arena"])
+def battle_get(request, battle_id: RowId):
+    """One of your battles. Model names stay null until your vote is in."""
+    _require(request, *BATTLING)
+    return selectors.battle_state(_own_battle(request, battle_id))
+
+
+@router.post("/battles/{battle_id}/vote", response={200: BattleOut, **ERRORS}, tags=["arena"])
+@idempotent
+def battle_vote(request, battle_id: RowId, body: BattleVoteIn):
+    """Your vote; the answer names both models. Voting again returns the first vote's battle."""
+    _require(request, *BATTLING)
+    _own_battle(request, battle_id)
+    services.battle_vote(battle_id=battle_id, annotator=request.user, **body.dict())
+    return selectors.battle_state(_own_battle(request, battle_id))

@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 
 from evals.models import Suite
-from feedback.models import DatasetSnapshot, Project, SnapshotKind
+from feedback.models import DatasetSnapshot, PairwiseChoice, Project, SnapshotKind, Strength
 from jobs.models import Status
 from modeling.models import Checkpoint, CheckpointKind
 
@@ -123,3 +123,58 @@ class EvalRunForm(forms.Form):
             "judge": data.get("judge"),
             "snapshot": data.get("snapshot"),
         }
+
+
+class BattleStartForm(forms.Form):
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4, "autofocus": True}),
+        label="Your prompt",
+        # The arena's own limit is checked by the service, which says what it is.
+        max_length=20_000,
+    )
+
+
+class BattleVoteForm(forms.Form):
+    choice = forms.ChoiceField(choices=PairwiseChoice.choices)
+    strength = forms.ChoiceField(choices=[("", "—"), *Strength.choices], required=False)
+    seconds_spent = forms.FloatField(required=False, widget=forms.HiddenInput)
+
+
+class LiveArenaForm(forms.Form):
+    is_open = forms.BooleanField(required=False, initial=True, label="Open for battles")
+    checkpoints = forms.ModelMultipleChoiceField(
+        Checkpoint.objects.filter(kind=CheckpointKind.POLICY).order_by("-created_at"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Two of these, drawn at random, answer each battle.",
+    )
+    blocked_terms = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        label="Blocked words and phrases",
+        help_text="One per line. A prompt holding one (whole words, any case) is refused before "
+        "anything is generated.",
+    )
+    max_prompt_chars = forms.IntegerField(initial=2000, label="Longest prompt (characters)")
+    max_new_tokens = forms.IntegerField(initial=128, label="Longest reply (tokens)")
+    temperature = forms.FloatField(initial=0.7)
+
+    @classmethod
+    def for_arena(cls, arena) -> LiveArenaForm:
+        if arena is None:
+            return cls()
+        return cls(
+            initial={
+                "is_open": arena.is_open,
+                "checkpoints": list(arena.checkpoints.all()),
+                "blocked_terms": "\n".join(arena.blocked_terms),
+                "max_prompt_chars": arena.max_prompt_chars,
+                "max_new_tokens": arena.max_new_tokens,
+                "temperature": arena.temperature,
+            }
+        )
+
+    def update_kwargs(self) -> dict[str, Any]:
+        data = dict(self.cleaned_data)
+        data["blocked_terms"] = data["blocked_terms"].splitlines()
+        return data

@@ -17,9 +17,9 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from feedback.models import DatasetSnapshot
+from feedback.models import DatasetSnapshot, Item, Project
 from jobs.models import ACTIVE_STATUSES, BackgroundWork, Status
-from modeling.models import Checkpoint, TrainingJob
+from modeling.models import Checkpoint, PlaygroundTurn, TrainingJob
 
 
 class Suite(models.TextChoices):
@@ -149,3 +149,67 @@ class EvalSample(models.Model):
 
     def __str__(self) -> str:
         return f"Sample {self.position} of run #{self.run_id}"
+
+
+class LiveArena(models.Model):
+    """A project's live battles: an annotator types a prompt, two of `checkpoints` (drawn at
+    random, sides shuffled) answer it, the annotator votes, and only then learns who was who.
+    Admins set it up on the project's leaderboard page."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="live_arena")
+    is_open = models.BooleanField(default=True, help_text="Closed: no new battles start.")
+    checkpoints = models.ManyToManyField(
+        Checkpoint, blank=True, related_name="live_arenas", help_text="Who may be drawn."
+    )
+    # The prompt filter a project may require before anything is generated: a prompt holding
+    # one of these words or phrases (whole words, any case) is refused with the term it held.
+    blocked_terms = models.JSONField(default=list, blank=True)
+    max_prompt_chars = models.PositiveIntegerField(default=2000)
+    max_new_tokens = models.PositiveSmallIntegerField(default=128)
+    temperature = models.FloatField(default=0.7)
+
+    def __str__(self) -> str:
+        return f"Live battles of {self.project}"
+
+
+class Battle(models.Model):
+    """One live battle. Its replies are playground turns (modeling.PlaygroundTurn), sampled and
+    streamed by GPU workers; the vote makes it an ordinary pairwise item of the project (reply
+    A at position 0), with the voter's judgement, so the leaderboard, exports and snapshots
+    count it like any other."""
+
+    arena = models.ForeignKey(LiveArena, on_delete=models.CASCADE, related_name="battles")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="battles"
+    )
+    prompt = models.TextField()
+    reply_a = models.OneToOneField(PlaygroundTurn, on_delete=models.CASCADE, related_name="+")
+    reply_b = models.OneToOneField(PlaygroundTurn, on_delete=models.CASCADE, related_name="+")
+    item = models.OneToOneField(
+        Item, null=True, blank=True, on_delete=models.SET_NULL, related_name="battle"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    voted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["annotator", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"Battle #{self.pk} in {self.arena.project}"
+
+    @property
+    def replies(self) -> tuple[PlaygroundTurn, PlaygroundTurn]:
+        return self.reply_a, self.reply_b
+
+    @property
+    def is_answered(self) -> bool:
+        """Both replies are written: the vote may be cast."""
+        return all(reply.status == Status.SUCCEEDED for reply in self.replies)
+
+    @property
+    def has_failed(self) -> bool:
+        return any(reply.is_finished and reply.status != Status.SUCCEEDED for reply in self.replies)
+
+    @property
+    def is_voted(self) -> bool:
+        return self.voted_at is not None

@@ -20,4 +20,9 @@ urlpatterns = [
     path("runs/<int:run_id>/", views.run_detail, name="eval-run"),
     path("runs/<int:run_id>/rerun/", views.run_rerun, name="eval-run-rerun"),
     path("projects/<int:project_id>/leaderboard/", views.leaderboard, name="leaderboard"),
+    path("arena/", views.arena, name="arena"),
+    path("projects/<int:project_id>/arena/", views.arena_settings, name="arena-settings"),
+    path("projects/<int:project_id>/battles/new/", views.battle_new, name="battle-new"),
+    path("battles/<int:battle_id>/", views.battle, name="battle"),
+    path("battles/<int:battle_id>/vote/", views.battle_vote, name="battle-vote"),
 ]

@@ -17,9 +17,16 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from core.forms import add_service_errors
-from core.roles import Role, role_required
+from core.roles import Role, has_role, role_required
 from evals import selectors, services
-from evals.forms import CompareForm, DashboardFilterForm, EvalRunForm
+from evals.forms import (
+    BattleStartForm,
+    BattleVoteForm,
+    CompareForm,
+    DashboardFilterForm,
+    EvalRunForm,
+    LiveArenaForm,
+)
 from evals.ml.lm_eval_adapter import shipped_lm_eval_task_names
 from evals.ml.tasks import shipped_tasks
 from evals.models import EvalRun, Suite
@@ -191,3 +198,109 @@ def _recent_runs() -> dict:
 
 def _definition(run: EvalRun) -> str:
     return SUITE_DEFINITIONS.get(run.suite, "")
+
+
+# --- live arena battles ------------------------------------------------------------------------
+
+BATTLING = (Role.ANNOTATOR, Role.ADMIN)
+
+
+@require_GET
+@role_required(*BATTLING)
+def arena(request: HttpRequest) -> HttpResponse:
+    """The live arenas this person may battle in; admins also set them up from here."""
+    setup = None
+    if has_role(request.user, Role.ADMIN):
+        setup = Project.objects.select_related("live_arena").order_by("name")
+    context = {"arenas": selectors.arenas_open_for(user=request.user), "setup": setup}
+    return render(request, "evals/arena.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(*BATTLING)
+def battle_new(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    arena_settings = selectors.arena_of(project=project)
+    if request.method == "GET":
+        picked = selectors.battle_prompt_pick(project=project) if "pick" in request.GET else ""
+        form = BattleStartForm(initial={"prompt": picked})
+        context = {"project": project, "arena": arena_settings, "form": form}
+        return render(request, "evals/battle_new.html", context)
+    form = BattleStartForm(request.POST)
+    if form.is_valid():
+        try:
+            battle = services.battle_start(
+                project=project, annotator=request.user, prompt=form.cleaned_data["prompt"]
+            )
+        except ValidationError as exc:  # the filter's refusal, a closed arena: said in place
+            add_service_errors(form, exc)
+        else:
+            return redirect("evals:battle", battle_id=battle.pk)
+    context = {"project": project, "arena": arena_settings, "form": form}
+    return render(request, "evals/battle_new.html", context, status=422)
+
+
+@require_GET
+@role_required(*BATTLING)
+def battle(request: HttpRequest, battle_id: int) -> HttpResponse:
+    found = _own_battle(request, battle_id)
+    template = "evals/battle.html#battle-replies" if request.htmx else "evals/battle.html"
+    return render(request, template, _battle_context(found, BattleVoteForm()))
+
+
+@require_POST
+@role_required(*BATTLING)
+def battle_vote(request: HttpRequest, battle_id: int) -> HttpResponse:
+    found = _own_battle(request, battle_id)
+    form = BattleVoteForm(request.POST)
+    if form.is_valid():
+        try:
+            services.battle_vote(battle_id=found.pk, annotator=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            return redirect("evals:battle", battle_id=found.pk)
+    found = _own_battle(request, battle_id)
+    return render(request, "evals/battle.html", _battle_context(found, form), status=422)
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def arena_settings(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    current = selectors.arena_of(project=project)
+    if request.method == "GET":
+        form = LiveArenaForm.for_arena(current)
+        return render(request, "evals/arena_settings.html", {"project": project, "form": form})
+    form = LiveArenaForm(request.POST)
+    if form.is_valid():
+        try:
+            services.live_arena_update(
+                project=project, updated_by=request.user, **form.update_kwargs()
+            )
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Live battles of {project.name} saved.")
+            return redirect("evals:arena")
+    context = {"project": project, "form": form}
+    return render(request, "evals/arena_settings.html", context, status=422)
+
+
+def _own_battle(request: HttpRequest, battle_id: int):
+    found = selectors.battle_of(battle_id=battle_id, user=request.user)
+    if found is None:  # someone else's or missing: the same answer
+        raise Http404("No such battle of yours.")
+    return found
+
+
+def _battle_context(found, form: BattleVoteForm) -> dict:
+    project = found.arena.project
+    return {
+        "battle": found,
+        "state": selectors.battle_state(found),
+        "project": project,
+        "form": form,
+        "strength_optional": project.strength_optional,
+        "can_see_leaderboard": has_role(found.annotator, *VIEWING),
+    }

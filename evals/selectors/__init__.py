@@ -9,6 +9,7 @@ from .arena import (
     arena_leaderboard,
     arena_projects,
 )
+from .battles import arena_of, arenas_open_for, battle_of, battle_prompt_pick, battle_state
 from .dashboard import (
     Dashboard,
     dashboard,
@@ -44,7 +45,12 @@ __all__ = [
     "LeaderboardGroup",
     "arena_battles",
     "arena_leaderboard",
+    "arena_of",
     "arena_projects",
+    "arenas_open_for",
+    "battle_of",
+    "battle_prompt_pick",
+    "battle_state",
     "checkpoint_metrics",
     "checkpoint_runs",
     "comparison",

@@ -1,5 +1,6 @@
 """Writes for evaluation: requesting and scheduling runs, and running them on a worker."""
 
+from .battles import battle_start, battle_vote, live_arena_update
 from .runs import (
     default_suites,
     eval_defaults_request,
@@ -14,6 +15,8 @@ from .worker import eval_run_execute, run_eval
 
 __all__ = [
     "EvalInputError",
+    "battle_start",
+    "battle_vote",
     "default_suites",
     "eval_defaults_request",
     "eval_run_execute",
@@ -21,6 +24,7 @@ __all__ = [
     "eval_run_rerun",
     "eval_task_file_discard",
     "eval_task_file_store",
+    "live_arena_update",
     "lm_eval_metrics",
     "run_eval",
     "schedule_default_evals",

@@ -6,6 +6,7 @@ from .judgements import (
     demonstration_submit,
     judgement_edit,
     pairwise_submit,
+    pairwise_vote_record,
     ranking_submit,
 )
 from .projects import (
@@ -34,6 +35,7 @@ __all__ = [
     "item_create",
     "judgement_edit",
     "pairwise_submit",
+    "pairwise_vote_record",
     "project_create",
     "project_update",
     "prompt_create",

@@ -7,6 +7,7 @@ or a retried request finds nothing to claim and gets the judgement that the firs
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -224,6 +225,39 @@ def pairwise_submit(
         seconds_spent=seconds_spent,
         origin=origin,
         loaded=loaded,
+    )
+
+
+@transaction.atomic
+def pairwise_vote_record(
+    *,
+    item: Item,
+    annotator: AbstractBaseUser,
+    choice: str,
+    strength: str = "",
+    seconds_spent: float | None = None,
+) -> PairwiseJudgement:
+    """The vote of the person an item was made for (a live arena battle, evals.services): a
+    slot of their own, with the sides in the item's order as they saw them, then the ordinary
+    submit, so the vote is checked, counted and stored as any other is."""
+    now = timezone.now()
+    assignment = Assignment.objects.create(
+        item=item,
+        annotator=annotator,
+        status=AssignmentStatus.LEASED,
+        leased_at=now,
+        expires_at=now + timedelta(seconds=item.project.lease_seconds),
+        display_order=list(
+            item.item_completions.order_by("position").values_list("completion_id", flat=True)
+        ),
+    )
+    return pairwise_submit(
+        assignment_id=assignment.pk,
+        annotator=annotator,
+        choice=choice,
+        strength=strength,
+        seconds_spent=seconds_spent,
+        loaded=assignment,
     )
 
 

@@ -12,12 +12,15 @@ random stream differs from torch's, so a seed repeats a run on the same engine o
 
 import importlib.util
 import tempfile
+import time
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers.generation.streamers import BaseStreamer
 
 from modeling.ml.loading import load_causal_lm, load_tokenizer
 
@@ -69,9 +72,12 @@ def chat_reply(
     top_p: float = 1.0,
     max_new_tokens: int = 64,
     seed: int = 0,
+    on_text: Callable[[str], None] | None = None,
 ) -> str:
-    """The model's next assistant message in a chat (the checkpoint page's playground), read
-    through the chat template of its tokenizer (`tokenizer_path`, else the model's own).
+    """The model's next assistant message in a chat (the checkpoint page's playground, live
+    arena battles), read through the chat template of its tokenizer (`tokenizer_path`, else the
+    model's own). `on_text` is handed the reply so far while it is written (a few times a
+    second), so a page can show it growing.
 
     Always transformers' generate, never vLLM: one reply does not repay vLLM's start-up, and a
     seed then repeats the same reply on every host. Raises ReplyRefused, in words a user can
@@ -91,7 +97,47 @@ def chat_reply(
             "new tokens or start a new conversation."
         )
     options = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    return sample(model, tokenizer, [conversation], n=1, seed=seed, **options)[0][0]
+    streamer = None
+    if on_text is not None:
+        streamer = ReplyStreamer(tokenizer, on_text, stops=stop_token_ids(model, tokenizer))
+    return sample(model, tokenizer, [conversation], n=1, seed=seed, streamer=streamer, **options)[
+        0
+    ][0]
+
+
+class ReplyStreamer(BaseStreamer):
+    """generate()'s streamer for one reply: hands the text so far to `on_text`, at most once
+    per `every` seconds (each call is a database write), cut at the stop ids and cleaned as the
+    final text is, so what a page shows while it grows is a prefix of what it ends as."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        on_text: Callable[[str], None],
+        *,
+        stops: list[int],
+        every: float = 0.25,
+    ) -> None:
+        self.tokenizer, self.on_text, self.stops, self.every = tokenizer, on_text, stops, every
+        self.ids: list[int] = []
+        self.prompt_seen = False
+        self.last = 0.0
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() hands over the prompt's ids first
+            self.prompt_seen = True
+            return
+        self.ids += value.flatten().tolist()
+        if time.monotonic() - self.last >= self.every:
+            self._send()
+
+    def end(self) -> None:
+        self._send()
+
+    def _send(self) -> None:
+        self.last = time.monotonic()
+        ids = until_stop(self.ids, self.stops)
+        self.on_text(clean_text(self.tokenizer.decode(ids, skip_special_tokens=True)))
 
 
 def _load_for_sampling(model_path: str) -> PreTrainedModel:
@@ -113,10 +159,14 @@ def sample(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     seed: int = 0,
+    streamer: BaseStreamer | None = None,
 ) -> list[list[str]]:
-    """generate() for a model already loaded (evaluation loops keep one across calls)."""
+    """generate() for a model already loaded (evaluation loops keep one across calls).
+    A `streamer` sees the tokens of a single completion as they come (one prompt, n=1)."""
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("n, batch_size and max_new_tokens must be at least 1")
+    if streamer is not None and len(prompts) * n != 1:
+        raise ValueError("a streamer follows one completion: one prompt, n=1")
     set_seed(seed)  # same seed, prompts and batch_size -> same completions
     model.eval()
     pad_id = (
@@ -149,6 +199,7 @@ def sample(
             max_new_tokens=max_new_tokens,
             eos_token_id=stops or None,
             pad_token_id=pad_id,
+            streamer=streamer,
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         completions += [until_stop(ids.tolist(), stops) for ids in new_tokens]

@@ -16,6 +16,7 @@ from dataclasses import asdict
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.utils import timezone
 
 from core.roles import Role, has_role
 from core.text import clean_text, storable_text
@@ -73,11 +74,32 @@ def playground_turn_request(
         )
     if errors:
         raise ValidationError(errors)
+    return reply_request(
+        checkpoint=checkpoint,
+        messages=[*before, {"role": "user", "content": prompt.strip()}],
+        system=system.strip(),
+        sampling=sampling,
+        requested_by=requested_by,
+        previous=previous,
+    )
+
+
+def reply_request(
+    *,
+    checkpoint: Checkpoint,
+    messages: list[dict[str, str]],
+    sampling: SamplingParams,
+    requested_by: AbstractBaseUser,
+    system: str = "",
+    previous: PlaygroundTurn | None = None,
+) -> PlaygroundTurn:
+    """Queue a reply to a conversation its caller has already checked (the playground above,
+    live arena battles in evals), to be sampled by a GPU worker and streamed into the row."""
     turn = PlaygroundTurn.objects.create(
         checkpoint=checkpoint,
         previous=previous,
-        system=system.strip(),
-        messages=[*before, {"role": "user", "content": prompt.strip()}],
+        system=system,
+        messages=messages,
         sampling=asdict(sampling),
         requested_by=requested_by,
     )
@@ -108,11 +130,20 @@ def playground_turn_execute(turn: PlaygroundTurn) -> PlaygroundTurn:
 
     turn = PlaygroundTurn.objects.select_related("checkpoint").get(pk=turn.pk)
     checkpoint = turn.checkpoint
+
+    def show(text: str) -> None:
+        """The reply so far, for the page polling the row; only while it runs, so a late
+        write never covers the final text (or a cancellation)."""
+        PlaygroundTurn.objects.filter(pk=turn.pk, status=Status.RUNNING).update(
+            reply=storable_text(text), heartbeat_at=timezone.now()
+        )
+
     try:
         reply = chat_reply(
             checkpoint.load_path(),
             turn.conversation(),
             tokenizer_path=checkpoint.tokenizer_load_path(),
+            on_text=show,
             **asdict(SamplingParams(**turn.sampling)),
         )
     except Exception as exc:
