@@ -173,3 +173,25 @@ def test_a_generative_eval_on_vllm_sends_the_transformers_prompts_and_scores_ali
     greedy = evaluate_generative_vllm(tiny_model_dir, tokenizer, task, max_new_tokens=4)
     assert fake_vllm.LLM.calls[-1][2].kwargs["temperature"] == 0.0
     assert greedy["n"] == 2
+
+
+def test_a_streamed_reply_grows_by_prefixes_into_the_text_sample_returns(tiny_model_dir):
+    """What a battle or playground page shows while a reply is written: each text handed on is
+    the start of the final reply, the last is the reply itself, and streaming changes nothing
+    about what is sampled."""
+    model = load_causal_lm(tiny_model_dir, dtype=torch.float32, device="cpu")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    chat = [[{"role": "user", "content": "Spell lamp backwards."}]]
+    options = dict(n=1, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=3)
+    shown: list[str] = []
+    streamer = generation.ReplyStreamer(
+        tokenizer, shown.append, stops=stop_token_ids(model, tokenizer), every=0
+    )
+    streamed = generation.sample(model, tokenizer, chat, streamer=streamer, **options)[0][0]
+    plain = generation.sample(model, tokenizer, chat, **options)[0][0]
+    assert streamed == plain
+    assert len(shown) > 2 and shown[-1] == streamed
+    for text in shown:
+        assert streamed.startswith(text.rstrip())
+    with pytest.raises(ValueError, match="one completion"):
+        generation.sample(model, tokenizer, chat * 2, streamer=streamer, **options)
