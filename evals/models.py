@@ -151,6 +151,17 @@ class EvalSample(models.Model):
         return f"Sample {self.position} of run #{self.run_id}"
 
 
+class ProjectChart(models.Model):
+    """The metric the dashboard charts first when it is filtered to a project (the demo project's
+    is its task score); without one, the first column."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="chart")
+    metric = models.CharField(max_length=400, help_text="A dashboard column: suite/task/metric.")
+
+    def __str__(self) -> str:
+        return f"{self.project}: {self.metric}"
+
+
 class LiveArena(models.Model):
     """A project's live battles: an annotator types a prompt, two of `checkpoints` (drawn at
     random, sides shuffled) answer it, the annotator votes, and only then learns who was who.

@@ -8,6 +8,7 @@ urlpatterns = [
     path("dashboard/", views.dashboard, name="dashboard"),
     path("dashboard/evaluations.csv", views.dashboard_csv, name="dashboard-csv"),
     path("dashboard/compare/", views.compare, name="eval-compare"),
+    path("dashboard/chart-default/", views.chart_default, name="chart-default"),
     path(
         "dashboard/checkpoints/<int:checkpoint_id>/", views.checkpoint_evals, name="eval-checkpoint"
     ),

@@ -47,14 +47,21 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         return render(request, "evals/dashboard.html#eval-runs", _recent_runs())
     form = DashboardFilterForm(request.GET)
     board = selectors.dashboard(**form.filters())
-    # The chart shows the chosen metric, else the first column (a filter may have removed it).
+    # The chart shows the chosen metric, else the project's own (the demo's task score), else
+    # the first column (a filter may have removed either).
+    project = form.filters()["project"]
+    project_metric = selectors.chart_metric_of(project=project) if project else ""
     metric = request.GET.get("metric", "")
+    if board.column(metric) is None:
+        metric = project_metric if board.column(project_metric) else ""
     if board.column(metric) is None:
         metric = board.columns[0].key if board.columns else ""
     context = {
         "form": form,
         "board": board,
         "metric": metric,
+        "chart_project": project,
+        "project_metric": project_metric,
         "series": board.series(metric),
         "arena": selectors.arena_projects(),
         "definitions": [(Suite(s).label, text) for s, text in SUITE_DEFINITIONS.items()],
@@ -62,6 +69,21 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     }
     partial = f"#{target}" if target in DASHBOARD_PARTIALS else ""
     return render(request, "evals/dashboard.html" + partial, context)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def chart_default(request: HttpRequest) -> HttpResponse:
+    """Make the charted metric the one a project's dashboard opens on."""
+    project = get_object_or_404(Project, pk=request.POST.get("project") or 0)
+    metric = request.POST.get("metric", "")
+    try:
+        services.chart_default_set(project=project, metric=metric, set_by=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"The dashboard now opens {project.name} on this metric.")
+    return redirect(reverse("evals:dashboard") + f"?project={project.pk}&metric={metric}")
 
 
 @require_GET

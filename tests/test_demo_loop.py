@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from evals.ml.definitions import TOY_TASK, TOY_TASK_METRICS
 from evals.models import EvalResult, EvalRun, RunStatus
-from evals.selectors import arena_battles
+from evals.selectors import arena_battles, chart_metric_of
 from feedback import services as feedback_services
 from feedback.models import (
     Completion,
@@ -174,6 +175,16 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
         asked = sum(int(count.split("/")[1]) for count in by_kind.values())
         right = sum(int(count.split("/")[0]) for count in by_kind.values())
         assert asked == report.task_n and right == round(report.task_scores[role] * asked)
+    # The same task score is each policy's evaluation run on the dashboard, which the demo
+    # project's dashboard opens on, with every prompt's reply for Compare to pair.
+    for role in policies:
+        run = EvalRun.objects.get(checkpoint_id=report.checkpoints[role], task=TOY_TASK)
+        assert run.status == RunStatus.SUCCEEDED and run.samples.count() == report.task_n
+        score = run.results.get(metric="task_score")
+        assert score.value == pytest.approx(report.task_scores[role])
+        assert score.ci_low <= score.value <= score.ci_high and score.n == report.task_n
+        assert {r.metric for r in run.results.all()} == set(TOY_TASK_METRICS)
+    assert chart_metric_of(project=project) == f"generative/{TOY_TASK}/task_score"
     stages = {(row["role"], row["parent"]) for row in report.paired}
     assert {("sft", "base"), ("dpo", "sft"), ("grpo", "dpo"), ("round two", "sft")} <= stages
     for row in report.paired:
@@ -222,6 +233,7 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
     assert "McNemar p" in report.lines[-1]
     # ... and where to look in the app.
     assert f"/evals/projects/{project.pk}/leaderboard/?simulated=1" in report.lines[-1]
+    assert f"/evals/dashboard/?project={project.pk}" in report.lines[-1]
     assert (
         f"/evals/dashboard/compare/?a={report.checkpoints['base']}&b={report.checkpoints['sft']}"
         in report.lines[-1]

@@ -55,3 +55,18 @@ ARENA_DEFINITION = (
     "with replacement. Rank = 1 + the number of models whose lower bound is above this "
     "model's upper bound."
 )
+
+# The metrics the demo loop records for each policy (evals.services.eval_run_record).
+TOY_TASK = "toy-held-out"
+TOY_TASK_METRICS = (
+    "task_score", "task_score/learnable", "sampled_accuracy", "sampled_accuracy/learnable",
+)  # fmt: skip
+TOY_TASK_SCORE_DEFINITION = (
+    "Toy task score (the demo loop's, loop/demo): greedy accuracy on all held-out prompts of the "
+    "toy tasks (facts, reversing a word, sums, sorting a list), each reply graded by the strict "
+    "checker (loop.toytask.is_correct: the reply must be the answer, nothing else). "
+    "task_score/learnable: the same on the kinds the model can learn (facts and words, which "
+    "the pretraining corpus holds). sampled_accuracy: each prompt's share of right answers "
+    "among samples at temperature 1, averaged. 95% interval: Wilson score interval for the "
+    "greedy scores, the mean ± 1.96 standard errors for the sampled ones. Higher is better."
+)

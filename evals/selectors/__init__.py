@@ -12,6 +12,7 @@ from .arena import (
 from .battles import arena_of, arenas_open_for, battle_of, battle_prompt_pick, battle_state
 from .dashboard import (
     Dashboard,
+    chart_metric_of,
     dashboard,
     dashboard_checkpoints,
     dashboard_csv_rows,
@@ -51,6 +52,7 @@ __all__ = [
     "battle_of",
     "battle_prompt_pick",
     "battle_state",
+    "chart_metric_of",
     "checkpoint_metrics",
     "checkpoint_runs",
     "comparison",

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
+from evals.models import ProjectChart
 from feedback.models import Project
 from modeling.models import Checkpoint
 
@@ -207,3 +208,9 @@ def spreadsheet_safe(text: str) -> str:
 
 def _blank_if_none(value: float | None) -> float | str:
     return "" if value is None else value
+
+
+def chart_metric_of(*, project: Project) -> str:
+    """The metric this project's dashboard charts first ("" when it has none of its own)."""
+    chart = ProjectChart.objects.filter(project=project).values_list("metric", flat=True)
+    return chart.first() or ""

@@ -19,6 +19,8 @@ from evals.ml.definitions import (
     PERPLEXITY_DEFINITION,
     REWARD_ACCURACY_DEFINITION,
     STRIDED_PERPLEXITY_DEFINITION,
+    TOY_TASK_METRICS,
+    TOY_TASK_SCORE_DEFINITION,
     WIN_RATE_DEFINITION,
 )
 from evals.ml.reward_diagnostics import REWARD_DIAGNOSTICS_DEFINITIONS  # plain math, no torch
@@ -53,6 +55,7 @@ SUITE_DEFINITIONS = {
 # A metric whose meaning differs from the rest of its suite's.
 METRIC_DEFINITIONS = {
     (Suite.PERPLEXITY, "token_perplexity"): STRIDED_PERPLEXITY_DEFINITION,
+    **{(Suite.GENERATIVE, metric): TOY_TASK_SCORE_DEFINITION for metric in TOY_TASK_METRICS},
     **{
         (Suite.PERPLEXITY, metric): PERPLEXITY_DEFINITION
         for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte")

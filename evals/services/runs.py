@@ -27,9 +27,10 @@ from evals.models import (
     POLICY_SUITES,
     REWARD_SUITES,
     EvalRun,
+    ProjectChart,
     Suite,
 )
-from feedback.models import DatasetSnapshot, SnapshotKind
+from feedback.models import DatasetSnapshot, Project, SnapshotKind
 from jobs.models import Status
 from jobs.services import work_enqueue
 from modeling.models import Checkpoint, CheckpointKind, TrainingJob
@@ -375,3 +376,16 @@ def eval_defaults_request(
         _create(checkpoint=checkpoint, created_by=requested_by, **spec)
         for spec in default_suites(checkpoint)
     ]
+
+
+def chart_default_set(*, project: Project, metric: str, set_by: AbstractBaseUser | None) -> None:
+    """The metric the dashboard charts first for `project` (a column key, suite/task/metric);
+    "" forgets it. set_by=None: the system (the demo loop)."""
+    require_admin(set_by, "choose a project's chart")
+    if not metric:
+        ProjectChart.objects.filter(project=project).delete()
+        return
+    suite, _, rest = metric.partition("/")
+    if suite not in Suite.values or "/" not in rest or len(metric) > 400:
+        raise ValidationError({"metric": "Choose a metric of the dashboard's table."})
+    ProjectChart.objects.update_or_create(project=project, defaults={"metric": metric})

@@ -18,20 +18,26 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import transaction
+from django.utils import timezone
 
 from core.text import storable_text
+from evals.ml.stats import mean_stderr, wilson_interval
 from evals.models import (
     EvalResult,
     EvalRun,
     EvalSample,
     RunStatus,
+    Suite,
 )
 from jobs.services import Heartbeat, failure_reason, work_claim, work_finish
+from modeling.models import Checkpoint
 
 from .suites import (
     EvalInputError,
+    Metric,
     Outcome,
     evaluate,
+    mean_metric,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,3 +139,44 @@ def eval_run_execute(run: EvalRun) -> EvalRun:
     except Exception as exc:
         logger.exception("Storing the results of eval run %s failed", run.pk)
         return _finish(run.pk, RunStatus.FAILED, error=failure_reason(exc))
+
+
+def eval_run_record(
+    *,
+    checkpoint: Checkpoint,
+    suite: str,
+    task: str,
+    outcome: Outcome,
+    params: dict[str, Any] | None = None,
+    host: str = "",
+) -> EvalRun:
+    """A measurement made elsewhere (the demo loop measures its policies in its own process),
+    kept as a succeeded run like any other: on the dashboard, in Compare, in the history."""
+    if suite not in Suite.values:
+        raise ValueError(f"unknown suite {suite!r}")
+    now = timezone.now()
+    run = EvalRun.objects.create(
+        checkpoint=checkpoint,
+        suite=suite,
+        task=task,
+        params=params or {},
+        status=RunStatus.RUNNING,
+        worker_host=host,
+        started_at=now,
+        heartbeat_at=now,
+        enqueued_at=now,  # nothing to send: the outbox sweep must leave it alone
+    )
+    return _succeed(run.pk, outcome)
+
+
+def mean_of(name: str, values: list[float]) -> Metric:
+    """A mean of per-prompt shares, ± 1.96 standard errors (clipped to [0, 1])."""
+    return mean_metric(name, sum(values) / len(values), mean_stderr(values), len(values))
+
+
+def proportion_metric(name: str, outcomes: list[bool]) -> Metric:
+    """The share of True with its 95% Wilson interval."""
+    n = len(outcomes)
+    value = sum(outcomes) / n if n else 0.0
+    low, high = wilson_interval(sum(outcomes), n) if n else (None, None)
+    return Metric(name, value, low=low, high=high, n=n)

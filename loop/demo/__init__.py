@@ -37,12 +37,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
-from evals.models import EvalRun
-from evals.services import schedule_default_evals
+from evals.ml.definitions import TOY_TASK
+from evals.models import EvalRun, Suite
+from evals.services import chart_default_set, schedule_default_evals
 from jobs.services import sends_held
 
 from .config import PROJECT_NAME, SCALES, DemoReport, DemoScale
-from .measure import HeldOut, PolicyScores, by_kind, compare, judge_reward_model, measure_policy
+from .measure import (
+    HeldOut,
+    PolicyScores,
+    by_kind,
+    compare,
+    judge_reward_model,
+    measure_policy,
+    record_scores,
+)
 from .steps import (
     base_checkpoint,
     comparison_items,
@@ -198,14 +207,19 @@ def run_demo_loop(
             report.paired = [compare(role, parent, scores, held_out) for role, parent in chain]
             report.task_n = len(held_out.prompts)
             for role, measured in scores.items():
+                record_scores(report.checkpoints[role], measured, held_out)
                 report.task_scores[role] = sum(measured.greedy) / max(len(measured.greedy), 1)
                 report.task_kinds[role], report.sampled_kinds[role] = by_kind(measured, held_out)
+            chart_default_set(project=project, metric=TASK_SCORE_COLUMN, set_by=None)
             report.split_checks = split_checks(project, list(snapshots.values()))
             for role, checkpoint_id in report.checkpoints.items():
                 report.evals[role] = eval_results(checkpoint_id)
     report.load_average = os.getloadavg()
     out(report.summary())
     return report
+
+
+TASK_SCORE_COLUMN = f"{Suite.GENERATIVE}/{TOY_TASK}/task_score"  # the demo project's chart
 
 
 def _checkpoint(report: DemoReport, role: str):

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from evals.ml.definitions import TOY_TASK_SCORE_DEFINITION
 from evals.models import RunStatus
 
 PROJECT_NAME = "Toy tasks (demo loop)"
@@ -16,10 +17,8 @@ GUIDELINES = (
     "Prefer the reply that gives the right answer; write the answer alone as a demonstration."
 )
 
-TASK_SCORE = (
-    "task score = greedy accuracy on all held-out prompts, graded by the strict checker "
-    "(loop.toytask.is_correct: the reply must be the answer)"
-)
+# One definition of the toy task's score: the summary prints it, the dashboard's tooltip shows it.
+TASK_SCORE = TOY_TASK_SCORE_DEFINITION
 
 # The trainers' metrics on the snapshots' held-out rows worth a line in the summary.
 HELD_OUT_METRICS = ("eval_loss", "eval_accuracy", "eval_rewards/accuracies", "eval_rewards/margins")
@@ -274,7 +273,10 @@ class DemoReport:
             board = reverse("evals:leaderboard", args=[self.project_id])
             lines.append(f"    records      {site}{records}")
             lines.append(f"    leaderboard  {site}{board}?simulated=1  (the annotators' votes)")
-        lines.append(f"    dashboard    {site}{reverse('evals:dashboard')}")
+        dashboard = reverse("evals:dashboard")
+        if self.project_id is not None:  # opens on the toy task's score across the checkpoints
+            dashboard += f"?project={self.project_id}"
+        lines.append(f"    dashboard    {site}{dashboard}")
         compare = reverse("evals:eval-compare")
         final = "round two" if "round two" in self.checkpoints else None
         for after, before in (("sft", "base"), ("dpo", "sft"), (final, "sft")):

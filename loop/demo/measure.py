@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from evals.ml.definitions import TOY_TASK
 from evals.ml.paired import mcnemar_p, paired_difference
+from evals.models import Suite
 from feedback.models import DatasetSnapshot, Project, Prompt, Split
 from loop.toytask import is_correct
 from loop.toytask import kind as toy_kind
@@ -52,6 +54,7 @@ class PolicyScores:
     greedy: list[bool]  # per held-out prompt
     sampled: list[float]  # per held-out prompt: share of right samples
     samples: list[list[str]]  # the samples themselves (best-of-n reuses them)
+    replies: list[str] = field(default_factory=list)  # the greedy replies
 
 
 def measure_policy(checkpoint: Checkpoint, held_out: HeldOut, config: DemoScale) -> PolicyScores:
@@ -76,6 +79,36 @@ def measure_policy(checkpoint: Checkpoint, held_out: HeldOut, config: DemoScale)
             for q, texts in zip(questions, samples, strict=True)
         ],
         samples=samples,
+        replies=[r[0] for r in greedy],
+    )
+
+
+def record_scores(checkpoint_id: int, scores: PolicyScores, held_out: HeldOut) -> None:
+    """The task score and its companions as the checkpoint's evaluation run (TOY_TASK), with
+    each held-out prompt's greedy reply and verdict: the dashboard charts it, Compare pairs it."""
+    from evals.services import eval_run_record, mean_of, proportion_metric
+    from evals.services.suites import Outcome
+
+    learnable = held_out.groups()["learnable"]
+    metrics = [
+        proportion_metric("task_score", scores.greedy),
+        proportion_metric("task_score/learnable", [scores.greedy[i] for i in learnable]),
+        mean_of("sampled_accuracy", scores.sampled),
+        mean_of("sampled_accuracy/learnable", [scores.sampled[i] for i in learnable]),
+    ]
+    samples = [
+        {"position": i, "prompt": question, "output": reply, "correct": right}
+        for i, (question, reply, right) in enumerate(
+            zip(held_out.questions, scores.replies, scores.greedy, strict=True)
+        )
+    ]
+    eval_run_record(
+        checkpoint=Checkpoint.objects.get(pk=checkpoint_id),
+        suite=Suite.GENERATIVE,
+        task=TOY_TASK,
+        outcome=Outcome(metrics=metrics, samples=samples),
+        params={"prompts": len(samples), "measured_by": "demo_loop"},
+        host="demo_loop",
     )
 
 

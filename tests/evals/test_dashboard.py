@@ -593,3 +593,66 @@ def test_compare_pairs_the_answers_and_lists_the_prompts_that_changed_first(
     assert order[:5] == [6, 7, 8, 9, 10]  # right/wrong changed, in the task's order
     assert order[5] == 11  # both wrong, different words
     assert order[6:] == [0, 1, 2, 3, 4, 5]  # the same answer
+
+
+# --- a project's own chart ---------------------------------------------------------------------
+
+
+def test_a_project_s_dashboard_opens_on_its_own_metric_which_admins_choose(
+    client, admin_user, reviewer, lineage, snapshot
+):
+    project = snapshot.project
+    client.force_login(reviewer)
+    page = client.get(f"/evals/dashboard/?project={project.pk}")
+    first, second = (c.key for c in page.context["board"].columns)
+    assert page.context["metric"] == first
+    assert (
+        client.post(
+            "/evals/dashboard/chart-default/", {"project": project.pk, "metric": second}
+        ).status_code
+        == 403
+    )
+
+    client.force_login(admin_user)
+    offered = client.get(f"/evals/dashboard/?project={project.pk}&metric={second}")
+    assert f"Open {project.name} on this metric" in offered.content.decode()
+    chosen = client.post(
+        "/evals/dashboard/chart-default/", {"project": project.pk, "metric": second}
+    )
+    assert chosen.status_code == 302
+    page = client.get(f"/evals/dashboard/?project={project.pk}")
+    assert page.context["metric"] == second
+    assert "its dashboard opens on it" in page.content.decode()
+    # Asked for another metric, or without the project filter, the chart shows that instead.
+    other = client.get(f"/evals/dashboard/?project={project.pk}&metric={first}")
+    assert other.context["metric"] == first
+    everything = client.get("/evals/dashboard/").context
+    assert everything["metric"] == everything["board"].columns[0].key
+    refused = client.post(
+        "/evals/dashboard/chart-default/",
+        {"project": project.pk, "metric": "nonsense"},
+        follow=True,
+    )
+    assert "Choose a metric of the dashboard" in refused.content.decode()
+    assert client.get(f"/evals/dashboard/?project={project.pk}").context["metric"] == second
+
+
+def test_a_measurement_made_elsewhere_is_kept_as_a_run_with_its_samples(lineage):
+    from evals.services import eval_run_record, mean_of, proportion_metric
+    from evals.services.suites import Outcome
+
+    outcome = Outcome(
+        metrics=[proportion_metric("task_score", [True, False, True, True]),
+                 mean_of("sampled_accuracy", [0.5, 0.25, 1.0, 0.75])],
+        samples=[{"position": 0, "prompt": "2+2", "output": "4", "correct": True}],
+    )  # fmt: skip
+    run = eval_run_record(
+        checkpoint=lineage["sft"], suite=Suite.GENERATIVE, task="toy-held-out", outcome=outcome
+    )
+    assert run.status == RunStatus.SUCCEEDED and run.finished_at and run.enqueued_at
+    score = run.results.get(metric="task_score")
+    assert (score.value, score.n) == (0.75, 4)
+    assert score.ci_low == pytest.approx(0.3006, abs=1e-3)  # Wilson, 3 of 4
+    assert score.ci_high == pytest.approx(0.9544, abs=1e-3)
+    assert run.results.get(metric="sampled_accuracy").value == pytest.approx(0.625)
+    assert run.samples.get().correct is True
