@@ -20,7 +20,7 @@ from jobs.models import HARD_LIMIT_GRACE_SECONDS
 from jobs.services import work_claim
 from jobs.tasks import worker_name
 from modeling import services
-from modeling.models import PlaygroundTurn, TrainingJob
+from modeling.models import AssistRun, PlaygroundTurn, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +72,23 @@ def playground_reply(self, turn_id: int) -> str:
         return PlaygroundTurn.objects.get(pk=turn_id).status
     # As for training: the model is loaded in the launched process, never in this worker.
     return launch(PlaygroundTurn.objects.get(pk=turn_id)).status
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    soft_time_limit=AssistRun.time_limit_seconds,
+    time_limit=AssistRun.time_limit_seconds + HARD_LIMIT_GRACE_SECONDS,
+    autoretry_for=TRANSIENT_ERRORS,
+    max_retries=3,
+    retry_backoff=5,
+)
+def assist_run(self, run_id: int) -> str:
+    """Drafts or AI pre-votes for a project (modeling.services.assist)."""
+    if not AssistRun.objects.filter(pk=run_id).exists():
+        return "missing"
+    host = worker_name(self.request.hostname)
+    backend = settings.VEREDICTO_JOB_BACKEND
+    if not work_claim(AssistRun, pk=run_id, worker_host=host, backend=backend):
+        return AssistRun.objects.get(pk=run_id).status
+    return launch(AssistRun.objects.get(pk=run_id)).status
