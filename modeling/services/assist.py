@@ -79,8 +79,8 @@ def _check_drafter(project: Project, checkpoint: Checkpoint) -> None:
     errors = {}
     if checkpoint.kind != CheckpointKind.POLICY:
         errors["checkpoint"] = (
-            f"{checkpoint.name} is a {checkpoint.get_kind_display().lower()}; only a policy "
-            "(a model that writes replies) can draft demonstrations."
+            f"{checkpoint.name} is a {checkpoint.kind} model; only a policy (a model that "
+            "writes replies) can draft demonstrations."
         )
     if TaskKind.DEMONSTRATION not in project.task_kinds:
         errors["project"] = f"Project {project.name!r} does not collect demonstrations."
@@ -92,8 +92,8 @@ def _check_voter(project: Project, checkpoint: Checkpoint) -> None:
     errors = {}
     if checkpoint.kind != CheckpointKind.REWARD:
         errors["checkpoint"] = (
-            f"{checkpoint.name} is a {checkpoint.get_kind_display().lower()}; only a reward "
-            "model can vote on comparisons."
+            f"{checkpoint.name} is a {checkpoint.kind} model; only a reward model can vote on "
+            "comparisons."
         )
     if TaskKind.PAIRWISE not in project.task_kinds:
         errors["project"] = f"Project {project.name!r} does not collect pairwise comparisons."
