@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from jobs.backends import launch
-from jobs.models import HARD_LIMIT_GRACE_SECONDS
+from jobs.models import HARD_LIMIT_GRACE_SECONDS, BackgroundWork
 from jobs.services import work_claim
 from jobs.tasks import worker_name
 from modeling import services
@@ -64,14 +64,7 @@ def train_job(self, job_id: int) -> str:
 )
 def playground_reply(self, turn_id: int) -> str:
     """One reply of the checkpoint page's playground (modeling.services.playground)."""
-    if not PlaygroundTurn.objects.filter(pk=turn_id).exists():
-        return "missing"
-    host = worker_name(self.request.hostname)
-    backend = settings.VEREDICTO_JOB_BACKEND
-    if not work_claim(PlaygroundTurn, pk=turn_id, worker_host=host, backend=backend):
-        return PlaygroundTurn.objects.get(pk=turn_id).status
-    # As for training: the model is loaded in the launched process, never in this worker.
-    return launch(PlaygroundTurn.objects.get(pk=turn_id)).status
+    return _claim_and_launch(PlaygroundTurn, turn_id, self.request.hostname)
 
 
 @shared_task(
@@ -85,10 +78,16 @@ def playground_reply(self, turn_id: int) -> str:
 )
 def assist_run(self, run_id: int) -> str:
     """Drafts or AI pre-votes for a project (modeling.services.assist)."""
-    if not AssistRun.objects.filter(pk=run_id).exists():
+    return _claim_and_launch(AssistRun, run_id, self.request.hostname)
+
+
+def _claim_and_launch(model: type[BackgroundWork], pk: int, hostname: str) -> str:
+    """Claim the row and hand it to the backend; a redelivered message finds nothing to claim."""
+    if not model.objects.filter(pk=pk).exists():
         return "missing"
-    host = worker_name(self.request.hostname)
+    host = worker_name(hostname)
     backend = settings.VEREDICTO_JOB_BACKEND
-    if not work_claim(AssistRun, pk=run_id, worker_host=host, backend=backend):
-        return AssistRun.objects.get(pk=run_id).status
-    return launch(AssistRun.objects.get(pk=run_id)).status
+    if not work_claim(model, pk=pk, worker_host=host, backend=backend):
+        return model.objects.get(pk=pk).status
+    # As for training: the model is loaded in the launched process, never in this worker.
+    return launch(model.objects.get(pk=pk)).status

@@ -50,6 +50,12 @@ def member_or_open_q(user: AbstractBaseUser) -> Q:
     return Exists(member) | ~Exists(has_members)
 
 
+def project_find(*, reference: str) -> Project:
+    """By id or by name (management commands take either); Project.DoesNotExist otherwise."""
+    project = Project.objects.filter(pk=int(reference)).first() if reference.isdigit() else None
+    return project or Project.objects.get(name=reference)
+
+
 def projects_annotatable(*, user: AbstractBaseUser) -> QuerySet[Project]:
     """Active projects the user may work on (no counts: one indexed lookup per project)."""
     projects = Project.objects.filter(is_active=True)

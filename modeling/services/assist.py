@@ -68,35 +68,38 @@ def project_drafter_set(
     if checkpoint is None:
         ProjectDrafter.objects.filter(project=project).delete()
         return None
-    _check_drafter(project, checkpoint)
+    _check(AssistKind.DRAFTS, project, checkpoint)
     drafter, _ = ProjectDrafter.objects.update_or_create(
         project=project, defaults={"checkpoint": checkpoint, "set_by": set_by}
     )
     return drafter
 
 
-def _check_drafter(project: Project, checkpoint: Checkpoint) -> None:
-    errors = {}
-    if checkpoint.kind != CheckpointKind.POLICY:
-        errors["checkpoint"] = (
-            f"{checkpoint.name} is a {checkpoint.kind} model; only a policy (a model that "
-            "writes replies) can draft demonstrations."
-        )
-    if TaskKind.DEMONSTRATION not in project.task_kinds:
-        errors["project"] = f"Project {project.name!r} does not collect demonstrations."
-    if errors:
-        raise ValidationError(errors)
+# What each kind of help needs: the checkpoint's kind and what only it can do, and the task
+# kind the project must collect.
+_NEEDS = {
+    AssistKind.DRAFTS: (
+        CheckpointKind.POLICY,
+        "only a policy (a model that writes replies) can draft demonstrations",
+        TaskKind.DEMONSTRATION,
+        "demonstrations",
+    ),
+    AssistKind.VOTES: (
+        CheckpointKind.REWARD,
+        "only a reward model can vote on comparisons",
+        TaskKind.PAIRWISE,
+        "pairwise comparisons",
+    ),
+}
 
 
-def _check_voter(project: Project, checkpoint: Checkpoint) -> None:
+def _check(kind: str, project: Project, checkpoint: Checkpoint) -> None:
+    checkpoint_kind, only, task_kind, tasks = _NEEDS[AssistKind(kind)]
     errors = {}
-    if checkpoint.kind != CheckpointKind.REWARD:
-        errors["checkpoint"] = (
-            f"{checkpoint.name} is a {checkpoint.kind} model; only a reward model can vote on "
-            "comparisons."
-        )
-    if TaskKind.PAIRWISE not in project.task_kinds:
-        errors["project"] = f"Project {project.name!r} does not collect pairwise comparisons."
+    if checkpoint.kind != checkpoint_kind:
+        errors["checkpoint"] = f"{checkpoint.name} is a {checkpoint.kind} model; {only}."
+    if task_kind not in project.task_kinds:
+        errors["project"] = f"Project {project.name!r} does not collect {tasks}."
     if errors:
         raise ValidationError(errors)
 
@@ -126,11 +129,11 @@ def assist_request(
                     {"checkpoint": "This project names no drafting model: choose one first."}
                 )
             checkpoint = found.checkpoint
-        _check_drafter(project, checkpoint)
+        _check(AssistKind.DRAFTS, project, checkpoint)
     else:
         if checkpoint is None:
             raise ValidationError({"checkpoint": "Choose the reward model that votes."})
-        _check_voter(project, checkpoint)
+        _check(AssistKind.VOTES, project, checkpoint)
     sampling = (sampling or SamplingParams()).clean()
     run = AssistRun.objects.create(
         kind=kind,
@@ -191,7 +194,7 @@ def drafts_generate(
     and left undrafted: the annotator then sees the usual empty editor."""
     from modeling.ml import generate  # torch: only ever imported where the work runs
 
-    _check_drafter(project, checkpoint)
+    _check(AssistKind.DRAFTS, project, checkpoint)
     ref = model_ref(checkpoint)
     drafted = DemonstrationDraft.objects.filter(item=OuterRef("pk"), model_ref=ref)
     items = list(
@@ -265,7 +268,7 @@ def ai_votes_cast(*, project: Project, checkpoint: Checkpoint, max_items: int) -
     from modeling.ml import load_reward_model, load_tokenizer
     from modeling.ml.scoring import reward_scores
 
-    _check_voter(project, checkpoint)
+    _check(AssistKind.VOTES, project, checkpoint)
     voter = ai_annotator_for(checkpoint)
     voted = PairwiseJudgement.objects.filter(item=OuterRef("pk"), annotator=voter)
     items = list(

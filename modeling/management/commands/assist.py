@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from feedback.models import Project
+from feedback.selectors import project_find
 from jobs.services import sends_held
 from modeling import selectors, services
 from modeling.models import AssistKind, Checkpoint
@@ -34,7 +35,10 @@ class Command(BaseCommand):
         parser.add_argument("--queue", action="store_true", help="Send it to a GPU worker.")
 
     def handle(self, *args, kind: str, **options) -> None:
-        project = _project(options["project"])
+        try:
+            project = project_find(reference=options["project"])
+        except Project.DoesNotExist:
+            raise CommandError(f"No project {options['project']!r}.") from None
         checkpoint = None
         if options["checkpoint"]:
             try:
@@ -64,11 +68,3 @@ class Command(BaseCommand):
             raise CommandError(f"{run.get_kind_display()} #{run.pk} failed: {run.error}")
         done = ", ".join(f"{n} {what}" for what, n in run.outcome.items())
         self.stdout.write(f"{run.get_kind_display()} #{run.pk} by {run.checkpoint.name}: {done}.")
-
-
-def _project(value: str) -> Project:
-    project = Project.objects.filter(pk=int(value)).first() if value.isdigit() else None
-    project = project or Project.objects.filter(name=value).first()
-    if project is None:
-        raise CommandError(f"No project {value!r}.")
-    return project
