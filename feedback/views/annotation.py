@@ -292,7 +292,8 @@ def _add_errors(form: forms.Form, exc: ValidationError) -> None:
         form.add_error(None, exc)
         return
     for field, errors in exc.message_dict.items():
-        form.add_error(field if field in form.fields else None, errors)
+        shown = field in form.fields and not form.fields[field].widget.is_hidden
+        form.add_error(field if shown else None, errors)  # a hidden input shows no errors
 
 
 def _next_task(request: HttpRequest, project: Project, revealed: list[str] = ()) -> HttpResponse:

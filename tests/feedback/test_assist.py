@@ -27,6 +27,7 @@ from feedback.models import (
 )
 from feedback.quality.reports import project_quality
 from feedback.selectors import project_progress
+from feedback.services import records as records_services
 from feedback.services.assist import ai_vote_submit, draft_store
 from tests.factories import ProjectFactory, UserFactory, make_item
 
@@ -348,3 +349,38 @@ def test_the_quality_page_has_no_ai_section_without_ai_votes(client, admin_user)
 def bearer(user) -> dict:
     _, key = token_create(user=user, name=f"test-{user.pk}-{time.monotonic_ns()}")
     return {"Authorization": f"Bearer {key}"}
+
+
+def test_an_ai_vote_is_no_agreed_answer_for_a_gold_item(admin_user, annotator):
+    project = ProjectFactory(task_kinds=[TaskKind.PAIRWISE])
+    alone, with_person = (make_item(project, TaskKind.PAIRWISE) for _ in range(2))
+    voter = ai_voter()
+    for item in (alone, with_person):
+        ai_vote_submit(item=item, voter=voter, choice="b", strength="clear", model_ref="c:1")
+    a = services.task_next_for_annotator(project=project, annotator=annotator)
+    while a.item_id != with_person.pk:
+        services.assignment_skip(assignment_id=a.pk, annotator=annotator)
+        a = services.task_next_for_annotator(project=project, annotator=annotator)
+    services.pairwise_submit(assignment_id=a.pk, annotator=annotator, choice="a", strength="clear")
+
+    marked, skipped = records_services.items_mark_gold(
+        project=project, item_ids=[alone.pk, with_person.pk], admin=admin_user
+    )
+
+    assert (marked, skipped) == (1, 1)
+    with_person.refresh_from_db()
+    assert with_person.is_gold and with_person.gold_answer == {"choice": "a"}
+
+
+def test_a_tampered_draft_id_is_refused_on_screen_and_the_text_kept(client, annotator):
+    project = ProjectFactory(task_kinds=[TaskKind.DEMONSTRATION])
+    drafted_item(project)
+    client.force_login(annotator)
+    task = client.get(f"/projects/{project.pk}/work/")
+
+    refused = client.post(task["Location"] + "submit/", {"text": "Mine.", "draft_id": 99999})
+
+    assert refused.status_code == 422
+    html = refused.content.decode()
+    assert "No such draft for this task." in html and ">Mine.</textarea>" in html
+    assert not Demonstration.objects.exists()
