@@ -83,6 +83,7 @@ def ai_vote_submit(
         # The stable per-annotator shuffle people get, so its left share reads as theirs does.
         display_order=_display_order(item, voter),
     )
+    # Labels are people's: a model casts none, even where the project requires some.
     fields = _clean_pairwise(assignment, choice, strength, rationale)
     try:
         with transaction.atomic():
