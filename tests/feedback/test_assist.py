@@ -30,6 +30,7 @@ from feedback.selectors import project_progress
 from feedback.services import records as records_services
 from feedback.services.assist import ai_vote_submit, draft_store
 from tests.factories import ProjectFactory, UserFactory, make_item
+from tests.feedback.test_project_views import _form as project_form
 
 pytestmark = pytest.mark.django_db
 
@@ -384,3 +385,18 @@ def test_a_tampered_draft_id_is_refused_on_screen_and_the_text_kept(client, anno
     html = refused.content.decode()
     assert "No such draft for this task." in html and ">Mine.</textarea>" in html
     assert not Demonstration.objects.exists()
+
+
+def test_the_project_page_turns_showing_ai_votes_on_and_off(client, admin_user):
+    project = ProjectFactory(task_kinds=[TaskKind.PAIRWISE])
+    client.force_login(admin_user)
+    page = client.get(f"/projects/{project.pk}/edit/").content.decode()
+    assert 'name="show_ai_votes"' in page and "Show AI annotators&#x27; votes" in page
+    assert not project.show_ai_votes  # off by default
+
+    client.post(f"/projects/{project.pk}/edit/", project_form(show_ai_votes="on"))
+    project.refresh_from_db()
+    assert project.show_ai_votes
+    client.post(f"/projects/{project.pk}/edit/", project_form())
+    project.refresh_from_db()
+    assert not project.show_ai_votes
