@@ -66,7 +66,7 @@ def ai_vote_submit(
 ) -> PairwiseJudgement:
     """An AI annotator's vote on a pairwise item, checked as a person's is (`choice` canonical:
     "a" is the item's first reply). Once per item and voter: a second call returns the first
-    vote, so a drafting run that is delivered twice votes once."""
+    vote, so a voting run delivered twice votes once."""
     if item.kind != TaskKind.PAIRWISE:
         raise ValidationError({"item": f"Item {item.pk} is a {item.kind} task, not pairwise."})
     earlier = PairwiseJudgement.objects.filter(item=item, annotator=voter).first()
