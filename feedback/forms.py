@@ -28,6 +28,8 @@ class DemonstrationForm(TimedForm):
         widget=forms.Textarea(attrs={"rows": 14, "data-markdown-source": ""}),
         error_messages={"required": "Write the reply before submitting."},
     )
+    # The model's draft the editor started from (feedback.services.assist), if it had one.
+    draft_id = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -169,6 +171,12 @@ class ProjectForm(forms.Form):
         label="A/B votes may skip “how much better”",
         help_text="One key casts a comparison (1 left, 2 right), as in Chatbot Arena; "
         "Shift+1–3 first still records how much.",
+    )
+    show_ai_votes = forms.BooleanField(
+        required=False,
+        label="Show AI annotators' votes",
+        help_text="Comparisons: show how reward models voted on the same pair. Off, annotators "
+        "never see them; either way they count as no person's work.",
     )
     is_active = forms.BooleanField(
         required=False, initial=True, label="Open", help_text="A closed project hands out no work."
@@ -333,6 +341,7 @@ class SnapshotForm(forms.Form):
     )
     include_imported = forms.BooleanField(required=False)
     include_simulated = forms.BooleanField(required=False)
+    include_ai = forms.BooleanField(required=False, label="Include AI annotators' votes")
 
     # How the data page groups the fields.
     SECTIONS = (
@@ -343,7 +352,7 @@ class SnapshotForm(forms.Form):
             "Annotator trust (SFT and preference)",
             ("min_annotator_agreement", "min_gold_accuracy", "exclude_flagged"),
         ),
-        ("Sources", ("include_imported", "include_simulated")),
+        ("Sources", ("include_imported", "include_simulated", "include_ai")),
     )
 
     def sections(self) -> list[tuple[str, list[forms.BoundField]]]:
@@ -355,6 +364,7 @@ class SnapshotForm(forms.Form):
             "test_fraction": data["test_fraction"],
             "include_imported": data["include_imported"],
             "include_simulated": data["include_simulated"],
+            "include_ai": data["include_ai"],
         }
         if data["kind"] in ("preference", "sft"):
             policy["statuses"] = (

@@ -91,6 +91,13 @@ class Project(models.Model):
         help_text="Pairwise: an A/B vote may leave out how much better (slightly, clearly, much), "
         "so one key or click casts it, as in Chatbot Arena.",
     )
+    # Off by default: a model's vote seen before one's own anchors it, and the point of human
+    # labels is an opinion the model did not already have.
+    show_ai_votes = models.BooleanField(
+        default=False,
+        help_text="Comparisons: show annotators how AI annotators (reward models) voted on the "
+        "same pair. Their votes are never counted as human work either way.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -250,6 +257,10 @@ class AssignmentStatus(models.TextChoices):
     # annotator's work and is not one of the item's `overlap` slots (the queue counts only
     # submitted and live leased ones).
     IMPORTED = "imported", "Imported label"
+    # The slot an AI annotator's vote hangs off: like an imported label, it is not one of the
+    # item's `overlap` slots and does not count in `submitted_count`, so the queue still hands
+    # the item to as many people as the project asks for.
+    AI = "ai", "AI vote"
 
 
 class Assignment(models.Model):
@@ -306,6 +317,7 @@ class Origin(models.TextChoices):
     HUMAN = "human", "Human annotator"
     IMPORTED = "imported", "Imported data"
     SIMULATED = "simulated", "Simulated annotator"
+    AI = "ai", "AI annotator (a model)"
 
 
 class JudgementStatus(models.TextChoices):
@@ -324,7 +336,7 @@ class JudgementBase(models.Model):
     assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE)
     item = models.ForeignKey(Item, on_delete=models.CASCADE)
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
-    # Exports leave out imported and simulated labels unless asked: they are not human work.
+    # Exports leave out imported, simulated and AI labels unless asked: they are not human work.
     origin = models.CharField(max_length=12, choices=Origin.choices, default=Origin.HUMAN)
     source = models.CharField(max_length=200, blank=True, help_text="File or dataset it came from.")
     labels = models.JSONField(default=dict, blank=True)
@@ -350,8 +362,39 @@ class JudgementBase(models.Model):
         return self.annotator.get_username()
 
 
+class DemonstrationDraft(models.Model):
+    """A model's draft of a demonstration item's reply, written in the background (modeling's
+    drafting runs) for an annotator to edit. The newest draft of an item is the one shown.
+
+    `model_name` is what the task screen calls the model; `model_ref` says which registry entry
+    wrote it ("checkpoint:12"): feedback sits below the model registry and stores its label,
+    not a key into it."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="drafts")
+    text = models.TextField()
+    model_name = models.CharField(max_length=200)
+    model_ref = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # One draft per item and model: drafting again with the same model adds nothing.
+            models.UniqueConstraint(fields=["item", "model_ref"], name="draft_once_per_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"Draft by {self.model_name} for item {self.item_id}"
+
+
 class Demonstration(JudgementBase):
     text = models.TextField()
+    # The model's draft the annotator started from, and how much of it they changed: the
+    # normalised Levenshtein distance from the draft to the text (0 kept as drafted, 1 nothing
+    # kept). Both empty when the editor started empty.
+    draft = models.ForeignKey(
+        DemonstrationDraft, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    draft_edit_distance = models.FloatField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"Demonstration by {self.annotator} on item {self.item_id}"

@@ -20,9 +20,15 @@ from feedback.models import DatasetSnapshot
 from jobs.models import Status
 from modeling import selectors, services
 from modeling.ml import CONFIG_CLASSES  # plain pydantic, imported lazily: no torch here
-from modeling.models import JOBS_NEEDING_REWARD_MODEL, Checkpoint, PlaygroundTurn
+from modeling.models import (
+    JOBS_NEEDING_REWARD_MODEL,
+    Checkpoint,
+    CheckpointKind,
+    PlaygroundTurn,
+)
 from modeling.presets import PRESETS, preset_values
 from modeling.sampling import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, SamplingParams
+from modeling.services.assist import MAX_ITEMS as ASSIST_MAX_ITEMS
 
 CONFIG_PREFIX = "cfg_"
 
@@ -269,3 +275,37 @@ class PlaygroundForm(SamplingForm):
             "sampling": self.sampling(),
             "previous": previous,
         }
+
+
+class DrafterForm(forms.Form):
+    """A project's drafting model: the checkpoint whose drafts pre-fill demonstration editors."""
+
+    checkpoint = forms.ModelChoiceField(
+        queryset=Checkpoint.objects.none(),
+        required=False,
+        empty_label="None: annotators start from an empty editor",
+        label="Drafting model",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["checkpoint"].queryset = Checkpoint.objects.filter(kind=CheckpointKind.POLICY)
+
+
+class DraftRunForm(SamplingForm):
+    max_items = forms.IntegerField(min_value=1, max_value=ASSIST_MAX_ITEMS, initial=200,
+                                   label="At most this many items")  # fmt: skip
+
+    field_order = ["max_items"]
+
+
+class VoteRunForm(forms.Form):
+    checkpoint = forms.ModelChoiceField(
+        queryset=Checkpoint.objects.none(), empty_label=None, label="Reward model"
+    )
+    max_items = forms.IntegerField(min_value=1, max_value=ASSIST_MAX_ITEMS, initial=200,
+                                   label="At most this many items")  # fmt: skip
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["checkpoint"].queryset = Checkpoint.objects.filter(kind=CheckpointKind.REWARD)

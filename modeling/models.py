@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from feedback.models import DatasetSnapshot, SnapshotKind
+from feedback.models import DatasetSnapshot, Project, SnapshotKind
 from jobs.models import HARD_LIMIT_GRACE_SECONDS, BackgroundWork, Status
 
 
@@ -307,3 +307,72 @@ class PlaygroundTurn(BackgroundWork):
     @property
     def user_turns(self) -> int:
         return sum(1 for message in self.messages if message.get("role") == "user")
+
+
+class ProjectDrafter(models.Model):
+    """The project setting that names the checkpoint drafting its demonstrations: its drafting
+    runs (AssistRun) write a draft per open demonstration item, and the task screen pre-fills
+    the editor with it. Kept here, beside the registry it points into: feedback sits below
+    modeling and stores only the drafts themselves."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="drafter")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.PROTECT, related_name="+")
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    set_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.checkpoint} drafts for {self.project}"
+
+
+class AIAnnotator(models.Model):
+    """The account a reward checkpoint votes as: a user without a role or a usable password
+    (nobody logs in as it and the queue never serves it), so that its votes have an annotator
+    like anyone's, and the quality page measures it as a person."""
+
+    checkpoint = models.OneToOneField(
+        Checkpoint, on_delete=models.PROTECT, related_name="ai_annotator"
+    )
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ai_annotator"
+    )
+
+    def __str__(self) -> str:
+        return f"AI annotator {self.user} ({self.checkpoint})"
+
+
+class AssistKind(models.TextChoices):
+    DRAFTS = "drafts", "Draft demonstrations"
+    VOTES = "votes", "AI pre-votes on comparisons"
+
+
+class AssistRun(BackgroundWork):
+    """One batch of AI help for a project, on a GPU worker with the shared lifecycle: drafts
+    from the project's drafting checkpoint for its open demonstration items, or a reward
+    checkpoint's votes on its comparisons (modeling.services.assist). Both skip what the model
+    already did, so a run delivered twice, or asked for again, does each item once."""
+
+    kind = models.CharField(max_length=8, choices=AssistKind.choices)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.PROTECT, related_name="+")
+    max_items = models.PositiveIntegerField()
+    sampling = models.JSONField(
+        default=dict, blank=True, help_text="Drafts: max_new_tokens, temperature, top_p, seed"
+    )
+    outcome = models.JSONField(default=dict, blank=True, help_text="drafted / voted, skipped, …")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    time_limit_seconds = 2 * 3600
+    entrypoint = "modeling.services.assist.assist_run_execute"
+    task_name = "modeling.tasks.assist_run"
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} by {self.checkpoint} for {self.project} (#{self.pk})"

@@ -16,11 +16,11 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from jobs.backends import launch
-from jobs.models import HARD_LIMIT_GRACE_SECONDS
+from jobs.models import HARD_LIMIT_GRACE_SECONDS, BackgroundWork
 from jobs.services import work_claim
 from jobs.tasks import worker_name
 from modeling import services
-from modeling.models import PlaygroundTurn, TrainingJob
+from modeling.models import AssistRun, PlaygroundTurn, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,30 @@ def train_job(self, job_id: int) -> str:
 )
 def playground_reply(self, turn_id: int) -> str:
     """One reply of the checkpoint page's playground (modeling.services.playground)."""
-    if not PlaygroundTurn.objects.filter(pk=turn_id).exists():
+    return _claim_and_launch(PlaygroundTurn, turn_id, self.request.hostname)
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    soft_time_limit=AssistRun.time_limit_seconds,
+    time_limit=AssistRun.time_limit_seconds + HARD_LIMIT_GRACE_SECONDS,
+    autoretry_for=TRANSIENT_ERRORS,
+    max_retries=3,
+    retry_backoff=5,
+)
+def assist_run(self, run_id: int) -> str:
+    """Drafts or AI pre-votes for a project (modeling.services.assist)."""
+    return _claim_and_launch(AssistRun, run_id, self.request.hostname)
+
+
+def _claim_and_launch(model: type[BackgroundWork], pk: int, hostname: str) -> str:
+    """Claim the row and hand it to the backend; a redelivered message finds nothing to claim."""
+    if not model.objects.filter(pk=pk).exists():
         return "missing"
-    host = worker_name(self.request.hostname)
+    host = worker_name(hostname)
     backend = settings.VEREDICTO_JOB_BACKEND
-    if not work_claim(PlaygroundTurn, pk=turn_id, worker_host=host, backend=backend):
-        return PlaygroundTurn.objects.get(pk=turn_id).status
+    if not work_claim(model, pk=pk, worker_host=host, backend=backend):
+        return model.objects.get(pk=pk).status
     # As for training: the model is loaded in the launched process, never in this worker.
-    return launch(PlaygroundTurn.objects.get(pk=turn_id)).status
+    return launch(model.objects.get(pk=pk)).status

@@ -18,4 +18,7 @@ urlpatterns = [
         views.playground_turn,
         name="playground-turn",
     ),
+    path("projects/<int:project_id>/assist/", views.assist, name="assist"),
+    path("projects/<int:project_id>/assist/drafter/", views.assist_drafter, name="assist-drafter"),
+    path("projects/<int:project_id>/assist/<str:kind>/", views.assist_run_new, name="assist-run"),
 ]

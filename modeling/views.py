@@ -18,9 +18,25 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from core.forms import add_service_errors
 from core.roles import Role, role_required
+from feedback.models import Project
 from modeling import selectors, services
-from modeling.forms import CONFIG_PREFIX, JobLaunchForm, PlaygroundForm
-from modeling.models import Checkpoint, JobKind, PlaygroundTurn, TrainingJob
+from modeling.forms import (
+    CONFIG_PREFIX,
+    DrafterForm,
+    DraftRunForm,
+    JobLaunchForm,
+    PlaygroundForm,
+    VoteRunForm,
+)
+from modeling.models import (
+    AssistKind,
+    AssistRun,
+    Checkpoint,
+    JobKind,
+    PlaygroundTurn,
+    ProjectDrafter,
+    TrainingJob,
+)
 from modeling.page_sections import checkpoint_sections_render
 
 
@@ -219,3 +235,76 @@ def _render_launch(
     }
     template = "modeling/job_new.html" + ("#launch-form" if partial else "")
     return render(request, template, context, status=status)
+
+
+# --- AI help with labelling (modeling.services.assist) ------------------------------------------
+
+
+@require_GET
+@role_required(Role.ADMIN)
+def assist(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    drafter = ProjectDrafter.objects.filter(project=project).first()
+    return _render_assist(request, project, drafter)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def assist_drafter(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    form = DrafterForm(request.POST)
+    if form.is_valid():
+        try:
+            services.project_drafter_set(
+                project=project, checkpoint=form.cleaned_data["checkpoint"], set_by=request.user
+            )
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, "The drafting model is saved.")
+            return redirect("modeling:assist", project_id=project.pk)
+    drafter = ProjectDrafter.objects.filter(project=project).first()
+    return _render_assist(request, project, drafter, drafter_form=form, status=422)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def assist_run_new(request: HttpRequest, project_id: int, kind: str) -> HttpResponse:
+    project = get_object_or_404(Project, pk=project_id)
+    if kind not in AssistKind.values:
+        raise Http404("No such kind of help.")
+    form = (DraftRunForm if kind == AssistKind.DRAFTS else VoteRunForm)(request.POST)
+    if form.is_valid():
+        extra = {"sampling": form.sampling()} if kind == AssistKind.DRAFTS else {}
+        try:
+            run = services.assist_request(
+                kind=kind,
+                project=project,
+                requested_by=request.user,
+                checkpoint=form.cleaned_data.get("checkpoint"),
+                max_items=form.cleaned_data["max_items"],
+                **extra,
+            )
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(
+                request, f"{run.get_kind_display()} (#{run.pk}) queued for a GPU worker."
+            )
+            return redirect("modeling:assist", project_id=project.pk)
+    drafter = ProjectDrafter.objects.filter(project=project).first()
+    bound = {"draft_form" if kind == AssistKind.DRAFTS else "vote_form": form}
+    return _render_assist(request, project, drafter, **bound, status=422)
+
+
+def _render_assist(request, project, drafter, *, status: int = 200, **forms) -> HttpResponse:
+    context = {
+        "project": project,
+        "drafter": drafter,
+        "drafter_form": forms.get("drafter_form")
+        or DrafterForm(initial={"checkpoint": drafter and drafter.checkpoint_id}),
+        "draft_form": forms.get("draft_form") or DraftRunForm(),
+        "vote_form": forms.get("vote_form") or VoteRunForm(),
+        "runs": AssistRun.objects.filter(project=project).select_related("checkpoint")[:20],
+    }
+    return render(request, "modeling/assist.html", context, status=status)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evals.ml.definitions import REWARD_ACCURACY_DEFINITION, WIN_RATE_DEFINITION
@@ -29,6 +28,7 @@ from evals.ml.reward_diagnostics import (
     strength_bucket,
 )
 from evals.ml.stats import mean_stderr, wilson_interval
+from modeling.ml.scoring import reward_scores
 
 __all__ = [
     "REWARD_ACCURACY_DEFINITION",
@@ -188,44 +188,6 @@ def reward_win_rate(
     }
 
 
-@torch.inference_mode()
-def reward_scores(
-    reward_model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    rows: Sequence[Messages | str],
-    *,
-    batch_size: int = 8,
-) -> list[float]:
-    """The reward of each row: a message list (chat template) or a finished text string."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    score_of: dict[tuple[int, ...], float] = {}
-    keys = [tuple(_encode(tokenizer, row)) for row in rows]
-    unique = sorted(set(keys), key=lambda k: -len(k))  # longest first, little padding
-    pad_id = reward_model.config.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    limit = getattr(reward_model.config, "max_position_embeddings", None)
-    reward_model.eval()
-    for start in range(0, len(unique), batch_size):
-        chunk = unique[start : start + batch_size]
-        # Keep the end of an over-long text: the score is read at its last token.
-        chunk_ids = [list(k[-limit:]) if limit else list(k) for k in chunk]
-        width = max(len(ids) for ids in chunk_ids)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, ids in enumerate(chunk_ids):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
-        logits = reward_model(
-            input_ids=input_ids.to(reward_model.device),
-            attention_mask=attention_mask.to(reward_model.device),
-        ).logits
-        for key, score in zip(chunk, logits[:, 0].float().tolist(), strict=True):
-            score_of[key] = score
-    return [score_of[k] for k in keys]
-
-
 def _row(prompt: Messages | str, reply: Messages | str) -> Messages | str:
     """TRL's explicit-prompt rows: prompt + reply, as messages or as text."""
     if isinstance(prompt, list) and isinstance(reply, list):
@@ -233,15 +195,6 @@ def _row(prompt: Messages | str, reply: Messages | str) -> Messages | str:
     if isinstance(prompt, str) and isinstance(reply, str):
         return prompt + reply
     raise ValueError("prompt and reply must both be message lists or both be strings")
-
-
-def _encode(tokenizer: PreTrainedTokenizerBase, row: Messages | str) -> list[int]:
-    if isinstance(row, list):
-        return list(
-            tokenizer.apply_chat_template(row, tokenize=True, return_dict=True)["input_ids"]
-        )
-    eos = tokenizer.eos_token or ""
-    return tokenizer(row if row.endswith(eos) else row + eos)["input_ids"]
 
 
 def _as_messages(prompt: str | Messages) -> Messages:

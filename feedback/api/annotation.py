@@ -13,8 +13,10 @@ from feedback.models import Assignment, Project
 
 from .access import _project_for, _require
 from .schemas import (
+    AIVoteOut,
     AssignmentOut,
     DemonstrationIn,
+    DraftOut,
     JudgementOut,
     PairwiseIn,
     ProjectOut,
@@ -62,11 +64,24 @@ def next_task(
 
 def _assignment_out(assignment: Assignment) -> AssignmentOut:
     view = selectors.task_view(assignment=assignment)
+    draft = view.draft
     return AssignmentOut(
         id=assignment.pk,
         status=assignment.status,
         expires_at=assignment.expires_at,
         item=TaskItemOut.build(view.item, view.completions),
+        draft=DraftOut(id=draft.pk, text=draft.text, model_name=draft.model_name)
+        if draft
+        else None,
+        ai_votes=[
+            AIVoteOut(
+                voter=vote.voter,
+                choice=vote.choice,
+                preferred_completion_id=vote.preferred_id,
+                strength=vote.strength,
+            )
+            for vote in view.ai_votes
+        ],
     )
 
 

@@ -73,6 +73,19 @@ class ItemOut(TaskItemOut):
     completion_schema: ClassVar[type[Schema]] = CompletionOut
 
 
+class DraftOut(Schema):
+    id: int
+    text: str
+    model_name: str = Field(description="The model that wrote the draft, to say so on screen.")
+
+
+class AIVoteOut(Schema):
+    voter: str = Field(description="The AI annotator (a reward model), never a person.")
+    choice: str = Field(description="Canonical a, b, tie or both_bad.")
+    preferred_completion_id: int | None = Field(description="The reply it preferred, if any.")
+    strength: str
+
+
 class AssignmentOut(Schema):
     id: int
     status: str
@@ -81,12 +94,28 @@ class AssignmentOut(Schema):
         description="Completions in the order this annotator should see them, without who "
         "wrote them: votes are blind."
     )
+    draft: DraftOut | None = Field(
+        default=None,
+        description="Demonstrations: a model's draft to start the editor from (say it is the "
+        "model's and let the annotator edit it); null when there is none. Submitting records "
+        "it and how much was changed.",
+    )
+    ai_votes: list[AIVoteOut] = Field(
+        default=[],
+        description="Comparisons in projects that show AI votes (show_ai_votes): how AI "
+        "annotators voted on this pair; empty otherwise.",
+    )
 
 
 class DemonstrationIn(Schema):
     text: str
     labels: dict[str, Any] = {}
     seconds_spent: float | None = None
+    draft_id: int | None = Field(
+        default=None,
+        description="The draft the editor started from (the task's `draft.id`); default: the "
+        "task's current draft, if it has one.",
+    )
 
 
 class PairwiseIn(Schema):
@@ -152,7 +181,7 @@ class SnapshotIn(Schema):
     policy: dict[str, Any] = Field(
         {},
         description="Options, defaults filled in; an unknown key or an out-of-range value is a "
-        "422. All kinds: test_fraction [0, 1), include_imported, include_simulated, "
+        "422. All kinds: test_fraction [0, 1), include_imported, include_simulated, include_ai, "
         "include_gold (judgements on gold items; default false). SFT and preference: "
         "min_annotator_agreement, min_gold_accuracy (0..1 or null), exclude_flagged. "
         "Preference: aggregation (majority|all), min_agreement, min_item_agreement (0..1 or "
@@ -192,7 +221,7 @@ _JUDGEMENT_MODELS = {
     TaskKind.RANKING: RankingJudgement,
 }
 _JUDGEMENT_DATA = {
-    TaskKind.DEMONSTRATION: ("text", "status"),
+    TaskKind.DEMONSTRATION: ("text", "status", "draft_id", "draft_edit_distance"),
     TaskKind.PAIRWISE: ("choice", "strength", "shown_left", "rationale"),
     TaskKind.RANKING: ("ranking", "rationale"),
 }

@@ -82,6 +82,8 @@ class QualityReport:
     agreement: list[AgreementRow]
     annotators: list[AnnotatorRow]
     disagreements: int
+    # Each AI annotator with a person's figures, measured against the people (ai_annotator_rows).
+    ai_annotators: list[AnnotatorRow] = field(default_factory=list)
 
 
 def signed_preference(choice: str, strength: str) -> int:
@@ -203,17 +205,23 @@ def _label_values(project: Project, name: str) -> list[tuple[int, int, float]]:
 
 
 def annotator_rows(
-    project: Project, *, origins: Collection[str] = (Origin.HUMAN,)
+    project: Project, *, origins: Collection[str] = (Origin.HUMAN,), leave_out: Collection[int] = ()
 ) -> list[AnnotatorRow]:
     """Figures for everyone whose judgements have one of `origins`: the quality page measures
-    human work; a snapshot that also exports simulated work measures that population."""
-    judged = PairwiseJudgement.objects.filter(item__project=project, origin__in=origins)
+    human work; a snapshot that also exports simulated work measures that population.
+    `leave_out`: annotators whose judgements count for nothing (the other AI annotators, when
+    one is measured against the people)."""
+    judged = PairwiseJudgement.objects.filter(item__project=project, origin__in=origins).exclude(
+        annotator_id__in=leave_out
+    )
     rows: dict[int, AnnotatorRow] = {}
     seconds: dict[int, list[float]] = defaultdict(list)
     for model in (Demonstration, PairwiseJudgement, RankingJudgement):
-        for who, username, spent in model.objects.filter(
-            item__project=project, origin__in=origins
-        ).values_list("annotator_id", "annotator__username", "seconds_spent"):
+        for who, username, spent in (
+            model.objects.filter(item__project=project, origin__in=origins)
+            .exclude(annotator_id__in=leave_out)
+            .values_list("annotator_id", "annotator__username", "seconds_spent")
+        ):
             row = rows.setdefault(who, AnnotatorRow(username, who))
             row.judgements += 1
             if spent is not None:
@@ -348,9 +356,28 @@ def disagreement_items(project: Project) -> list[tuple[Item, Counter]]:
     return [(item, votes[item.pk]) for item in items]
 
 
+def ai_annotator_rows(project: Project) -> list[AnnotatorRow]:
+    """Each AI annotator (feedback.services.assist) with the figures a person gets, taken over
+    the human judgements and its own: its agreement is with the people who judged the same
+    items, never with another model. The people's own rows leave AI votes out."""
+    voters = set(
+        PairwiseJudgement.objects.filter(item__project=project, origin=Origin.AI).values_list(
+            "annotator_id", flat=True
+        )
+    )
+    rows = []
+    for voter in sorted(voters):
+        measured = annotator_rows(
+            project, origins=(Origin.HUMAN, Origin.AI), leave_out=voters - {voter}
+        )
+        rows += [row for row in measured if row.user_id == voter]
+    return sorted(rows, key=lambda r: r.username)
+
+
 def project_quality(project: Project) -> QualityReport:
     return QualityReport(
         agreement=project_agreement(project),
         annotators=annotator_rows(project),
         disagreements=len(disagreement_items(project)),
+        ai_annotators=ai_annotator_rows(project),
     )

@@ -30,6 +30,7 @@ from feedback.models import (
     AssignmentStatus,
     Completion,
     Demonstration,
+    DemonstrationDraft,
     DemonstrationStatus,
     Item,
     ItemCompletion,
@@ -38,6 +39,7 @@ from feedback.models import (
     Project,
     Prompt,
     RankingJudgement,
+    TaskKind,
 )
 
 
@@ -46,6 +48,12 @@ def member_or_open_q(user: AbstractBaseUser) -> Q:
     member = Project.annotators.through.objects.filter(project_id=OuterRef("pk"), user_id=user.pk)
     has_members = Project.annotators.through.objects.filter(project_id=OuterRef("pk"))
     return Exists(member) | ~Exists(has_members)
+
+
+def project_find(*, reference: str) -> Project:
+    """By id or by name (management commands take either); Project.DoesNotExist otherwise."""
+    project = Project.objects.filter(pk=int(reference)).first() if reference.isdigit() else None
+    return project or Project.objects.get(name=reference)
 
 
 def projects_annotatable(*, user: AbstractBaseUser) -> QuerySet[Project]:
@@ -199,9 +207,73 @@ class TaskView:
         return _judgement_for(self.assignment)
 
     @cached_property
+    def draft(self) -> DemonstrationDraft | None:
+        """A model's draft to start from: the one a submitted demonstration started from, else
+        the item's current one (None when the item has none, or is not a demonstration)."""
+        if self.kind != TaskKind.DEMONSTRATION:
+            return None
+        if self.judgement is not None:
+            return self.judgement.draft
+        return current_draft(item_id=self.item.pk)
+
+    @cached_property
+    def ai_votes(self) -> list[AIVote]:
+        """How AI annotators voted on this pair, in this annotator's sides; empty unless the
+        project shows them (Project.show_ai_votes)."""
+        if self.kind != TaskKind.PAIRWISE or not self.item.project.show_ai_votes:
+            return []
+        left_id = self.completions[0].pk
+        return ai_votes_shown(item=self.item, a_id=self.canonical_ids[0], left_id=left_id)
+
+    @cached_property
     def _by_id(self) -> dict[int, Completion]:
         prefetch_completions(self.item)
         return {ic.completion_id: ic.completion for ic in self.item.item_completions.all()}
+
+
+@dataclass(frozen=True)
+class AIVote:
+    voter: str
+    choice: str  # canonical: a, b, tie or both_bad
+    strength: str  # slight, clear, strong or ""
+    preferred_id: int | None  # the reply it preferred
+    side: str  # "left", "right", "tie" or "both bad", as this annotator sees the pair
+    how_much: str  # "slightly", "clearly", "much" or ""
+
+
+def current_draft(*, item_id: int) -> DemonstrationDraft | None:
+    """The draft an item's editor starts from: its newest."""
+    return DemonstrationDraft.objects.filter(item_id=item_id).order_by("-created_at", "-id").first()
+
+
+def ai_votes_shown(*, item: Item, a_id: int, left_id: int) -> list[AIVote]:
+    """AI annotators' votes on a pair (`a_id`: its canonical A), with sides named for whoever
+    sees `left_id` on the left."""
+    votes = (
+        PairwiseJudgement.objects.filter(item=item, origin=Origin.AI)
+        .select_related("annotator")
+        .order_by("annotator__username")
+    )
+    b_id = item.item_completions.exclude(completion_id=a_id).values_list("completion_id", flat=True)
+    preferred = {"a": a_id, "b": next(iter(b_id), None)}
+    shown = []
+    for vote in votes:
+        if vote.choice in ("a", "b"):
+            side = "left" if (vote.choice == "a") == (a_id == left_id) else "right"
+        else:
+            side = vote.get_choice_display().lower()
+        how_much = vote.get_strength_display().lower() if vote.strength else ""
+        shown.append(
+            AIVote(
+                vote.annotator.get_username(),
+                vote.choice,
+                vote.strength,
+                preferred.get(vote.choice),
+                side,
+                how_much,
+            )
+        )
+    return shown
 
 
 def _judgement_for(assignment: Assignment) -> Any | None:
@@ -288,6 +360,7 @@ class ProjectProgress:
     skipped: list[StuckItem]
     stuck_count: int
     imported: int = 0  # labels that came with imported files: nobody's work, no slot taken
+    ai_votes: int = 0  # AI annotators' votes: no person's work either, and no slot taken
 
 
 def eligible_annotators(*, project: Project) -> QuerySet:
@@ -315,15 +388,15 @@ def project_progress(*, project: Project) -> ProjectProgress:
     )
     # Imported labels are their source's, not a person's (feedback.services.imports.owner):
     # they are counted apart, never as an annotator's work.
-    assignments = Assignment.objects.filter(item__project=project).exclude(
-        status=AssignmentStatus.IMPORTED
-    )
+    # AI votes likewise (feedback.services.assist).
+    apart = [AssignmentStatus.IMPORTED, AssignmentStatus.AI]
+    assignments = Assignment.objects.filter(item__project=project).exclude(status__in=apart)
     seconds_by_user: dict[str, list[float]] = {}
     all_seconds: list[float] = []
     for model in (Demonstration, PairwiseJudgement, RankingJudgement):
         rows = (
             model.objects.filter(item__project=project)
-            .exclude(origin=Origin.IMPORTED)
+            .exclude(origin__in=[Origin.IMPORTED, Origin.AI])
             .values_list("annotator__username", "seconds_spent")
         )
         for username, seconds in rows:
@@ -397,6 +470,9 @@ def project_progress(*, project: Project) -> ProjectProgress:
         stuck_count=stuck,
         imported=Assignment.objects.filter(
             item__project=project, status=AssignmentStatus.IMPORTED
+        ).count(),
+        ai_votes=Assignment.objects.filter(
+            item__project=project, status=AssignmentStatus.AI
         ).count(),
     )
 

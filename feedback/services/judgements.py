@@ -16,6 +16,7 @@ from django.db import connection, transaction
 from django.db.models import Model
 from django.forms.models import model_to_dict
 from django.utils import timezone
+from rapidfuzz.distance import Levenshtein
 
 from core.errors import NotYourTask, TaskUnavailable
 from feedback.models import (
@@ -23,6 +24,7 @@ from feedback.models import (
     Assignment,
     AssignmentStatus,
     Demonstration,
+    DemonstrationDraft,
     Item,
     JudgementRevision,
     JudgementStatus,
@@ -33,7 +35,7 @@ from feedback.models import (
     Strength,
     TaskKind,
 )
-from feedback.selectors import canonical_a_id
+from feedback.selectors import canonical_a_id, current_draft
 
 from .queue import slots_taken
 from .validation import clean_labels, clean_text
@@ -44,6 +46,32 @@ def _clean_seconds(seconds_spent: float | None) -> float | None:
         return None
     # Clamp rather than reject: a tab left open overnight is not the annotator's error.
     return max(0.0, min(float(seconds_spent), 24 * 3600.0))
+
+
+def draft_edit_distance(draft: str, text: str) -> float:
+    """How much of a model's draft an annotator changed: the character-level Levenshtein
+    distance over the longer text's length (rapidfuzz's `normalized_distance`), to 4 places.
+    0: submitted as drafted; 1: nothing of it kept."""
+    return round(Levenshtein.normalized_distance(draft, text), 4)
+
+
+def _clean_demonstration(assignment: Assignment, text: str, draft_id: int | None) -> dict:
+    """The text, and the draft it started from with how much was changed: the one the caller
+    names (the draft its screen showed), else the item's current draft, if it has one."""
+    text = clean_text(text, field="text")
+    if draft_id is None:
+        draft = current_draft(item_id=assignment.item_id)
+    else:
+        draft = DemonstrationDraft.objects.filter(pk=draft_id, item_id=assignment.item_id).first()
+        if draft is None:
+            raise ValidationError({"draft_id": "No such draft for this task."})
+    if draft is None:
+        return {"text": text}
+    return {
+        "text": text,
+        "draft": draft,
+        "draft_edit_distance": draft_edit_distance(draft.text, text),
+    }
 
 
 def _clean_pairwise(assignment: Assignment, choice: str, strength: str, rationale: str) -> dict:
@@ -152,6 +180,9 @@ def _submit(
     model = JUDGEMENT_MODELS[kind]
     if origin not in Origin.values:
         raise ValidationError({"origin": f"Origin is one of {', '.join(Origin.values)}."})
+    if origin == Origin.AI:
+        # An AI vote must not take a person's slot: feedback.services.assist.ai_vote_submit.
+        raise ValidationError({"origin": "AI votes go through ai_vote_submit, not the queue."})
     with transaction.atomic():
         assignment = _owned_assignment(assignment_id, annotator, loaded)
         if assignment.item.kind != kind:
@@ -190,12 +221,15 @@ def demonstration_submit(
     seconds_spent: float | None = None,
     origin: str = Origin.HUMAN,
     loaded: Assignment | None = None,
+    draft_id: int | None = None,
 ) -> Demonstration:
+    """`draft_id`: the model's draft the annotator's screen showed (default: the item's
+    current draft); the judgement records it and how much of it was changed."""
     return _submit(
         assignment_id=assignment_id,
         annotator=annotator,
         kind=TaskKind.DEMONSTRATION,
-        clean=lambda _: {"text": clean_text(text, field="text")},
+        clean=lambda a: _clean_demonstration(a, text, draft_id),
         labels=labels,
         seconds_spent=seconds_spent,
         origin=origin,
@@ -336,6 +370,10 @@ def judgement_edit(
         JudgementRevision.objects.create(assignment=assignment, payload=before, edited_by=annotator)
         for name, value in fields.items():
             setattr(judgement, name, value)
+        if kind == TaskKind.DEMONSTRATION and judgement.draft_id is not None:
+            # The figure follows the text it describes.
+            draft = DemonstrationDraft.objects.get(pk=judgement.draft_id).text
+            judgement.draft_edit_distance = draft_edit_distance(draft, judgement.text)
         judgement.updated_at = timezone.now()
         if judgement.status == JudgementStatus.REJECTED:
             judgement.status = JudgementStatus.SUBMITTED  # fixed: back in the review queue

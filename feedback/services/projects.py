@@ -47,6 +47,7 @@ PROJECT_SETTINGS = (
     "gold_rate",
     "reveal_models",
     "strength_optional",
+    "show_ai_votes",
     "is_active",
     "label_schema",
 )
@@ -64,6 +65,7 @@ def project_create(
     gold_rate: float = 0.0,
     reveal_models: bool = False,
     strength_optional: bool = False,
+    show_ai_votes: bool = False,
     is_active: bool = True,
     annotators: Iterable[AbstractBaseUser] | None = None,
 ) -> Project:
@@ -79,6 +81,7 @@ def project_create(
         gold_rate=gold_rate,
         reveal_models=reveal_models,
         strength_optional=strength_optional,
+        show_ai_votes=show_ai_votes,
         is_active=is_active,
     )
     return _project_save(project, annotators=annotators)

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from core.roles import require_admin
-from feedback.models import Item, Project, Prompt, Split, TaskKind
+from feedback.models import Item, Origin, Project, Prompt, Split, TaskKind
 
 from .review import item_mark_gold
 
@@ -26,12 +26,15 @@ def _items(project: Project, item_ids: Collection[int]):
 
 
 def agreed_answer(item: Item) -> dict | None:
-    """The adjudicated answer, else the one every judgement gave; None when they split."""
+    """The adjudicated answer, else the one every judgement gave (AI votes aside); None when
+    they split."""
     adjudication = item.adjudications.first()
     if item.kind == TaskKind.PAIRWISE:
         if adjudication and adjudication.choice:
             return {"choice": adjudication.choice}
-        choices = Counter(item.pairwisejudgement_set.values_list("choice", flat=True))
+        # A model's vote is no answer to measure people by (feedback.services.assist).
+        votes = item.pairwisejudgement_set.exclude(origin=Origin.AI)
+        choices = Counter(votes.values_list("choice", flat=True))
         return {"choice": next(iter(choices))} if len(choices) == 1 else None
     if item.kind == TaskKind.RANKING:
         if adjudication and adjudication.ranking:

@@ -209,7 +209,11 @@ def _own_assignment(request: HttpRequest, assignment_id: int) -> Assignment:
 def _form_for(view: selectors.TaskView, *, data=None, initial: bool = False) -> forms.Form:
     judgement = view.judgement
     if view.kind == TaskKind.DEMONSTRATION:
-        start = {"text": judgement.text} if judgement and initial else None
+        start = None
+        if judgement and initial:
+            start = {"text": judgement.text}
+        elif initial and view.draft is not None:  # the editor starts from a model's draft
+            start = {"text": view.draft.text, "draft_id": view.draft.pk}
         return DemonstrationForm(data, initial=start)
     if view.kind == TaskKind.PAIRWISE:
         start = None
@@ -250,6 +254,8 @@ def _save(request, view: selectors.TaskView, form: forms.Form, *, editing: bool)
     labels = labels_from_post(assignment.item.project.label_schema, request.POST)
     if view.kind == TaskKind.DEMONSTRATION:
         fields = {"text": form.cleaned_data["text"]}
+        if not editing:
+            fields["draft_id"] = form.cleaned_data["draft_id"]
     elif view.kind == TaskKind.PAIRWISE:
         a_id = selectors.canonical_a_id(assignment)
         fields = {
@@ -286,7 +292,8 @@ def _add_errors(form: forms.Form, exc: ValidationError) -> None:
         form.add_error(None, exc)
         return
     for field, errors in exc.message_dict.items():
-        form.add_error(field if field in form.fields else None, errors)
+        shown = field in form.fields and not form.fields[field].widget.is_hidden
+        form.add_error(field if shown else None, errors)  # a hidden input shows no errors
 
 
 def _next_task(request: HttpRequest, project: Project, revealed: list[str] = ()) -> HttpResponse:

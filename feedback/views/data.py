@@ -41,6 +41,7 @@ POLICY_LABELS = {
     "exclude_flagged": "Leave out flagged annotators",
     "include_imported": "Include imported judgements",
     "include_simulated": "Include simulated judgements",
+    "include_ai": "Include AI annotators' votes",
     "include_gold": "Include judgements on gold items",
 }
 DROPPED_LABELS = {

@@ -19,7 +19,7 @@ from jobs.services import (
     work_sweep,
 )
 from loop.models import ComparisonBatch
-from modeling.models import PlaygroundTurn, TrainingJob
+from modeling.models import AssistRun, PlaygroundTurn, TrainingJob
 from tests.factories import ProjectFactory
 
 pytestmark = pytest.mark.django_db
@@ -31,6 +31,7 @@ def test_every_kind_of_background_work_shares_the_lifecycle():
         EvalRun,
         ComparisonBatch,
         PlaygroundTurn,
+        AssistRun,
         DataImport,
         DatasetSnapshot,
     }

@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from feedback.models import Project
+from feedback.selectors import project_find
 from feedback.services import ImportOptions, import_file
 from feedback.services.imports import PAIRINGS, SHAPES
 
@@ -58,8 +59,7 @@ class Command(BaseCommand):
 
 
 def _project(value: str) -> Project:
-    project = Project.objects.filter(pk=int(value)).first() if value.isdigit() else None
-    project = project or Project.objects.filter(name=value).first()
-    if project is None:
-        raise CommandError(f"No project {value!r}.")
-    return project
+    try:
+        return project_find(reference=value)
+    except Project.DoesNotExist:
+        raise CommandError(f"No project {value!r}.") from None

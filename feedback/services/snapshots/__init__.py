@@ -47,7 +47,9 @@ of adjudicated pairs.
 
 The held-out split is chosen stably by prompt hash (``test_fraction``, default 0.1), and a prompt
 imported with ``split="test"`` is always held out: the same prompt never lands in both.
-Imported and simulated judgements are left out unless ``include_imported`` / ``include_simulated``.
+Imported, simulated and AI judgements are left out unless ``include_imported`` /
+``include_simulated`` / ``include_ai``. An SFT row written from a model's draft carries
+``draft_model`` and ``draft_edit_distance`` (0: kept as drafted, 1: nothing kept).
 """
 
 from __future__ import annotations

@@ -43,12 +43,14 @@ _COMMON = {
     "test_fraction": 0.1,
     "include_imported": False,
     "include_simulated": False,
+    "include_ai": False,
     "include_gold": False,
 }
 _SWITCHES = (
     "keep_ties",
     "include_imported",
     "include_simulated",
+    "include_ai",
     "include_gold",
     "exclude_flagged",
 )
@@ -126,9 +128,12 @@ def origins(policy: dict[str, Any]) -> list[str]:
         origins.append(Origin.IMPORTED)
     if policy["include_simulated"]:
         origins.append(Origin.SIMULATED)
+    if policy["include_ai"]:
+        origins.append(Origin.AI)
     return origins
 
 
 # Whose work the trust filters judge. An imported judgement is the file's, not the work of the
-# user who imported it: it is neither measured nor left out by annotator.
-MEASURED = (Origin.HUMAN, Origin.SIMULATED)
+# user who imported it: it is neither measured nor left out by annotator. An AI annotator is
+# measured as a person is (the quality page lists it with the same figures).
+MEASURED = (Origin.HUMAN, Origin.SIMULATED, Origin.AI)

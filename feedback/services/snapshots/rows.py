@@ -81,12 +81,17 @@ class Build:
 def _sft_rows(build: Build) -> Iterator[tuple[str, dict]]:
     policy = build.policy
     demos = build.judgements(Demonstration, status__in=policy["statuses"]).order_by("item_id", "id")
-    fields = ("id", "item_id", "text", *_prompt_fields("item__prompt__"))
-    for demo_id, item_id, text, *prompt in demos.values_list(*fields).iterator(CHUNK):
+    fields = ("id", "item_id", "text", "draft__model_name", "draft_edit_distance")
+    fields += _prompt_fields("item__prompt__")
+    for demo_id, item_id, text, drafter, edited, *prompt in demos.values_list(*fields).iterator(
+        CHUNK
+    ):
         prompt_id, content_hash, declared, system, messages = prompt
         split = prompt_split(content_hash, declared, policy["test_fraction"])
         convo = conversation(system, messages)
         meta = {"item_id": item_id, "prompt_id": prompt_id, "judgement_id": demo_id}
+        if edited is not None:  # written from a model's draft: which, and how much was changed
+            meta |= {"draft_model": drafter, "draft_edit_distance": edited}
         if policy["format"] == "messages":
             yield split, {"messages": [*convo, *assistant_turn(text)], **meta}
         else:
