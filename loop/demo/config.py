@@ -104,8 +104,12 @@ SCALES: dict[str, DemoScale] = {
         # From the DPO policy, the strict checker as reward, on prompts it is sometimes right on.
         # 80 updates of 4 prompts x 8 samples; beta 0 (no reference model: the strict checker
         # cannot be gamed by drifting, and the held-out measurement would show a collapse).
+        # lr 2e-4: against the DPO policy (learnable sampled accuracy, from each seed's own DPO
+        # checkpoint and online snapshot) 1e-4 gave +0.029 / +0.021 [-0.004, +0.046] / +0.054
+        # on seeds 0 / 1 / 2, this +0.067 / +0.036 [+0.011, +0.061] / +0.035 [+0.009, +0.061];
+        # 120 steps at 1e-4 gave +0.031 on seed 1.
         grpo={
-            "learning_rate": 1e-4,
+            "learning_rate": 2e-4,
             "max_steps": 80,
             "batch_size": 32,
             "num_generations": 8,
