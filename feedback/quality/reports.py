@@ -26,6 +26,7 @@ from feedback.models import (
     TaskKind,
 )
 
+from .dawid_skene import dawid_skene
 from .metrics import (
     Estimate,
     binomial_test_p,
@@ -44,6 +45,10 @@ TOO_FAST_SHARE_OF_MEDIAN = 0.3
 SIDE_BIAS_P = 0.01
 LOW_AGREEMENT = 0.5
 LOW_GOLD_ACCURACY = 0.6
+# Agreement with others needs an item that two or more others judged (a majority to agree
+# with); a Dawid–Skene reliability resting on fewer shared items than this is not shown.
+MIN_OTHERS_FOR_AGREEMENT = 2
+MIN_SHARED_FOR_RELIABILITY = 5
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class AnnotatorRow:
     both_bad_rate: float | None = None
     loo_agreement: float | None = None
     loo_n: int = 0
+    pairwise: int = 0  # pairwise votes on ordinary items: the only ones compared with others
+    shared_items: int = 0  # ... on items someone else also judged
+    loo_items: int = 0  # ... on items MIN_OTHERS_FOR_AGREEMENT or more others judged
+    reliability: float | None = None  # Dawid–Skene: P(their vote is the true label)
     gold_accuracy: float | None = None
     gold_n: int = 0
     flags: list[str] = field(default_factory=list)
@@ -75,6 +84,33 @@ class AnnotatorRow:
     def skip_rate(self) -> float | None:
         seen = self.judgements + self.skips
         return round(self.skips / seen, 3) if seen else None
+
+    @property
+    def agreement_gap(self) -> str:
+        """Why there is no agreement figure, in words ("" when there is one)."""
+        if self.loo_agreement is not None:
+            return ""
+        if not self.pairwise:
+            return "no pairwise votes"
+        if not self.loo_items:
+            return (
+                f"overlap too low: {self.loo_items} items shared with "
+                f"≥ {MIN_OTHERS_FOR_AGREEMENT} others, needs ≥ 1"
+            )
+        return f"no majority among the others on its {self.loo_items} shared items"
+
+    @property
+    def reliability_gap(self) -> str:
+        """Why there is no Dawid–Skene reliability, in words ("" when there is one)."""
+        if self.reliability is not None:
+            return ""
+        if not self.pairwise:
+            return "no pairwise votes"
+        items = "item" if self.shared_items == 1 else "items"
+        return (
+            f"overlap too low: {self.shared_items} shared {items}, "
+            f"needs ≥ {MIN_SHARED_FOR_RELIABILITY}"
+        )
 
 
 @dataclass(frozen=True)
@@ -227,7 +263,9 @@ def annotator_rows(
         judged.values_list("item_id", "annotator_id", "choice", "shown_left", "item__is_gold")
     )
     _position_and_ties(rows, pairwise)
-    _leave_one_out(rows, [p for p in pairwise if not p[4]])
+    ordinary = [p for p in pairwise if not p[4]]
+    _leave_one_out(rows, ordinary)
+    _reliability(rows, ordinary)
     _gold_accuracy(rows, project, origins)
     all_seconds = [s for values in seconds.values() for s in values]
     project_median = statistics.median(all_seconds) if all_seconds else None
@@ -276,6 +314,10 @@ def _leave_one_out(rows: dict[int, AnnotatorRow], pairwise) -> None:
     for votes in by_item.values():
         for who, choice in votes:
             others = Counter(c for w, c in votes if w != who)
+            row = rows[who]
+            row.pairwise += 1
+            row.shared_items += sum(others.values()) >= 1
+            row.loo_items += sum(others.values()) >= MIN_OTHERS_FOR_AGREEMENT
             ranked = others.most_common(2)
             if sum(others.values()) < 2 or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
                 continue
@@ -283,6 +325,20 @@ def _leave_one_out(rows: dict[int, AnnotatorRow], pairwise) -> None:
     for who, outcomes in hits.items():
         rows[who].loo_n = len(outcomes)
         rows[who].loo_agreement = round(sum(outcomes) / len(outcomes), 3)
+
+
+def _reliability(rows: dict[int, AnnotatorRow], pairwise) -> None:
+    """Dawid–Skene on the pairwise choices (A, B, tie, both bad) of items two or more annotators
+    judged: an item one person judged says nothing about who is right. Each annotator's figure
+    is the model's probability that their vote is the item's true label, averaged over their
+    votes."""
+    by_item = Counter(item for item, *_ in pairwise)
+    shared = [(item, who, choice) for item, who, choice, *_ in pairwise if by_item[item] >= 2]
+    if not shared:
+        return
+    for who, (value, _) in dawid_skene(shared).reliability().items():
+        if rows[who].shared_items >= MIN_SHARED_FOR_RELIABILITY:
+            rows[who].reliability = round(value, 3)
 
 
 def _gold_accuracy(

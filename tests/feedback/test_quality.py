@@ -316,6 +316,25 @@ def test_quality_page_is_admin_only_and_shows_the_report(client, roles, admin_us
     assert 'id="overlap-too-low"' not in html
 
 
+def test_at_overlap_two_each_annotator_row_says_why_it_has_no_agreement_figure(
+    client, roles, admin_user
+):
+    # Two annotators judge three items each: every item is shared with one other annotator, so
+    # neither has a majority of others to agree with. The cells said "–" without saying why.
+    project = ProjectFactory(overlap=2, task_kinds=[TaskKind.PAIRWISE])
+    for _ in range(3):
+        make_item(project)
+    judge(project, [(annotator("pair1"), ["a", "b", "a"]), (annotator("pair2"), ["a", "a", "a"])])
+    rows = {r.username: r for r in annotator_rows(project)}
+    assert (rows["pair1"].pairwise, rows["pair1"].shared_items, rows["pair1"].loo_items) == (3, 3, 0)
+    assert rows["pair1"].loo_agreement is None
+
+    client.force_login(admin_user)
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert html.count("overlap too low: 0 items shared with ≥ 2 others, needs ≥ 1") == 2
+    assert html.count("overlap too low: 3 shared items, needs ≥ 5") == 2  # Dawid–Skene
+
+
 # --- adjudication ----------------------------------------------------------------------------
 
 
