@@ -288,9 +288,14 @@ class SnapshotForm(forms.Form):
     name = forms.CharField(required=False, max_length=200)
     test_fraction = forms.FloatField(initial=0.1, min_value=0, max_value=0.9)
     aggregation = forms.ChoiceField(
-        choices=[("majority", "Majority per item"), ("all", "Every judgement is a row")],
+        choices=[
+            ("majority", "Majority per item"),
+            ("dawid_skene", "Dawid–Skene posterior per item"),
+            ("all", "Every judgement is a row"),
+        ],
         initial="majority",
-        help_text="Preference. An adjudicated item always gives its adjudicated answer.",
+        help_text="Preference. Dawid–Skene weighs each vote by its annotator's estimated "
+        "reliability (quality page). An adjudicated item always gives its adjudicated answer.",
     )
     min_agreement = forms.FloatField(
         initial=0.5,
@@ -305,6 +310,13 @@ class SnapshotForm(forms.Form):
         label="Min item agreement",
         help_text="Preference, optional: drop items whose most common answer has a smaller "
         "share of the votes.",
+    )
+    min_posterior = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        label="Min posterior",
+        help_text="Dawid–Skene, optional: drop pairs whose label has a lower probability.",
     )
     keep_ties = forms.BooleanField(required=False, help_text="Keep ties / both-bad as rows.")
     accepted_only = forms.BooleanField(
@@ -337,7 +349,10 @@ class SnapshotForm(forms.Form):
     # How the data page groups the fields.
     SECTIONS = (
         ("Snapshot", ("kind", "name", "test_fraction")),
-        ("Preference pairs", ("aggregation", "min_agreement", "min_item_agreement", "keep_ties")),
+        (
+            "Preference pairs",
+            ("aggregation", "min_agreement", "min_posterior", "min_item_agreement", "keep_ties"),
+        ),
         ("Review (SFT and preference)", ("accepted_only",)),
         (
             "Annotator trust (SFT and preference)",
@@ -369,6 +384,7 @@ class SnapshotForm(forms.Form):
             policy |= {
                 "aggregation": data["aggregation"],
                 "min_agreement": data["min_agreement"],
+                "min_posterior": data["min_posterior"],
                 "min_item_agreement": data["min_item_agreement"],
                 "keep_ties": data["keep_ties"],
             }

@@ -27,7 +27,7 @@ EPS = 1e-10  # crowd-kit's floor for a probability before its logarithm is taken
 
 @dataclass(frozen=True)
 class DawidSkeneFit:
-    tasks: list[Hashable]
+    task_index: dict[Hashable, int]  # task -> its row of `posteriors`
     workers: list[Hashable]
     labels: list[Hashable]  # sorted; every array's label axis follows this order
     posteriors: np.ndarray  # tasks × labels: P(true label | every answer)
@@ -39,11 +39,12 @@ class DawidSkeneFit:
     worker_of: np.ndarray
     label_of: np.ndarray
 
-    def posteriors_by_task(self) -> dict[Hashable, dict[Hashable, float]]:
-        return {
-            task: dict(zip(self.labels, row, strict=True))
-            for task, row in zip(self.tasks, self.posteriors.tolist(), strict=True)
-        }
+    def posterior(self, task: Hashable) -> dict[Hashable, float]:
+        """{label: probability that it is the task's true label}; {} for a task not fitted."""
+        row = self.task_index.get(task)
+        if row is None:
+            return {}
+        return dict(zip(self.labels, self.posteriors[row].tolist(), strict=True))
 
     def reliability(self) -> dict[Hashable, tuple[float, int]]:
         """Per worker: the model's probability that their answer is the true label, averaged
@@ -79,6 +80,9 @@ def dawid_skene(
     t = np.array(tasks_seen, dtype=np.intp)
     w = np.array(workers_seen, dtype=np.intp)
     k = np.array([label_index[label] for label in raw_labels], dtype=np.intp)
+    if not labels:
+        nothing = np.zeros((0, 0))
+        return DawidSkeneFit({}, [], [], nothing, np.zeros(0), np.zeros((0, 0, 0)), 0, t, w, k)
     shape = (len(task_index), len(worker_index), len(labels))
     model = _Model(t, w, k, shape)
 
@@ -95,7 +99,7 @@ def dawid_skene(
             break
         bound = new_bound
     return DawidSkeneFit(
-        tasks=list(task_index),
+        task_index=task_index,
         workers=list(worker_index),
         labels=labels,
         posteriors=posteriors,

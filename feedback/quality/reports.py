@@ -58,6 +58,16 @@ class AgreementRow:
     level: str
     estimate: Estimate
 
+    @property
+    def gap(self) -> str:
+        """Why there is no value, in words ("" when there is one)."""
+        if self.estimate.value is not None:
+            return ""
+        if not self.estimate.n_items:
+            return "overlap too low: no item has 2 or more judgements yet"
+        n = self.estimate.n_items
+        return f"undefined on {n} item{'' if n == 1 else 's'}: every answer the same, or too few"
+
 
 @dataclass
 class AnnotatorRow:
@@ -118,6 +128,7 @@ class QualityReport:
     agreement: list[AgreementRow]
     annotators: list[AnnotatorRow]
     disagreements: int
+    min_shared_for_reliability: int = MIN_SHARED_FOR_RELIABILITY
 
 
 def signed_preference(choice: str, strength: str) -> int:

@@ -20,7 +20,7 @@ from feedback.models import (
 from feedback.quality.reports import annotator_rows, disagreement_items, project_agreement
 from feedback.selectors.review import ReviewFilters, review_queue_page
 from feedback.services import review as review_services
-from tests.factories import ProjectFactory, UserFactory, annotator, make_item
+from tests.factories import ProjectFactory, UserFactory, annotator, make_item, outvoted_crowd
 
 pytestmark = pytest.mark.django_db
 
@@ -326,13 +326,32 @@ def test_at_overlap_two_each_annotator_row_says_why_it_has_no_agreement_figure(
         make_item(project)
     judge(project, [(annotator("pair1"), ["a", "b", "a"]), (annotator("pair2"), ["a", "a", "a"])])
     rows = {r.username: r for r in annotator_rows(project)}
-    assert (rows["pair1"].pairwise, rows["pair1"].shared_items, rows["pair1"].loo_items) == (3, 3, 0)
+    assert (rows["pair1"].pairwise, rows["pair1"].shared_items, rows["pair1"].loo_items) == (
+        3,
+        3,
+        0,
+    )
     assert rows["pair1"].loo_agreement is None
 
     client.force_login(admin_user)
     html = client.get(f"/projects/{project.pk}/quality/").content.decode()
     assert html.count("overlap too low: 0 items shared with ≥ 2 others, needs ≥ 1") == 2
     assert html.count("overlap too low: 3 shared items, needs ≥ 5") == 2  # Dawid–Skene
+
+
+def test_reliability_credits_the_careful_annotator_the_majority_outvotes(client, roles, admin_user):
+    project = ProjectFactory(overlap=4, task_kinds=[TaskKind.PAIRWISE])
+    outvoted_crowd(project)
+
+    rows = {r.username: r for r in annotator_rows(project)}
+
+    assert rows["careful"].reliability == 1.0 and rows["careful"].shared_items == 13
+    assert rows["careless1"].reliability == pytest.approx(6 / 13, abs=0.01)
+    client.force_login(admin_user)
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert "Reliability" in html and "Dawid–Skene" in html
+    assert '1.00 <span class="muted">(n=13)</span>' in html
+    assert '0.46 <span class="muted">(n=13)</span>' in html
 
 
 # --- adjudication ----------------------------------------------------------------------------
