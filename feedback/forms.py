@@ -361,6 +361,12 @@ class SnapshotForm(forms.Form):
         ("Sources", ("include_imported", "include_simulated")),
     )
 
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("min_posterior") is not None and data.get("aggregation") != "dawid_skene":
+            self.add_error("min_posterior", "Applies to the Dawid–Skene aggregation only.")
+        return data
+
     def sections(self) -> list[tuple[str, list[forms.BoundField]]]:
         return [(legend, [self[name] for name in names]) for legend, names in self.SECTIONS]
 
