@@ -13,6 +13,7 @@ from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from django.db.models import QuerySet
 
 from feedback.models import (
     Assignment,
@@ -32,8 +33,9 @@ from .metrics import (
     binomial_test_p,
     bootstrap,
     fleiss_kappa,
-    krippendorff_alpha,
+    krippendorff_alpha_of_counts,
     mean_kendall_tau,
+    unit_value_counts,
 )
 
 CHOICE_CODES = {"a": 0, "b": 1, "tie": 2, "both_bad": 3}
@@ -155,7 +157,9 @@ def _matrix(rows: list[tuple[int, int, float]]) -> tuple[np.ndarray, int]:
 
 def _alpha_estimate(rows, level: str, seed: int) -> Estimate:
     data, n = _matrix(rows)
-    return bootstrap(lambda idx: krippendorff_alpha(data[:, idx], level), n, seed=seed)
+    counts, values = unit_value_counts(data)
+    return bootstrap(lambda idx: krippendorff_alpha_of_counts(counts[idx], values, level), n,
+                     seed=seed)  # fmt: skip
 
 
 def _pairwise(project: Project) -> list[tuple]:
@@ -395,6 +399,13 @@ def disagreement_items(project: Project) -> list[tuple[Item, Counter]]:
     """Ordinary pairwise and ranking items with two or more human judgements that do not all
     agree and have no adjudication yet, with their vote counts (per choice; per distinct
     ranking, as a tuple of sorted groups): the queue for adjudicators."""
+    votes, split = _split_items(project)
+    items = split.select_related("prompt").prefetch_related("item_completions").order_by("id")
+    return [(item, votes[item.pk]) for item in items]
+
+
+def _split_items(project: Project) -> tuple[dict[int, Counter], QuerySet[Item]]:
+    """Every item's vote counts, and the split items awaiting adjudication."""
     votes: dict[int, Counter] = defaultdict(Counter)
     for item, _, choice, _ in _pairwise(project):
         votes[item][choice] += 1
@@ -404,20 +415,14 @@ def disagreement_items(project: Project) -> list[tuple[Item, Counter]]:
     for item, ranking in rankings:
         votes[item][tuple(tuple(sorted(group)) for group in ranking)] += 1
     split = [item for item, counts in votes.items() if len(counts) > 1]
-    items = (
-        Item.objects.filter(
-            pk__in=split, kind__in=[TaskKind.PAIRWISE, TaskKind.RANKING], adjudications__isnull=True
-        )
-        .select_related("prompt")
-        .prefetch_related("item_completions")
-        .order_by("id")
+    return votes, Item.objects.filter(
+        pk__in=split, kind__in=[TaskKind.PAIRWISE, TaskKind.RANKING], adjudications__isnull=True
     )
-    return [(item, votes[item.pk]) for item in items]
 
 
 def project_quality(project: Project) -> QualityReport:
     return QualityReport(
         agreement=project_agreement(project),
         annotators=annotator_rows(project),
-        disagreements=len(disagreement_items(project)),
+        disagreements=_split_items(project)[1].count(),
     )
