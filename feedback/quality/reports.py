@@ -71,6 +71,16 @@ class AgreementRow:
         return f"undefined on {n} item{'' if n == 1 else 's'}: every answer the same, or too few"
 
 
+@dataclass(frozen=True)
+class YesNoReliability:
+    """Dawid–Skene on one yes/no label (a flag such as "unsafe"). Flags are mostly "no", so a
+    share of right answers would say little: the model's two error rates say it instead."""
+
+    label: str
+    catches: float | None  # P(they tick it | it applies); None: too few items where it does
+    false_alarms: float | None  # P(they tick it | it does not apply); None: likewise
+
+
 @dataclass
 class AnnotatorRow:
     username: str
@@ -88,6 +98,7 @@ class AnnotatorRow:
     shared_items: int = 0  # ... on items someone else also judged
     loo_items: int = 0  # ... on items MIN_OTHERS_FOR_AGREEMENT or more others judged
     reliability: float | None = None  # Dawid–Skene: P(their vote is the true label)
+    yes_no: list[YesNoReliability] = field(default_factory=list)  # one per flag label
     gold_accuracy: float | None = None
     gold_n: int = 0
     flags: list[str] = field(default_factory=list)
@@ -281,6 +292,7 @@ def annotator_rows(
     ordinary = [p for p in pairwise if not p[4]]
     _leave_one_out(rows, ordinary)
     _reliability(rows, ordinary)
+    _yes_no_reliability(rows, project, origins)
     _gold_accuracy(rows, project, origins)
     all_seconds = [s for values in seconds.values() for s in values]
     project_median = statistics.median(all_seconds) if all_seconds else None
@@ -347,13 +359,51 @@ def _reliability(rows: dict[int, AnnotatorRow], pairwise) -> None:
     judged: an item one person judged says nothing about who is right. Each annotator's figure
     is the model's probability that their vote is the item's true label, averaged over their
     votes."""
-    by_item = Counter(item for item, *_ in pairwise)
-    shared = [(item, who, choice) for item, who, choice, *_ in pairwise if by_item[item] >= 2]
+    shared = _shared([(item, who, choice) for item, who, choice, *_ in pairwise])
     if not shared:
         return
     for who, (value, _) in dawid_skene(shared).reliability().items():
         if rows[who].shared_items >= MIN_SHARED_FOR_RELIABILITY:
             rows[who].reliability = round(value, 3)
+
+
+def _shared(answers: list[tuple]) -> list[tuple]:
+    """The (item, annotator, answer) triples of items two or more annotators answered."""
+    by_item = Counter(item for item, *_ in answers)
+    return [answer for answer in answers if by_item[answer[0]] >= 2]
+
+
+def _yes_no_reliability(
+    rows: dict[int, AnnotatorRow], project: Project, origins: Collection[str]
+) -> None:
+    """Per flag label, each annotator's rates from a Dawid–Skene model of that flag on
+    ordinary items two or more annotators labelled: how often they tick it where it applies,
+    and where it does not (each rate needs MIN_SHARED_FOR_RELIABILITY such items, by the
+    model's posterior; a flag nobody ticked, or everybody always ticked, has none)."""
+    flags = {spec["name"]: spec.get("label") or spec["name"]
+             for spec in project.label_schema if spec["kind"] == "flag"}  # fmt: skip
+    if not flags:
+        return
+    answers: dict[str, list[tuple]] = {name: [] for name in flags}
+    for model in (Demonstration, PairwiseJudgement, RankingJudgement):
+        judged = model.objects.filter(item__project=project, item__is_gold=False,
+                                      origin__in=origins)  # fmt: skip
+        for item, who, labels in judged.values_list("item_id", "annotator_id", "labels"):
+            for name, found in answers.items():
+                if isinstance(labels.get(name), bool):
+                    found.append((item, who, labels[name]))
+    for name, label in flags.items():
+        fit = dawid_skene(_shared(answers[name]))
+        if fit.labels != [False, True]:
+            continue
+        for i, who in enumerate(fit.workers):
+            true_mix = fit.posteriors[fit.task_of[fit.worker_of == i]].sum(axis=0)
+            catches, false_alarms = (
+                round(float(fit.errors[i, 1, truth]), 3)
+                if true_mix[truth] >= MIN_SHARED_FOR_RELIABILITY else None
+                for truth in (1, 0)
+            )  # fmt: skip
+            rows[who].yes_no.append(YesNoReliability(label, catches, false_alarms))
 
 
 def _gold_accuracy(

@@ -20,7 +20,14 @@ from feedback.models import (
 from feedback.quality.reports import annotator_rows, disagreement_items, project_agreement
 from feedback.selectors.review import ReviewFilters, review_queue_page
 from feedback.services import review as review_services
-from tests.factories import ProjectFactory, UserFactory, annotator, make_item, outvoted_crowd
+from tests.factories import (
+    ProjectFactory,
+    UserFactory,
+    annotator,
+    make_item,
+    outvoted_crowd,
+    submit_judgement,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -352,6 +359,28 @@ def test_reliability_credits_the_careful_annotator_the_majority_outvotes(client,
     assert "Reliability" in html and "Dawid–Skene" in html
     assert '1.00 <span class="muted">(n=13)</span>' in html
     assert '0.46 <span class="muted">(n=13)</span>' in html
+
+
+def test_a_flag_label_gets_each_annotators_rates_where_it_applies_and_where_not(
+    client, roles, admin_user
+):
+    unsafe = {"name": "unsafe", "kind": "flag", "label": "Unsafe"}
+    project = ProjectFactory(overlap=4, task_kinds=[TaskKind.PAIRWISE], label_schema=[unsafe])
+    users = [annotator(name) for name in ("careful1", "careful2", "never", "always")]
+    for i in range(20):
+        item, applies = make_item(project), i % 5 < 2  # 8 of the 20 items are unsafe
+        for user, ticks in zip(users, (applies, applies, False, True), strict=True):
+            submit_judgement(item, user, choice="a", strength="clear", labels={"unsafe": ticks})
+
+    rows = {r.username: r.yes_no for r in annotator_rows(project)}
+
+    assert [(f.label, f.catches, f.false_alarms) for f in rows["careful1"]] == [("Unsafe", 1, 0)]
+    assert [(f.catches, f.false_alarms) for f in rows["never"]] == [(0, 0)]
+    assert [(f.catches, f.false_alarms) for f in rows["always"]] == [(1, 1)]
+    client.force_login(admin_user)
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert html.count("Unsafe: ticks 1.00 where it applies, 0.00 where not") == 2
+    assert "Unsafe: ticks 0.00 where it applies, 0.00 where not" in html
 
 
 # --- adjudication ----------------------------------------------------------------------------
