@@ -27,7 +27,6 @@ from feedback.models import (
     TaskKind,
 )
 
-from .dawid_skene import dawid_skene
 from .metrics import (
     Estimate,
     binomial_test_p,
@@ -37,6 +36,7 @@ from .metrics import (
     mean_kendall_tau,
     unit_value_counts,
 )
+from .reliability import YesNoReliability, pairwise_reliability, yes_no_reliability
 
 CHOICE_CODES = {"a": 0, "b": 1, "tie": 2, "both_bad": 3}
 STRENGTH = {"slight": 1, "clear": 2, "strong": 3}
@@ -69,16 +69,6 @@ class AgreementRow:
             return "overlap too low: no item has 2 or more judgements yet"
         n = self.estimate.n_items
         return f"undefined on {n} item{'' if n == 1 else 's'}: every answer the same, or too few"
-
-
-@dataclass(frozen=True)
-class YesNoReliability:
-    """Dawid–Skene on one yes/no label (a flag such as "unsafe"). Flags are mostly "no", so a
-    share of right answers would say little: the model's two error rates say it instead."""
-
-    label: str
-    catches: float | None  # P(they tick it | it applies); None: too few items where it does
-    false_alarms: float | None  # P(they tick it | it does not apply); None: likewise
 
 
 @dataclass
@@ -291,8 +281,7 @@ def annotator_rows(
     _position_and_ties(rows, pairwise)
     ordinary = [p for p in pairwise if not p[4]]
     _leave_one_out(rows, ordinary)
-    _reliability(rows, ordinary)
-    _yes_no_reliability(rows, project, origins)
+    _reliability(rows, ordinary, project, origins)
     _gold_accuracy(rows, project, origins)
     all_seconds = [s for values in seconds.values() for s in values]
     project_median = statistics.median(all_seconds) if all_seconds else None
@@ -333,7 +322,9 @@ def plurality_share(answers: Iterable[Hashable]) -> float:
 
 def _leave_one_out(rows: dict[int, AnnotatorRow], pairwise) -> None:
     """Agreement with the consensus of the *other* annotators of each item (a strict plurality
-    of at least two of them); items without such a consensus do not count."""
+    of at least two of them); items without such a consensus do not count. Counts on the way
+    each annotator's votes, shared items and items shared with enough others, which the page
+    gives when a figure is missing."""
     by_item: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for item, who, choice, _, _ in pairwise:
         by_item[item].append((who, choice))
@@ -354,56 +345,15 @@ def _leave_one_out(rows: dict[int, AnnotatorRow], pairwise) -> None:
         rows[who].loo_agreement = round(sum(outcomes) / len(outcomes), 3)
 
 
-def _reliability(rows: dict[int, AnnotatorRow], pairwise) -> None:
-    """Dawid–Skene on the pairwise choices (A, B, tie, both bad) of items two or more annotators
-    judged: an item one person judged says nothing about who is right. Each annotator's figure
-    is the model's probability that their vote is the item's true label, averaged over their
-    votes."""
-    shared = _shared([(item, who, choice) for item, who, choice, *_ in pairwise])
-    if not shared:
-        return
-    for who, (value, _) in dawid_skene(shared).reliability().items():
-        if rows[who].shared_items >= MIN_SHARED_FOR_RELIABILITY:
-            rows[who].reliability = round(value, 3)
-
-
-def _shared(answers: list[tuple]) -> list[tuple]:
-    """The (item, annotator, answer) triples of items two or more annotators answered."""
-    by_item = Counter(item for item, *_ in answers)
-    return [answer for answer in answers if by_item[answer[0]] >= 2]
-
-
-def _yes_no_reliability(
-    rows: dict[int, AnnotatorRow], project: Project, origins: Collection[str]
+def _reliability(
+    rows: dict[int, AnnotatorRow], pairwise: list[tuple], project: Project, origins: Collection[str]
 ) -> None:
-    """Per flag label, each annotator's rates from a Dawid–Skene model of that flag on
-    ordinary items two or more annotators labelled: how often they tick it where it applies,
-    and where it does not (each rate needs MIN_SHARED_FOR_RELIABILITY such items, by the
-    model's posterior; a flag nobody ticked, or everybody always ticked, has none)."""
-    flags = {spec["name"]: spec.get("label") or spec["name"]
-             for spec in project.label_schema if spec["kind"] == "flag"}  # fmt: skip
-    if not flags:
-        return
-    answers: dict[str, list[tuple]] = {name: [] for name in flags}
-    for model in (Demonstration, PairwiseJudgement, RankingJudgement):
-        judged = model.objects.filter(item__project=project, item__is_gold=False,
-                                      origin__in=origins)  # fmt: skip
-        for item, who, labels in judged.values_list("item_id", "annotator_id", "labels"):
-            for name, found in answers.items():
-                if isinstance(labels.get(name), bool):
-                    found.append((item, who, labels[name]))
-    for name, label in flags.items():
-        fit = dawid_skene(_shared(answers[name]))
-        if fit.labels != [False, True]:
-            continue
-        for i, who in enumerate(fit.workers):
-            true_mix = fit.posteriors[fit.task_of[fit.worker_of == i]].sum(axis=0)
-            catches, false_alarms = (
-                round(float(fit.errors[i, 1, truth]), 3)
-                if true_mix[truth] >= MIN_SHARED_FOR_RELIABILITY else None
-                for truth in (1, 0)
-            )  # fmt: skip
-            rows[who].yes_no.append(YesNoReliability(label, catches, false_alarms))
+    ordinary = [(item, who, choice) for item, who, choice, *_ in pairwise]
+    for who, (value, shared) in pairwise_reliability(ordinary).items():
+        if shared >= MIN_SHARED_FOR_RELIABILITY:
+            rows[who].reliability = round(value, 3)
+    for who, figures in yes_no_reliability(project, origins, MIN_SHARED_FOR_RELIABILITY).items():
+        rows[who].yes_no = figures
 
 
 def _gold_accuracy(
