@@ -6,7 +6,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import combinations
 from typing import Any
 
 from django.db.models import QuerySet, TextField
@@ -24,7 +23,6 @@ from feedback.models import (
     RankingJudgement,
     SnapshotKind,
 )
-from feedback.quality.dawid_skene import DawidSkeneFit, dawid_skene
 from feedback.quality.reports import plurality_share
 
 from .policy import (
@@ -35,6 +33,14 @@ from .policy import (
     conversation,
     origins,
     prompt_split,
+)
+from .posterior import (
+    dawid_skene_fit,
+    pairwise_labels,
+    pairwise_posterior,
+    ranked_pairs,
+    ranking_labels,
+    ranking_posterior,
 )
 
 
@@ -192,59 +198,10 @@ def _pairwise_votes(judgements: list, completions: dict) -> dict[tuple[int, int]
 def _ranking_votes(judgements: list, completions: dict) -> dict[tuple[int, int], list]:
     votes: dict[tuple[int, int], list] = defaultdict(list)
     for judgement_id, ranking in judgements:
-        for pair, winner in _ranked_pairs(ranking):
+        for pair, winner in ranked_pairs(ranking):
             outcome = "tie" if winner is None else "ranked"
             votes[pair].append((winner, outcome, 0, judgement_id))
     return votes
-
-
-def _ranked_pairs(ranking: list[list[int]]) -> Iterator[tuple[tuple[int, int], int | None]]:
-    """Every pair of completions a ranking orders, sorted, with the better one (None for a pair
-    ranked level)."""
-    for better, worse in combinations(range(len(ranking)), 2):
-        for winner in ranking[better]:
-            for loser in ranking[worse]:
-                yield (min(winner, loser), max(winner, loser)), winner
-    for group in ranking:
-        for pair in combinations(sorted(group), 2):
-            yield pair, None
-
-
-# --- Dawid–Skene ---------------------------------------------------------------------------------
-# The model needs labels that mean the same on every task: a pairwise item's choice (A, B, tie,
-# both bad), and for a ranking's pair whether its lower or higher completion id won, or a tie.
-
-
-def _pairwise_labels(judgements: Iterator[tuple]) -> Iterator[tuple]:
-    """(item_id, annotator_id, choice) rows are already the model's (task, worker, label)."""
-    return judgements
-
-
-def _ranking_labels(judgements: Iterator[tuple]) -> Iterator[tuple]:
-    for item_id, annotator_id, ranking in judgements:
-        for (first, second), winner in _ranked_pairs(ranking):
-            label = "tie" if winner is None else "first" if winner == first else "second"
-            yield (item_id, first, second), annotator_id, label
-
-
-def _pairwise_posterior(fit: DawidSkeneFit, item_id: int, pair: tuple, completions: dict) -> dict:
-    """{answer: probability}, answers as `_answer` gives them: a completion id or an outcome."""
-    side = {position: cid for cid, (position, _) in completions.items()}
-    answers = {"a": side[0], "b": side[1]}
-    return {answers.get(label, label): p for label, p in fit.posterior(item_id).items()}
-
-
-def _ranking_posterior(fit: DawidSkeneFit, item_id: int, pair: tuple, completions: dict) -> dict:
-    answers = {"first": pair[0], "second": pair[1]}
-    return {answers.get(label, label): p for label, p in fit.posterior((item_id, *pair)).items()}
-
-
-def _dawid_skene_fit(judgements: QuerySet, fields: tuple, to_labels) -> DawidSkeneFit:
-    """The model fitted on every judgement the snapshot takes (one read of three columns
-    before the rows stream: each item's label depends on every annotator's other work). An
-    annotator is their user: imported labels, all owned by one system user, are one source."""
-    rows = judgements.order_by().values_list("item_id", "annotator_id", *fields)
-    return dawid_skene(to_labels(rows.iterator(CHUNK)))
 
 
 def _verdicts(project: Project) -> dict[int, tuple]:
@@ -268,17 +225,17 @@ def _preference_rows(build: Build) -> Iterator[tuple[str, dict]]:
             build.judgements(PairwiseJudgement, status__in=build.policy["statuses"]),
             ("id", "choice", "strength"),
             _pairwise_votes,
-            (("choice",), _pairwise_labels, _pairwise_posterior),
+            (("choice",), pairwise_labels, pairwise_posterior),
         ),
         (
             build.judgements(RankingJudgement, status__in=build.policy["statuses"]),
             ("id", "ranking"),
             _ranking_votes,
-            (("ranking",), _ranking_labels, _ranking_posterior),
+            (("ranking",), ranking_labels, ranking_posterior),
         ),
     ]
     for queryset, fields, to_votes, (label_fields, to_labels, posterior_of) in sources:
-        fit = _dawid_skene_fit(queryset, label_fields, to_labels) if by_posterior else None
+        fit = dawid_skene_fit(queryset, label_fields, to_labels) if by_posterior else None
         judgements = queryset.order_by("item_id", "id").values_list("item_id", *fields)
         for item_id, votes_of_item, prompt, completions in _judged_items(judgements):
             prompt_id, content_hash, declared, system, messages = prompt
