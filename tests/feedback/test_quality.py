@@ -346,6 +346,23 @@ def test_at_overlap_two_each_annotator_row_says_why_it_has_no_agreement_figure(
     assert html.count("overlap too low: 3 shared items, needs ≥ 5") == 2  # Dawid–Skene
 
 
+def test_agreement_rows_say_whether_overlap_is_missing_or_the_answers_never_vary(
+    client, roles, admin_user
+):
+    project = ProjectFactory(overlap=2, task_kinds=[TaskKind.PAIRWISE])
+    item = make_item(project)
+    submit_judgement(item, annotator("first"), choice="a", strength="clear")
+    client.force_login(admin_user)
+
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert html.count("overlap too low: no item has 2 or more judgements yet") == 3
+    assert "overlap too low: 0 shared items, needs ≥ 5" in html
+
+    submit_judgement(item, annotator("second"), choice="a", strength="clear")
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert html.count("undefined on 1 item: every answer the same, or too few") == 3
+
+
 def test_reliability_credits_the_careful_annotator_the_majority_outvotes(client, roles, admin_user):
     project = ProjectFactory(overlap=4, task_kinds=[TaskKind.PAIRWISE])
     outvoted_crowd(project)
