@@ -296,9 +296,14 @@ class SnapshotForm(forms.Form):
     name = forms.CharField(required=False, max_length=200)
     test_fraction = forms.FloatField(initial=0.1, min_value=0, max_value=0.9)
     aggregation = forms.ChoiceField(
-        choices=[("majority", "Majority per item"), ("all", "Every judgement is a row")],
+        choices=[
+            ("majority", "Majority per item"),
+            ("dawid_skene", "Dawid–Skene posterior per item"),
+            ("all", "Every judgement is a row"),
+        ],
         initial="majority",
-        help_text="Preference. An adjudicated item always gives its adjudicated answer.",
+        help_text="Preference. Dawid–Skene weighs each vote by its annotator's estimated "
+        "reliability (quality page). An adjudicated item always gives its adjudicated answer.",
     )
     min_agreement = forms.FloatField(
         initial=0.5,
@@ -313,6 +318,13 @@ class SnapshotForm(forms.Form):
         label="Min item agreement",
         help_text="Preference, optional: drop items whose most common answer has a smaller "
         "share of the votes.",
+    )
+    min_posterior = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        label="Min posterior",
+        help_text="Dawid–Skene, optional: drop pairs whose label has a lower probability.",
     )
     keep_ties = forms.BooleanField(required=False, help_text="Keep ties / both-bad as rows.")
     accepted_only = forms.BooleanField(
@@ -346,7 +358,10 @@ class SnapshotForm(forms.Form):
     # How the data page groups the fields.
     SECTIONS = (
         ("Snapshot", ("kind", "name", "test_fraction")),
-        ("Preference pairs", ("aggregation", "min_agreement", "min_item_agreement", "keep_ties")),
+        (
+            "Preference pairs",
+            ("aggregation", "min_agreement", "min_posterior", "min_item_agreement", "keep_ties"),
+        ),
         ("Review (SFT and preference)", ("accepted_only",)),
         (
             "Annotator trust (SFT and preference)",
@@ -354,6 +369,12 @@ class SnapshotForm(forms.Form):
         ),
         ("Sources", ("include_imported", "include_simulated", "include_ai")),
     )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("min_posterior") is not None and data.get("aggregation") != "dawid_skene":
+            self.add_error("min_posterior", "Applies to the Dawid–Skene aggregation only.")
+        return data
 
     def sections(self) -> list[tuple[str, list[forms.BoundField]]]:
         return [(legend, [self[name] for name in names]) for legend, names in self.SECTIONS]
@@ -379,6 +400,7 @@ class SnapshotForm(forms.Form):
             policy |= {
                 "aggregation": data["aggregation"],
                 "min_agreement": data["min_agreement"],
+                "min_posterior": data["min_posterior"],
                 "min_item_agreement": data["min_item_agreement"],
                 "keep_ties": data["keep_ties"],
             }

@@ -80,3 +80,33 @@ def submit_judgement(item: Item, user, **answer):
         return services.ranking_submit(assignment_id=assignment.pk, annotator=user, ranking=ranking)
     text = answer.get("text", "A reply.")
     return services.demonstration_submit(assignment_id=assignment.pk, annotator=user, text=text)
+
+
+def outvoted_answers() -> list[tuple]:
+    """(item, annotator, choice): a careful annotator outvoted by two careless ones on item "x"
+    (A is right there). On 12 other items the careful one and a second careful one always give
+    the true answer (A and B in turn) while each careless one is right on half of them, never
+    on the same half: Dawid–Skene learns whom to believe there."""
+    other = {"a": "b", "b": "a"}
+    answers = []
+    for i in range(12):
+        truth = "ab"[i % 2]
+        answers += [
+            (i, "careful", truth),
+            (i, "careful2", truth),
+            (i, "careless1", truth if i % 4 < 2 else other[truth]),
+            (i, "careless2", truth if i % 4 in (0, 3) else other[truth]),
+        ]
+    return [*answers, ("x", "careful", "a"), ("x", "careless1", "b"), ("x", "careless2", "b")]
+
+
+def outvoted_crowd(project: Project) -> Item:
+    """`outvoted_answers` as judgements in `project`; returns item "x", whose replies are
+    "right" (A) and "wrong"."""
+    users = {name: annotator(name) for name in ("careful", "careful2", "careless1", "careless2")}
+    items = {}
+    for key, name, choice in outvoted_answers():
+        if key not in items:
+            items[key] = make_item(project, texts=["right", "wrong"] if key == "x" else None)
+        submit_judgement(items[key], users[name], choice=choice, strength="clear")
+    return items["x"]

@@ -184,8 +184,9 @@ class SnapshotIn(Schema):
         "422. All kinds: test_fraction [0, 1), include_imported, include_simulated, include_ai, "
         "include_gold (judgements on gold items; default false). SFT and preference: "
         "min_annotator_agreement, min_gold_accuracy (0..1 or null), exclude_flagged. "
-        "Preference: aggregation (majority|all), min_agreement, min_item_agreement (0..1 or "
-        "null), keep_ties. SFT: statuses, format (messages|prompt_completion).",
+        "Preference: aggregation (majority|dawid_skene|all), min_agreement (majority), "
+        "min_posterior (dawid_skene; 0..1 or null), min_item_agreement (0..1 or null), "
+        "keep_ties. SFT: statuses, format (messages|prompt_completion).",
     )
 
 

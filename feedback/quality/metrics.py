@@ -56,6 +56,29 @@ def krippendorff_alpha(
     return float(alpha)
 
 
+def unit_value_counts(reliability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A raters × units matrix (NaN for "not rated") as units × values counts: how many raters
+    gave each value to each unit, with the sorted values. Coincidences add up over units, so α
+    of any resample of units is α of these rows (`krippendorff_alpha_of_counts`): the bootstrap
+    converts the matrix once, not once per round (which was 70% of its time)."""
+    data = np.asarray(reliability, dtype=float)
+    values = np.unique(data[~np.isnan(data)])
+    return (data.T[..., np.newaxis] == values).sum(axis=1), values
+
+
+def krippendorff_alpha_of_counts(
+    counts: np.ndarray, values: np.ndarray, level: str
+) -> float | None:
+    """Alpha of units given as `unit_value_counts` rows (every unit rated at least twice);
+    None when fewer than two values occur."""
+    if level not in LEVELS:
+        raise ValueError(f"level is one of {LEVELS}")
+    if np.count_nonzero(counts.sum(axis=0)) < 2:
+        return None
+    alpha = krippendorff.alpha(value_counts=counts, value_domain=values, level_of_measurement=level)
+    return float(alpha)
+
+
 def fleiss_kappa(table: np.ndarray) -> float | None:
     """Kappa for a units × categories count table with the same number of ratings per unit."""
     counts = np.asarray(table, dtype=float)

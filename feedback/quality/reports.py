@@ -13,6 +13,7 @@ from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from django.db.models import QuerySet
 
 from feedback.models import (
     Assignment,
@@ -31,9 +32,11 @@ from .metrics import (
     binomial_test_p,
     bootstrap,
     fleiss_kappa,
-    krippendorff_alpha,
+    krippendorff_alpha_of_counts,
     mean_kendall_tau,
+    unit_value_counts,
 )
+from .reliability import YesNoReliability, pairwise_reliability, yes_no_reliability
 
 CHOICE_CODES = {"a": 0, "b": 1, "tie": 2, "both_bad": 3}
 STRENGTH = {"slight": 1, "clear": 2, "strong": 3}
@@ -44,6 +47,10 @@ TOO_FAST_SHARE_OF_MEDIAN = 0.3
 SIDE_BIAS_P = 0.01
 LOW_AGREEMENT = 0.5
 LOW_GOLD_ACCURACY = 0.6
+# Agreement with others needs an item that two or more others judged (a majority to agree
+# with); a Dawid–Skene reliability resting on fewer shared items than this is not shown.
+MIN_OTHERS_FOR_AGREEMENT = 2
+MIN_SHARED_FOR_RELIABILITY = 5
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,16 @@ class AgreementRow:
     metric: str
     level: str
     estimate: Estimate
+
+    @property
+    def gap(self) -> str:
+        """Why there is no value, in words ("" when there is one)."""
+        if self.estimate.value is not None:
+            return ""
+        if not self.estimate.n_items:
+            return "overlap too low: no item has 2 or more judgements yet"
+        n = self.estimate.n_items
+        return f"undefined on {n} item{'' if n == 1 else 's'}: every answer the same, or too few"
 
 
 @dataclass
@@ -67,6 +84,11 @@ class AnnotatorRow:
     both_bad_rate: float | None = None
     loo_agreement: float | None = None
     loo_n: int = 0
+    pairwise: int = 0  # pairwise votes on ordinary items: the only ones compared with others
+    shared_items: int = 0  # ... on items someone else also judged
+    loo_items: int = 0  # ... on items MIN_OTHERS_FOR_AGREEMENT or more others judged
+    reliability: float | None = None  # Dawid–Skene: P(their vote is the true label)
+    yes_no: list[YesNoReliability] = field(default_factory=list)  # one per flag label
     gold_accuracy: float | None = None
     gold_n: int = 0
     flags: list[str] = field(default_factory=list)
@@ -76,6 +98,33 @@ class AnnotatorRow:
         seen = self.judgements + self.skips
         return round(self.skips / seen, 3) if seen else None
 
+    @property
+    def agreement_gap(self) -> str:
+        """Why there is no agreement figure, in words ("" when there is one)."""
+        if self.loo_agreement is not None:
+            return ""
+        if not self.pairwise:
+            return "no pairwise votes"
+        if not self.loo_items:
+            return (
+                f"overlap too low: {self.loo_items} items shared with "
+                f"≥ {MIN_OTHERS_FOR_AGREEMENT} others, needs ≥ 1"
+            )
+        return f"no majority among the others on its {self.loo_items} shared items"
+
+    @property
+    def reliability_gap(self) -> str:
+        """Why there is no Dawid–Skene reliability, in words ("" when there is one)."""
+        if self.reliability is not None:
+            return ""
+        if not self.pairwise:
+            return "no pairwise votes"
+        items = "item" if self.shared_items == 1 else "items"
+        return (
+            f"overlap too low: {self.shared_items} shared {items}, "
+            f"needs ≥ {MIN_SHARED_FOR_RELIABILITY}"
+        )
+
 
 @dataclass(frozen=True)
 class QualityReport:
@@ -84,6 +133,7 @@ class QualityReport:
     disagreements: int
     # Each AI annotator with a person's figures, measured against the people (ai_annotator_rows).
     ai_annotators: list[AnnotatorRow] = field(default_factory=list)
+    min_shared_for_reliability: int = MIN_SHARED_FOR_RELIABILITY
 
 
 def signed_preference(choice: str, strength: str) -> int:
@@ -110,7 +160,9 @@ def _matrix(rows: list[tuple[int, int, float]]) -> tuple[np.ndarray, int]:
 
 def _alpha_estimate(rows, level: str, seed: int) -> Estimate:
     data, n = _matrix(rows)
-    return bootstrap(lambda idx: krippendorff_alpha(data[:, idx], level), n, seed=seed)
+    counts, values = unit_value_counts(data)
+    return bootstrap(lambda idx: krippendorff_alpha_of_counts(counts[idx], values, level), n,
+                     seed=seed)  # fmt: skip
 
 
 def _pairwise(project: Project) -> list[tuple]:
@@ -235,7 +287,9 @@ def annotator_rows(
         judged.values_list("item_id", "annotator_id", "choice", "shown_left", "item__is_gold")
     )
     _position_and_ties(rows, pairwise)
-    _leave_one_out(rows, [p for p in pairwise if not p[4]])
+    ordinary = [p for p in pairwise if not p[4]]
+    _leave_one_out(rows, ordinary)
+    _reliability(rows, ordinary, project, origins)
     _gold_accuracy(rows, project, origins)
     all_seconds = [s for values in seconds.values() for s in values]
     project_median = statistics.median(all_seconds) if all_seconds else None
@@ -276,7 +330,9 @@ def plurality_share(answers: Iterable[Hashable]) -> float:
 
 def _leave_one_out(rows: dict[int, AnnotatorRow], pairwise) -> None:
     """Agreement with the consensus of the *other* annotators of each item (a strict plurality
-    of at least two of them); items without such a consensus do not count."""
+    of at least two of them); items without such a consensus do not count. Counts on the way
+    each annotator's votes, shared items and items shared with enough others, which the page
+    gives when a figure is missing."""
     by_item: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for item, who, choice, _, _ in pairwise:
         by_item[item].append((who, choice))
@@ -284,6 +340,10 @@ def _leave_one_out(rows: dict[int, AnnotatorRow], pairwise) -> None:
     for votes in by_item.values():
         for who, choice in votes:
             others = Counter(c for w, c in votes if w != who)
+            row = rows[who]
+            row.pairwise += 1
+            row.shared_items += sum(others.values()) >= 1
+            row.loo_items += sum(others.values()) >= MIN_OTHERS_FOR_AGREEMENT
             ranked = others.most_common(2)
             if sum(others.values()) < 2 or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
                 continue
@@ -291,6 +351,17 @@ def _leave_one_out(rows: dict[int, AnnotatorRow], pairwise) -> None:
     for who, outcomes in hits.items():
         rows[who].loo_n = len(outcomes)
         rows[who].loo_agreement = round(sum(outcomes) / len(outcomes), 3)
+
+
+def _reliability(
+    rows: dict[int, AnnotatorRow], pairwise: list[tuple], project: Project, origins: Collection[str]
+) -> None:
+    ordinary = [(item, who, choice) for item, who, choice, *_ in pairwise]
+    for who, (value, shared) in pairwise_reliability(ordinary).items():
+        if shared >= MIN_SHARED_FOR_RELIABILITY:
+            rows[who].reliability = round(value, 3)
+    for who, figures in yes_no_reliability(project, origins, MIN_SHARED_FOR_RELIABILITY).items():
+        rows[who].yes_no = figures
 
 
 def _gold_accuracy(
@@ -336,6 +407,13 @@ def disagreement_items(project: Project) -> list[tuple[Item, Counter]]:
     """Ordinary pairwise and ranking items with two or more human judgements that do not all
     agree and have no adjudication yet, with their vote counts (per choice; per distinct
     ranking, as a tuple of sorted groups): the queue for adjudicators."""
+    votes, split = _split_items(project)
+    items = split.select_related("prompt").prefetch_related("item_completions").order_by("id")
+    return [(item, votes[item.pk]) for item in items]
+
+
+def _split_items(project: Project) -> tuple[dict[int, Counter], QuerySet[Item]]:
+    """Every item's vote counts, and the split items awaiting adjudication."""
     votes: dict[int, Counter] = defaultdict(Counter)
     for item, _, choice, _ in _pairwise(project):
         votes[item][choice] += 1
@@ -345,15 +423,9 @@ def disagreement_items(project: Project) -> list[tuple[Item, Counter]]:
     for item, ranking in rankings:
         votes[item][tuple(tuple(sorted(group)) for group in ranking)] += 1
     split = [item for item, counts in votes.items() if len(counts) > 1]
-    items = (
-        Item.objects.filter(
-            pk__in=split, kind__in=[TaskKind.PAIRWISE, TaskKind.RANKING], adjudications__isnull=True
-        )
-        .select_related("prompt")
-        .prefetch_related("item_completions")
-        .order_by("id")
+    return votes, Item.objects.filter(
+        pk__in=split, kind__in=[TaskKind.PAIRWISE, TaskKind.RANKING], adjudications__isnull=True
     )
-    return [(item, votes[item.pk]) for item in items]
 
 
 def ai_annotator_rows(project: Project) -> list[AnnotatorRow]:
@@ -378,6 +450,6 @@ def project_quality(project: Project) -> QualityReport:
     return QualityReport(
         agreement=project_agreement(project),
         annotators=annotator_rows(project),
-        disagreements=len(disagreement_items(project)),
+        disagreements=_split_items(project)[1].count(),
         ai_annotators=ai_annotator_rows(project),
     )

@@ -32,6 +32,7 @@ POLICY_LABELS = {
     "test_fraction": "Held-out share (by prompt hash)",
     "aggregation": "Aggregation",
     "min_agreement": "Majority: winner's least share",
+    "min_posterior": "Dawid–Skene: label's least posterior",
     "min_item_agreement": "Min item agreement",
     "keep_ties": "Keep ties / both-bad",
     "statuses": "Review statuses",
@@ -50,6 +51,7 @@ DROPPED_LABELS = {
     "excluded_annotator_judgements": "judgements by left-out annotators",
     "pairs_below_min_item_agreement": "pairs below the min item agreement",
     "pairs_below_min_agreement": "pairs whose majority was below its least share",
+    "pairs_below_min_posterior": "pairs whose Dawid–Skene label was below its least posterior",
     "pairs_without_a_winner": "pairs without a winner (level votes, ties, both bad)",
     "tie_or_both_bad_judgements": "tie / both-bad judgements",
 }

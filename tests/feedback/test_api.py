@@ -281,6 +281,42 @@ def test_snapshot_thresholds_are_validated_and_the_filters_reported(api, admin_u
     assert body["row_counts"] == {"train": 0, "test": 0}
 
 
+def test_a_dawid_skene_snapshot_over_the_api(api, admin_user, settings, tmp_path, project):
+    from feedback.models import DatasetSnapshot
+    from tests.factories import outvoted_crowd
+
+    settings.MEDIA_ROOT = tmp_path
+    outvoted = outvoted_crowd(project)
+
+    def create(policy):
+        body = {"kind": "preference", "policy": {"test_fraction": 0, **policy}}
+        return api("post", f"/projects/{project.pk}/snapshots", admin_user,
+                   data=body, content_type="application/json")  # fmt: skip
+
+    refused = create({"aggregation": "posterior", "min_posterior": 0.9})
+    assert_error(refused, 422, "invalid")
+    assert sorted(refused.json()["error"]["details"]["policy"]) == [
+        "aggregation is majority, all or dawid_skene.",
+        "min_posterior applies to aggregation dawid_skene only.",
+    ]
+    assert not DatasetSnapshot.objects.exists()
+
+    created = create({"aggregation": "dawid_skene", "min_posterior": 0.9})
+    assert created.status_code == 202
+    snapshot = services.snapshot_build(
+        snapshot=DatasetSnapshot.objects.get(pk=created.json()["id"])
+    )
+    row = next(
+        json.loads(line)
+        for line in (snapshot.path() / "train.jsonl").read_text().splitlines()
+        if json.loads(line)["item_id"] == outvoted.pk
+    )
+    assert row["chosen"][0]["content"] == "right" and row["posterior"] > 0.99
+    body = api("get", f"/snapshots/{snapshot.pk}", admin_user).json()
+    assert body["policy"]["aggregation"] == "dawid_skene"
+    assert body["stats"]["dropped"]["pairs_below_min_posterior"] == 0
+
+
 def _poll(api, path, user, field, *pending, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -432,3 +432,34 @@ def test_admin_reads_quality_adjudicates_and_builds_a_trusted_snapshot(
     assert "1 pair took an adjudicated answer" in filters
     snapshot = DatasetSnapshot.objects.get(name="trusted v1")
     assert [a["username"] for a in snapshot.stats["excluded_annotators"]] == ["lefty"]
+
+
+@pytest.mark.django_db
+def test_the_form_offers_dawid_skene_and_refuses_a_min_posterior_without_it(
+    client, admin_user, media
+):
+    from feedback import services
+    from tests.factories import outvoted_crowd
+
+    project = ProjectFactory(overlap=4)
+    outvoted_crowd(project)
+    client.force_login(admin_user)
+    assert (
+        "Dawid–Skene posterior per item"
+        in client.get(f"/projects/{project.pk}/data/").content.decode()
+    )
+
+    refused = client.post(f"/projects/{project.pk}/snapshots/",
+                          {**SNAPSHOT_FORM, "min_posterior": "0.9"})  # fmt: skip
+    assert refused.status_code == 422
+    assert "Applies to the Dawid–Skene aggregation only." in refused.content.decode()
+    assert refused.context["snapshot_form"].errors.keys() == {"min_posterior"}
+    assert not DatasetSnapshot.objects.exists()
+
+    form = {**SNAPSHOT_FORM, "aggregation": "dawid_skene", "min_posterior": "0.9"}
+    assert client.post(f"/projects/{project.pk}/snapshots/", form).status_code == 302
+    snapshot = services.snapshot_build(snapshot=DatasetSnapshot.objects.get())
+    html = client.get(f"/snapshots/{snapshot.pk}/").content.decode()
+    assert "Aggregation</th><td>dawid_skene" in html
+    assert "Dawid–Skene: label&#x27;s least posterior</th><td>0.9" in html
+    assert "pairs whose Dawid–Skene label was below its least posterior</td><td>0" in html

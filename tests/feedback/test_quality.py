@@ -20,7 +20,14 @@ from feedback.models import (
 from feedback.quality.reports import annotator_rows, disagreement_items, project_agreement
 from feedback.selectors.review import ReviewFilters, review_queue_page
 from feedback.services import review as review_services
-from tests.factories import ProjectFactory, UserFactory, annotator, make_item
+from tests.factories import (
+    ProjectFactory,
+    UserFactory,
+    annotator,
+    make_item,
+    outvoted_crowd,
+    submit_judgement,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -314,6 +321,83 @@ def test_quality_page_is_admin_only_and_shows_the_report(client, roles, admin_us
     project.save()
     html = client.get(f"/projects/{project.pk}/quality/").content.decode()
     assert 'id="overlap-too-low"' not in html
+
+
+def test_at_overlap_two_each_annotator_row_says_why_it_has_no_agreement_figure(
+    client, roles, admin_user
+):
+    # Two annotators judge three items each: every item is shared with one other annotator, so
+    # neither has a majority of others to agree with. The cells said "–" without saying why.
+    project = ProjectFactory(overlap=2, task_kinds=[TaskKind.PAIRWISE])
+    for _ in range(3):
+        make_item(project)
+    judge(project, [(annotator("pair1"), ["a", "b", "a"]), (annotator("pair2"), ["a", "a", "a"])])
+    rows = {r.username: r for r in annotator_rows(project)}
+    assert (rows["pair1"].pairwise, rows["pair1"].shared_items, rows["pair1"].loo_items) == (
+        3,
+        3,
+        0,
+    )
+    assert rows["pair1"].loo_agreement is None
+
+    client.force_login(admin_user)
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert html.count("overlap too low: 0 items shared with ≥ 2 others, needs ≥ 1") == 2
+    assert html.count("overlap too low: 3 shared items, needs ≥ 5") == 2  # Dawid–Skene
+
+
+def test_agreement_rows_say_whether_overlap_is_missing_or_the_answers_never_vary(
+    client, roles, admin_user
+):
+    project = ProjectFactory(overlap=2, task_kinds=[TaskKind.PAIRWISE])
+    item = make_item(project)
+    submit_judgement(item, annotator("first"), choice="a", strength="clear")
+    client.force_login(admin_user)
+
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert html.count("overlap too low: no item has 2 or more judgements yet") == 3
+    assert "overlap too low: 0 shared items, needs ≥ 5" in html
+
+    submit_judgement(item, annotator("second"), choice="a", strength="clear")
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert html.count("undefined on 1 item: every answer the same, or too few") == 3
+
+
+def test_reliability_credits_the_careful_annotator_the_majority_outvotes(client, roles, admin_user):
+    project = ProjectFactory(overlap=4, task_kinds=[TaskKind.PAIRWISE])
+    outvoted_crowd(project)
+
+    rows = {r.username: r for r in annotator_rows(project)}
+
+    assert rows["careful"].reliability == 1.0 and rows["careful"].shared_items == 13
+    assert rows["careless1"].reliability == pytest.approx(6 / 13, abs=0.01)
+    client.force_login(admin_user)
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert "Reliability" in html and "Dawid–Skene" in html
+    assert '1.00 <span class="muted">(n=13)</span>' in html
+    assert '0.46 <span class="muted">(n=13)</span>' in html
+
+
+def test_a_flag_label_gets_each_annotators_rates_where_it_applies_and_where_not(
+    client, roles, admin_user
+):
+    unsafe = {"name": "unsafe", "kind": "flag", "label": "Unsafe"}
+    project = ProjectFactory(overlap=4, task_kinds=[TaskKind.PAIRWISE], label_schema=[unsafe])
+    users = [annotator(name) for name in ("careful1", "careful2", "never", "always")]
+    for i in range(20):
+        item, applies = make_item(project), i % 5 < 2  # 8 of the 20 items are unsafe
+        for user, ticks in zip(users, (applies, applies, False, True), strict=True):
+            submit_judgement(item, user, choice="a", strength="clear", labels={"unsafe": ticks})
+
+    rows = {r.username: r.yes_no for r in annotator_rows(project)}
+
+    assert [(f.label, f.catches, f.false_alarms) for f in rows["careful1"]] == [("Unsafe", 1, 0)]
+    assert [(f.catches, f.false_alarms) for f in rows["never"]] == [(0, 0)]
+    assert [(f.catches, f.false_alarms) for f in rows["always"]] == [(1, 1)]
+    client.force_login(admin_user)
+    html = client.get(f"/projects/{project.pk}/quality/").content.decode()
+    assert html.count("Unsafe: ticks 1.00 where it applies, 0.00 where not") == 2
+    assert "Unsafe: ticks 0.00 where it applies, 0.00 where not" in html
 
 
 # --- adjudication ----------------------------------------------------------------------------

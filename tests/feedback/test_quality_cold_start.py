@@ -14,7 +14,7 @@ from feedback.models import Assignment, TaskKind
 from jobs.backends.local import child_environment
 from tests.factories import ProjectFactory, UserFactory, annotator, make_item
 
-HEAVY = ("scipy.stats", "statsmodels")
+HEAVY = ("scipy.stats", "statsmodels", "crowdkit")
 
 # A fresh process, as a server worker is: load what the WSGI entry point loads, then serve the
 # Quality page, and say which heavy modules the page view imported.

@@ -9,7 +9,9 @@ from feedback.quality.metrics import (
     fleiss_kappa,
     kendall_tau_b,
     krippendorff_alpha,
+    krippendorff_alpha_of_counts,
     mean_kendall_tau,
+    unit_value_counts,
 )
 
 NAN = np.nan
@@ -52,6 +54,27 @@ def test_krippendorff_alpha_is_one_for_perfect_agreement_and_undefined_without_p
     assert krippendorff_alpha(np.array([[1, 2, 1], [1, 2, 1]]), "nominal") == pytest.approx(1.0)
     assert krippendorff_alpha(np.array([[1, NAN], [NAN, 2]]), "nominal") is None
     assert krippendorff_alpha(np.array([[1, 1], [1, 1]]), "nominal") is None
+
+
+@pytest.mark.parametrize("level", ["nominal", "ordinal", "interval"])
+def test_alpha_of_resampled_unit_counts_equals_alpha_of_the_resampled_matrix(level):
+    # What the bootstrap relies on: α of units given as counts, repeats included, is α of the
+    # raters × units matrix with those columns. Units rated at least twice, as the page's are.
+    rng = np.random.default_rng(7)
+    data = rng.integers(1, 6, size=(6, 80)).astype(float)
+    data[rng.random(data.shape) < 0.5] = NAN
+    data = data[:, np.sum(~np.isnan(data), axis=0) >= 2]
+    published = KRIPPENDORFF_2011[:, np.sum(~np.isnan(KRIPPENDORFF_2011), axis=0) >= 2]
+    for matrix in (data, published):
+        counts, values = unit_value_counts(matrix)
+        units = matrix.shape[1]
+        for idx in [np.arange(units), *(rng.integers(0, units, units) for _ in range(20))]:
+            expected = krippendorff_alpha(matrix[:, idx], level)
+            assert krippendorff_alpha_of_counts(counts[idx], values, level) == pytest.approx(
+                expected, abs=1e-12
+            )
+    one_value = unit_value_counts(np.array([[1.0, 1.0], [1.0, 1.0]]))
+    assert krippendorff_alpha_of_counts(*one_value, "nominal") is None
 
 
 def test_fleiss_kappa_matches_the_worked_example():

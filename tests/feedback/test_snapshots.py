@@ -18,7 +18,13 @@ from feedback.models import (
 )
 from feedback.services import review as review_services
 from jobs.models import Status
-from tests.factories import ProjectFactory, annotator, make_item
+from tests.factories import (
+    ProjectFactory,
+    annotator,
+    make_item,
+    outvoted_crowd,
+    submit_judgement,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -264,6 +270,8 @@ def test_companion_files_load_with_datasets(roles, everything_in_train):
         ("sft", {"min_item_agreement": 0.5}),  # an item-agreement filter has no meaning for SFT
         ("prompts", {"min_gold_accuracy": 0.5}),  # nor annotator trust for prompts alone
         ("preference", ["aggregation"]),
+        ("preference", {"aggregation": "dawid_skene", "min_posterior": 1.5}),
+        ("preference", {"min_posterior": 0.8}),  # majority: a posterior it never computes
     ],
 )
 def test_bad_policies_are_refused_before_anything_is_written(roles, kind, policy):
@@ -280,6 +288,73 @@ def test_threshold_errors_name_the_option_and_its_range(roles):
         "exclude_flagged is true or false.",
         "min_gold_accuracy must be a number from 0 to 1 (or null for no filter).",
     ]
+
+
+# --- Dawid–Skene -------------------------------------------------------------------------------
+
+
+def test_dawid_skene_believes_the_careful_annotator_whom_the_majority_outvotes(roles):
+    project = ProjectFactory(overlap=4, task_kinds=[TaskKind.PAIRWISE])
+    outvoted = outvoted_crowd(project)
+    # careless1 alone on an item: the model trusts that vote about as much as a coin.
+    lonely = make_item(project)
+    submit_judgement(lonely, annotator("careless1"), choice="a", strength="clear")
+    everything = {"test_fraction": 0}
+
+    majority = services.snapshot_create(project=project, kind="preference", policy=everything)
+    by_model = services.snapshot_create(
+        project=project, kind="preference", policy={**everything, "aggregation": "dawid_skene"}
+    )
+
+    [voted] = [r for r in rows(majority) if r["item_id"] == outvoted.pk]
+    assert texts(voted) == ("wrong", "right") and "posterior" not in voted
+    modelled = {r["item_id"]: r for r in rows(by_model)}
+    row = modelled[outvoted.pk]
+    assert texts(row) == ("right", "wrong")
+    assert row["aggregation"] == "dawid_skene" and row["posterior"] > 0.99
+    assert row["agreement"] == pytest.approx(1 / 3, abs=1e-4) and row["annotator_count"] == 3
+    assert 0.4 < modelled[lonely.pk]["posterior"] < 0.7
+    # On the 12 other items the model gives the careful annotators' answer, a row each, where
+    # the majority had three level items (both careless ones wrong) and dropped them.
+    assert by_model.row_counts["train"] == 14 and majority.row_counts["train"] == 11
+    assert by_model.policy["aggregation"] == "dawid_skene"
+
+    confident = services.snapshot_create(
+        project=project,
+        kind="preference",
+        policy={**everything, "aggregation": "dawid_skene", "min_posterior": 0.9},
+    )
+    assert lonely.pk not in {r["item_id"] for r in rows(confident)}
+    assert outvoted.pk in {r["item_id"] for r in rows(confident)}
+    assert confident.stats["dropped"]["pairs_below_min_posterior"] == 1
+
+
+def test_dawid_skene_ranks_pairs_and_keeps_adjudications_and_ties_apart(roles, reviewer):
+    project = ProjectFactory(overlap=3, task_kinds=[TaskKind.PAIRWISE, TaskKind.RANKING])
+    ranked = make_item(project, TaskKind.RANKING, n=3, texts=["best", "middle", "worst"])
+    x, y, z = (c.pk for c in ranked.ordered_completions())
+    for name, ranking in (("r1", [[x], [y], [z]]), ("r2", [[x], [y], [z]]), ("r3", [[z], [x, y]])):
+        submit_judgement(ranked, annotator(name), ranking=ranking)
+    tied = make_item(project)
+    for name in ("r1", "r2"):
+        submit_judgement(tied, annotator(name), choice="tie")
+    settled = make_item(project, texts=["kept", "overruled"])
+    submit_judgement(settled, annotator("r1"), choice="b", strength="clear")
+    review_services.item_adjudicate(item_id=settled.pk, adjudicator=reviewer, choice="a")
+
+    policy = {"test_fraction": 0, "aggregation": "dawid_skene", "keep_ties": True}
+    snapshot = services.snapshot_create(project=project, kind="preference", policy=policy)
+
+    got = {(texts(r), r["outcome"], r["aggregation"]) for r in rows(snapshot)}
+    assert got == {
+        (("best", "middle"), "chosen", "dawid_skene"),
+        (("best", "worst"), "chosen", "dawid_skene"),
+        (("middle", "worst"), "chosen", "dawid_skene"),
+        ((f"Answer 0 to {tied.prompt_id}", f"Answer 1 to {tied.prompt_id}"), "tie", "dawid_skene"),
+        (("kept", "overruled"), "chosen", "adjudicated"),
+    }
+    posteriors = {r["aggregation"]: r["posterior"] for r in rows(snapshot)}
+    assert posteriors["adjudicated"] is None and posteriors["dawid_skene"] > 0.5
 
 
 # --- gold items --------------------------------------------------------------------------------

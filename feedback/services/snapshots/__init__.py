@@ -15,13 +15,23 @@ Aggregation of the k judgements an item received (``aggregation``):
   votes wins; ``agreement`` is the winner's share of all votes on the pair, ties and both-bad
   included, and rows below ``min_agreement`` (default 0.5) are left out. A pair whose votes are
   level produces no row.
+- ``dawid_skene``: one row per item (per completion pair for rankings), the answer with the
+  highest posterior of a Dawid–Skene model (``feedback.quality.dawid_skene``) fitted on every
+  judgement the snapshot takes — pairwise choices (A, B, tie, both bad) in one model, ranking
+  pairs (lower id wins, higher id wins, tie) in another — so a vote counts by its annotator's
+  estimated reliability: one careful annotator can outweigh two careless ones. Rows carry
+  ``posterior`` (the answer's probability; null on adjudicated rows) and ``agreement`` (the
+  share of the votes that gave it). ``min_agreement`` does not apply; ``min_posterior`` (off by
+  default) drops a pair whose answer's posterior is lower. Two answers level at the top give no
+  row. An annotator is their user, so imported labels (one system user) are one source.
 - ``all``: every decisive judgement is its own row (``agreement`` is still reported).
 
 An item with an ``Adjudication`` (the latest one counts) takes the adjudicated answer instead of
-either aggregation, whatever its votes' agreement; its rows say ``aggregation: "adjudicated"``
-(others say ``"majority"`` or ``"all"``). ``min_item_agreement`` (off by default) drops a pair
-whose most common answer — A, B, tie and both-bad being four answers — has a smaller share of
-its votes than that (``feedback.quality.reports.plurality_share``), in either aggregation.
+any aggregation, whatever its votes' agreement; its rows say ``aggregation: "adjudicated"``
+(others say ``"majority"``, ``"dawid_skene"`` or ``"all"``). ``min_item_agreement`` (off by
+default) drops a pair whose most common answer — A, B, tie and both-bad being four answers — has
+a smaller share of its votes than that (``feedback.quality.reports.plurality_share``), in every
+aggregation.
 An adjudicated item is exported only while some of its judgements pass the filters below (its
 rows describe those votes); one whose every judgement is filtered out gives no row.
 

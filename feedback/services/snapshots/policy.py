@@ -33,6 +33,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "statuses": ["submitted", "accepted"],
         "aggregation": "majority",
         "min_agreement": 0.5,
+        "min_posterior": None,
         "min_item_agreement": None,
         "keep_ties": False,
         **TRUST_DEFAULTS,
@@ -54,7 +55,14 @@ _SWITCHES = (
     "include_gold",
     "exclude_flagged",
 )
-_SHARES = ("min_agreement", "min_item_agreement", "min_annotator_agreement", "min_gold_accuracy")
+_SHARES = (
+    "min_agreement",
+    "min_item_agreement",
+    "min_annotator_agreement",
+    "min_gold_accuracy",
+    "min_posterior",
+)
+AGGREGATIONS = ("majority", "all", "dawid_skene")
 CHUNK = 2000
 
 
@@ -74,6 +82,8 @@ def clean_policy(kind: str, policy: dict[str, Any] | None) -> dict[str, Any]:
         )
     cleaned = {**allowed, **policy}
     errors = [_check(key, value) for key, value in cleaned.items()]
+    if cleaned.get("min_posterior") is not None and cleaned["aggregation"] != "dawid_skene":
+        errors.append("min_posterior applies to aggregation dawid_skene only.")
     if any(errors):
         raise ValidationError({"policy": [error for error in errors if error]})
     return cleaned
@@ -101,8 +111,8 @@ def _check(key: str, value: Any) -> str:
         and set(value) <= set(JudgementStatus.values)
     ):
         return "statuses is a list of submitted, accepted, rejected."
-    if key == "aggregation" and value not in ("majority", "all"):
-        return "aggregation is majority or all."
+    if key == "aggregation" and value not in AGGREGATIONS:
+        return "aggregation is majority, all or dawid_skene."
     return ""
 
 

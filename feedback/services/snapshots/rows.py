@@ -6,7 +6,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import combinations
 from typing import Any
 
 from django.db.models import QuerySet, TextField
@@ -34,6 +33,14 @@ from .policy import (
     conversation,
     origins,
     prompt_split,
+)
+from .posterior import (
+    dawid_skene_fit,
+    pairwise_labels,
+    pairwise_posterior,
+    ranked_pairs,
+    ranking_labels,
+    ranking_posterior,
 )
 
 
@@ -196,14 +203,9 @@ def _pairwise_votes(judgements: list, completions: dict) -> dict[tuple[int, int]
 def _ranking_votes(judgements: list, completions: dict) -> dict[tuple[int, int], list]:
     votes: dict[tuple[int, int], list] = defaultdict(list)
     for judgement_id, ranking in judgements:
-        for better, worse in combinations(range(len(ranking)), 2):
-            for winner in ranking[better]:
-                for loser in ranking[worse]:
-                    key = (min(winner, loser), max(winner, loser))
-                    votes[key].append((winner, "ranked", 0, judgement_id))
-        for group in ranking:
-            for x, y in combinations(sorted(group), 2):
-                votes[(x, y)].append((None, "tie", 0, judgement_id))
+        for pair, winner in ranked_pairs(ranking):
+            outcome = "tie" if winner is None else "ranked"
+            votes[pair].append((winner, outcome, 0, judgement_id))
     return votes
 
 
@@ -222,19 +224,23 @@ def _verdicts(project: Project) -> dict[int, tuple]:
 
 def _preference_rows(build: Build) -> Iterator[tuple[str, dict]]:
     verdicts = _verdicts(build.project)
+    by_posterior = build.policy["aggregation"] == "dawid_skene"
     sources = [
         (
             build.judgements(PairwiseJudgement, status__in=build.policy["statuses"]),
             ("id", "choice", "strength"),
             _pairwise_votes,
+            (("choice",), pairwise_labels, pairwise_posterior),
         ),
         (
             build.judgements(RankingJudgement, status__in=build.policy["statuses"]),
             ("id", "ranking"),
             _ranking_votes,
+            (("ranking",), ranking_labels, ranking_posterior),
         ),
     ]
-    for queryset, fields, to_votes in sources:
+    for queryset, fields, to_votes, (label_fields, to_labels, posterior_of) in sources:
+        fit = dawid_skene_fit(queryset, label_fields, to_labels) if by_posterior else None
         judgements = queryset.order_by("item_id", "id").values_list("item_id", *fields)
         for item_id, votes_of_item, prompt, completions in _judged_items(judgements):
             prompt_id, content_hash, declared, system, messages = prompt
@@ -243,10 +249,15 @@ def _preference_rows(build: Build) -> Iterator[tuple[str, dict]]:
             votes = to_votes(votes_of_item, completions)
             verdict = verdicts.get(item_id)
             if verdict is None:
-                rows = _aggregated(votes, build)
+                posteriors = {
+                    pair: posterior_of(fit, item_id, pair, completions) for pair in votes
+                } if fit is not None else None  # fmt: skip
+                rows = _aggregated(votes, build, posteriors)
             else:
                 rows = _adjudicated(votes, to_votes([verdict], completions), build)
             for row in rows:
+                if by_posterior:
+                    row.setdefault("posterior", None)  # one set of columns in every row
                 chosen_id, rejected_id = row.pop("_chosen"), row.pop("_rejected")
                 yield (
                     split,
@@ -268,13 +279,50 @@ def _answer(vote: tuple) -> Any:
     return outcome if winner is None else winner
 
 
-def _aggregated(votes_by_pair: dict[tuple[int, int], list], build: Build) -> Iterator[dict]:
+def _aggregated(
+    votes_by_pair: dict[tuple[int, int], list],
+    build: Build,
+    posteriors: dict[tuple[int, int], dict] | None = None,
+) -> Iterator[dict]:
     minimum = build.policy["min_item_agreement"]
     for (first, second), votes in sorted(votes_by_pair.items()):
         if minimum is not None and plurality_share(map(_answer, votes)) < minimum:
             build.dropped["pairs_below_min_item_agreement"] += 1
             continue
-        yield from _aggregate(first, second, votes, build)
+        if posteriors is None:
+            yield from _aggregate(first, second, votes, build)
+        else:
+            yield from _by_posterior(first, second, votes, posteriors[(first, second)], build)
+
+
+def _by_posterior(
+    first: int, second: int, votes: list, posterior: dict, build: Build
+) -> Iterator[dict]:
+    """The answer with the highest Dawid–Skene posterior; `posterior` is its probability and
+    `agreement` still the share of the votes that gave it. Two answers level at the top give
+    no row, as level votes do under majority."""
+    if not posterior:  # not in the fit: judged after it was read, outside one transaction
+        build.dropped["pairs_without_a_winner"] += 1
+        return
+    (answer, p), *rest = sorted(posterior.items(), key=lambda kv: -kv[1])
+    n = len(votes)
+    agreement = sum(_answer(v) == answer for v in votes) / n
+    minimum = build.policy["min_posterior"]
+    if rest and rest[0][1] >= p - 1e-9:
+        build.dropped["pairs_without_a_winner"] += 1
+    elif minimum is not None and p < minimum:
+        build.dropped["pairs_below_min_posterior"] += 1
+    elif isinstance(answer, str):  # tie or both bad
+        if build.policy["keep_ties"]:
+            row = _tie_row(first, second, answer, n, agreement, None, "dawid_skene")
+            yield {**row, "posterior": round(p, 4)}
+        else:
+            build.dropped["pairs_without_a_winner"] += 1
+    else:
+        strengths = [s for w, _, s, _ in votes if w == answer and s]
+        strength = round(sum(strengths) / len(strengths), 3) if strengths else 0
+        row = _chosen_row(first, second, answer, strength, agreement, n, None, "dawid_skene")
+        yield {**row, "posterior": round(p, 4)}
 
 
 def _adjudicated(
@@ -391,6 +439,7 @@ DROPPED = {
         "excluded_annotator_judgements",
         "pairs_below_min_item_agreement",
         "pairs_below_min_agreement",
+        "pairs_below_min_posterior",
         "pairs_without_a_winner",
         "tie_or_both_bad_judgements",
     ),
