@@ -153,6 +153,11 @@ class Prompt(models.Model):
         last = self.messages[-1]["content"] if self.messages else ""
         return last[:80]
 
+    def conversation(self) -> list[dict[str, str]]:
+        """The system text (if any) and the messages: what a model is asked."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + list(self.messages)
+
 
 class CompletionSource(models.TextChoices):
     HUMAN = "human", "Human"
