@@ -5,13 +5,19 @@ scores both replies of every pairwise item still waiting for judgements, and eac
 `priority` (feedback.models.Item; the queue serves higher first) is set from the margins
 m_k = r_k(A) − r_k(B) of the K members:
 
-    disagreement   std_k(m_k)                      the members disagree: what the labels so far
-                                                   leave open (epistemic doubt)
+    disagreement   std_k σ(m_k)                    the members disagree on which side wins:
+                                                   what the labels so far leave open
     uncertainty    0.5 − |σ(mean_k m_k) − 0.5|     the ensemble's P(A ≻ B) is near a coin flip
     random         0 for every item                the plain first-come order
 
 P(A ≻ B) = σ(r_A − r_B) is the Bradley-Terry model TRL's RewardTrainer fits (its loss is
 −log σ(r_chosen − r_rejected)). Rows are scored as the trainer builds them (evals.ml.reward).
+
+Disagreement is the spread of the members' probabilities, not of their raw margins: a margin's
+spread grows with its size, so it ranks first the pairs every member gets right by a wide but
+different margin (a right answer against "I do not know."). bench/active_sampling.py measured
+both: the margins' std labelled mostly such easy and both-wrong pairs and ended below random;
+the probabilities' std went to the hard pairs (README, "Active sampling").
 
     items_prioritise(project=..., reward_models=[rm1, rm2], strategy="disagreement")
 
@@ -43,7 +49,7 @@ WRITE_CHUNK = 500
 class Strategy(models.TextChoices):
     RANDOM = "random", "Random (first come, first served)"
     UNCERTAINTY = "uncertainty", "Uncertainty: P(A ≻ B) nearest 0.5"
-    DISAGREEMENT = "disagreement", "Disagreement: spread of the ensemble's margins"
+    DISAGREEMENT = "disagreement", "Disagreement: the ensemble's members differ on P(A ≻ B)"
 
 
 @dataclass
@@ -124,7 +130,9 @@ def pair_priority(strategy: str, margins: Sequence[float]) -> float:
     n = len(margins)
     mean = sum(margins) / n
     if strategy == Strategy.DISAGREEMENT:
-        return math.sqrt(sum((m - mean) ** 2 for m in margins) / n)
+        wins = [_sigmoid(m) for m in margins]
+        mean_win = sum(wins) / n
+        return math.sqrt(sum((p - mean_win) ** 2 for p in wins) / n)
     if strategy == Strategy.UNCERTAINTY:
         return 0.5 - abs(_sigmoid(mean) - 0.5)
     raise ValueError(f"No priority for strategy {strategy!r}")

@@ -98,13 +98,21 @@ def priorities(project) -> list[float]:
     return list(project.items.order_by("id").values_list("priority", flat=True))
 
 
-def test_disagreement_is_the_spread_of_the_members_margins(pairwise_project, ensemble, member_dirs):
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_disagreement_is_the_spread_of_the_members_win_probabilities(
+    pairwise_project, ensemble, member_dirs
+):
     outcome = items_prioritise(
         project=pairwise_project, reward_models=ensemble, strategy=Strategy.DISAGREEMENT
     )
     assert (outcome.items, outcome.members) == (len(PAIRS), 2)
     by_member = margins_by_hand(member_dirs)
-    expected = [statistics.pstdev(pair) for pair in zip(*by_member, strict=True)]
+    expected = [
+        statistics.pstdev([sigmoid(m) for m in pair]) for pair in zip(*by_member, strict=True)
+    ]
     assert priorities(pairwise_project) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert len(set(expected)) == len(PAIRS) and min(expected) > 0
     assert outcome.top == pytest.approx(max(expected), rel=1e-4)
@@ -115,7 +123,7 @@ def test_uncertainty_is_how_near_the_mean_margins_probability_is_to_a_coin(
 ):
     items_prioritise(project=pairwise_project, reward_models=ensemble, strategy="uncertainty")
     by_member = margins_by_hand(member_dirs)
-    p_a = [1 / (1 + math.exp(-statistics.fmean(pair))) for pair in zip(*by_member, strict=True)]
+    p_a = [sigmoid(statistics.fmean(pair)) for pair in zip(*by_member, strict=True)]
     expected = [0.5 - abs(p - 0.5) for p in p_a]
     assert priorities(pairwise_project) == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
@@ -155,7 +163,8 @@ def test_priorities_of_extreme_margins_stay_finite():
     assert pair_priority("uncertainty", [5000.0, 4000.0]) == 0.0
     assert pair_priority("uncertainty", [-5000.0, -4000.0]) == 0.0
     assert pair_priority("uncertainty", [0.0, 0.0]) == 0.5
-    assert pair_priority("disagreement", [1.0, 3.0]) == 1.0
+    assert pair_priority("disagreement", [5000.0, -5000.0]) == 0.5
+    assert pair_priority("disagreement", [2.0, 2.0]) == 0.0
 
 
 def test_one_reward_model_is_not_an_ensemble(pairwise_project, ensemble):
