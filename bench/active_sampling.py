@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/active_sampling.py
     # options: --seeds 5 --pool 1000 --test 500 --start 40 --step 40 --budget 800
-    #          --members 5 --noise 0.1 --model var/models/tiny-demo-…  (else one is built)
+    #          --members 5 --noise 0.1 --c 0.1 --pool-kinds hard,easy
+    #          --model var/models/tiny-demo-…  (else one is built: --pretrain-steps, 150)
 
 The toy task (loop.toytask) with simulated annotators (loop.simulation.pairwise_side: the strict
 checker decides, blurred by the demo's noise, 0.1 by default). No database: the queue only
@@ -60,6 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 NON_ANSWER = "I do not know."
+PAIR_KINDS = ("hard", "easy", "both wrong")
 ARMS = ("random", "uncertainty", "disagreement", "margin-std")
 
 
@@ -80,7 +82,9 @@ def setup_django() -> None:
     django.setup()
 
 
-def build_pairs(n_questions: int, *, seed: int, test: bool) -> list[Pair]:
+def build_pairs(
+    n_questions: int, *, seed: int, test: bool, kinds: tuple[str, ...] = PAIR_KINDS
+) -> list[Pair]:
     from loop.corpus import near_miss
     from loop.toytask import sample
 
@@ -94,6 +98,8 @@ def build_pairs(n_questions: int, *, seed: int, test: bool) -> list[Pair]:
         if not test:
             candidates.append((miss, NON_ANSWER, "both wrong"))
         for a, b, kind in candidates:
+            if kind not in kinds:
+                continue
             if rng.random() < 0.5:
                 a, b = b, a
             pairs.append(Pair(question, a, b, kind))
@@ -262,10 +268,15 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=800)
     parser.add_argument("--members", type=int, default=5, help="reward heads in the ensemble")
     parser.add_argument("--noise", type=float, default=0.1, help="as the demo's annotators")
-    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the head")
+    parser.add_argument("--c", type=float, default=0.1, help="inverse L2 strength of the head")
     parser.add_argument("--pretrain-steps", type=int, default=None)
     parser.add_argument("--model", help="a tiny model directory (else one is built)")
     parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument(
+        "--pool-kinds",
+        default=",".join(PAIR_KINDS),
+        help="which pairs the pool holds; 'hard,easy' leaves out the both-wrong ones",
+    )
     args = parser.parse_args()
     setup_django()
     import numpy as np
@@ -287,7 +298,8 @@ def main() -> None:
         print(f"built the tiny model ({steps} pretraining steps) in "
               f"{time.perf_counter() - started:.0f} s")  # fmt: skip
     try:
-        pool = build_pairs(args.pool, seed=101, test=False)
+        kinds = tuple(k.strip() for k in args.pool_kinds.split(","))
+        pool = build_pairs(args.pool, seed=101, test=False, kinds=kinds)
         test = build_pairs(args.test, seed=202, test=True)
         texts = sorted({(p.question, r) for p in pool + test for r in (p.a, p.b)})
         index = {t: i for i, t in enumerate(texts)}
