@@ -40,7 +40,8 @@ of one head fit on all labels so far, the same in every arm.
 
 Prints, per arm, the mean (and min–max over seeds) held-out accuracy at each label count, then
 the labels each arm needs to reach the accuracy random reaches at 25/50/75/100% of the budget
-(linear interpolation on the mean curve) and the saving against random. Nothing is written
+and random's best (first crossing of the mean curve, linearly interpolated) and the saving
+against what random itself needed for it. Nothing is written
 except the model, in a temporary directory removed afterwards.
 """
 
@@ -77,6 +78,9 @@ def setup_django() -> None:
     # The simulated annotator lives in a Django app module; nothing here touches a database.
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("DEBUG", "1")
+    # The tables are the output: no progress bars from datasets, TRL or the model loader.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import django
 
     django.setup()
@@ -182,6 +186,7 @@ def run_arm(arm: str, seed: int, data: dict, args) -> tuple[list[tuple[int, floa
     random.Random(f"{seed}:start").shuffle(order)
     labelled: list[int] = []  # pool indices judged (every judgement costs one label)
     usable: list[tuple[int, int]] = []  # (index, 1 if A preferred else 0): ties train nothing
+    acquired: list[int] = []  # labels spent when each usable label came in
 
     def judge(indices: list[int]) -> None:
         for i in indices:
@@ -191,6 +196,7 @@ def run_arm(arm: str, seed: int, data: dict, args) -> tuple[list[tuple[int, floa
             labelled.append(i)
             if side in ("left", "right"):
                 usable.append((i, 1 if side == "left" else 0))
+                acquired.append(len(labelled))
 
     judge(order[: args.start])
     curve = []
@@ -200,6 +206,7 @@ def run_arm(arm: str, seed: int, data: dict, args) -> tuple[list[tuple[int, floa
         if len(labelled) >= args.budget:
             mix = Counter(pool[i].kind for i in labelled)
             mix["usable"] = len(usable)
+            mix["labels"] = list(zip(usable, acquired, strict=True))
             return curve, mix
         rest = np.array(sorted(set(range(len(pool))) - set(labelled)))
         if arm == "random":
@@ -245,6 +252,64 @@ def accuracy(head: Head, data: dict) -> float:
     return float(np.mean(np.where(right_is_a, margins > 0, margins < 0)))
 
 
+def trl_check(runs: dict, data: dict, args, model_dir: str, workdir: str) -> None:
+    """The labels each arm chose, used to train the real reward model: TRL's RewardTrainer
+    through modeling.ml.train, the whole tiny model trained (the same config for every arm),
+    scored on the held-out pairs by evals.ml.reward.reward_accuracy (a tie is wrong)."""
+    import json
+
+    import numpy as np
+
+    from evals.ml.reward import reward_accuracy
+    from loop.toytask import is_correct
+    from modeling.ml import load_reward_model, load_tokenizer, train
+
+    def row(question: str, chosen: str, rejected: str) -> dict:
+        prompt = [{"role": "user", "content": question}]
+        return {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+
+    test_rows = []
+    for pair in data["test"]:
+        right_is_a = bool(is_correct(pair.question, pair.a))
+        chosen, rejected = (pair.a, pair.b) if right_is_a else (pair.b, pair.a)
+        test_rows.append(row(pair.question, chosen, rejected))
+    budgets = [int(b) for b in args.trl_budgets.split(",")]
+    arms = [a for a in ("random", "uncertainty", "disagreement") if a in runs]
+    print(f"\nreal reward model (TRL RewardTrainer, {args.trl_config}) on each arm's labels, "
+          f"held-out accuracy over seeds 0..{args.trl_seeds - 1}")  # fmt: skip
+    print("labels  " + "  ".join(f"{arm:>24}" for arm in arms))
+    for budget in budgets:
+        cells = []
+        for arm in arms:
+            accuracies = []
+            for seed in range(args.trl_seeds):
+                labels = runs[arm][seed][1]["labels"]
+                rows = []
+                for (i, a_won), spent in labels:
+                    if spent > budget:
+                        break
+                    pair = data["pool"][i]
+                    chosen, rejected = (pair.a, pair.b) if a_won else (pair.b, pair.a)
+                    rows.append(row(pair.question, chosen, rejected))
+                directory = Path(workdir, f"trl-{arm}-{seed}-{budget}")
+                directory.mkdir(parents=True)
+                with open(directory / "train.jsonl", "w") as out:
+                    out.writelines(json.dumps(r) + "\n" for r in rows)
+                config = {**json.loads(args.trl_config), "seed": seed}
+                train("reward", config, model_path=model_dir, dataset_dir=str(directory),
+                      output_dir=str(directory / "model"))  # fmt: skip
+                model = load_reward_model(directory / "model").eval()
+                tokenizer = load_tokenizer(directory / "model")
+                accuracies.append(reward_accuracy(model, tokenizer, test_rows)["accuracy"])
+                shutil.rmtree(directory, ignore_errors=True)
+            cells.append(f"{np.mean(accuracies):.3f} [{min(accuracies):.3f}–{max(accuracies):.3f}]")
+        print(f"{budget:>6}  " + "  ".join(f"{cell:>24}" for cell in cells), flush=True)
+
+
 def labels_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
     """Labels at which a mean curve first reaches `target`, linearly interpolated."""
     previous = None
@@ -272,6 +337,18 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=None)
     parser.add_argument("--model", help="a tiny model directory (else one is built)")
     parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument(
+        "--trl-seeds",
+        type=int,
+        default=0,
+        help="also train the real reward model (TRL) on the labels of seeds 0..N-1 of each arm",
+    )
+    parser.add_argument("--trl-budgets", default="200,400", help="label counts for --trl-seeds")
+    parser.add_argument(
+        "--trl-config",
+        default='{"learning_rate": 3e-4, "epochs": 2, "batch_size": 16, "max_length": 96}',
+        help="the reward job config (modeling.ml.configs) for --trl-seeds",
+    )
     parser.add_argument(
         "--pool-kinds",
         default=",".join(PAIR_KINDS),
@@ -313,6 +390,7 @@ def main() -> None:
 
         data = {
             "pool": pool,
+            "test": test,
             "pool_diffs": diffs(pool),
             "test_diffs": diffs(test),
             "test_right_is_a": np.array([bool(is_correct(p.question, p.a)) for p in test]),
@@ -322,10 +400,16 @@ def main() -> None:
         arms = [a for a in args.arms.split(",") if a]
         runs = {arm: [run_arm(arm, seed, data, args) for seed in range(args.seeds)]
                 for arm in arms}  # fmt: skip
+        report(runs, args)
+        if args.trl_seeds:
+            scratch = tempfile.mkdtemp(prefix="veredicto-active-trl-")
+            try:
+                trl_check(runs, data, args, model_dir, scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
     finally:
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    report(runs, args)
     print(
         f"total {time.perf_counter() - started:.0f} s; uptime: {os.popen('uptime').read().strip()}"
     )
@@ -356,8 +440,13 @@ def report(runs: dict, args) -> None:
     if "random" not in curves:
         return
     print("\nlabels to reach random's accuracy at a share of the budget (saving vs random)")
-    for share in (0.25, 0.5, 0.75, 1.0):
-        k = max(0, round(share * (len(counts) - 1)))
+    targets = [
+        (f"random@{counts[k]}", k)
+        for k in (max(0, round(share * (len(counts) - 1))) for share in (0.25, 0.5, 0.75, 1.0))
+    ]
+    best = int(np.argmax(mean["random"]))
+    targets.append((f"random's best (@{counts[best]})", best))  # fmt: skip
+    for name, k in targets:
         target = mean["random"][k]
         cells = []
         for arm in arms:
@@ -367,7 +456,7 @@ def report(runs: dict, args) -> None:
                 cells.append(f"{arm} not reached")
             else:
                 cells.append(f"{arm} {need:.0f} ({1 - need / base:+.0%})")
-        print(f"  random@{counts[k]} = {target:.3f}: " + "; ".join(cells))
+        print(f"  {name} = {target:.3f}: " + "; ".join(cells))
 
 
 if __name__ == "__main__":
