@@ -147,22 +147,24 @@ def _sigmoid(x: float) -> float:
 
 
 def _margins(member: Checkpoint, items: list[Item], *, batch_size: int) -> list[float]:
-    """r(A) − r(B) of each item by one reward model (loaded here, released on return)."""
+    """r(A) − r(B) of each item by one reward model, loaded as a reward evaluation loads it (on
+    the GPU in bf16 where there is one) and released on return."""
     from evals.ml.reward import reward_scores
-    from modeling.ml import load_reward_model, load_tokenizer
+    from evals.services.suites import free_memory, load_reward
 
     try:
-        model = load_reward_model(member.load_path())
-    except (OSError, ValueError) as exc:
+        model, tokenizer = load_reward(member)
+    except (OSError, ValueError) as exc:  # EvalInputError is a ValueError
         raise ValidationError(
             {"reward_models": f"{member.name} does not load as a reward model: {exc}"}
         ) from exc
-    tokenizer = load_tokenizer(member.tokenizer_load_path())
     rows = []
     for item in items:
         conversation = item.prompt.conversation()
         rows += [[*conversation, {"role": "assistant", "content": c.text}] for c in _pair(item)]
     scores = reward_scores(model, tokenizer, rows, batch_size=batch_size)
+    del model
+    free_memory()
     return [a - b for a, b in zip(scores[::2], scores[1::2], strict=True)]
 
 
