@@ -233,7 +233,7 @@ def test_the_command_prioritises_and_says_what_is_wrong(pairwise_project, ensemb
 
 
 def test_a_batch_with_a_strategy_prioritises_the_projects_waiting_pairs(
-    pairwise_project, ensemble, base_checkpoint, admin_user
+    pairwise_project, ensemble, base_checkpoint, admin_user, admin_client
 ):
     from loop.testing import tiny_model_dir
 
@@ -254,6 +254,9 @@ def test_a_batch_with_a_strategy_prioritises_the_projects_waiting_pairs(
     waiting = pairwise_project.items.filter(kind=TaskKind.PAIRWISE).count()
     assert batch.outcome["prioritised"] == waiting == len(PAIRS) + batch.outcome["items"]
     assert all(p > 0 for p in priorities(pairwise_project))
+    page = admin_client.get(f"/loop/batches/{batch.pk}/").content.decode()
+    assert "by rm-seed2, rm-seed1" in page  # the registry's order: newest first
+    assert f"<dt>Prioritised</dt><dd>{waiting} waiting pairwise items" in page
 
 
 def test_a_batch_asking_for_an_ensemble_of_one_is_refused_and_nothing_is_queued(
