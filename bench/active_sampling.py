@@ -282,6 +282,7 @@ def trl_check(runs: dict, data: dict, args, model_dir: str, workdir: str) -> Non
     print(f"\nreal reward model (TRL RewardTrainer, {args.trl_config}) on each arm's labels, "
           f"held-out accuracy over seeds 0..{args.trl_seeds - 1}")  # fmt: skip
     print("labels  " + "  ".join(f"{arm:>24}" for arm in arms))
+    means: dict[str, list[float]] = {arm: [] for arm in arms}
     for budget in budgets:
         cells = []
         for arm in arms:
@@ -306,8 +307,30 @@ def trl_check(runs: dict, data: dict, args, model_dir: str, workdir: str) -> Non
                 tokenizer = load_tokenizer(directory / "model")
                 accuracies.append(reward_accuracy(model, tokenizer, test_rows)["accuracy"])
                 shutil.rmtree(directory, ignore_errors=True)
+            means[arm].append(float(np.mean(accuracies)))
             cells.append(f"{np.mean(accuracies):.3f} [{min(accuracies):.3f}–{max(accuracies):.3f}]")
         print(f"{budget:>6}  " + "  ".join(f"{cell:>24}" for cell in cells), flush=True)
+    print_savings(budgets, means)
+
+
+def print_savings(counts: list[int], mean: dict[str, list[float]]) -> None:
+    """Labels each arm's mean curve needs for random's accuracy at each count ("≤" when the
+    curve is past it at its first point), and the saving against random's own need."""
+    if "random" not in mean:
+        return
+    for k, count in enumerate(counts):
+        target = mean["random"][k]
+        base = labels_to_reach(list(zip(counts, mean["random"], strict=True)), target)
+        cells = []
+        for arm in mean:
+            need = labels_to_reach(list(zip(counts, mean[arm], strict=True)), target)
+            if need is None:
+                cells.append(f"{arm} not reached")
+                continue
+            bound = "≤" if need == counts[0] and mean[arm][0] > target else ""
+            at_least = "≥" if bound else ""
+            cells.append(f"{arm} {bound}{need:.0f} ({at_least}{1 - need / base:+.0%})")
+        print(f"  random@{count} = {target:.3f}: " + "; ".join(cells))
 
 
 def labels_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
