@@ -19,6 +19,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='comparisonbatch',
             name='strategy',
-            field=models.CharField(choices=[('random', 'Random (first come, first served)'), ('uncertainty', 'Uncertainty: P(A ≻ B) nearest 0.5'), ('disagreement', "Disagreement: spread of the ensemble's margins")], default='random', max_length=16),
+            field=models.CharField(choices=[('random', 'Random (first come, first served)'), ('uncertainty', 'Uncertainty: P(A ≻ B) nearest 0.5'), ('disagreement', "Disagreement: the ensemble's members differ on P(A ≻ B)")], default='random', max_length=16),
         ),
     ]
