@@ -165,6 +165,11 @@ def _margins(member: Checkpoint, items: list[Item], *, batch_size: int) -> list[
     scores = reward_scores(model, tokenizer, rows, batch_size=batch_size)
     del model
     free_memory()
+    if not all(math.isfinite(score) for score in scores):
+        # A NaN priority would sort above every number on PostgreSQL: refuse, change nothing.
+        raise ValidationError(
+            {"reward_models": f"{member.name} gave scores that are not numbers (NaN or inf)."}
+        )
     return [a - b for a, b in zip(scores[::2], scores[1::2], strict=True)]
 
 

@@ -201,6 +201,24 @@ def test_a_member_that_does_not_load_is_a_clear_error(pairwise_project, ensemble
     assert set(priorities(pairwise_project)) == {0.0}
 
 
+def test_a_member_scoring_nan_is_refused_and_nothing_changes(
+    pairwise_project, ensemble, tiny_model_dir, tmp_path
+):
+    model = load_reward_model(tiny_model_dir)
+    with torch.no_grad():
+        model.score.weight.fill_(float("nan"))
+    model.save_pretrained(tmp_path)
+    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path)
+    broken = services.checkpoint_register(
+        name="rm-nan", storage_path=str(tmp_path), kind=CheckpointKind.REWARD, evaluate=False
+    )
+    with pytest.raises(ValidationError, match="rm-nan gave scores that are not numbers"):
+        items_prioritise(
+            project=pairwise_project, reward_models=[ensemble[0], broken], strategy="uncertainty"
+        )
+    assert set(priorities(pairwise_project)) == {0.0}
+
+
 def test_a_project_without_waiting_pairwise_items_is_a_clear_error(roles, ensemble):
     project = ProjectFactory(task_kinds=[TaskKind.DEMONSTRATION])
     with pytest.raises(ValidationError, match="no pairwise items waiting"):
