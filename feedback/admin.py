@@ -59,7 +59,7 @@ class AssignmentInline(admin.TabularInline):
 
 @admin.register(Item)
 class ItemAdmin(admin.ModelAdmin):
-    list_display = ["id", "project", "kind", "submitted_count", "is_gold", "created_at"]
+    list_display = ["id", "project", "kind", "submitted_count", "priority", "is_gold", "created_at"]
     list_filter = ["project", "kind", "is_gold"]
     search_fields = ["prompt__messages"]
     raw_id_fields = ["prompt"]

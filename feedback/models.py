@@ -160,6 +160,11 @@ class Prompt(models.Model):
         last = self.messages[-1]["content"] if self.messages else ""
         return last[:80]
 
+    def conversation(self) -> list[dict[str, str]]:
+        """The system text (if any) and the messages: what a model is asked."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + list(self.messages)
+
 
 class CompletionSource(models.TextChoices):
     HUMAN = "human", "Human"
@@ -196,6 +201,10 @@ class Item(models.Model):
     )
     # Denormalised so the queue can find open items without counting rows per request.
     submitted_count = models.PositiveSmallIntegerField(default=0)
+    # Which open items the queue starts first (higher first; ties by id, the order they came
+    # in). Set by active sampling (loop.active) from a reward-model ensemble's doubt; 0 for all
+    # items otherwise, which is the plain first-come order.
+    priority = models.FloatField(default=0.0)
     # Content hash of the imported row that made this item: re-importing a file adds nothing.
     import_key = models.CharField(max_length=64, blank=True, default="")
     # Gold items have a known answer; they are mixed into the queue to measure annotators and
@@ -208,10 +217,13 @@ class Item(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        # The queue's ORDER BY (-submitted_count, id) within a project: the next open item is
-        # the first index entry that passes the filters, not a sort of the whole project.
+        # The queue's ORDER BY (-submitted_count, -priority, id) within a project: the next
+        # open item is the first index entry that passes the filters, not a sort of the whole
+        # project.
         indexes = [
-            models.Index(fields=["project", "-submitted_count", "id"], name="item_queue_order")
+            models.Index(
+                fields=["project", "-submitted_count", "-priority", "id"], name="item_queue_order"
+            )
         ]
         constraints = [
             models.UniqueConstraint(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from feedback import services as feedback_services
 from feedback.models import Completion, CompletionSource, Project, Prompt, Split, TaskKind
 from jobs.models import Status
 from jobs.services import Heartbeat, failure_reason, work_claim, work_enqueue, work_finish
+from loop.active import Strategy, ensemble_validate, items_prioritise, waiting_pairwise
 from loop.models import ComparisonBatch
 from modeling.models import Checkpoint, CheckpointKind
 from modeling.sampling import SamplingParams
@@ -42,6 +44,7 @@ class ComparisonOutcome:
     skipped_identical: int = 0
     already_done: int = 0
     engine: str = ""  # what sampled the replies: "vllm" or "hf" (modeling.ml.sampling_engine)
+    prioritised: int = 0  # waiting pairwise items given a priority by active sampling
 
 
 def _validate(
@@ -73,12 +76,16 @@ def comparisons_request(
     reference: Checkpoint | None = None,
     n_prompts: int = 20,
     sampling: SamplingParams | None = None,
+    strategy: str = Strategy.RANDOM,
+    reward_models: Sequence[Checkpoint] = (),
     requested_by: AbstractBaseUser | None,
 ) -> ComparisonBatch:
     """Record a batch and queue it for a GPU worker. `reference` defaults to the checkpoint's
-    parent."""
+    parent. With a `strategy` other than random, the worker then orders the project's waiting
+    pairwise items by what the `reward_models` ensemble is least sure of (loop.active)."""
     require_admin(requested_by, "generate comparisons")
     sampling = (sampling or SamplingParams()).clean()
+    ensemble_validate(strategy=strategy, reward_models=reward_models)
     reference = _validate(
         checkpoint=checkpoint, project=project, reference=reference, n_prompts=n_prompts
     )
@@ -89,8 +96,11 @@ def comparisons_request(
         n_prompts=n_prompts,
         sampling=asdict(sampling),
         batch=uuid.uuid4().hex,
+        strategy=strategy,
         requested_by=requested_by,
     )
+    if strategy != Strategy.RANDOM:
+        batch.reward_models.set(reward_models)
     work_enqueue(batch)
     return batch
 
@@ -119,6 +129,14 @@ def comparison_batch_execute(batch: ComparisonBatch) -> ComparisonBatch:
             batch=batch.batch,
             sampling=SamplingParams(**batch.sampling),
         )
+        # Only a model-based strategy rewrites priorities: a random batch leaves those an
+        # earlier batch set as they are.
+        if batch.strategy != Strategy.RANDOM and waiting_pairwise(batch.project).exists():
+            outcome.prioritised = items_prioritise(
+                project=batch.project,
+                reward_models=list(batch.reward_models.all()),
+                strategy=batch.strategy,
+            ).items
     except Exception as exc:
         logger.warning("Comparison batch %s failed", batch.pk, exc_info=True)
         work_finish(ComparisonBatch, pk=batch.pk, status=Status.FAILED, error=failure_reason(exc))
@@ -147,11 +165,6 @@ def _pick_prompts(project: Project, checkpoint: Checkpoint, batch: str, n: int) 
     )
 
 
-def _conversation(prompt: Prompt) -> list[dict[str, str]]:
-    system = [{"role": "system", "content": prompt.system}] if prompt.system else []
-    return system + list(prompt.messages)
-
-
 def comparisons_generate(
     *,
     checkpoint: Checkpoint,
@@ -173,7 +186,7 @@ def comparisons_generate(
     outcome = ComparisonOutcome(already_done=n_prompts - len(prompts))
     if not prompts:
         return outcome
-    conversations = [_conversation(p) for p in prompts]
+    conversations = [p.conversation() for p in prompts]
     options = {
         "n": 1,
         "temperature": sampling.temperature,

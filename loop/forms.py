@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 
 from feedback.models import Project, TaskKind
+from loop.active import Strategy
 from loop.comparisons import MAX_PROMPTS
 from modeling.forms import SamplingForm
 from modeling.models import Checkpoint, CheckpointKind
@@ -27,8 +28,22 @@ class ComparisonForm(SamplingForm):
         label="Compare with",
     )
     n_prompts = forms.IntegerField(min_value=1, max_value=MAX_PROMPTS, initial=20, label="Prompts")
+    strategy = forms.ChoiceField(
+        choices=Strategy.choices,
+        initial=Strategy.RANDOM,
+        required=False,  # left out: random, the order before active sampling
+        label="Label first",
+        help_text="Which waiting pairs annotators get first once the batch is made.",
+    )
+    reward_models = forms.ModelMultipleChoiceField(
+        queryset=Checkpoint.objects.none(),
+        required=False,
+        label="Reward-model ensemble",
+        help_text="Two or more reward models trained with different seeds (not for random).",
+    )
 
-    field_order = ["project", "reference", "n_prompts"]  # then the sampling settings
+    # then the sampling settings
+    field_order = ["project", "reference", "n_prompts", "strategy", "reward_models"]
 
     def __init__(self, *args, checkpoint: Checkpoint, **kwargs):
         super().__init__(*args, **kwargs)
@@ -36,6 +51,9 @@ class ComparisonForm(SamplingForm):
         self.fields["reference"].queryset = Checkpoint.objects.filter(
             kind=CheckpointKind.POLICY
         ).exclude(pk=checkpoint.pk)
+        self.fields["reward_models"].queryset = Checkpoint.objects.filter(
+            kind=CheckpointKind.REWARD
+        )
         if checkpoint.parent_id is None:
             self.fields["reference"].empty_label = None
 
@@ -45,5 +63,7 @@ class ComparisonForm(SamplingForm):
             "project": data["project"],
             "reference": data["reference"],
             "n_prompts": data["n_prompts"],
+            "strategy": data["strategy"] or Strategy.RANDOM,
+            "reward_models": list(data["reward_models"]),
             "sampling": self.sampling(),
         }

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from feedback.models import Project
 from jobs.models import BackgroundWork
+from loop.active import Strategy
 from modeling.models import Checkpoint
 
 
@@ -26,6 +27,10 @@ class ComparisonBatch(BackgroundWork):
     outcome = models.JSONField(
         default=dict, blank=True, help_text="items, skipped_empty, skipped_identical, …"
     )
+    # Active sampling (loop.active): once the items exist, the project's waiting pairwise items
+    # are prioritised by this strategy with this ensemble of reward models.
+    strategy = models.CharField(max_length=16, choices=Strategy.choices, default=Strategy.RANDOM)
+    reward_models = models.ManyToManyField(Checkpoint, blank=True, related_name="+")
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -70,24 +70,26 @@ def _score(question: str, text: str, rng: random.Random) -> float:
     return rng.random() if verdict is None else float(verdict)
 
 
+def pairwise_side(
+    question: str, left: str, right: str, config: SimulationConfig, rng: random.Random
+) -> str:
+    """What a simulated annotator answers for two replies as shown: "left", "right", "tie" or
+    "both_bad" (bench/active_sampling.py asks it directly, without the queue)."""
+    if rng.random() < config.position_bias:
+        return "left"
+    if rng.random() < config.noise:
+        return rng.choice(["left", "right", "tie", "both_bad"])
+    left_score, right_score = _score(question, left, rng), _score(question, right, rng)
+    if left_score == right_score:
+        return "tie" if left_score >= 0.5 else "both_bad"
+    return "left" if left_score > right_score else "right"
+
+
 def _pairwise(assignment: Assignment, config: SimulationConfig, rng: random.Random) -> dict:
     view = task_view(assignment=assignment)
     left, right = view.completions
     a_id = view.item.item_completions.get(position=0).completion_id
-    question = _question(assignment)
-    if rng.random() < config.position_bias:
-        side = "left"
-    elif rng.random() < config.noise:
-        side = rng.choice(["left", "right", "tie", "both_bad"])
-    else:
-        left_score, right_score = (
-            _score(question, left.text, rng),
-            _score(question, right.text, rng),
-        )
-        if left_score == right_score:
-            side = "tie" if left_score >= 0.5 else "both_bad"
-        else:
-            side = "left" if left_score > right_score else "right"
+    side = pairwise_side(_question(assignment), left.text, right.text, config, rng)
     if side in ("tie", "both_bad"):
         return {"choice": side, "strength": ""}
     chosen = left if side == "left" else right

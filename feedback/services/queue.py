@@ -16,6 +16,14 @@ more CPU than everything else in the request): one reads the annotator's standin
 lease already?), one locks a candidate, and one counts the slots again and takes the lease only
 if one is still free (an INSERT ... SELECT ... WHERE, upserting the annotator's own expired
 lease).
+
+Order: items already started come first (most submissions first), so an item reaches its
+`overlap` judgements soon after it starts rather than leaving many half-judged ones (a half-judged
+item is no label yet: agreement needs its overlap). Among items with as many submissions, the
+higher `Item.priority` is served first (active sampling sets it; 0 for all otherwise), then the
+oldest. So priority chooses which items enter work, and an item, once started, is finished
+before a newer one of higher priority is begun. The `item_queue_order` index holds exactly this
+order, so the candidate is an index walk that stops at the first entry passing the filters.
 """
 
 from __future__ import annotations
@@ -111,7 +119,7 @@ def _sql() -> dict[str, str]:
                 AND (SELECT COUNT(*) FROM {assignment} a
                      WHERE a.item_id = i.id AND a.annotator_id <> %s AND {live}) < %s
                 {kind} {tried}
-              ORDER BY i.submitted_count DESC, i.id
+              ORDER BY i.submitted_count DESC, i.priority DESC, i.id
               LIMIT 1 {lock}
             )
             SELECT {item_columns}, {prompt_columns}, {link_columns}, {completion_columns}
@@ -165,11 +173,17 @@ def _standing(
     return bool(allowed), current
 
 
-def _lock_candidate(
-    project: Project, annotator: AbstractBaseUser, kind: str | None, tried: list[int], now, *, wait
-) -> Item | None:
-    """The next open item, its row locked, with its prompt and completions loaded; None when
-    there is none (or, without `wait`, when every open one is locked by someone else now)."""
+def candidate_statement(
+    project: Project,
+    annotator: AbstractBaseUser,
+    kind: str | None,
+    tried: list[int],
+    now: datetime,
+    *,
+    wait: bool,
+) -> tuple[str, list]:
+    """The candidate query and its parameters (also what the tests EXPLAIN: it must stay an
+    index walk)."""
     lock = ""
     if connection.features.has_select_for_update_skip_locked:
         lock = "FOR UPDATE OF i" + ("" if wait else " SKIP LOCKED")
@@ -180,7 +194,15 @@ def _lock_candidate(
     )
     params = [project.pk, False, project.overlap, annotator.pk, annotator.pk, _db_time(now)]
     params += [project.overlap, *([kind] if kind else []), *tried]
-    found = rows.fetch(sql, params)
+    return sql, params
+
+
+def _lock_candidate(
+    project: Project, annotator: AbstractBaseUser, kind: str | None, tried: list[int], now, *, wait
+) -> Item | None:
+    """The next open item, its row locked, with its prompt and completions loaded; None when
+    there is none (or, without `wait`, when every open one is locked by someone else now)."""
+    found = rows.fetch(*candidate_statement(project, annotator, kind, tried, now, wait=wait))
     if not found:
         return None
     parts = [rows.split(row, Item, Prompt, ItemCompletion, Completion) for row in found]
