@@ -106,8 +106,9 @@ SCALES: dict[str, DemoScale] = {
         # cannot be gamed by drifting, and the held-out measurement would show a collapse).
         # lr 2e-4: against the DPO policy (learnable sampled accuracy, from each seed's own DPO
         # checkpoint and online snapshot) 1e-4 gave +0.029 / +0.021 [-0.004, +0.046] / +0.054
-        # on seeds 0 / 1 / 2, this +0.067 / +0.036 [+0.011, +0.061] / +0.035 [+0.009, +0.061];
-        # 120 steps at 1e-4 gave +0.031 on seed 1.
+        # on seeds 0 / 1 / 2, this +0.067 / +0.036 [+0.011, +0.061] / +0.035 [+0.009, +0.061]
+        # (trained with seed 0); 120 steps at 1e-4 gave +0.031 on seed 1. The demo's own runs
+        # then gave +0.067 / +0.031 / +0.052, each CI above zero (README).
         grpo={
             "learning_rate": 2e-4,
             "max_steps": 80,
