@@ -188,6 +188,22 @@
     if (e.target.closest("[data-action=help]")) workspace()?.querySelector("#keys-help")?.showModal();
   });
 
+  // --- live battles ---------------------------------------------------------------------------
+  // 1 / 2 / 3 / 4 vote A / B / tie / both bad; Shift+1–3 first says by how much. The vote form
+  // arrives by htmx once both replies are written, so it is looked up at each key.
+  document.addEventListener("keydown", (e) => {
+    const form = document.querySelector("#vote-form");
+    if (!form || isTyping(document.activeElement) || e.ctrlKey || e.metaKey || e.altKey) return;
+    const digit = e.code.startsWith("Digit") ? Number(e.code.slice(5)) : 0;
+    const target = e.shiftKey
+      ? form.querySelector(`input[name=strength][data-shift-key="${digit}"]`)
+      : form.querySelector(`button[name=choice][data-key="${digit}"]`);
+    if (!digit || !target) return;
+    e.preventDefault();
+    if (e.shiftKey) target.checked = true;
+    else target.click();
+  });
+
   // --- review ---------------------------------------------------------------------------------
   // The queue: j / k move between rows, x ticks one, Enter opens it, Shift+A accepts the ticked.
   // A judgement's page: a accepts at once, r rejects (say why, then Ctrl+Enter), e edits the

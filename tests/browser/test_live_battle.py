@@ -12,7 +12,7 @@ import pytest
 from core.roles import Role
 from evals import selectors, services
 from evals.models import Battle
-from feedback.models import TaskKind
+from feedback.models import PairwiseJudgement, TaskKind
 from jobs.models import Status
 from modeling import services as modeling_services
 from tests.factories import ProjectFactory, UserFactory
@@ -82,7 +82,8 @@ def test_a_live_battle_hides_the_names_until_the_vote_which_lands_on_the_leaderb
         assert name not in html and name not in api.text()
     shot(page, "live-battle", full_page=True)
 
-    page.click("#vote-form button[value=a]")
+    page.keyboard.press("Shift+Digit2")  # "clearly": optional here, kept when given
+    page.keyboard.press("Digit1")  # A is better: the key casts the vote
     page.wait_for_selector("#battle-result")
     result = page.inner_text("#battle-result")
     assert f"Model A was {battle.reply_a.checkpoint.name}" in result
@@ -93,6 +94,7 @@ def test_a_live_battle_hides_the_names_until_the_vote_which_lands_on_the_leaderb
     ).json()
     assert board["battles"] == 1
     assert {row["model"] for row in board["rows"]} == set(NAMES)
+    assert PairwiseJudgement.objects.get().strength == "clear"
     assert selectors.arena_battles(project=arena.project) == [
         (battle.reply_a.checkpoint.name, battle.reply_b.checkpoint.name, "model_a")
     ]
