@@ -288,7 +288,17 @@ def test_outliers_are_flagged(roles):
         make_item(project)
     careful = [annotator("careful1"), annotator("careful2")]
     for user in careful:
-        judge(project, [(user, ["a"] * 24)])
+        for n in range(24):
+            # The right answer (a), shown left on every other item: a fair shuffle's share,
+            # where the per-annotator shuffle itself depends on row ids (19 of 24 on the left
+            # for one ordering of the suite, enough for a side-bias flag).
+            a = services.task_next_for_annotator(project=project, annotator=user)
+            ids = [ic.completion_id for ic in a.item.item_completions.order_by("position")]
+            Assignment.objects.filter(pk=a.pk).update(display_order=ids[:: 1 if n % 2 else -1])
+            services.pairwise_submit(
+                assignment_id=a.pk, annotator=user, choice="a", strength="clear",
+                seconds_spent=20.0,
+            )  # fmt: skip
     # "lefty" always picks the left reply, quickly; sides are shuffled, so that disagrees too.
     lefty = annotator("lefty")
     for _ in range(24):
