@@ -43,9 +43,10 @@ def battle_of(*, battle_id: int, user: AbstractBaseUser) -> Battle | None:
 def battle_prompt_pick(*, project: Project, seed: int | None = None) -> str:
     """A one-turn prompt of the project's to battle on, at random ("" when it has none)."""
     ids = list(Prompt.objects.filter(project=project, system="").values_list("pk", flat=True))
-    rng = random.Random(seed)
-    for pk in rng.sample(ids, min(len(ids), 20)):
-        messages = Prompt.objects.get(pk=pk).messages
+    picked = random.Random(seed).sample(ids, min(len(ids), 20))
+    found = Prompt.objects.in_bulk(picked)  # one query for the 20, not one each
+    for pk in picked:
+        messages = found[pk].messages
         if len(messages) == 1 and messages[0]["role"] == "user":
             return messages[0]["content"]
     return ""

@@ -39,11 +39,8 @@ def _work_queue(project, user, errors: list, done: Counter) -> None:
         connection.close()
 
 
-@pytest.mark.django_db(transaction=True)
-def test_sixteen_annotators_fill_the_queue_exactly_once():
-    project = ProjectFactory(overlap=OVERLAP, task_kinds=[TaskKind.PAIRWISE])
-    for _ in range(ITEMS):
-        make_item(project, TaskKind.PAIRWISE)
+def _work_queue_together(project) -> tuple[list[str], Counter]:
+    """WORKERS annotators, each in a thread of its own, work the queue until it is empty."""
     users = [annotator(f"worker{i}") for i in range(WORKERS)]
     errors: list[str] = []
     done: Counter = Counter()
@@ -54,6 +51,15 @@ def test_sixteen_annotators_fill_the_queue_exactly_once():
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
+    return errors, done
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sixteen_annotators_fill_the_queue_exactly_once():
+    project = ProjectFactory(overlap=OVERLAP, task_kinds=[TaskKind.PAIRWISE])
+    for _ in range(ITEMS):
+        make_item(project, TaskKind.PAIRWISE)
+    errors, done = _work_queue_together(project)
 
     assert not errors, errors[:5]
     assert PairwiseJudgement.objects.count() == ITEMS * OVERLAP
@@ -114,16 +120,7 @@ def test_sixteen_annotators_take_prioritised_items_in_priority_order_exactly_onc
     # A priority order unrelated to the id order.
     for n, item in enumerate(items):
         Item.objects.filter(pk=item.pk).update(priority=(n * 37 % ITEMS) / ITEMS)
-    users = [annotator(f"worker{i}") for i in range(WORKERS)]
-    errors: list[str] = []
-    done: Counter = Counter()
-    threads = [
-        threading.Thread(target=_work_queue, args=(project, user, errors, done)) for user in users
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
+    errors, _done = _work_queue_together(project)
 
     assert not errors, errors[:5]
     per_item = Counter(PairwiseJudgement.objects.values_list("item_id", flat=True))
