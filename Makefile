@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SQLITE_TESTS = tests/feedback/test_services.py tests/feedback/test_queue_concurrency.py \
 	tests/feedback/test_views.py tests/feedback/test_hostile_input.py tests/feedback/test_auth.py \
 	tests/feedback/test_hostile_edges.py tests/feedback/test_queue_priority.py \
-	tests/evals/test_live_battles.py
+	tests/evals/test_live_battles.py tests/feedback/test_task_polish.py
 
 .PHONY: run demo setup test install chromium lint format clean
 

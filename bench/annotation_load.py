@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import random
@@ -103,7 +104,7 @@ class Config:
             needed = max(needed, round(1.5 * (self.annotators + self.rate * self.duration)))
         open_needed = -(-needed // self.overlap)
         if self.done_share:  # the run needs its open items on top of the done ones
-            open_needed = -(-open_needed // (1 - self.done_share))
+            open_needed = math.ceil(open_needed / (1 - self.done_share))
         return max(self.min_items, open_needed)
 
     @property
