@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -91,6 +92,7 @@ class Config:
     seed: int
     min_items: int = 0  # --items: a bigger project than the run needs (queue scaling)
     done_share: float = 0.0  # --done-share: this share of the items judged before the run
+    warmup: int = 0  # --warmup: judgements before the timed phase, then ANALYZE
 
     @property
     def open_loop(self) -> bool:
@@ -99,7 +101,7 @@ class Config:
     @property
     def items(self) -> int:
         """tasks/k items; an open loop also needs a lease per annotator plus its arrivals."""
-        needed = self.tasks
+        needed = self.tasks + self.warmup
         if self.rate is not None:
             needed = max(needed, round(1.5 * (self.annotators + self.rate * self.duration)))
         open_needed = -(-needed // self.overlap)
@@ -162,6 +164,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default=0.0,
         help="judge this share of the items (overlap times each, by other users) before the run",
     )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="untimed judgements first, then ANALYZE, as autovacuum does in a deployment's "
+        "first minute (default 0: the timed phase starts on the statistics of the load)",
+    )
     parser.add_argument("--rate", type=float, help="open loop: submits per second")
     parser.add_argument("--duration", type=float, default=30.0, help="open loop: seconds")
     parser.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson")
@@ -190,6 +199,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         parser.error("--rate must be positive")
     if not 0 <= args.done_share < 1:
         parser.error("--done-share must be in [0, 1)")
+    if args.warmup < 0:
+        parser.error("--warmup must be 0 or more")
     return Config(
         database_url=args.database_url,
         annotators=annotators,
@@ -207,6 +218,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         seed=args.seed,
         min_items=args.items,
         done_share=args.done_share,
+        warmup=args.warmup,
     )
 
 
@@ -1325,6 +1337,29 @@ class Outcome:
     cpu_after: CpuSample
     connects: int
     retries: int
+    warmed: int = 0  # judgements of the untimed warm-up
+
+
+async def warm_up(cfg: Config, annotators: list[Annotator], stats: Stats) -> int:
+    """--warmup judgements, untimed, then ANALYZE; returns how many were made. The load's ANALYZE
+    saw no assignments yet: until autovacuum analyzes them (within a deployment's first minute),
+    the queue's statements run on plans for an empty table, and each server connection keeps
+    them in its prepared statements. This is that minute, passed before the clock starts;
+    ANALYZE makes every connection plan again."""
+    before = stats.judgements
+    await closed_loop(dataclasses.replace(cfg, tasks=cfg.warmup, rate=None), annotators)
+    await asyncio.to_thread(_analyze)  # Django's database calls may not run in the event loop
+    return stats.judgements - before
+
+
+def _analyze() -> None:
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
+    finally:
+        connection.close()
 
 
 async def drive(
@@ -1354,6 +1389,10 @@ async def drive(
     if cfg.flow == "api":
         how = "a bearer token each"
     log(f"{len(annotators)} annotators logged in ({how}) in {time.perf_counter() - started:.1f} s")
+    warmed = 0
+    if cfg.warmup:
+        warmed = await warm_up(cfg, annotators, setup_stats)
+        log(f"warm-up: {warmed} judgements, then ANALYZE")
     if cfg.open_loop:
         await take_first_tasks(annotators)
         log(f"first tasks taken; {sum(setup_stats.errors.values())} setup errors")
@@ -1384,6 +1423,7 @@ async def drive(
         cpu_after=after,
         connects=sum(a.conn.connects for a in annotators),
         retries=sum(a.conn.retries for a in annotators),
+        warmed=warmed,
     )
 
 
@@ -1404,7 +1444,7 @@ def goal_label(cfg: Config, rate: float, submit_p99: float) -> str:
 def report(cfg: Config, dataset: Dataset, outcome: Outcome) -> int:
     """Print the results and the database checks; 1 when anything failed or is over-assigned."""
     stats, wall = outcome.stats, outcome.wall
-    found = check_integrity(dataset.project_id, cfg.overlap, dataset.judged_before)
+    found = check_integrity(dataset.project_id, cfg.overlap, dataset.judged_before + outcome.warmed)
     facts, _ = postgres_facts()
     table, latency = latency_table(stats, ("work", "task", "next", "submit", "cycle"))
     errors = sum(stats.errors.values())
@@ -1424,6 +1464,8 @@ def report(cfg: Config, dataset: Dataset, outcome: Outcome) -> int:
     print(f"  data: {cfg.items} pairwise items, replies {dataset.reply_chars:.0f} chars on average")
     if dataset.judged_before:
         print(f"  {cfg.done_items} items ({cfg.done_share:.0%}) judged before the run")
+    if outcome.warmed:
+        print(f"  warm-up: {outcome.warmed} judgements, then ANALYZE, before the timed phase")
     print()
     if outcome.open_loop is not None:
         opened, lags = outcome.open_loop, sorted(outcome.open_loop.lags)
@@ -1457,7 +1499,8 @@ def report(cfg: Config, dataset: Dataset, outcome: Outcome) -> int:
     submit_p50, submit_p99 = latency.get("submit", (float("nan"), float("nan")))
     print(
         f"\nSUMMARY: {mode_label(cfg)}, {cfg.flow} flow, {cfg.annotators} annotators, "
-        f"k={cfg.overlap}, {cfg.items} items ({cfg.done_share:.0%} done before): "
+        f"k={cfg.overlap}, {cfg.items} items ({cfg.done_share:.0%} done before"
+        f"{f', {outcome.warmed} warm-up judgements' if outcome.warmed else ''}): "
         f"{stats.judgements} judgements in {wall:.1f} s = {rate:.1f}/s; submit "
         f"p50 {submit_p50:.0f} ms p99 {submit_p99:.0f} ms; errors {errors}; over-assigned "
         f"{found.over_assigned}; duplicate judgements {found.duplicate_pairs}; DB/client "
