@@ -19,9 +19,11 @@ import random
 import re
 from collections.abc import Iterable
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from core.errors import NotYourTask, TaskUnavailable
@@ -32,6 +34,7 @@ from feedback import services as feedback_services
 from feedback.models import CompletionSource, Project, Prompt, TaskKind
 from feedback.services.projects import prompt_hash
 from feedback.services.queue import ensure_can_annotate
+from jobs.models import Status
 from modeling.models import Checkpoint, CheckpointKind
 from modeling.sampling import SamplingParams
 from modeling.services.playground import PLAYGROUND_MAX_NEW_TOKENS, reply_request
@@ -156,6 +159,7 @@ def battle_start(*, project: Project, annotator: AbstractBaseUser, prompt: str) 
     model_a, model_b = draw.sample(contenders, 2)  # random models, on random sides
     messages = [{"role": "user", "content": prompt}]
     with transaction.atomic():
+        _ensure_no_battle_in_flight(annotator)
         replies = [
             reply_request(
                 checkpoint=model,
@@ -172,6 +176,25 @@ def battle_start(*, project: Project, annotator: AbstractBaseUser, prompt: str) 
         ]
         return Battle.objects.create(
             arena=arena, annotator=annotator, prompt=prompt, reply_a=replies[0], reply_b=replies[1]
+        )
+
+
+def _ensure_no_battle_in_flight(annotator: AbstractBaseUser) -> None:
+    """One battle at a time per annotator while its replies are still being sampled: each
+    battle takes two GPU replies, and without a limit one person pressing Start could fill the
+    workers' queue for everyone. A finished battle need not be voted on first. The annotator's
+    row is locked so that two tabs starting at once are counted one after the other."""
+    get_user_model().objects.select_for_update().filter(pk=annotator.pk).exists()
+    busy = (Status.QUEUED, Status.RUNNING)
+    if (
+        Battle.objects.filter(annotator=annotator)
+        .filter(Q(reply_a__status__in=busy) | Q(reply_b__status__in=busy))
+        .exists()
+    ):
+        raise TaskUnavailable(
+            "Your last battle is still being answered: vote on it or wait until both replies "
+            "are in, then start the next.",
+            code="busy",
         )
 
 

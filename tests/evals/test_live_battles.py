@@ -148,12 +148,50 @@ def test_a_battle_queues_one_reply_from_each_of_two_different_models(arena, anno
 
 def test_sides_and_models_are_drawn_at_random(arena, annotator):
     firsts = {
-        services.battle_start(
-            project=arena.project, annotator=annotator, prompt=f"q{i}"
+        answer(
+            services.battle_start(project=arena.project, annotator=annotator, prompt=f"q{i}")
         ).reply_a.checkpoint.name
         for i in range(40)
     }
     assert firsts == set(NAMES)  # 2^-39 to fail by chance
+
+
+def test_one_battle_at_a_time_while_its_replies_are_sampled(
+    client, arena, annotator, other_annotator
+):
+    """Each battle takes two GPU replies: one person pressing Start again and again must not fill
+    the workers' queue. The next battle waits until both replies are in (or one failed); a vote
+    is not required, and other annotators are not held up."""
+    first = services.battle_start(project=arena.project, annotator=annotator, prompt="q1")
+    with pytest.raises(TaskUnavailable, match="still being answered") as refused:
+        services.battle_start(project=arena.project, annotator=annotator, prompt="q2")
+    assert refused.value.code == "busy"
+    assert Battle.objects.count() == 1 and PlaygroundTurn.objects.count() == 2
+    assert services.battle_start(project=arena.project, annotator=other_annotator, prompt="q")
+
+    # In the browser: said above the form, and the prompt typed is still in it.
+    client.force_login(annotator)
+    page = client.post(f"/evals/projects/{arena.project.pk}/battles/new/", {"prompt": "Why?"})
+    assert page.status_code == 422
+    html = page.content.decode()
+    assert "still being answered" in html and "Why?</textarea>" in html
+    # Through the API: 409 with its code.
+    response = client.post(
+        f"/api/projects/{arena.project.pk}/battles",
+        data=json.dumps({"prompt": "Why?"}),
+        content_type="application/json",
+        headers=bearer(annotator),
+    )
+    assert_error(response, 409, "busy")
+
+    # One reply in and the other failed: done sampling, so the next may start.
+    a, b = first.replies
+    PlaygroundTurn.objects.filter(pk=a.pk).update(status=Status.SUCCEEDED, reply="Four.")
+    PlaygroundTurn.objects.filter(pk=b.pk).update(status=Status.RUNNING, reply="Fo")
+    with pytest.raises(TaskUnavailable, match="still being answered"):
+        services.battle_start(project=arena.project, annotator=annotator, prompt="q2")
+    PlaygroundTurn.objects.filter(pk=b.pk).update(status=Status.FAILED)
+    assert services.battle_start(project=arena.project, annotator=annotator, prompt="q2")
 
 
 @pytest.mark.parametrize(
