@@ -184,7 +184,7 @@ def _ensure_no_battle_in_flight(annotator: AbstractBaseUser) -> None:
     battle takes two GPU replies, and without a limit one person pressing Start could fill the
     workers' queue for everyone. A finished battle need not be voted on first. The annotator's
     row is locked so that two tabs starting at once are counted one after the other."""
-    get_user_model().objects.select_for_update().filter(pk=annotator.pk).exists()
+    list(get_user_model().objects.select_for_update().filter(pk=annotator.pk).values_list("pk"))
     busy = (Status.QUEUED, Status.RUNNING)
     if (
         Battle.objects.filter(annotator=annotator)
@@ -192,8 +192,8 @@ def _ensure_no_battle_in_flight(annotator: AbstractBaseUser) -> None:
         .exists()
     ):
         raise TaskUnavailable(
-            "Your last battle is still being answered: vote on it or wait until both replies "
-            "are in, then start the next.",
+            "Your last battle is still being answered: start the next once both of its replies "
+            "are in (you need not vote on it first).",
             code="busy",
         )
 
