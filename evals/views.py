@@ -89,7 +89,7 @@ def chart_default(request: HttpRequest) -> HttpResponse:
 @require_GET
 @role_required(*VIEWING)
 def dashboard_csv(request: HttpRequest) -> HttpResponse:
-    board = selectors.dashboard(**DashboardFilterForm(request.GET).filters())
+    board = selectors.dashboard(**DashboardFilterForm(request.GET).filters(), run_times=True)
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="veredicto-evaluations.csv"'
     csv.writer(response).writerows(selectors.dashboard_csv_rows(board))

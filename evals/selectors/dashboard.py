@@ -140,8 +140,10 @@ def dashboard(
     created_from: dt.date | None = None,
     created_to: dt.date | None = None,
     sort: str = DEFAULT_SORT,
+    run_times: bool = False,
 ) -> Dashboard:
-    """The checkpoint table: lineage and the latest value of every metric, filtered and sorted."""
+    """The checkpoint table: lineage and the latest value of every metric, filtered and sorted;
+    with each value's run time only when asked (the CSV export)."""
     queryset = dashboard_checkpoints(
         project=project, kind=kind, created_from=created_from, created_to=created_to
     )
@@ -149,7 +151,8 @@ def dashboard(
     truncated = len(checkpoints) > MAX_DASHBOARD_CHECKPOINTS
     checkpoints = checkpoints[:MAX_DASHBOARD_CHECKPOINTS]
     columns, rows = results_table(
-        checkpoints=checkpoints, results=latest_results(checkpoints=[c.pk for c in checkpoints])
+        checkpoints=checkpoints,
+        results=latest_results(checkpoints=[c.pk for c in checkpoints], run_times=run_times),
     )
     applied = _sort(rows, columns, sort or DEFAULT_SORT)
     return Dashboard(columns=columns, rows=rows, sort=applied, truncated=truncated)

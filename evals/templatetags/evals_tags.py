@@ -39,9 +39,10 @@ def metric_cells(row) -> str:
         if cell is None:
             parts.append('<td class="num muted">–</td>')
             continue
-        interval = cell.interval
+        interval = cell.interval  # formatted once, for the cell and its tooltip
         small = f"<small>{interval}</small>" if interval else ""
-        parts.append(f'<td class="num" title="{escape(cell.title)}">{cell.text}{small}</td>')
+        title = escape(cell.title_with(interval))
+        parts.append(f'<td class="num" title="{title}">{cell.text}{small}</td>')
     return mark_safe("".join(parts))
 
 
