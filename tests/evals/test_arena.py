@@ -27,6 +27,7 @@ from feedback.models import (
     TaskKind,
 )
 from modeling.models import Checkpoint, CheckpointKind
+from tests.evals.test_dashboard import assert_nothing_from_another_host
 from tests.factories import ProjectFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -268,7 +269,7 @@ def test_leaderboard_page_has_the_table_and_chart_data_with_local_chartjs(client
     assert all(low <= rating <= high for rating, (low, high) in
                zip(data["ratings"], data["errorBars"], strict=True))  # fmt: skip
     assert '<script src="/static/vendor/chartjs/chart.umd.min.js"' in page
-    assert "cdn" not in page.lower()
+    assert_nothing_from_another_host(page)
     dpo = Checkpoint.objects.get(name="dpo")
     assert f'href="/train/checkpoints/{dpo.pk}/">dpo</a>' in page  # registered: linked
     assert '<span class="badge">reference</span>' in page
