@@ -746,12 +746,10 @@ def test_exported_lines_are_sorted_json_of_the_text_as_written(roles, tmp_path, 
 def test_a_large_import_refreshes_the_statistics_of_the_tables_it_filled(
     roles, tmp_path, admin_user, monkeypatch
 ):
-    from django.db import connection
-
-    if connection.vendor != "postgresql":  # planner statistics (pg_class) are PostgreSQL's
-        pytest.skip("the import writes through COPY and ANALYZE on PostgreSQL only")
     # Without fresh statistics an export right after a big import plans for empty tables and
     # costs the server five times the CPU. "Large" is lowered here to keep the test small.
+    from django.db import connection
+
     from feedback.services.imports import postgres as writing
 
     monkeypatch.setattr(writing, "_ANALYZE_AFTER", 3)
