@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.db.models import (
     Count,
     Exists,
@@ -145,13 +146,17 @@ def annotator_progress(*, project: Project, annotator: AbstractBaseUser) -> Task
     submit renders it, and the ORM spelling took longer to compile than to run. Per-item probes
     of the assignments, or a join of the two, let a plan made while the tables were small (a
     new project's first minutes, kept by the prepared statement) repeat a scan of the
-    assignments for every open item (tests/feedback/test_task_polish.py).
+    assignments for every open item (the bench's figures are in bench/README.md; the test of the
+    statement's work is in tests/feedback/test_task_polish.py).
 
     left = min(open, cap + 1 + mine_open) - mine_open, where mine_open are the open items I
     already submitted or skipped: each item holds at most one assignment of mine."""
     item, assignment = Item._meta.db_table, Assignment._meta.db_table
+    # PostgreSQL inlines a CTE used once, and then each use of m.open repeats its probe; SQLite
+    # (which only learned the keyword in 3.35, after Django's minimum) computes it once anyway.
+    materialized = "MATERIALIZED" if connection.vendor == "postgresql" else ""
     sql = f"""
-        WITH m AS MATERIALIZED (  -- else each use of m.open repeats its probe
+        WITH m AS {materialized} (
           SELECT a.status,
                  (SELECT i.submitted_count < %(overlap)s FROM {item} i
                   WHERE i.id = a.item_id AND i.project_id = %(project)s) AS open
