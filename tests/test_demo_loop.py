@@ -27,6 +27,7 @@ from feedback.models import (
 from jobs.models import Status
 from loop.demo import PROJECT_NAME, SCALES, run_demo_loop, snapshot_policy
 from loop.demo.config import TASK_SCORE
+from loop.demo.steps import NO_DEMONSTRATION
 from loop.toytask import kind
 from modeling.ml import load_causal_lm, load_reward_model
 from modeling.models import Checkpoint, CheckpointKind, JobStatus, TrainingJob
@@ -60,11 +61,16 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
     assert held_kinds == {"facts", "reversing", "arithmetic", "sorting"}
 
     # Items: a demonstration for every prompt (held-out ones too: their labels measure the
-    # models), then for every prompt one comparison of the SFT policy's distinct samples with
-    # its demonstration, unless a sample says what the demonstration says (then it stands for
-    # it): the policy's own answers are kept.
+    # models) but the train prompts left to the cheaper labels, then for every prompt one
+    # comparison of the SFT policy's distinct samples with its demonstration, unless a sample
+    # says what the demonstration says (then it stands for it): the policy's own answers are
+    # kept. A prompt without a demonstration ranks the samples alone.
     prompts = project.prompts.count()
-    assert report.items_created[TaskKind.DEMONSTRATION] == prompts
+    bare = [p for p in project.prompts.all() if NO_DEMONSTRATION in p.tags]
+    assert len(bare) == scale.count("train") - sum(scale.demonstrated.values()) > 0
+    assert {p.split for p in bare} == {Split.TRAIN}
+    assert report.items_created[TaskKind.DEMONSTRATION] == prompts - len(bare)
+    assert not Item.objects.filter(kind=TaskKind.DEMONSTRATION, prompt__in=bare).exists()
     comparisons = report.items_created[TaskKind.RANKING] + report.items_created[TaskKind.PAIRWISE]
     assert 0 < comparisons <= prompts
     round_one = Item.objects.filter(project=project).count() - report.next_round["items"]
@@ -82,6 +88,9 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
         texts = [c.text.strip() for c in completions]
         assert 2 <= len(texts) == len(set(texts)) <= 8
         humans = [c for c in completions if c.source == CompletionSource.HUMAN]
+        if item.prompt_id not in demonstrated:
+            assert humans == []  # nothing to rank the samples against
+            continue
         sampled_demo = demonstrated[item.prompt_id] in [
             c.text.strip() for c in completions if c.source == CompletionSource.CHECKPOINT
         ]
@@ -98,7 +107,8 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
     demonstrations = Demonstration.objects.filter(item__project=project)
     pairwise = PairwiseJudgement.objects.filter(item__project=project)
     rankings = RankingJudgement.objects.filter(item__project=project)
-    assert report.judgements[TaskKind.DEMONSTRATION] == demonstrations.count() == prompts
+    assert report.judgements[TaskKind.DEMONSTRATION] == demonstrations.count()
+    assert demonstrations.count() == prompts - len(bare)
     assert report.judgements[TaskKind.PAIRWISE] == pairwise.count()
     assert report.judgements[TaskKind.RANKING] == rankings.count()
     judged = [*demonstrations, *pairwise, *rankings]
@@ -123,6 +133,9 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
     assert checks["held_out_prompts_in_training"] == 0
     assert checks["held_out_sums_and_lists_in_training"] == 0
     assert checks["learnable_held_out_covered_in_training"] == checks["learnable_held_out"]
+    # Some with a demonstration (in SFT's rows), some without: the demonstrated and
+    # undemonstrated groups the paired table reports.
+    assert 0 < checks["learnable_held_out_demonstrated_in_training"] < checks["learnable_held_out"]
     assert checks["learnable_held_out_in_corpus"] == checks["learnable_held_out"] > 0
     assert checks["min_corpus_chats_per_learnable"] >= 1
     assert checks["unlearnable_held_out_in_corpus"] == 0
@@ -188,8 +201,11 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
     stages = {(row["role"], row["parent"]) for row in report.paired}
     assert {("sft", "base"), ("dpo", "sft"), ("grpo", "dpo"), ("round two", "sft")} <= stages
     for row in report.paired:
-        assert set(row["groups"]) == {"learnable", "unlearnable", "all"}
-        for result in row["groups"].values():
+        groups = row["groups"]
+        assert set(groups) == {"learnable", "demonstrated", "undemonstrated", "unlearnable", "all"}
+        halves = groups["demonstrated"]["n"] + groups["undemonstrated"]["n"]
+        assert halves == groups["learnable"]["n"]
+        for result in groups.values():
             mean, low, high = result["sampled_ci"]
             assert low <= mean <= high and 0 <= result["mcnemar_p"] <= 1
     judgement = report.reward_judgement

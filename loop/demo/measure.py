@@ -20,12 +20,12 @@ from evals.ml.definitions import TOY_TASK
 from evals.ml.paired import mcnemar_p, paired_difference
 from evals.models import Suite
 from feedback.models import DatasetSnapshot, Project, Prompt, Split
-from loop.toytask import is_correct
+from loop.toytask import is_correct, subject
 from loop.toytask import kind as toy_kind
 from modeling.models import Checkpoint
 
 from .config import LEARNABLE_KINDS, DemoScale
-from .steps import conversation
+from .steps import NO_DEMONSTRATION, conversation
 
 
 @dataclass
@@ -33,20 +33,39 @@ class HeldOut:
     """The held-out prompts, in a fixed order every policy is measured on."""
 
     prompts: list[Prompt]
+    # The facts and words (loop.toytask.subject) training asks without a demonstration: only
+    # rankings of the policy's samples and the online stage teach those.
+    undemonstrated: frozenset = frozenset()
 
     @classmethod
     def of(cls, project: Project) -> HeldOut:
-        return cls(list(Prompt.objects.filter(project=project, split=Split.TEST).order_by("id")))
+        prompts = Prompt.objects.filter(project=project).order_by("id")
+        return cls(
+            [p for p in prompts if p.split == Split.TEST],
+            frozenset(
+                subject(p.messages[-1]["content"])
+                for p in prompts
+                if p.split == Split.TRAIN and NO_DEMONSTRATION in p.tags
+            ),
+        )
 
     @property
     def questions(self) -> list[str]:
         return [p.messages[-1]["content"] for p in self.prompts]
 
     def groups(self) -> dict[str, list[int]]:
+        """Prompt indexes per group: the learnable kinds (and, when training leaves some
+        without a demonstration, those with one and those without), the unlearnable, all."""
         kinds = [toy_kind(q) for q in self.questions]
         learnable = [i for i, k in enumerate(kinds) if k in LEARNABLE_KINDS]
-        unlearnable = [i for i, k in enumerate(kinds) if k not in LEARNABLE_KINDS]
-        return {"learnable": learnable, "unlearnable": unlearnable, "all": list(range(len(kinds)))}
+        groups = {"learnable": learnable}
+        if self.undemonstrated:
+            bare = [i for i in learnable if subject(self.questions[i]) in self.undemonstrated]
+            groups["demonstrated"] = [i for i in learnable if i not in bare]
+            groups["undemonstrated"] = bare
+        groups["unlearnable"] = [i for i, k in enumerate(kinds) if k not in LEARNABLE_KINDS]
+        groups["all"] = list(range(len(kinds)))
+        return groups
 
 
 @dataclass
@@ -205,7 +224,7 @@ def judge_reward_model(
     result = {"pairs": len(pairs), "accuracy": accuracy, "ece": ece, "brier": brier}
     result |= {"best_of": n, "policy": policy_role}
     for group, index in held_out.groups().items():
-        if group == "unlearnable" or len(index) < 2:
+        if group not in ("learnable", "all") or len(index) < 2:
             continue
         diff = paired_difference([policy.sampled[i] for i in index], [best[i] for i in index])
         key = "best_of_n" if group == "all" else f"best_of_n_{group}"

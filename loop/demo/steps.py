@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
@@ -103,8 +103,18 @@ def demo_project(config: DemoScale) -> Project:
     )
 
 
-def prompt_plan(config: DemoScale) -> list[tuple[str, str]]:
-    """The demo's toy prompts as (question, split), held-out ones first, stratified by kind.
+class Planned(NamedTuple):
+    question: str
+    split: str
+    demonstrated: bool  # gets a demonstration item (every held-out prompt does)
+
+
+# The tag of a train prompt that gets no demonstration: only rankings and the online stage see it.
+NO_DEMONSTRATION = "no-demonstration"
+
+
+def prompt_plan(config: DemoScale) -> list[Planned]:
+    """The demo's toy prompts, held-out ones first, stratified by kind.
 
     Facts and words: training covers what is held out, in another phrasing. Every held-out fact
     or word is asked in training too, but never in its held-out phrasing: "Spell lamp
@@ -113,7 +123,12 @@ def prompt_plan(config: DemoScale) -> list[tuple[str, str]]:
     facts), and every such subject is also asked in the pretraining corpus (what makes them
     learnable at 2M parameters). Sums and lists are among the reserved questions the corpus
     never asks (loop.corpus.reserved_keys), one phrasing each, never in both splits: those
-    measure generalisation."""
+    measure generalisation.
+
+    Of the train prompts, the first `config.demonstrated[kind]` of each kind get a demonstration
+    (SFT's data); the others are trained on through rankings and the online stage only. So half
+    the held-out facts and words are covered by a demonstration in another phrasing, half by
+    cheaper labels only."""
     from loop.corpus import (
         FACT_PHRASINGS,
         FACT_TABLE,
@@ -143,20 +158,23 @@ def prompt_plan(config: DemoScale) -> list[tuple[str, str]]:
         if pool is not None and task_key(question) not in keys:
             keys.add(task_key(question))
             pool.append(question)
-    plan: list[tuple[str, str]] = []
+    plan: list[Planned] = []
     for split, sizes, which in ((Split.TEST, config.held_out, 0), (Split.TRAIN, config.train, 1)):
-        for kind, asked in phrasings.items():
-            plan += [(asked[i][which], split) for i in range(sizes[kind])]
-        for kind, pool in open_ended.items():
-            start = 0 if split == Split.TEST else config.held_out[kind]  # after the held-out ones
-            plan += [(q, split) for q in pool[start : start + sizes[kind]]]
+        for kind in (*phrasings, *open_ended):
+            if kind in phrasings:
+                asked = [phrasings[kind][i][which] for i in range(sizes[kind])]
+            else:  # after the held-out ones
+                start = 0 if split == Split.TEST else config.held_out[kind]
+                asked = open_ended[kind][start : start + sizes[kind]]
+            taught = len(asked) if split == Split.TEST else config.demonstrated[kind]
+            plan += [Planned(q, split, i < taught) for i, q in enumerate(asked)]
     return plan
 
 
 def import_prompts(project: Project, config: DemoScale) -> dict[str, int]:
     """The planned toy prompts (prompt_plan); existing ones are kept."""
     created: Counter = Counter()
-    for position, (question, split) in enumerate(prompt_plan(config)):
+    for position, (question, split, demonstrated) in enumerate(prompt_plan(config)):
         messages = [{"role": "user", "content": question}]
         if Prompt.objects.filter(project=project, content_hash=prompt_hash("", messages)).exists():
             continue
@@ -164,7 +182,8 @@ def import_prompts(project: Project, config: DemoScale) -> dict[str, int]:
             project=project,
             messages=messages,
             split=split,
-            tags=["toy", "demo-loop", toy_kind(question)],
+            tags=["toy", "demo-loop", toy_kind(question)]
+            + ([] if demonstrated else [NO_DEMONSTRATION]),
             source="demo_loop",
             external_id=f"toy-{position}",
         )
@@ -178,13 +197,16 @@ def conversation(prompt: Prompt) -> list[dict[str, str]]:
 
 
 def demonstration_items(project: Project) -> Counter:
-    """A demonstration item for every prompt without one. Held-out prompts get theirs too: the
-    snapshots keep a prompt imported as test out of training, and its labels measure the
-    trained models (the SFT model's held-out loss, the reward model's held-out accuracy)."""
+    """A demonstration item for every prompt without one, except those tagged NO_DEMONSTRATION.
+    Held-out prompts get theirs too: the snapshots keep a prompt imported as test out of
+    training, and its labels measure the trained models (the SFT model's held-out loss, the
+    reward model's held-out accuracy)."""
     made: Counter = Counter()
     for prompt in Prompt.objects.filter(project=project).exclude(
         items__kind=TaskKind.DEMONSTRATION
     ):
+        if NO_DEMONSTRATION in prompt.tags:
+            continue
         feedback_services.item_create(project=project, kind=TaskKind.DEMONSTRATION, prompt=prompt)
         made[TaskKind.DEMONSTRATION.value] += 1
     return made
@@ -466,8 +488,9 @@ def online_prompts(
 def split_checks(project: Project, snapshots: list[DatasetSnapshot]) -> dict[str, Any]:
     """The split invariants, counted: no held-out prompt in any snapshot's training rows, nor a
     held-out sum or list in another phrasing; every held-out fact and word asked in training in
-    another phrasing (the coverage relation of prompt_plan) and in the pretraining corpus; no
-    held-out sum or list in the corpus."""
+    another phrasing (the coverage relation of prompt_plan), how many of them with a
+    demonstration (in SFT's rows), and in the pretraining corpus; no held-out sum or list in the
+    corpus."""
     import json
 
     from loop.corpus import read_corpus
@@ -479,6 +502,7 @@ def split_checks(project: Project, snapshots: list[DatasetSnapshot]) -> dict[str
     unlearnable = {subject(q) for q in held if toy_kind(q) not in LEARNABLE_KINDS}
     trained, leaked, open_leaked = 0, 0, 0
     trained_subjects: set = set()
+    demonstrated_subjects: set = set()  # in SFT's training rows
     for snapshot in snapshots:
         with open(snapshot.path() / "train.jsonl", encoding="utf-8") as rows:
             for line in rows:
@@ -490,6 +514,8 @@ def split_checks(project: Project, snapshots: list[DatasetSnapshot]) -> dict[str
                 leaked += question in held
                 open_leaked += subject(question) in unlearnable
                 trained_subjects.add(subject(question))
+                if snapshot.kind == "sft":
+                    demonstrated_subjects.add(subject(question))
     corpus_subjects = Counter(
         subject(turn["content"])
         for doc in read_corpus()
@@ -505,6 +531,9 @@ def split_checks(project: Project, snapshots: list[DatasetSnapshot]) -> dict[str
         "learnable_held_out": len(learnable),
         "learnable_held_out_covered_in_training": sum(
             subject(q) in trained_subjects for q in learnable
+        ),
+        "learnable_held_out_demonstrated_in_training": sum(
+            subject(q) in demonstrated_subjects for q in learnable
         ),
         "learnable_held_out_in_corpus": sum(n > 0 for n in in_corpus),
         "min_corpus_chats_per_learnable": min(in_corpus, default=0),
