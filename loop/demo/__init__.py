@@ -4,9 +4,11 @@ process.
     python manage.py demo_loop [--scale demo|ci] [--seed S]   # `make demo`: this, then the app
 
 Round one. Base model (built if missing) -> 760 toy prompts, 400 held out (prompt_plan:
-stratified by kind; held-out facts and words never asked in training) -> a demonstration of
-every prompt by simulated annotators -> SFT from the base -> sft_samples replies of the SFT
-policy to every prompt, ranked with the demonstration (the policy's own right answers kept) ->
+stratified by kind; held-out facts and words asked in training in another phrasing only) -> a
+demonstration of every held-out prompt and of half the train prompts (DemoScale.demonstrated;
+the others are taught by the cheaper labels below only) by simulated annotators -> SFT from the
+base -> sft_samples replies of the SFT policy to every prompt, ranked with the demonstration
+where there is one (the policy's own right answers kept) ->
 preference and prompts snapshots -> a reward model, and DPO with an SFT term (RPO) from the SFT
 policy -> an online stage: GRPO from the DPO policy with the strict checker as verifiable reward,
 on the train prompts the policy gets right sometimes -> the reward model judged (held-out
