@@ -68,6 +68,8 @@ def test_demo_loop_links_every_step_of_both_rounds(demo_report):
     prompts = project.prompts.count()
     bare = [p for p in project.prompts.all() if NO_DEMONSTRATION in p.tags]
     assert len(bare) == scale.count("train") - sum(scale.demonstrated.values()) > 0
+    assert report.prompts[NO_DEMONSTRATION] == len(bare)
+    assert f"({len(bare)} without a demonstration)" in report.summary()
     assert {p.split for p in bare} == {Split.TRAIN}
     assert report.items_created[TaskKind.DEMONSTRATION] == prompts - len(bare)
     assert not Item.objects.filter(kind=TaskKind.DEMONSTRATION, prompt__in=bare).exists()

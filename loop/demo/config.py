@@ -208,7 +208,8 @@ class DemoReport:
     def summary(self) -> str:
         lines = [f"Demo loop ({self.scale}) — project #{self.project_id} {PROJECT_NAME!r}"]
         lines.append(
-            f"  prompts      train {self.prompts.get('train', 0)}, test "
+            f"  prompts      train {self.prompts.get('train', 0)} "
+            f"({self.prompts.get('no-demonstration', 0)} without a demonstration), test "
             f"{self.prompts.get('test', 0)} (created this run)"
         )
         lines.append(f"  items        {dict(self.items_created)}")

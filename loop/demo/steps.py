@@ -172,7 +172,8 @@ def prompt_plan(config: DemoScale) -> list[Planned]:
 
 
 def import_prompts(project: Project, config: DemoScale) -> dict[str, int]:
-    """The planned toy prompts (prompt_plan); existing ones are kept."""
+    """The planned toy prompts (prompt_plan); existing ones are kept. Returns how many were
+    created per split, and how many of them get no demonstration."""
     created: Counter = Counter()
     for position, (question, split, demonstrated) in enumerate(prompt_plan(config)):
         messages = [{"role": "user", "content": question}]
@@ -188,7 +189,12 @@ def import_prompts(project: Project, config: DemoScale) -> dict[str, int]:
             external_id=f"toy-{position}",
         )
         created[split] += 1
-    return {Split.TRAIN: created[Split.TRAIN], Split.TEST: created[Split.TEST]}
+        created[NO_DEMONSTRATION] += not demonstrated
+    return {
+        Split.TRAIN: created[Split.TRAIN],
+        Split.TEST: created[Split.TEST],
+        NO_DEMONSTRATION: created[NO_DEMONSTRATION],
+    }
 
 
 def conversation(prompt: Prompt) -> list[dict[str, str]]:
