@@ -275,6 +275,16 @@ class AssignmentStatus(models.TextChoices):
     AI = "ai", "AI vote"
 
 
+class AssignmentManager(models.Manager):
+    def bulk_create(self, objs, *args, **kwargs):
+        """As save() does: an assignment takes its item's project unless it names one."""
+        objs = list(objs)
+        for assignment in objs:
+            if assignment.project_id is None and assignment.item_id is not None:
+                assignment.project_id = assignment.item.project_id
+        return super().bulk_create(objs, *args, **kwargs)
+
+
 class Assignment(models.Model):
     # item and annotator: each is the first column of an index below.
     item = models.ForeignKey(
@@ -286,6 +296,12 @@ class Assignment(models.Model):
         related_name="assignments",
         db_index=False,
     )
+    # The item's project, copied (save() fills it in; bulk inserts name it): an annotator's work
+    # in one project is an index range of its own, so what they did elsewhere costs nothing
+    # (the task screen's progress; issue #19). An item never changes project.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="+", db_index=False, editable=False
+    )
     status = models.CharField(
         max_length=12, choices=AssignmentStatus.choices, default=AssignmentStatus.LEASED
     )
@@ -296,6 +312,8 @@ class Assignment(models.Model):
     display_order = models.JSONField(default=list, blank=True)
     skip_reason = models.CharField(max_length=500, blank=True)
 
+    objects = AssignmentManager()
+
     class Meta:
         constraints = [
             # The database itself refuses a second slot for the same person on the same item.
@@ -304,10 +322,18 @@ class Assignment(models.Model):
         indexes = [
             models.Index(fields=["item", "status", "expires_at"]),
             models.Index(fields=["annotator", "status"]),
+            models.Index(
+                fields=["annotator", "project", "status"], name="assignment_mine_by_project"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.annotator} on {self.item}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.project_id is None and self.item_id is not None:
+            self.project_id = self.item.project_id
+        super().save(*args, **kwargs)
 
     @property
     def is_live_lease(self) -> bool:

@@ -139,7 +139,8 @@ class TaskProgress:
 
 def annotator_progress(*, project: Project, annotator: AbstractBaseUser) -> TaskProgress:
     """ "12 of 61 · 49 left" on the task screen, in one statement whose cost is bounded by the
-    annotator's own work and PROGRESS_LEFT_CAP, not by the project's size.
+    annotator's own work in this project and PROGRESS_LEFT_CAP, not by the project's size nor
+    by their work elsewhere (assignment_mine_by_project: the assignment carries its project).
 
     Written by hand, as one pass over the annotator's own submitted and skipped assignments and
     one walk of item_queue_order over the open items, with nothing that pairs the two: every
@@ -158,12 +159,13 @@ def annotator_progress(*, project: Project, annotator: AbstractBaseUser) -> Task
     sql = f"""
         WITH m AS {materialized} (
           SELECT a.status,
-                 (SELECT i.submitted_count < %(overlap)s FROM {item} i
-                  WHERE i.id = a.item_id AND i.project_id = %(project)s) AS open
+                 (SELECT i.submitted_count < %(overlap)s FROM {item} i WHERE i.id = a.item_id)
+                   AS open
           FROM {assignment} a
-          WHERE a.annotator_id = %(me)s AND a.status IN (%(submitted)s, %(skipped)s)
+          WHERE a.annotator_id = %(me)s AND a.project_id = %(project)s
+            AND a.status IN (%(submitted)s, %(skipped)s)
         ), mine AS (
-          SELECT count(*) FILTER (WHERE m.status = %(submitted)s AND m.open IS NOT NULL) AS done,
+          SELECT count(*) FILTER (WHERE m.status = %(submitted)s) AS done,
                  count(*) FILTER (WHERE m.open) AS finished_open
           FROM m
         )

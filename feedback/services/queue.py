@@ -141,13 +141,13 @@ def _sql() -> dict[str, str]:
             link_columns=rows.columns(ItemCompletion, "ic"),
             completion_columns=rows.columns(Completion, "c"),
         ),
-        # params: item, annotator, leased_at, expires_at, display_order, item, annotator, now,
-        # overlap. Inserts nothing when the recount finds no free slot.
+        # params: item, project, annotator, leased_at, expires_at, display_order, item,
+        # annotator, now, overlap. Inserts nothing when the recount finds no free slot.
         "lease": """
             INSERT INTO {assignment}
-              (item_id, annotator_id, status, leased_at, expires_at, display_order, finished_at,
-               skip_reason)
-            SELECT %s, %s, '{leased}', %s, %s, %s, NULL, ''
+              (item_id, project_id, annotator_id, status, leased_at, expires_at, display_order,
+               finished_at, skip_reason)
+            SELECT %s, %s, %s, '{leased}', %s, %s, %s, NULL, ''
             WHERE (SELECT COUNT(*) FROM {assignment} a
                    WHERE a.item_id = %s AND a.annotator_id <> %s AND {live}) < %s
             ON CONFLICT (item_id, annotator_id) DO UPDATE SET
@@ -229,6 +229,7 @@ def _take_slot(
     overlap=None: no limit (gold items)."""
     assignment = Assignment(
         item=item,
+        project_id=item.project_id,
         annotator=annotator,
         status=LEASED,
         leased_at=now,
@@ -237,7 +238,7 @@ def _take_slot(
         finished_at=None,
     )
     limit = overlap if overlap is not None else 1 << 30
-    params = [item.pk, annotator.pk, _db_time(assignment.leased_at)]
+    params = [item.pk, item.project_id, annotator.pk, _db_time(assignment.leased_at)]
     params += [_db_time(assignment.expires_at)]
     params += [connection.ops.adapt_json_value(assignment.display_order, None)]
     params += [item.pk, annotator.pk, _db_time(now), limit]

@@ -318,6 +318,7 @@ def _write_judgements(
         ("item_id",),
         [(item_id,) for item_id, _ in judged],
         same={
+            "project_id": writer.project.pk,
             "annotator_id": writer.owner.pk,
             "status": AssignmentStatus.IMPORTED,
             "leased_at": now,
