@@ -275,13 +275,29 @@ class AssignmentStatus(models.TextChoices):
     AI = "ai", "AI vote"
 
 
+def _fill_projects(assignments: list[Assignment]) -> None:
+    """Each assignment that names no project takes its item's: from the item already loaded,
+    else from one query for all of them (not one per assignment)."""
+    unloaded = []
+    for assignment in assignments:
+        if assignment.project_id is not None or assignment.item_id is None:
+            continue
+        if Assignment.item.is_cached(assignment):
+            assignment.project_id = assignment.item.project_id
+        else:
+            unloaded.append(assignment)
+    if unloaded:
+        ids = {a.item_id for a in unloaded}
+        projects = dict(Item.objects.filter(pk__in=ids).values_list("pk", "project_id"))
+        for assignment in unloaded:
+            assignment.project_id = projects.get(assignment.item_id)  # None: the insert fails
+
+
 class AssignmentManager(models.Manager):
     def bulk_create(self, objs, *args, **kwargs):
         """As save() does: an assignment takes its item's project unless it names one."""
         objs = list(objs)
-        for assignment in objs:
-            if assignment.project_id is None and assignment.item_id is not None:
-                assignment.project_id = assignment.item.project_id
+        _fill_projects(objs)
         return super().bulk_create(objs, *args, **kwargs)
 
 
@@ -331,8 +347,7 @@ class Assignment(models.Model):
         return f"{self.annotator} on {self.item}"
 
     def save(self, *args, **kwargs) -> None:
-        if self.project_id is None and self.item_id is not None:
-            self.project_id = self.item.project_id
+        _fill_projects([self])
         super().save(*args, **kwargs)
 
     @property
