@@ -16,6 +16,10 @@ machine:
     # the first wave's figure: superuser, triggers off, fsync off
     ... bench/import_export.py --role superuser --triggers-off --fsync off
 
+    # what-ifs, to attribute the server's time: the same import into a schema without the
+    # records browser's search columns (or only their GIN indexes) and/or the foreign keys
+    ... bench/import_export.py --rows 200000 --without search,foreign-keys
+
     # a quicker run; compare its peak memory with the full run's to see that it is flat
     ... bench/import_export.py --rows 100000
 
@@ -153,6 +157,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "role (PostgreSQL 15+), so that --triggers-off can take effect",
     )
     parser.add_argument(
+        "--without",
+        default="",
+        help="what-if, to attribute the server's time: drop parts of the schema from the "
+        f"bench's own database after migrating it, comma-separated: {', '.join(WITHOUT)}",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="run the import step under cProfile (its main thread): the 25 costliest "
@@ -175,9 +185,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"refusing {urlsplit(args.database_url).scheme or 'that'}: needs PostgreSQL")
     if args.rows < 1:
         parser.error("--rows must be positive")
+    args.without = [part for part in args.without.split(",") if part]
+    if unknown := sorted(set(args.without) - set(WITHOUT)):
+        parser.error(f"--without: unknown {', '.join(unknown)} (choose from {', '.join(WITHOUT)})")
+    if args.without and args.role != "ordinary":
+        parser.error("--without needs --role ordinary (it alters the bench's own database)")
     if args.grant_replication_role and args.role != "ordinary":
         parser.error("--grant-replication-role needs --role ordinary (a superuser has it)")
     return args
+
+
+# What --without drops, as its owner, in the bench's own database (the records browser's search:
+# feedback migration 0019; the foreign keys: every one in the schema, so none is checked).
+WITHOUT = {
+    "search-index": "DROP INDEX feedback_prompt_search; DROP INDEX feedback_completion_search",
+    "search": "ALTER TABLE feedback_prompt DROP COLUMN search; "
+    "ALTER TABLE feedback_completion DROP COLUMN search",
+    "foreign-keys": """DO $$ DECLARE c record; BEGIN
+        FOR c IN SELECT conrelid::regclass AS t, conname FROM pg_constraint
+                 WHERE contype = 'f' AND connamespace = 'public'::regnamespace LOOP
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.t, c.conname);
+        END LOOP; END $$""",
+}
+
+
+def drop_for_what_if(args: argparse.Namespace) -> None:
+    """--without: what the import would cost without these parts of the schema."""
+    import psycopg
+
+    with psycopg.connect(args.step_url, autocommit=True) as owner:
+        for part in args.without:
+            log(f"without {part}: {' '.join(WITHOUT[part].split())[:100]}")
+            owner.execute(WITHOUT[part])
 
 
 def app_env(args: argparse.Namespace) -> dict[str, str]:
@@ -668,7 +707,10 @@ def configuration(args: argparse.Namespace, facts: dict[str, Any]) -> list[str]:
             "session_replication_role, so the import kept them on (--grant-replication-role "
             "grants it)"
         )
-    return [f"role: {role}, {kind}", f"server: {server}", f"foreign-key triggers: {triggers}"]
+    lines = [f"role: {role}, {kind}", f"server: {server}", f"foreign-key triggers: {triggers}"]
+    if args.without:
+        lines.append(f"what-if: the schema WITHOUT {', '.join(args.without)} (not the app's)")
+    return lines
 
 
 def mode(facts: dict[str, Any]) -> str:
@@ -717,6 +759,8 @@ def report(args: argparse.Namespace, results: list[StepResult], facts: dict[str,
     goal = "met" if not over else f"missed by {', '.join(over)}"
     if n < GOAL_ROWS:
         goal = f"not judged below {GOAL_ROWS:,} rows"
+    if args.without:
+        goal = f"not judged: a what-if without {', '.join(args.without)}"
     print(
         f"\nsummary: {n:,} rows ({mode(facts)}); "
         + ", ".join(f"{name} {by_name[name].result['seconds']:.1f} s" for name in STEPS[1:])
@@ -751,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
                 env=app_env(args),
                 check=True,
             )
+            drop_for_what_if(args)
             facts = spawn(args, "setup").result
             if args.role == "superuser" and not facts["superuser"]:
                 raise SystemExit(f"--role superuser, but {facts['db_role']} is not a superuser")
