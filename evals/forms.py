@@ -87,7 +87,12 @@ class EvalRunForm(forms.Form):
         help_text="Reward accuracy: score its test split (empty: the shipped held-out pairs).",
     )
     limit = forms.IntegerField(required=False, min_value=1, help_text="First n items only.")
-    batch_size = forms.IntegerField(required=False, min_value=1)
+    batch_size = forms.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="Rows per forward pass (empty: automatic for multiple choice and generation, "
+        "8 otherwise).",
+    )
     max_new_tokens = forms.IntegerField(required=False, min_value=1, help_text="Generative.")
     temperature = forms.FloatField(
         required=False, help_text="Generative: sample at this temperature (empty: greedy)."

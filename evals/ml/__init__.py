@@ -42,6 +42,7 @@ _EXPORTS = {
     "evaluate_mc": "multiple_choice",
     "evaluate_generative": "generative",
     "evaluate_generative_vllm": "generative",
+    "generation_batch_size": "generative",
     "reward_accuracy": "reward",
     "reward_win_rate": "reward",
     "reward_scores": "reward",

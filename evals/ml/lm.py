@@ -11,7 +11,9 @@ continuation, following lm_eval/models/huggingface.py (HFLM._loglikelihood_token
   result beyond floating-point noise); batches are cut where padding costs more than a forward
   pass of its own (length_batches), and on a CPU where a pass would exceed CPU_PASS_POSITIONS
   positions (a batch of full windows falls out of the caches);
-- log-softmax in float32 at least (bf16 models on GPU are upcast), summed in float64.
+- log-softmax in float32 at least (bf16 models on GPU are upcast), summed in float64;
+- requests whose model input is the same token sequence are computed once (lm-eval's
+  "one-token continuation" cache: a multiple-choice prompt's answers of one token).
 
 Unlike HFLM, the sort is over *all* requests at once: HFLM.loglikelihood_rolling sorts only
 within each batch of windows, so one long window pads a whole batch of short ones. On a CPU a
@@ -52,6 +54,13 @@ ACCELERATOR_FORWARD_COST = 2048
 # 1.17x, 2048: 0.97x); on documents of very uneven lengths 1.04x and 1.28x. Short windows
 # still share a pass, which is where batching pays on a CPU (the per-pass cost above).
 CPU_PASS_POSITIONS = 512
+# Rows a pass may hold when the caller names no batch size. On a CPU, CPU_PASS_POSITIONS bounds
+# a pass anyway, so short rows (multiple-choice answers) may share one up to lm-eval's own
+# batch_size="auto" cap of 64: with the tiny model, a shipped multiple-choice task at 64 rows ran
+# 1.2x lm-eval at auto, at 8 rows 0.96x (bench/eval_tasks_throughput.py). On an accelerator
+# nothing bounds a pass's memory but the rows, so it stays at 8 there.
+CPU_DEFAULT_ROWS = 64
+ACCELERATOR_DEFAULT_ROWS = 8
 # Logits computed at once by scored_logprobs: 2**24 float32 values are 64 MB, whatever the vocab.
 HEAD_CHUNK_ELEMENTS = 2**24
 # On a CPU, rows at once instead: the head's output and its log-softmax then stay in the caches.
@@ -136,13 +145,17 @@ def loglikelihood_tokens(
     requests: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
     max_length: int,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> list[float]:
     """For each (context, continuation) token pair, sum of log p(continuation | context).
+    batch_size: rows a forward pass may hold (None: CPU_DEFAULT_ROWS on a CPU, else
+    ACCELERATOR_DEFAULT_ROWS).
 
     HFLM._loglikelihood_tokens's numbers without its is_greedy flag, which no metric here uses.
     log p(token) = log_softmax(logits)[token], at scored positions only (scored_logprobs).
     """
+    if batch_size is None:
+        batch_size = CPU_DEFAULT_ROWS if model.device.type == "cpu" else ACCELERATOR_DEFAULT_ROWS
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     inputs: list[list[int]] = []
@@ -155,38 +168,69 @@ def loglikelihood_tokens(
         inputs.append(list((*context, *continuation)[-(max_length + 1) :][:-1]))
         targets.append(list(continuation))
 
+    # Requests whose model input is the same token sequence share one row: the answers of one
+    # token to one multiple-choice prompt (lm-eval's "one-token continuation" cache, which
+    # groups by context + continuation[:-1]), or longer answers that end where another's input
+    # does. The row is computed once and each request's tokens are read from it.
+    row_of: dict[tuple[int, ...], int] = {}
+    rows: list[list[int]] = []
+    members: list[list[int]] = []  # row -> the requests it scores
+    for i, ids in enumerate(inputs):
+        row = row_of.setdefault(tuple(ids), len(rows))
+        if row == len(rows):
+            rows.append(ids)
+            members.append([])
+        members[row].append(i)
+
     model.eval()
     results = [0.0] * len(inputs)
     cpu = model.device.type == "cpu"
     forward_cost = FORWARD_COST if cpu else ACCELERATOR_FORWARD_COST
     max_positions = CPU_PASS_POSITIONS if cpu else None
-    lengths = [len(row) for row in inputs]
+    lengths = [len(row) for row in rows]
     with blocked_causal_attention(model):
         for chunk in length_batches(lengths, batch_size, forward_cost, max_positions):
-            sums = _score_batch(model, [inputs[i] for i in chunk], [targets[i] for i in chunk])
-            for i, total in zip(chunk, sums, strict=True):
+            scored = [i for row in chunk for i in members[row]]
+            sums = _score_batch(
+                model,
+                [rows[row] for row in chunk],
+                [[targets[i] for i in members[row]] for row in chunk],
+            )
+            for i, total in zip(scored, sums, strict=True):
                 results[i] = total
     return results
 
 
-def _score_batch(model: PreTrainedModel, inputs: list[list[int]], targets: list[list[int]]):
+def _score_batch(
+    model: PreTrainedModel, inputs: list[list[int]], targets: list[list[list[int]]]
+) -> list[float]:
     """Summed log-probabilities of one batch: rows right-padded to the longest, no attention
-    mask, each row's continuation scored at its last len(target) positions."""
+    mask; targets[r] holds the continuations row r scores, each at the row's last len(target)
+    positions. The sums come in the order of the rows and, within a row, of its targets."""
     width = max(len(row) for row in inputs)
     input_ids = torch.zeros((len(inputs), width), dtype=torch.long)
-    # target_ids[r, q]: the token position q predicts, where scored; mask: scored positions
-    target_ids = torch.zeros((len(inputs), width), dtype=torch.long)
-    mask = torch.zeros((len(inputs), width), dtype=torch.bool)
-    for row, (ids, target) in enumerate(zip(inputs, targets, strict=True)):
-        n_in, n_cont = len(ids), len(target)
+    rows, positions, target_ids, owners = [], [], [], []
+    request = 0
+    for row, (ids, continuations) in enumerate(zip(inputs, targets, strict=True)):
+        n_in = len(ids)
         input_ids[row, :n_in] = torch.tensor(ids)
-        target_ids[row, n_in - n_cont : n_in] = torch.tensor(target)
-        mask[row, n_in - n_cont : n_in] = True
-    token_ll = scored_logprobs(model, input_ids.to(model.device), target_ids, mask)
-    # token_ll is in row-major order, as mask.nonzero() lists the positions
-    rows = mask.nonzero()[:, 0].to(token_ll.device)
-    sums = torch.zeros(len(inputs), dtype=torch.float64, device=token_ll.device)
-    return sums.index_add_(0, rows, token_ll.double()).tolist()
+        for target in continuations:
+            n_cont = len(target)
+            rows += [row] * n_cont
+            positions += range(n_in - n_cont, n_in)
+            target_ids += target
+            owners += [request] * n_cont
+            request += 1
+    token_ll = logprobs_at(
+        model,
+        input_ids.to(model.device),
+        torch.tensor(rows),
+        torch.tensor(positions),
+        torch.tensor(target_ids),
+    )
+    owners = torch.tensor(owners, device=token_ll.device)
+    sums = torch.zeros(request, dtype=torch.float64, device=token_ll.device)
+    return sums.index_add_(0, owners, token_ll.double()).tolist()
 
 
 @torch.inference_mode()
@@ -205,26 +249,41 @@ def scored_logprobs(
     head(body(input)) (softcapping, logit scaling, no separable head) take the full-logits path,
     which keeps logits from the first scored column on.
     """
+    rows, positions = mask.nonzero(as_tuple=True)  # row-major order
+    return logprobs_at(model, input_ids, rows, positions, target_ids[rows, positions])
+
+
+@torch.inference_mode()
+def logprobs_at(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """log p(targets[k] | input_ids[rows[k], :positions[k] + 1]) for every k, float32 at least:
+    scored_logprobs for a list of (row, position, target) triples, in which a position may
+    come more than once (several continuations read from one row)."""
     kwargs = _forward_kwargs(model)
     split = _body_and_head(model)
     if split is None:
-        first = int(mask.int().argmax(dim=1).min())  # no logits needed before this position
+        first = int(positions.min())  # no logits needed before this position
         logits = _full_logits(model, input_ids, first, kwargs)
         # a model split over devices ends where its last layers are
-        scored = mask[:, first:].to(logits.device)
-        return _logprobs(logits[scored], target_ids[:, first:].to(logits.device)[scored])
+        rows, positions = rows.to(logits.device), positions.to(logits.device)
+        return _logprobs(logits[rows, positions - first], targets.to(logits.device))
     body, head = split
     hidden = body(input_ids=input_ids, **kwargs).last_hidden_state
-    scored = mask.to(hidden.device)
-    hidden, targets = hidden[scored], target_ids.to(hidden.device)[scored]
+    hidden = hidden[rows.to(hidden.device), positions.to(hidden.device)]
+    targets = targets.to(hidden.device)
     if hidden.device.type == "cpu":
-        rows = CPU_HEAD_CHUNK_ROWS
+        chunk = CPU_HEAD_CHUNK_ROWS
     else:
-        rows = max(1, HEAD_CHUNK_ELEMENTS // model.config.get_text_config().vocab_size)
+        chunk = max(1, HEAD_CHUNK_ELEMENTS // model.config.get_text_config().vocab_size)
     return torch.cat(
         [
-            _logprobs(head(hidden[start : start + rows]), targets[start : start + rows])
-            for start in range(0, len(targets), rows)
+            _logprobs(head(hidden[start : start + chunk]), targets[start : start + chunk])
+            for start in range(0, len(targets), chunk)
         ]
     )
 

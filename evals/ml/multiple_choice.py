@@ -39,12 +39,13 @@ def evaluate_mc(
     tokenizer: PreTrainedTokenizerBase,
     task: MCTask,
     *,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     limit: int | None = None,
     max_length: int | None = None,
 ) -> dict:
     """acc, acc_norm and their standard errors over the task's first `limit` items (all by
-    default). Returns {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}."""
+    default). Returns {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}. batch_size:
+    rows per forward pass (None: loglikelihood_tokens' default for the model's device)."""
     items = task.items[:limit] if limit is not None else task.items
     if not items:
         raise ValueError("No items to evaluate")

@@ -198,7 +198,9 @@ def _multiple_choice(run: EvalRun) -> Outcome:
 
     task = _read(load_mc_task, task_file(run))
     model, tokenizer = load_policy(run.checkpoint)
-    result = evaluate_mc(model, tokenizer, task, batch_size=_batch_size(run), limit=_limit(run))
+    # No batch size named: loglikelihood_tokens' default for the device (64 rows on a CPU).
+    batch_size = run.params.get("batch_size") or None
+    result = evaluate_mc(model, tokenizer, task, batch_size=batch_size, limit=_limit(run))
     n = result["n"]
     metrics = [
         mean_metric("acc", result["acc"], result["acc_stderr"], n),
@@ -226,7 +228,9 @@ def _generate(run: EvalRun, checkpoint: Checkpoint, task, limit: int | None) -> 
         return {**_generate_vllm(checkpoint, task, options), "engine": "vllm"}
     model, tokenizer = load_policy(checkpoint)
     try:
-        result = evaluate_generative(model, tokenizer, task, batch_size=_batch_size(run), **options)
+        # No batch size named: as wide as the KV cache allows (evals.ml.generation_batch_size).
+        batch_size = run.params.get("batch_size") or None
+        result = evaluate_generative(model, tokenizer, task, batch_size=batch_size, **options)
     finally:
         del model
         free_memory()

@@ -81,6 +81,55 @@ def test_requests_are_tokenised_as_lm_eval_does(lm):
     assert context.count(tokenizer.bos_token_id) == 1
 
 
+def _rows_computed(model):
+    """A list that collects the [rows, width] of every decoder forward pass, and its remover."""
+    shapes = []
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
+    )
+    return shapes, handle.remove
+
+
+def test_answers_of_one_token_to_one_prompt_share_one_row(lm):
+    """lm-eval's one-token continuation cache: requests whose model input is the same token
+    sequence are computed once, each reading its own token; results as if scored apart."""
+    model, tokenizer = lm
+    context = tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
+    answers = [[tokenizer.convert_tokens_to_ids(t)] for t in ("a", "b", "c", "d")]
+    answers = [a for a in answers if a[0] is not None and a[0] != tokenizer.unk_token_id]
+    longer = [answers[0][0], answers[1][0]]  # its input is context + one token: a row of its own
+    requests = [(context, answer) for answer in answers] + [(context, longer)]
+    loglikelihood_tokens(model, requests[:1], max_length=512)  # the model's one-off probe
+    shapes, remove = _rows_computed(model)
+    try:
+        together = loglikelihood_tokens(model, requests, max_length=512)
+    finally:
+        remove()
+    assert sum(rows for rows, _ in shapes) == 2, shapes
+    apart = [loglikelihood_tokens(model, [request], max_length=512)[0] for request in requests]
+    assert together == pytest.approx(apart, rel=1e-6)
+
+
+def test_without_a_batch_size_a_cpu_pass_holds_up_to_64_short_rows(lm):
+    model, tokenizer = lm
+    task = load_mc_task(shipped_tasks()["arithmetic_mc"])
+    requests = [
+        encode_pair(tokenizer, mc_prompt(tokenizer, task, item.prompt), choice)
+        for item in task.items[:40]
+        for choice in item.choices
+    ]
+    shapes, remove = _rows_computed(model)
+    try:
+        wide = loglikelihood_tokens(model, requests, max_length=512)
+    finally:
+        remove()
+    assert max(rows for rows, _ in shapes) > 8
+    assert all(rows <= 64 and (rows == 1 or rows * width <= 512) for rows, width in shapes)
+    narrow = loglikelihood_tokens(model, requests, max_length=512, batch_size=8)
+    assert wide == pytest.approx(narrow, rel=1e-6)
+
+
 def test_loglikelihoods_do_not_depend_on_batch_size(lm):
     model, tokenizer = lm
     task = load_mc_task(shipped_tasks()["arithmetic_mc"])
