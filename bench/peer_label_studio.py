@@ -7,8 +7,14 @@ after an untimed warm-up of 500 and an ANALYZE, a 10,000-item project where each
 labelled once, replies of about 600 characters of markdown (the same generator and seed). The
 client, the annotator loop and the CPU accounting are annotation_load.py's, imported.
 
-Label Studio runs from its own virtual environment (default /work/peers/ls-venv, with
-`label-studio[uwsgi]`, i.e. pyuwsgi), on PostgreSQL, behind uwsgi configured by the text of its
+Label Studio runs from its own virtual environment (--ls-venv, default var/peers/ls-venv),
+made once with
+
+    python3.11 -m venv var/peers/ls-venv
+    var/peers/ls-venv/bin/pip install 'label-studio[uwsgi]==1.23.2' 'sentry-sdk<3'
+
+(`[uwsgi]` is pyuwsgi; 1.23.2 accepts sentry-sdk 3, which refuses its send_default_pii option
+and stops it from starting), on PostgreSQL, behind uwsgi configured by the text of its
 Docker image's deploy/uwsgi.ini (below, verbatim except for paths and ports), DEBUG off, its
 default settings otherwise:
 
@@ -56,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import annotation_load as load  # bench/ is not a package: imported from its folder
 
 LOG_DIR = load.REPO / "var" / "tmp" / "peer-label-studio"
-DEFAULT_LS_VENV = Path("/work/peers/ls-venv")
+DEFAULT_LS_VENV = load.REPO / "var" / "peers" / "ls-venv"
 HOST = load.HOST
 IMPORT_CHUNK = 500  # tasks per import request
 TOKEN_MARGIN = 30.0  # refresh an access token this many seconds before it expires
@@ -234,7 +240,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
     if urlsplit(args.database_url).scheme not in load.POSTGRES_SCHEMES:
         parser.error("Label Studio is measured on PostgreSQL only")
     if not (args.ls_venv / "bin" / "uwsgi").exists():
-        parser.error(f"no uwsgi in {args.ls_venv}: pip install 'label-studio[uwsgi]==1.23.2' there")
+        parser.error(
+            f"no uwsgi in {args.ls_venv}: make it with `python3.11 -m venv {args.ls_venv}` and "
+            f"`{args.ls_venv}/bin/pip install 'label-studio[uwsgi]==1.23.2' 'sentry-sdk<3'`"
+        )
     if args.items < args.tasks + args.warmup + args.annotators:
         parser.error("--items must cover --tasks + --warmup plus one task per annotator")
     return Options(
