@@ -445,7 +445,9 @@ def report(name: str, out: dict, hflms: dict, args) -> tuple[str, float, bool]:
         f"{'passes':>8}{'positions':>11}"
     )
     ours_label = "evaluate_mc" if out["kind"] == "multiple choice" else "evaluate_generative"
-    default = "64" if out["kind"] == "multiple choice" else "auto"
+    from evals.ml.lm import CPU_DEFAULT_ROWS
+
+    default = str(CPU_DEFAULT_ROWS) if out["kind"] == "multiple choice" else "auto"
     labels = {"ours": f"ours, {ours_label}, batch {args.batch_size or default}"}
     for label, (size, _) in hflms.items():
         labels[f"lm_eval {label}"] = f"lm-eval HFLM, batch {label}" + (

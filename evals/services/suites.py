@@ -105,6 +105,12 @@ def _batch_size(run: EvalRun) -> int:
     return int(run.params.get("batch_size") or DEFAULT_BATCH_SIZE)
 
 
+def _batch_size_or_automatic(run: EvalRun) -> int | None:
+    """The run's batch size, or None for the evaluation's own default (multiple choice: 64 short
+    rows a CPU pass; generation: as wide as the KV cache allows)."""
+    return run.params.get("batch_size") or None
+
+
 # --- models ------------------------------------------------------------------------------------
 
 
@@ -198,9 +204,9 @@ def _multiple_choice(run: EvalRun) -> Outcome:
 
     task = _read(load_mc_task, task_file(run))
     model, tokenizer = load_policy(run.checkpoint)
-    # No batch size named: loglikelihood_tokens' default for the device (64 rows on a CPU).
-    batch_size = run.params.get("batch_size") or None
-    result = evaluate_mc(model, tokenizer, task, batch_size=batch_size, limit=_limit(run))
+    result = evaluate_mc(
+        model, tokenizer, task, batch_size=_batch_size_or_automatic(run), limit=_limit(run)
+    )
     n = result["n"]
     metrics = [
         mean_metric("acc", result["acc"], result["acc_stderr"], n),
@@ -228,9 +234,9 @@ def _generate(run: EvalRun, checkpoint: Checkpoint, task, limit: int | None) -> 
         return {**_generate_vllm(checkpoint, task, options), "engine": "vllm"}
     model, tokenizer = load_policy(checkpoint)
     try:
-        # No batch size named: as wide as the KV cache allows (evals.ml.generation_batch_size).
-        batch_size = run.params.get("batch_size") or None
-        result = evaluate_generative(model, tokenizer, task, batch_size=batch_size, **options)
+        result = evaluate_generative(
+            model, tokenizer, task, batch_size=_batch_size_or_automatic(run), **options
+        )
     finally:
         del model
         free_memory()
