@@ -38,6 +38,13 @@ app.conf.beat_schedule = {
         "schedule": 3600,
         "options": {"queue": CeleryQueue.DEFAULT.value, "expires": 600},
     },
+    # Search vectors an import left for later, when its own send was lost
+    # (feedback.services.search): two index lookups when there are none.
+    "search-index": {
+        "task": "feedback.tasks.index_search",
+        "schedule": 60,
+        "options": {"queue": CeleryQueue.DEFAULT.value, "expires": 60},
+    },
 }
 
 

@@ -322,6 +322,9 @@ def start_postgres() -> Server:
         "port": port,
         "unix_socket_directories": "",  # TCP only: no socket file to place, secure or clean up
         "max_connections": 200,  # the suite's concurrency tests open many connections
+        # Benches that measure the server as a production host would run it (bench/README.md)
+        # name settings here: "shared_buffers=6GB max_wal_size=2GB".
+        **dict(pair.split("=", 1) for pair in os.environ.get("VEREDICTO_PG_SETTINGS", "").split()),
     }
     argv = [bindir / "postgres", "-D", data, *(f"-c{k}={v}" for k, v in settings.items())]
     login = {"host": "127.0.0.1", "port": port, "user": DB_USER, "password": password}

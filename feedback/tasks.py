@@ -41,3 +41,10 @@ def run_import(import_id: int) -> str:
 def sweep_uploads() -> int:
     """Celery beat, hourly: uploads previewed and never imported, once their token expired."""
     return services.imports.uploads_sweep()
+
+
+@shared_task(name="feedback.tasks.index_search", soft_time_limit=3600, time_limit=3660)
+def index_search() -> int:
+    """After an import commits, and from Celery beat every minute: the search vectors it left
+    (feedback.services.search). Runs of it side by side share the work (SKIP LOCKED)."""
+    return services.search_index_pending()

@@ -86,26 +86,35 @@ def work_send(model: Model, *, pk: int) -> bool:
     row = model.objects.filter(pk=pk, status=Status.QUEUED).first()
     if row is None:
         return False
+    if not task_send(row.task_name, args=[pk], **row.task_options()):
+        logger.warning("%s: could not reach the task queue; the sweep will resend", row)
+        return False
+    model.objects.filter(pk=pk, enqueued_at__isnull=True).update(enqueued_at=timezone.now())
+    return True
+
+
+def task_send(name: str, *, args: list | None = None, **options: Any) -> bool:
+    """Send the task `name` without waiting for its result; False (logged) when the broker is
+    away, for the caller's own retry (the outbox sweep, a beat schedule) to make good."""
     app = celery_app()
-    task = app.tasks.get(row.task_name)  # its apply_async honours task_always_eager (the demo)
+    task = app.tasks.get(name)  # its apply_async honours task_always_eager (the demo)
     if task is None:
         # Task modules are autodiscovered when a worker starts; a web or command process has
         # not imported them yet. Without them the demo's eager mode is ignored (send_task always
         # goes to the broker) and, with no Redis, each send retried for 20 s.
         app.loader.import_default_modules()
-        task = app.tasks.get(row.task_name)
-    # The row is the result: nobody waits on the task's. Asking for one also subscribes to the
-    # result backend before sending, which with Redis down retried for 20 s per send.
-    options = {"ignore_result": True, **row.task_options()}
+        task = app.tasks.get(name)
+    # Nobody waits on the task's result. Asking for one also subscribes to the result backend
+    # before sending, which with Redis down retried for 20 s per send.
+    options = {"ignore_result": True, **options}
     try:
         if task is not None:
-            task.apply_async(args=[pk], **options)
+            task.apply_async(args=args or [], **options)
         else:
-            app.send_task(row.task_name, args=[pk], **options)
+            app.send_task(name, args=args or [], **options)
     except Exception as exc:  # kombu's OperationalError, redis-py's errors: the broker is away
-        logger.warning("%s: could not reach the task queue (%s); the sweep will resend", row, exc)
+        logger.warning("%s: could not reach the task queue (%s)", name, exc)
         return False
-    model.objects.filter(pk=pk, enqueued_at__isnull=True).update(enqueued_at=timezone.now())
     return True
 
 

@@ -30,3 +30,10 @@ def test_the_cache_reuses_one_redis_client_and_round_trips_through_redis():
     cache.set("wiring-check", {"a": 1}, 30)
     assert cache.get("wiring-check") == {"a": 1}
     assert client.exists(cache.make_and_validate_key("wiring-check")) == 1
+
+
+def test_every_beat_entry_names_a_registered_task():
+    app.loader.import_default_modules()
+    scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert "feedback.tasks.index_search" in scheduled
+    assert scheduled <= set(app.tasks)

@@ -3,8 +3,9 @@ item in full.
 
 Search is PostgreSQL full-text search (English stemming, web-search syntax: `"exact phrase"`,
 `-word`, `or`) over the prompts' message texts and the completions, through the `search` columns
-migration 0014 adds (the text's tsvector, stored with the row and GIN-indexed); SQLite, the
-laptop default, falls back to a plain case-insensitive substring match.
+migration 0019 adds (the text's tsvector, stored with the row and GIN-indexed; an import's rows
+get theirs just after it commits, and are matched meanwhile by computing them, see `matching`);
+SQLite, the laptop default, falls back to a plain case-insensitive substring match.
 
 A page of a million records stays fast (bench/records_browser.py) because nothing scans what the
 page does not show:
@@ -29,11 +30,23 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.postgres.search import SearchQuery, SearchVectorField
+from django.contrib.postgres.search import SearchQuery, SearchVector, SearchVectorField
 from django.core.cache import cache
 from django.db import OperationalError, connection, transaction
-from django.db.models import BooleanField, Exists, Expression, F, OuterRef, Q, QuerySet
+from django.db.models import (
+    BooleanField,
+    Exists,
+    Expression,
+    F,
+    Func,
+    OuterRef,
+    Q,
+    QuerySet,
+    TextField,
+    Value,
+)
 from django.db.models.expressions import Col
+from django.db.models.functions import Cast
 from django.http import QueryDict
 
 from feedback.models import (
@@ -108,10 +121,11 @@ def _search_field() -> SearchVectorField:
 
 class SearchDocument(Expression):
     """The `search` column of the query's own table (prompts and completions, PostgreSQL only):
-    the text's tsvector, which migration 0014 has PostgreSQL compute and store with each row.
+    the text's tsvector, which PostgreSQL computes and stores with each row (migrations 0019,
+    0023), or NULL for an import's rows not indexed yet (feedback.services.search).
 
     The models do not declare it: SQLite has no tsvector, and the import's COPY lists the
-    model's columns, which must not include a generated one. So this names the column on the
+    model's columns, leaving it NULL. So this names the column on the
     table the query starts from, under whatever alias the query gives that table."""
 
     output_field = SearchVectorField()
@@ -119,6 +133,27 @@ class SearchDocument(Expression):
 
     def resolve_expression(self, query=None, *args: Any, **kwargs: Any) -> Col:
         return Col(query.get_initial_alias(), self.column, output_field=SearchVectorField())
+
+
+# The texts the vectors are of, as the migrations compute them (0019, 0023).
+SEARCHED_TEXT = {
+    Prompt: lambda: Cast(
+        Func(F("messages"), Value("$[*].content"), function="jsonb_path_query_array"),
+        TextField(),
+    ),
+    Completion: lambda: F("text"),
+}
+
+
+def matching(model: type[Prompt] | type[Completion], query: SearchQuery) -> QuerySet:
+    """The prompts (or completions) whose text matches: by their stored vectors, through the
+    GIN index, and those an import left unindexed for now (feedback.services.search) by
+    computing theirs, found through the partial index of the rows with none."""
+    # SearchVector writes to_tsvector(config, COALESCE(text::text, '')): the trigger's vector.
+    live = SearchVector(SEARCHED_TEXT[model](), config=SEARCH_CONFIG)
+    return model.objects.alias(found=SearchDocument(), live=live).filter(
+        Q(found=query) | Q(found__isnull=True, live=query)
+    )
 
 
 def _text_branches(project: Project, words: str) -> list[Q]:
@@ -134,8 +169,7 @@ def _text_branches(project: Project, words: str) -> list[Q]:
         replies = ItemCompletion.objects.filter(completion__text__icontains=words)
         return [Q(prompt__messages__icontains=words), Q(pk__in=replies.values("item_id"))]
     query = SearchQuery(words, config=SEARCH_CONFIG, search_type="websearch")
-    prompts = Prompt.objects.alias(found=SearchDocument()).filter(found=query)
-    completions = Completion.objects.alias(found=SearchDocument()).filter(found=query)
+    prompts, completions = matching(Prompt, query), matching(Completion, query)
     deadline = time.perf_counter() + TEXT_BUDGET_MS / 1000
     listed = _ids_if_few(prompts.filter(project=project), deadline)
     in_prompt = Q(prompt__in=prompts) if listed is None else Q(AnyOf("prompt_id", listed))

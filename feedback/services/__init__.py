@@ -17,6 +17,7 @@ from .projects import (
     prompt_create,
 )
 from .queue import task_next_for_annotator
+from .search import search_index_pending, search_pending
 from .snapshots import clean_policy, snapshot_build, snapshot_create, snapshot_request
 from .validation import clean_labels, clean_messages, clean_text
 
@@ -40,6 +41,8 @@ __all__ = [
     "project_update",
     "prompt_create",
     "ranking_submit",
+    "search_index_pending",
+    "search_pending",
     "snapshot_build",
     "snapshot_create",
     "snapshot_request",

@@ -9,6 +9,7 @@ from celery.contrib.testing.worker import start_worker
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from config.celery import CeleryQueue, app
+from feedback import services
 from feedback.models import DataImport, DatasetSnapshot, Item, PairwiseJudgement
 from tests.factories import ProjectFactory
 
@@ -70,6 +71,9 @@ def test_admin_previews_imports_and_snapshots_with_a_real_worker(client, admin_u
     assert data_import.status == "succeeded", data_import.report
     assert PairwiseJudgement.objects.count() == 12
     assert "12 items" in client.get(f"/imports/{data_import.pk}/").content.decode()
+    # The import's search vectors, left for after its commit, indexed by the worker it asked.
+    wait_for(services.search_pending, lambda pending: pending == 0)
+    assert client.get(f"/projects/{project.pk}/records/?q=good").context["page"].count == 12
 
     response = client.post(
         f"/projects/{project.pk}/snapshots/",

@@ -1,5 +1,7 @@
 """The records browser: search, filters in the URL, paging, one record in full, bulk actions."""
 
+import json
+
 import pytest
 from django.db import connection
 
@@ -7,7 +9,7 @@ from feedback import services
 from feedback.models import Item, Origin, Prompt, TaskKind
 from feedback.selectors import records as record_selectors
 from feedback.selectors.records import RecordFilters, records_for_project, records_page
-from tests.factories import make_item, make_prompt
+from tests.factories import ProjectFactory, make_item, make_prompt
 
 
 def _judge(item, user, side="left", origin=Origin.HUMAN):
@@ -88,13 +90,91 @@ def test_search_uses_the_gin_indexes_on_the_stored_vectors(project, records):
     from feedback.selectors.records import SearchDocument
 
     query = SearchQuery("cats", config="english", search_type="websearch")
-    prompts = Prompt.objects.alias(found=SearchDocument()).filter(found=query)
-    completions = Completion.objects.alias(found=SearchDocument()).filter(found=query)
+    prompts = record_selectors.matching(Prompt, query)
+    completions = record_selectors.matching(Completion, query)
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
-        assert "feedback_prompt_search" in prompts.explain()
-        assert "feedback_completion_search" in completions.explain()
+        # The stored vectors through their GIN index, and the rows an import left without
+        # one through the partial index of those (empty here).
+        for plan, table in ((prompts.explain(), "prompt"), (completions.explain(), "completion")):
+            assert f"Bitmap Index Scan on feedback_{table}_search " in plan
+            assert f"Bitmap Index Scan on feedback_{table}_search_pending" in plan
     assert list(prompts) == [records["cats"].prompt]
+    assert not Prompt.objects.alias(found=SearchDocument()).filter(found__isnull=True).exists()
+
+
+def _vectors(model, ids):
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, search::text FROM {table} WHERE id = ANY(%s)", [list(ids)])
+        return dict(cursor.fetchall())
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_an_import_leaves_its_vectors_for_later_and_search_finds_its_rows_meanwhile(
+    project, tmp_path
+):
+    from feedback.models import Completion
+    from feedback.services import search_index_pending, search_pending
+
+    path = tmp_path / "otters.jsonl"
+    rows = [
+        {"prompt": "Why do otters hold hands?", "chosen": "So they do not drift apart asleep.",
+         "rejected": "No idea."},
+        {"prompt": "Name a sea mammal.", "chosen": "The sea otter.", "rejected": "A trout."},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert services.import_file(project=project, path=path).ok
+    imported = Item.objects.filter(project=project).order_by("pk")
+    first, second = imported
+    assert search_pending() == 2 + 4  # the prompts and the replies, not indexed yet
+
+    def searches():
+        return {
+            "otter": _found(project, q="otter"),  # stemmed: "otters" in a prompt
+            "drifting": _found(project, q="drifting"),  # in a reply
+            "phrase": _found(project, q='"drift apart"'),
+            "minus": _found(project, q="otter -trout"),
+            "keys": _found(project, q="role"),  # JSON keys are not text
+        }
+
+    expected = {
+        "otter": {first.pk, second.pk},
+        "drifting": {first.pk},
+        "phrase": {first.pk},
+        "minus": {first.pk, second.pk},  # each text on its own: no reply has both
+        "keys": set(),
+    }
+    assert searches() == expected  # found meanwhile, by computing their vectors
+
+    assert search_index_pending(batch_size=3) == 6  # more than one batch per table
+    assert search_pending() == 0 and search_index_pending() == 0
+    assert searches() == expected  # found now through the stored vectors
+
+    # The indexer's vectors are the ones a row written outside an import gets (the trigger).
+    again = make_prompt(ProjectFactory(), first.prompt.messages)
+    reply = Completion.objects.create(prompt=again, text="So they do not drift apart asleep.")
+    ours = Completion.objects.get(prompt=first.prompt, text=reply.text)
+    assert (
+        _vectors(Prompt, [first.prompt_id])[first.prompt_id]
+        == _vectors(Prompt, [again.pk])[again.pk]
+    )
+    assert _vectors(Completion, [ours.pk])[ours.pk] == _vectors(Completion, [reply.pk])[reply.pk]
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_a_changed_text_gets_its_new_vector_at_once_even_inside_an_import(project, records):
+    from django.db import transaction
+
+    from feedback.models import Completion
+
+    reply = Completion.objects.get(text="Dogs bark at strangers.")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('veredicto.search_later', 'on', true)")
+        Completion.objects.filter(pk=reply.pk).update(text="Dogs howl at the moon.")
+    assert _found(project, q="howl") == {records["dogs"].pk}
+    assert _found(project, q="stranger") == set()
+    assert "howl" in _vectors(Completion, [reply.pk])[reply.pk]
 
 
 @pytest.mark.skipif("connection.vendor != 'postgresql'")

@@ -412,7 +412,10 @@ def database(*, project: Project, owner: AbstractBaseUser) -> Iterator[Database]
         postgres = Postgres(cursor)
         stop = True
         try:
-            with postgres.foreign_keys_by_construction(project=project, owner=owner):
+            with (
+                postgres.search_later(),
+                postgres.foreign_keys_by_construction(project=project, owner=owner),
+            ):
                 yield postgres
             stop = False
         finally:
