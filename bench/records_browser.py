@@ -255,6 +255,11 @@ def build(cfg: Config) -> Project:
     if not report.ok:
         sys.exit(f"the import failed: {report.errors[:3]}")
     log(f"imported in {time.perf_counter() - started:.1f} s: {report.created}")
+    # What a worker does once an import commits (feedback.services.search): the pages are
+    # measured on indexed records, as they are a minute or two after an import.
+    started = time.perf_counter()
+    indexed = services.search_index_pending()
+    log(f"search vectors of {indexed:,} texts in {time.perf_counter() - started:.1f} s")
 
     for role in Role:
         Group.objects.get_or_create(name=role.value)

@@ -156,6 +156,21 @@ def matching(model: type[Prompt] | type[Completion], query: SearchQuery) -> Quer
     )
 
 
+def search_catching_up() -> bool:
+    """Whether some texts still wait for their search vectors (an import's, for a minute or
+    two after it commits: feedback.services.search)."""
+    if connection.vendor != "postgresql":
+        return False
+    pending = [
+        f"EXISTS (SELECT FROM {connection.ops.quote_name(model._meta.db_table)} "
+        "WHERE search IS NULL)"
+        for model in SEARCHED_TEXT
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {' OR '.join(pending)}")
+        return cursor.fetchone()[0]
+
+
 def _text_branches(project: Project, words: str) -> list[Q]:
     """Where the words may be: in the prompt, or in one of the item's replies.
 

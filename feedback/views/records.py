@@ -33,6 +33,7 @@ def records(request: HttpRequest, project_id: int) -> HttpResponse:
         "project": project,
         "filters": filters,
         "page": page,
+        "catching_up": bool(filters.q) and record_selectors.search_catching_up(),
         "query": query,
         "here": _query(request.GET),
         "records_url": url,

@@ -112,7 +112,7 @@ def _vectors(model, ids):
 
 @pytest.mark.skipif("connection.vendor != 'postgresql'")
 def test_an_import_leaves_its_vectors_for_later_and_search_finds_its_rows_meanwhile(
-    project, tmp_path
+    client, admin_user, project, tmp_path
 ):
     from feedback.models import Completion
     from feedback.services import search_index_pending, search_pending
@@ -146,10 +146,17 @@ def test_an_import_leaves_its_vectors_for_later_and_search_finds_its_rows_meanwh
         "keys": set(),
     }
     assert searches() == expected  # found meanwhile, by computing their vectors
+    client.force_login(admin_user)
+    url = f"/projects/{project.pk}/records/"
+    catching_up = "Search is indexing a recent import"
+    assert catching_up in client.get(url, {"q": "otter"}).content.decode()
+    assert catching_up not in client.get(url).content.decode()  # no search, nothing to say
 
     assert search_index_pending(batch_size=3) == 6  # more than one batch per table
     assert search_pending() == 0 and search_index_pending() == 0
     assert searches() == expected  # found now through the stored vectors
+    page = client.get(url, {"q": "otter"}).content.decode()
+    assert "2 records match" in page and catching_up not in page
 
     # The indexer's vectors are the ones a row written outside an import gets (the trigger).
     again = make_prompt(ProjectFactory(), first.prompt.messages)
