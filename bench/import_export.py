@@ -240,6 +240,8 @@ def app_env(args: argparse.Namespace) -> dict[str, str]:
         MEDIA_ROOT=str(args.workdir / "media"),
         LOG_LEVEL="WARNING",
     )
+    if redis := os.environ.get("TEST_REDIS_URL"):  # devservices' (the import sends a task)
+        env["REDIS_URL"] = redis
     return env
 
 
