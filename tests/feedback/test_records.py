@@ -417,5 +417,22 @@ def test_a_search_that_runs_too_long_is_stopped_with_a_message(
     page = client.get(f"/projects/{project.pk}/records/?q=cats")
     html = page.content.decode()
     assert page.status_code == 200
-    assert "took too long and was stopped" in html
+    assert "took too long and was stopped: add a rarer word" in html
     assert f">#{records['cats'].pk}<" not in html
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_a_search_stopped_while_an_import_is_indexed_says_to_try_again_soon(
+    client, reviewer, project, records, monkeypatch
+):
+    # A reply as an import leaves it: no vector yet.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE feedback_completion SET search = NULL WHERE id = %s",
+            [records["cats"].completions.first().pk],
+        )
+    monkeypatch.setattr(record_selectors, "PAGE_BUDGET_MS", 0)
+    client.force_login(reviewer)
+    html = client.get(f"/projects/{project.pk}/records/?q=cats").content.decode()
+    assert "stopped while search indexes a recent import: try again in a minute" in html
+    assert "add a rarer word" not in html
