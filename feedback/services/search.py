@@ -27,8 +27,8 @@ TEXTS = {
     Completion: "COALESCE(text, '')",
 }
 
-# Rows indexed per transaction: a few seconds of the server's time (about 20 microseconds a
-# text), short enough that an annotator's write never waits long behind one for a row lock.
+# Rows indexed per transaction: a fraction of a second of the server's time (about 30
+# microseconds a text), so that a write to one of them never waits long for its row lock.
 INDEX_BATCH = 5_000
 
 INDEX_TASK = "feedback.tasks.index_search"
@@ -61,8 +61,9 @@ def search_index_pending(*, batch_size: int = INDEX_BATCH) -> int:
     done = 0
     for model, text in TEXTS.items():
         table = connection.ops.quote_name(model._meta.db_table)
-        after = 0  # walking on by id: the entries of rows just indexed stay in the partial
-        # index until a vacuum, and would be read again by every batch after them
+        # On by id: the entries of rows just indexed stay in the partial index until a
+        # vacuum, and each batch would read them all again.
+        after = 0
         while True:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(

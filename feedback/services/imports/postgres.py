@@ -348,10 +348,10 @@ class Postgres:
     def search_later(self):
         """The rows' search vectors left for after the commit (feedback.services.search).
 
-        Parsing and stemming every text as it goes in is 42% of the server's CPU in an import;
-        afterwards, it keeps the server from no one's work (migration 0023's trigger skips
-        the rows of a transaction with this setting on). Scheduled when the import commits:
-        with no commit, there is nothing to index."""
+        Parsing and stemming every text as it goes in was 42% of the server's CPU in an
+        import; done afterwards by a worker, it keeps no one waiting (migration 0023's trigger
+        skips the rows of a transaction with this setting on). The worker is asked when the
+        import commits: rolled back, it left nothing to index."""
         self.execute("SELECT set_config('veredicto.search_later', 'on', true)")
         yield
         self.execute("SELECT set_config('veredicto.search_later', 'off', true)")
