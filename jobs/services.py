@@ -87,7 +87,8 @@ def work_send(model: Model, *, pk: int) -> bool:
     if row is None:
         return False
     if not task_send(row.task_name, args=[pk], **row.task_options()):
-        logger.warning("%s: could not reach the task queue; the sweep will resend", row)
+        # task_send has logged the broker's error: one warning per failed send.
+        logger.info("%s: the sweep will resend it", row)
         return False
     model.objects.filter(pk=pk, enqueued_at__isnull=True).update(enqueued_at=timezone.now())
     return True
