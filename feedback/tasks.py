@@ -46,5 +46,6 @@ def sweep_uploads() -> int:
 @shared_task(name="feedback.tasks.index_search", soft_time_limit=3600, time_limit=3660)
 def index_search() -> int:
     """After an import commits, and from Celery beat every minute: the search vectors it left
-    (feedback.services.search). Runs of it side by side share the work (SKIP LOCKED)."""
-    return services.search_index_pending()
+    (feedback.services.search), a few seconds at a time. Runs of it side by side share the
+    work (SKIP LOCKED)."""
+    return services.search_index_step()

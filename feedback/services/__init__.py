@@ -17,7 +17,7 @@ from .projects import (
     prompt_create,
 )
 from .queue import task_next_for_annotator
-from .search import search_index_pending, search_pending
+from .search import search_index_pending, search_index_step, search_pending
 from .snapshots import clean_policy, snapshot_build, snapshot_create, snapshot_request
 from .validation import clean_labels, clean_messages, clean_text
 
@@ -42,6 +42,7 @@ __all__ = [
     "prompt_create",
     "ranking_submit",
     "search_index_pending",
+    "search_index_step",
     "search_pending",
     "snapshot_build",
     "snapshot_create",

@@ -14,10 +14,12 @@ PostgreSQL only: SQLite has no search column (its browser matches substrings).
 
 from __future__ import annotations
 
+import time
+
 from django.db import connection, transaction
 
 from feedback.models import Completion, Prompt
-from feedback.selectors.records import SEARCH_CONFIG
+from feedback.selectors.records import SEARCH_CONFIG, search_catching_up
 from jobs.queues import CeleryQueue
 from jobs.services import task_send
 
@@ -32,6 +34,12 @@ TEXTS = {
 INDEX_BATCH = 5_000
 
 INDEX_TASK = "feedback.tasks.index_search"
+
+# How long one run of the task indexes before it hands the worker back: a million-row import
+# leaves about 90 s of indexing, and a `make run` worker has one slot, which snapshots, the
+# sweep and training jobs would otherwise wait behind. The task sends itself again to the back
+# of the queue while work is left.
+INDEX_TASK_SECONDS = 10.0
 
 
 def search_index_soon() -> None:
@@ -53,11 +61,13 @@ def search_pending() -> int:
     return pending
 
 
-def search_index_pending(*, batch_size: int = INDEX_BATCH) -> int:
+def search_index_pending(*, batch_size: int = INDEX_BATCH, seconds: float | None = None) -> int:
     """Compute the vectors still missing, oldest rows first, a batch per transaction; returns
-    how many. Rows another indexer holds are skipped (SKIP LOCKED), and left to it."""
+    how many. Rows another indexer holds are skipped (SKIP LOCKED), and left to it. With
+    `seconds`, no batch starts after that long (at least one runs), so some may be left."""
     if connection.vendor != "postgresql":
         return 0
+    deadline = None if seconds is None else time.monotonic() + seconds
     done = 0
     for model, text in TEXTS.items():
         table = connection.ops.quote_name(model._meta.db_table)
@@ -77,5 +87,17 @@ def search_index_pending(*, batch_size: int = INDEX_BATCH) -> int:
             done += len(ids)
             if not ids:
                 break
+            if deadline is not None and time.monotonic() >= deadline:
+                return done
             after = max(ids)
+    return done
+
+
+def search_index_step() -> int:
+    """One run of the worker's task: INDEX_TASK_SECONDS of indexing, then the task sent again
+    while texts are left, so that what was queued meanwhile runs first; returns how many."""
+    done = search_index_pending(batch_size=INDEX_BATCH, seconds=INDEX_TASK_SECONDS)
+    # Nothing done means another run holds what is left: it carries on, and this one stops.
+    if done and search_catching_up():
+        search_index_soon()
     return done

@@ -170,6 +170,42 @@ def test_an_import_leaves_its_vectors_for_later_and_search_finds_its_rows_meanwh
 
 
 @pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_the_worker_indexes_a_few_seconds_at_a_time_and_queues_itself_again(
+    project, tmp_path, monkeypatch
+):
+    """A big import's catch-up must not hold a one-slot worker (`make run`'s) for minutes: each
+    run stops after INDEX_TASK_SECONDS and sends the task again, behind what was queued."""
+    from config.celery import app
+    from feedback.services import search, search_index_step, search_pending
+    from tests.modeling.helpers import queued_tasks
+
+    path = tmp_path / "rows.jsonl"
+    rows = [{"prompt": f"Question {n}?", "chosen": "Yes.", "rejected": "No."} for n in range(3)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert services.import_file(project=project, path=path).ok
+    assert search_pending() == 3 + 6  # the prompts and the replies
+
+    def purge():
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_purge("default")
+
+    purge()
+    monkeypatch.setattr(search, "INDEX_BATCH", 2)
+    monkeypatch.setattr(search, "INDEX_TASK_SECONDS", 0)  # no second batch in a run
+    runs = []
+    try:
+        for _ in range(6):
+            done = search_index_step()
+            runs.append((done, queued_tasks("default").count(search.INDEX_TASK)))
+    finally:
+        purge()
+    # A batch a run (prompts, then replies), the task queued again after each run that left
+    # work, and not after the one that finished it.
+    assert runs == [(2, 1), (1, 2), (2, 3), (2, 4), (2, 4), (0, 4)]
+    assert search_pending() == 0
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
 def test_a_changed_text_gets_its_new_vector_at_once_even_inside_an_import(project, records):
     from django.db import transaction
 
