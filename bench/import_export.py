@@ -213,6 +213,22 @@ WITHOUT = {
                  WHERE contype = 'f' AND connamespace = 'public'::regnamespace LOOP
             EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.t, c.conname);
         END LOOP; END $$""",
+    # The indexes an imported label's rows need not be in (each a what-if for a partial index
+    # that leaves them out), and the foreign keys of columns that copy another row's.
+    "author-index": "DROP INDEX feedback_completion_author_id_7d3d002d",
+    "assignment-indexes": "DROP INDEX feedback_as_item_id_8fcdfb_idx; "
+    "DROP INDEX feedback_as_annotat_b9e922_idx; DROP INDEX assignment_mine_by_project",
+    "judgement-indexes": "DROP INDEX feedback_pairwisejudgement_annotator_id_e1fd156c; "
+    "DROP INDEX pairwisejudgement_review",
+    "copied-foreign-keys": """DO $$ DECLARE c record; BEGIN
+        FOR c IN SELECT conrelid::regclass AS t, conname FROM pg_constraint
+                 JOIN pg_attribute ON attrelid = conrelid AND attnum = conkey[1]
+                 WHERE contype = 'f' AND connamespace = 'public'::regnamespace
+                   AND ((conrelid::regclass::text LIKE '%judgement' AND attname IN
+                         ('item_id', 'annotator_id'))
+                     OR (conrelid = 'feedback_assignment'::regclass AND attname = 'project_id'))
+        LOOP EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.t, c.conname);
+        END LOOP; END $$""",
 }
 
 
