@@ -141,6 +141,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the --database-url's role, which must be a superuser (the old figure)",
     )
     parser.add_argument(
+        "--locale",
+        help="the steps' new database's collation and character classes (CREATE DATABASE ... "
+        "LOCALE, from template0); default: the server's (devservices': C.UTF-8). A managed "
+        "server's default is usually en_US.UTF-8 (`locale-gen en_US.UTF-8` first)",
+    )
+    parser.add_argument(
         "--fsync",
         choices=("on", "off"),
         default="on",
@@ -193,6 +199,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--without: unknown {', '.join(unknown)} (choose from {', '.join(WITHOUT)})")
     if args.without and args.role != "ordinary":
         parser.error("--without needs --role ordinary (it alters the bench's own database)")
+    if args.locale and args.role != "ordinary":
+        parser.error("--locale needs --role ordinary (it makes the bench's own database)")
     if args.grant_replication_role and args.role != "ordinary":
         parser.error("--grant-replication-role needs --role ordinary (a superuser has it)")
     return args
@@ -450,7 +458,10 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         else:
             cursor.execute("SELECT has_parameter_privilege('session_replication_role', 'SET')")
             may_turn_off = cursor.fetchone()[0]
+        cursor.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()")
+        (collation,) = cursor.fetchone()
     return {
+        "collation": collation,
         "project": project.pk,
         "postgres": version,
         "db_role": role,
@@ -678,7 +689,10 @@ def prepare_database(args: argparse.Namespace, admin: Any, undo: list[Any]) -> N
         ).format(role, sql.Literal(password))
     )
     undo.append(sql.SQL("DROP ROLE {}").format(role))
-    admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(role, role))
+    create = sql.SQL("CREATE DATABASE {} OWNER {}").format(role, role)
+    if args.locale:
+        create += sql.SQL(" TEMPLATE template0 LOCALE {}").format(sql.Literal(args.locale))
+    admin.execute(create)
     undo.append(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(role))
     if args.grant_replication_role:
         log(f"GRANT SET ON PARAMETER session_replication_role TO {name}")
@@ -742,6 +756,7 @@ def configuration(args: argparse.Namespace, facts: dict[str, Any]) -> list[str]:
         if args.grant_replication_role:
             kind += ", granted SET ON PARAMETER session_replication_role"
     server = ", ".join(f"{name}={value}" for name, value in facts["server"].items())
+    server += f"; database collation {facts['collation']}"
     if not facts["triggers_setting"]:
         triggers = "on: every foreign key checked row by row (VEREDICTO_IMPORT_TRIGGERS_OFF off)"
     elif facts["may_turn_off_triggers"]:

@@ -574,6 +574,58 @@ def test_a_database_error_while_rows_go_in_rolls_back_and_reaches_the_import(
     assert report.ok and report.created["items"] == 3500
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's lookups and plans")
+def test_the_imports_lookups_probe_the_unique_indexes_under_their_collation(project, tmp_path):
+    """The content hashes compare as bytes (collation "C", migration 0025, with every other
+    indexed code of the tables an import writes), and so must the import's lookups: compared
+    under another collation, the unique indexes could not serve them, and each batch would
+    read every row of the project."""
+    from feedback.services.imports.postgres import existing_keys_sql, prompt_ids_sql
+
+    rows = [{"prompt": f"Q{n}?", "chosen": "a", "rejected": "b"} for n in range(50)]
+    assert run(project, write_jsonl(tmp_path / "p.jsonl", rows)).ok
+    hashes = list(Prompt.objects.values_list("content_hash", flat=True)[:3])
+    keys = list(Item.objects.values_list("import_key", flat=True)[:3])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE feedback_prompt; ANALYZE feedback_item")
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plans = {}
+        for name, sql, params in (
+            ("prompts", prompt_ids_sql(), [project.pk, [*hashes, "0" * 64]]),
+            ("keys", existing_keys_sql(), [[*keys, "0" * 64], project.pk]),
+        ):
+            cursor.execute(sql.replace("%b", "%s"), params)
+            plans[name] = {tuple(row) for row in cursor.fetchall()}
+            cursor.execute("EXPLAIN " + sql.replace("%b", "%s"), params)
+            plans[f"{name} plan"] = "\n".join(row[0] for row in cursor.fetchall())
+        # Every indexed code of the tables an import writes, not only the hashes.
+        cursor.execute(
+            "SELECT DISTINCT attrelid::regclass::text, attname, collname FROM pg_index "
+            "JOIN pg_attribute ON attrelid = indrelid AND attnum = ANY(indkey) "
+            "JOIN pg_collation c ON c.oid = attcollation "
+            "WHERE indrelid::regclass::text ~ '^feedback_(prompt|item|assignment|.*judgement|"
+            "demonstration)$'"
+        )
+        collations = {(table, column): name for table, column, name in cursor.fetchall()}
+        assert collations["feedback_prompt", "content_hash"] == "C"
+        assert collations["feedback_assignment", "status"] == "C"
+        assert set(collations.values()) == {"C"}, collations
+
+    def probes(plan: str, index: str, column: str) -> bool:
+        """The index finds rows by the key itself (an Index Cond on its column), not only by
+        the project with the key tested on each of its rows."""
+        conditions = [line for line in plan.splitlines() if "Index Cond" in line]
+        return f" {index} " in plan and any(column in line for line in conditions)
+
+    assert probes(plans["prompts plan"], "prompt_unique_per_project", "content_hash")
+    assert probes(plans["keys plan"], "item_import_key_once_per_project", "import_key")
+    found = dict(plans["prompts"])
+    assert [found[h] for h in hashes] == [
+        Prompt.objects.get(content_hash=h).pk for h in hashes
+    ] and found["0" * 64] is None
+    assert plans["keys"] == {(key,) for key in keys}
+
+
 def foreign_keys_checked() -> bool:
     """Whether PostgreSQL checks foreign keys again, as outside an import (on other databases
     the import never stops it)."""

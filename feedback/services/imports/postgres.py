@@ -272,6 +272,36 @@ class _Ids:
         return self.cursor.fetchone()[0]
 
 
+# Both lookups probe the project's unique index once per key, in a subquery per key that the
+# planner cannot turn into a join, with the project's id hidden from it in a sub-select. Written
+# as joins or `= ANY(keys)`, they let statistics taken before this import (which say the project
+# has no rows, while this transaction is filling it) pick a plan that reads every row of the
+# project for every batch: quadratic, and minutes at a million rows. The keys compare under the
+# columns' own collation, "C" (migration 0025), as the indexes do.
+
+
+def prompt_ids_sql() -> str:
+    """(key, id or NULL) for each of an array of content hashes (the second parameter) among a
+    project's prompts (the first), each found locked FOR KEY SHARE."""
+    table = connection.ops.quote_name(Prompt._meta.db_table)
+    return (
+        f"SELECT key, (SELECT id FROM {table} "
+        "  WHERE project_id = (SELECT %s) AND content_hash = key FOR KEY SHARE) "
+        "FROM unnest(%b::text[]) AS key"
+    )
+
+
+def existing_keys_sql() -> str:
+    """The import keys of an array (the first parameter) that a project's items (the second)
+    already have."""
+    table = connection.ops.quote_name(Item._meta.db_table)
+    # NOT (import_key = '') is the unique index's own condition, so that it may be used.
+    return (
+        f"SELECT key FROM unnest(%b::text[]) AS key WHERE (SELECT true FROM {table} "
+        "  WHERE project_id = (SELECT %s) AND import_key = key AND NOT (import_key = ''))"
+    )
+
+
 class Postgres:
     """Binary COPY through the pipe, ids drawn ahead; lookups with one binary array parameter
     each (an IN list of a thousand placeholders costs more to build than to run).
@@ -420,32 +450,14 @@ class Postgres:
         with self._cursor.copy(statement) as copy:
             copy.write(data)
 
-    # Both lookups probe the project's unique index once per key, in a subquery per key that
-    # the planner cannot turn into a join, with the project's id hidden from it in a sub-select.
-    # Written as joins or `= ANY(keys)`, they let statistics taken before this import (which
-    # say the project has no rows, while this transaction is filling it) pick a plan that reads
-    # every row of the project for every batch: quadratic, and minutes at a million rows.
-
     def _prompt_ids(self, project: Project, hashes: set[str]) -> dict[str, int]:
         """{content hash: id} of the project's prompts with one of these hashes, each locked
         against deletion until the import commits."""
-        table = connection.ops.quote_name(Prompt._meta.db_table)
-        sql = (
-            f"SELECT key, (SELECT id FROM {table} "
-            "  WHERE project_id = (SELECT %s) AND content_hash = key FOR KEY SHARE) "
-            "FROM unnest(%b::text[]) AS key"
-        )
-        rows = self._fetch_now(sql, [project.pk, list(hashes)])
+        rows = self._fetch_now(prompt_ids_sql(), [project.pk, list(hashes)])
         return {key: pk for key, pk in rows if pk is not None}
 
     def _existing_keys(self, project: Project, keys: list[str]) -> set[str]:
-        table = connection.ops.quote_name(Item._meta.db_table)
-        # NOT (import_key = '') is the unique index's own condition, so that it may be used.
-        sql = (
-            f"SELECT key FROM unnest(%b::text[]) AS key WHERE (SELECT true FROM {table} "
-            "  WHERE project_id = (SELECT %s) AND import_key = key AND NOT (import_key = ''))"
-        )
-        return {key for (key,) in self._fetch_now(sql, [keys, project.pk])}
+        return {key for (key,) in self._fetch_now(existing_keys_sql(), [keys, project.pk])}
 
     # --- the importing thread's --------------------------------------------------------------
 
