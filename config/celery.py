@@ -39,11 +39,14 @@ app.conf.beat_schedule = {
         "options": {"queue": CeleryQueue.DEFAULT.value, "expires": 600},
     },
     # Search vectors an import left for later, when its own send was lost
-    # (feedback.services.search): two index lookups when there are none.
+    # (feedback.services.search): two index lookups when there are none. A send that waited
+    # over 10 s in the queue is dropped: the worker was busy (with the import, say), and the
+    # import's own send, or the next beat, does the work; kept, it would be one more 10-s turn
+    # of indexing ahead of whatever was queued behind it.
     "search-index": {
         "task": "feedback.tasks.index_search",
         "schedule": 60,
-        "options": {"queue": CeleryQueue.DEFAULT.value, "expires": 60},
+        "options": {"queue": CeleryQueue.DEFAULT.value, "expires": 10},
     },
 }
 
