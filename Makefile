@@ -46,7 +46,7 @@ endef
 
 run: setup
 	@DEBUG=1 $(BIN)/python manage.py build_tiny_model
-	@DEBUG=1 $(BIN)/python manage.py register_model var/models/tiny --name tiny-base --if-missing
+	@DEBUG=1 $(BIN)/python manage.py register_model var/models/tiny --name tiny-base --if-missing --no-send
 	$(SERVE)
 
 # Two simulated rounds of the whole loop on the toy tasks (loop/demo/: SFT, reward model, DPO

@@ -318,6 +318,29 @@ def test_register_model_command(tiny_model_dir, capsys):
         call_command("register_model", tiny_model_dir, "--name", "tiny")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_register_model_can_leave_its_evaluations_for_the_sweep(
+    tiny_model_dir, capsys, caplog, settings
+):
+    """`make run` registers the tiny model before Redis is up: with --no-send its evaluations
+    are queued without a send (no "could not reach the task queue" warnings) and the sweep
+    sends them once the broker answers."""
+    from evals.models import EvalRun
+
+    settings.VEREDICTO_EVALUATE_REGISTERED = True
+    call_command("register_model", tiny_model_dir, "--name", "tiny", "--no-send")
+    assert "Its automatic evaluations start once a worker runs." in capsys.readouterr().out
+    runs = EvalRun.objects.filter(checkpoint__name="tiny")
+    assert runs.exists() and not runs.exclude(status=Status.QUEUED, enqueued_at=None).exists()
+    assert queued_messages() == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    later = timezone.now() + timedelta(seconds=60)
+    work_sweep(now=later)  # the broker (the test Redis) answers: each run is sent, once
+    assert queued_messages() == runs.count()
+    assert not runs.filter(enqueued_at=None).exists()
+
+
 def test_launch_job_command_uses_the_same_service(
     base_checkpoint, make_snapshot, capsys, django_capture_on_commit_callbacks
 ):
