@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import time
 
+from django.contrib.postgres.search import SearchVector
 from django.db import connection, transaction
 
-from feedback.models import Completion, Prompt
-from feedback.selectors.records import SEARCH_CONFIG, search_catching_up
+from feedback.selectors.records import (
+    SEARCH_CONFIG,
+    SEARCHED_TEXT,
+    SearchDocument,
+    search_catching_up,
+)
 from jobs.queues import CeleryQueue
 from jobs.services import task_send
-
-# The text each table's vector is computed from: migration 0023's trigger, unqualified.
-TEXTS = {
-    Prompt: "COALESCE((jsonb_path_query_array(messages, '$[*].content'))::text, '')",
-    Completion: "COALESCE(text, '')",
-}
 
 # Rows indexed per transaction: a fraction of a second of the server's time (about 30
 # microseconds a text), so that a write to one of them never waits long for its row lock.
@@ -54,7 +53,7 @@ def search_pending() -> int:
         return 0
     pending = 0
     with connection.cursor() as cursor:
-        for model in TEXTS:
+        for model in SEARCHED_TEXT:
             table = connection.ops.quote_name(model._meta.db_table)
             cursor.execute(f"SELECT count(*) FROM {table} WHERE search IS NULL")
             pending += cursor.fetchone()[0]
@@ -69,19 +68,18 @@ def search_index_pending(*, batch_size: int = INDEX_BATCH, seconds: float | None
         return 0
     deadline = None if seconds is None else time.monotonic() + seconds
     done = 0
-    for model, text in TEXTS.items():
+    for model in SEARCHED_TEXT:
         table = connection.ops.quote_name(model._meta.db_table)
         # On by id: the entries of rows just indexed stay in the partial index until a
         # vacuum, and each batch would read them all again.
         after = 0
         while True:
             with transaction.atomic(), connection.cursor() as cursor:
+                batch, params = _batch(model, after=after, size=batch_size)
                 cursor.execute(
-                    f"WITH batch AS (SELECT id FROM {table} WHERE search IS NULL AND id > %s "
-                    "    ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
-                    f"UPDATE {table} AS t SET search = to_tsvector(%s::regconfig, {text}) "
-                    "FROM batch WHERE t.id = batch.id RETURNING t.id",
-                    [after, batch_size, SEARCH_CONFIG],
+                    f"UPDATE {table} AS t SET search = batch.vector FROM ({batch}) "
+                    "AS batch (id, vector) WHERE t.id = batch.id RETURNING t.id",
+                    params,
                 )
                 ids = [row[0] for row in cursor.fetchall()]
             done += len(ids)
@@ -91,6 +89,22 @@ def search_index_pending(*, batch_size: int = INDEX_BATCH, seconds: float | None
                 return done
             after = max(ids)
     return done
+
+
+def _batch(model, *, after: int, size: int) -> tuple[str, tuple]:
+    """SQL of the next rows without a vector (id, vector), locked: the vector is the one the
+    records browser computes for them meanwhile (selectors.records.matching), which is the
+    trigger's."""
+    vector = SearchVector(SEARCHED_TEXT[model](), config=SEARCH_CONFIG)
+    rows = (
+        model.objects.alias(found=SearchDocument())
+        .filter(found__isnull=True, pk__gt=after)
+        .order_by("pk")
+        .select_for_update(skip_locked=True)
+        .annotate(vector=vector)
+        .values_list("pk", "vector")[:size]
+    )
+    return rows.query.sql_with_params()
 
 
 def search_index_step() -> int:
