@@ -76,9 +76,13 @@ def search_index_pending(*, batch_size: int = INDEX_BATCH, seconds: float | None
         while True:
             with transaction.atomic(), connection.cursor() as cursor:
                 batch, params = _batch(model, after=after, size=batch_size)
+                # A CTE, run once: as a subquery in FROM the planner may rescan it for each
+                # row updated, and each rescan locks the next rows (those this statement has
+                # updated are skipped), so the batch would grow past its LIMIT.
                 cursor.execute(
-                    f"UPDATE {table} AS t SET search = batch.vector FROM ({batch}) "
-                    "AS batch (id, vector) WHERE t.id = batch.id RETURNING t.id",
+                    f"WITH batch (id, vector) AS MATERIALIZED ({batch}) "
+                    f"UPDATE {table} AS t SET search = batch.vector FROM batch "
+                    "WHERE t.id = batch.id RETURNING t.id",
                     params,
                 )
                 ids = [row[0] for row in cursor.fetchall()]
